@@ -1,0 +1,543 @@
+//! Grant tokens: the time-boxed, certificate-bound right to open tunnels to one customer target.
+//!
+//! A grant is a JWS (RFC 7515) signed with Ed25519 (`alg: EdDSA`), header `typ: "sallyport-grant+jwt"` and a
+//! `kid` (the RFC 7638 JWK thumbprint of the signing key). Claims: `iss`, `aud`, `sub` (the technician's
+//! SPIFFE id), `customer`, `target`, `port`, `gid`, `iat`, `nbf`, `exp`, `jti` and
+//! `cnf: {"x5t#S256": ...}` (RFC 8705), the SHA-256 thumbprint of the technician's client certificate.
+//!
+//! Verification follows RFC 8725: exactly one algorithm, known `kid`s only, no key material or key
+//! locations taken from the token (`jku`, `jwk`, `x5u`, `x5c` and `crit` are refused), every registered
+//! claim required with its type, and an explicit leeway. Binding to the presented certificate is a
+//! separate, constant-time check ([`GrantClaims::is_bound_to`]) so callers can answer "invalid grant"
+//! and "not your grant" differently.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use sallyport_ids::{CustomerId, GrantId, SpiffeId, TargetId};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use subtle::ConstantTimeEq;
+
+/// The JOSE `typ` of a grant.
+pub const GRANT_TYP: &str = "sallyport-grant+jwt";
+/// Longest token accepted, in bytes. Real grants are well under 1 KiB.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// Why a grant could not be minted or was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    /// The token is not a well-formed JWS.
+    #[error("malformed grant: {0}")]
+    Malformed(String),
+    /// The JOSE header is not acceptable.
+    #[error("grant header refused: {0}")]
+    Header(String),
+    /// The `kid` names no key this broker trusts.
+    #[error("grant signed by unknown key `{0}`")]
+    UnknownKey(String),
+    /// The signature does not verify.
+    #[error("grant signature is invalid")]
+    BadSignature,
+    /// `exp` has passed (beyond the leeway).
+    #[error("grant has expired")]
+    Expired,
+    /// `nbf` is still in the future (beyond the leeway).
+    #[error("grant is not yet valid")]
+    NotYetValid,
+    /// A claim is missing, has the wrong type, or the wrong value.
+    #[error("grant claims refused: {0}")]
+    Claims(String),
+    /// The signing key could not be loaded or used.
+    #[error("grant signing key: {0}")]
+    Key(String),
+}
+
+/// RFC 8705 confirmation: the thumbprint of the certificate the grant is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// base64url(SHA-256(DER certificate)), no padding.
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// The claims of a grant token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantClaims {
+    /// Issuer: the broker.
+    pub iss: String,
+    /// Audience: the broker's data plane.
+    pub aud: String,
+    /// The technician's SPIFFE id.
+    pub sub: SpiffeId,
+    /// The customer the grant is for.
+    pub customer: CustomerId,
+    /// The one target the grant opens.
+    pub target: TargetId,
+    /// The target's port, as the CONNECT authority must name it.
+    pub port: u16,
+    /// The grant id.
+    pub gid: GrantId,
+    /// Issued at (seconds since the epoch).
+    pub iat: u64,
+    /// Not before (seconds since the epoch).
+    pub nbf: u64,
+    /// Expires (seconds since the epoch).
+    pub exp: u64,
+    /// Unique token id.
+    pub jti: String,
+    /// Certificate binding.
+    pub cnf: Confirmation,
+}
+
+impl GrantClaims {
+    /// Whether the grant is bound to the certificate with this SHA-256 thumbprint (constant time).
+    pub fn is_bound_to(&self, thumbprint: &[u8; 32]) -> bool {
+        let expected = B64.encode(thumbprint);
+        expected
+            .as_bytes()
+            .ct_eq(self.cnf.x5t_s256.as_bytes())
+            .into()
+    }
+
+    /// When the grant expires.
+    pub fn expires_at(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(self.exp)
+    }
+}
+
+/// What a new grant says; [`GrantSigner::mint`] fills in `iss`, `aud`, `iat`, `jti` and the binding.
+#[derive(Debug, Clone)]
+pub struct GrantSpec {
+    /// The technician.
+    pub sub: SpiffeId,
+    /// The customer.
+    pub customer: CustomerId,
+    /// The target.
+    pub target: TargetId,
+    /// The target's port.
+    pub port: u16,
+    /// The grant id.
+    pub gid: GrantId,
+    /// Start of the grant window.
+    pub not_before: SystemTime,
+    /// End of the grant window.
+    pub expires_at: SystemTime,
+    /// Thumbprint of the technician's client certificate.
+    pub cert_thumbprint: [u8; 32],
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 7638 JWK thumbprint of an Ed25519 public key, base64url: the `kid` of that key.
+pub fn ed25519_kid(public_key: &[u8]) -> String {
+    let jwk = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        B64.encode(public_key)
+    );
+    B64.encode(sha2::Sha256::digest(jwk.as_bytes()))
+}
+
+/// Creates a new Ed25519 signing key, PKCS#8 PEM.
+pub fn generate_signing_key_pem() -> Result<String, GrantError> {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+        .map(|k| k.serialize_pem())
+        .map_err(|e| GrantError::Key(e.to_string()))
+}
+
+/// Signs grants with the broker's Ed25519 key.
+pub struct GrantSigner {
+    key: EncodingKey,
+    public_key: Vec<u8>,
+    kid: String,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for GrantSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantSigner")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrantSigner {
+    /// Loads an Ed25519 PKCS#8 PEM key.
+    pub fn from_pkcs8_pem(pem: &str, issuer: &str, audience: &str) -> Result<Self, GrantError> {
+        let pair = rcgen::KeyPair::from_pem(pem)
+            .map_err(|e| GrantError::Key(format!("not a PKCS#8 PEM private key: {e}")))?;
+        if pair.algorithm() != &rcgen::PKCS_ED25519 {
+            return Err(GrantError::Key(
+                "not an Ed25519 key; create one with `openssl genpkey -algorithm ed25519`".into(),
+            ));
+        }
+        let key = EncodingKey::from_ed_pem(pem.as_bytes())
+            .map_err(|e| GrantError::Key(format!("unusable Ed25519 key: {e}")))?;
+        let public_key = pair.public_key_raw().to_vec();
+        Ok(Self {
+            kid: ed25519_kid(&public_key),
+            key,
+            public_key,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
+    }
+
+    /// The key id carried in every grant's header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The raw 32-byte Ed25519 public key.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    /// Mints a grant; returns the token and its claims.
+    pub fn mint(&self, spec: &GrantSpec) -> Result<(String, GrantClaims), GrantError> {
+        let claims = GrantClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: spec.sub.clone(),
+            customer: spec.customer.clone(),
+            target: spec.target.clone(),
+            port: spec.port,
+            gid: spec.gid.clone(),
+            iat: unix(SystemTime::now()),
+            nbf: unix(spec.not_before),
+            exp: unix(spec.expires_at),
+            jti: uuid::Uuid::new_v4().to_string(),
+            cnf: Confirmation {
+                x5t_s256: B64.encode(spec.cert_thumbprint),
+            },
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(GRANT_TYP.into());
+        header.kid = Some(self.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| GrantError::Key(format!("signing failed: {e}")))?;
+        Ok((token, claims))
+    }
+}
+
+/// Verifies grants: one algorithm, known keys, required claims, explicit leeway.
+pub struct GrantVerifier {
+    keys: HashMap<String, DecodingKey>,
+    validation: Validation,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for GrantVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantVerifier")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrantVerifier {
+    /// A verifier for `issuer`/`audience` with `leeway` for clock skew, trusting no key yet.
+    pub fn new(issuer: &str, audience: &str, leeway: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        validation.leeway = leeway.as_secs();
+        Self {
+            keys: HashMap::new(),
+            validation,
+            leeway: leeway.as_secs(),
+        }
+    }
+
+    /// Trusts an Ed25519 public key (raw 32 bytes) under its thumbprint `kid`.
+    pub fn trust(mut self, public_key: &[u8]) -> Self {
+        self.keys.insert(
+            ed25519_kid(public_key),
+            DecodingKey::from_ed_der(public_key),
+        );
+        self
+    }
+
+    /// Verifies a token's header, signature and claims. Does not check the certificate binding.
+    pub fn verify(&self, token: &str) -> Result<GrantClaims, GrantError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(GrantError::Malformed(format!(
+                "token is longer than {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| GrantError::Malformed(format!("unreadable header: {e}")))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(GrantError::Header(format!(
+                "algorithm `{:?}` is not accepted; grants use EdDSA",
+                header.alg
+            )));
+        }
+        if header.typ.as_deref() != Some(GRANT_TYP) {
+            return Err(GrantError::Header(format!(
+                "`typ` must be `{GRANT_TYP}`, found {:?}",
+                header.typ
+            )));
+        }
+        for (name, present) in [
+            ("jku", header.jku.is_some()),
+            ("jwk", header.jwk.is_some()),
+            ("x5u", header.x5u.is_some()),
+            ("x5c", header.x5c.is_some()),
+            ("crit", header.crit.is_some()),
+        ] {
+            if present {
+                return Err(GrantError::Header(format!(
+                    "header parameter `{name}` is not accepted"
+                )));
+            }
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| GrantError::Header("missing `kid`".into()))?;
+        let key = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| GrantError::UnknownKey(kid.clone()))?;
+        let data = jsonwebtoken::decode::<GrantClaims>(token, key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::InvalidSignature => GrantError::BadSignature,
+                ErrorKind::ExpiredSignature => GrantError::Expired,
+                ErrorKind::ImmatureSignature => GrantError::NotYetValid,
+                ErrorKind::InvalidIssuer => GrantError::Claims("wrong `iss`".into()),
+                ErrorKind::InvalidAudience => GrantError::Claims("wrong `aud`".into()),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    GrantError::Claims(format!("missing `{c}`"))
+                }
+                ErrorKind::Json(j) => GrantError::Claims(format!("{j}")),
+                ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
+                    GrantError::Malformed(e.to_string())
+                }
+                _ => GrantError::Claims(e.to_string()),
+            },
+        )?;
+        let claims = data.claims;
+        let now = unix(SystemTime::now());
+        if claims.iat > now + self.leeway {
+            return Err(GrantError::Claims("`iat` is in the future".into()));
+        }
+        if claims.nbf >= claims.exp {
+            return Err(GrantError::Claims("`nbf` is not before `exp`".into()));
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sallyport_ids::{Principal, TrustDomain};
+
+    fn signer() -> GrantSigner {
+        let pem = generate_signing_key_pem().unwrap();
+        GrantSigner::from_pkcs8_pem(&pem, "sallyport", "sallyport-data-plane").unwrap()
+    }
+
+    fn verifier(s: &GrantSigner) -> GrantVerifier {
+        GrantVerifier::new("sallyport", "sallyport-data-plane", Duration::from_secs(30))
+            .trust(s.public_key())
+    }
+
+    fn spec(nbf_offset: i64, exp_offset: i64) -> GrantSpec {
+        let td: TrustDomain = "sallyport.test".parse().unwrap();
+        let now = SystemTime::now();
+        let at = |o: i64| {
+            if o >= 0 {
+                now + Duration::from_secs(o as u64)
+            } else {
+                now - Duration::from_secs((-o) as u64)
+            }
+        };
+        GrantSpec {
+            sub: SpiffeId::new(
+                td,
+                Principal::Technician {
+                    provider: "northwind".parse().unwrap(),
+                    name: "alice".parse().unwrap(),
+                },
+            ),
+            customer: "acme".parse().unwrap(),
+            target: "db01".parse().unwrap(),
+            port: 5432,
+            gid: "g-1".parse().unwrap(),
+            not_before: at(nbf_offset),
+            expires_at: at(exp_offset),
+            cert_thumbprint: [7; 32],
+        }
+    }
+
+    fn forge(header: &str, claims: &serde_json::Value, sig: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            B64.encode(header),
+            B64.encode(serde_json::to_vec(claims).unwrap()),
+            sig
+        )
+    }
+
+    #[test]
+    fn round_trip_and_binding() {
+        let s = signer();
+        let (token, claims) = s.mint(&spec(0, 600)).unwrap();
+        let got = verifier(&s).verify(&token).unwrap();
+        assert_eq!(got, claims);
+        assert!(got.is_bound_to(&[7; 32]));
+        assert!(!got.is_bound_to(&[8; 32]));
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.typ.as_deref(), Some(GRANT_TYP));
+        assert_eq!(header.kid.as_deref(), Some(s.kid()));
+    }
+
+    #[test]
+    fn time_window_with_leeway() {
+        let s = signer();
+        let v = verifier(&s);
+        let (t, _) = s.mint(&spec(-600, -60)).unwrap();
+        assert_eq!(v.verify(&t), Err(GrantError::Expired));
+        let (t, _) = s.mint(&spec(-600, -10)).unwrap();
+        assert!(v.verify(&t).is_ok(), "within leeway");
+        let (t, _) = s.mint(&spec(120, 600)).unwrap();
+        assert_eq!(v.verify(&t), Err(GrantError::NotYetValid));
+    }
+
+    #[test]
+    fn other_key_same_kid_is_a_bad_signature() {
+        let s = signer();
+        let other = signer();
+        let (token, _) = other.mint(&spec(0, 600)).unwrap();
+        // Re-label the other key's token with the trusted kid.
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let header = format!(
+            r#"{{"typ":"{GRANT_TYP}","alg":"EdDSA","kid":"{}"}}"#,
+            s.kid()
+        );
+        let h = B64.encode(header);
+        parts[0] = &h;
+        assert_eq!(
+            verifier(&s).verify(&parts.join(".")),
+            Err(GrantError::BadSignature)
+        );
+        assert!(matches!(
+            verifier(&s).verify(&token),
+            Err(GrantError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn alg_none_and_hs256_are_refused() {
+        let s = signer();
+        let (_, claims) = s.mint(&spec(0, 600)).unwrap();
+        let claims = serde_json::to_value(claims).unwrap();
+        let none = forge(
+            &format!(r#"{{"typ":"{GRANT_TYP}","alg":"none","kid":"{}"}}"#, s.kid()),
+            &claims,
+            "",
+        );
+        assert!(matches!(
+            verifier(&s).verify(&none),
+            Err(GrantError::Malformed(_))
+        ));
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = Some(GRANT_TYP.into());
+        header.kid = Some(s.kid().into());
+        let hs = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(s.public_key()))
+            .unwrap();
+        assert!(matches!(
+            verifier(&s).verify(&hs),
+            Err(GrantError::Header(_))
+        ));
+    }
+
+    #[test]
+    fn key_locations_in_header_are_refused() {
+        let s = signer();
+        let (token, _) = s.mint(&spec(0, 600)).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        for extra in [
+            r#""jku":"https://evil.example/keys""#,
+            r#""x5u":"https://evil.example/cert""#,
+            r#""x5c":["AAAA"]"#,
+            r#""crit":["exp"]"#,
+        ] {
+            let header = format!(
+                r#"{{"typ":"{GRANT_TYP}","alg":"EdDSA","kid":"{}",{extra}}}"#,
+                s.kid()
+            );
+            let t = format!("{}.{}.{}", B64.encode(header), parts[1], parts[2]);
+            assert!(
+                matches!(verifier(&s).verify(&t), Err(GrantError::Header(_))),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_claim_types_and_missing_claims_are_refused() {
+        let s = signer();
+        let (_, claims) = s.mint(&spec(0, 600)).unwrap();
+        let base = serde_json::to_value(claims).unwrap();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(GRANT_TYP.into());
+        header.kid = Some(s.kid().into());
+        let pem = generate_signing_key_pem().unwrap();
+        let _ = pem;
+        let enc = &s.key;
+        for (field, value) in [
+            ("exp", serde_json::json!("9999999999")),
+            ("nbf", serde_json::Value::Null),
+            ("sub", serde_json::json!("alice")),
+            ("aud", serde_json::json!("someone-else")),
+            ("iss", serde_json::json!("evil")),
+            ("customer", serde_json::json!("ACME")),
+        ] {
+            let mut c = base.clone();
+            c[field] = value;
+            let t = jsonwebtoken::encode(&header, &c, enc).unwrap();
+            assert!(verifier(&s).verify(&t).is_err(), "{field}");
+        }
+        for field in ["exp", "nbf", "iat", "iss", "aud", "sub", "cnf", "gid"] {
+            let mut c = base.clone();
+            c.as_object_mut().unwrap().remove(field);
+            let t = jsonwebtoken::encode(&header, &c, enc).unwrap();
+            assert!(verifier(&s).verify(&t).is_err(), "missing {field}");
+        }
+    }
+
+    #[test]
+    fn wrong_typ_is_refused() {
+        let s = signer();
+        let (_, claims) = s.mint(&spec(0, 600)).unwrap();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some("JWT".into());
+        header.kid = Some(s.kid().into());
+        let t = jsonwebtoken::encode(&header, &claims, &s.key).unwrap();
+        assert!(matches!(verifier(&s).verify(&t), Err(GrantError::Header(_))));
+    }
+
+    #[test]
+    fn non_ed25519_key_is_refused_with_a_fix() {
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        let err = GrantSigner::from_pkcs8_pem(&p256, "i", "a").unwrap_err();
+        assert!(err.to_string().contains("not an Ed25519 key"), "{err}");
+    }
+}

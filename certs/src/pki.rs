@@ -1,0 +1,247 @@
+//! The broker's certificate authority: creating it, loading it, and issuing server and client certificates.
+//!
+//! Keys are ECDSA P-256. Client certificates carry exactly one URI SAN (the holder's SPIFFE id) and the
+//! holder's groups in a Subject Directory Attributes extension (RFC 5280 4.2.1.8, OID 2.5.29.9) as
+//! `organizationalUnitName` (2.5.4.11) values, the way Kubernetes carries groups in the subject but with
+//! room for many values.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use sallyport_ids::{GroupName, SpiffeId, TrustDomain};
+use time::OffsetDateTime;
+
+use crate::CertsError;
+
+/// OID of the Subject Directory Attributes extension.
+pub const SUBJECT_DIRECTORY_ATTRIBUTES: &[u64] = &[2, 5, 29, 9];
+/// OID of the `organizationalUnitName` attribute, used for groups.
+pub const OU_ATTRIBUTE: &[u64] = &[2, 5, 4, 11];
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// Valid from five minutes ago (clock skew) for `lifetime` from now.
+    pub fn from_now(lifetime: Duration) -> Self {
+        let now = SystemTime::now();
+        Self {
+            not_before: now - Duration::from_secs(300),
+            not_after: now + lifetime,
+        }
+    }
+}
+
+/// A freshly issued certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The PKCS#8 private key, PEM. Secret: write it with mode 0600.
+    pub key_pem: String,
+}
+
+/// The broker's certificate authority.
+pub struct CertificateAuthority {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+    }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = *uuid::Uuid::new_v4().as_bytes();
+    bytes[0] &= 0x7f; // positive INTEGER
+    SerialNumber::from_slice(&bytes)
+}
+
+fn set_validity(params: &mut CertificateParams, v: Validity) {
+    params.not_before = OffsetDateTime::from(v.not_before);
+    params.not_after = OffsetDateTime::from(v.not_after);
+}
+
+impl CertificateAuthority {
+    /// Creates a new CA for `trust_domain`, valid for ten years.
+    pub fn generate(trust_domain: &TrustDomain) -> Result<Self, CertsError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("Sallyport CA {trust_domain}"));
+        dn.push(DnType::OrganizationName, "Sallyport");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        set_validity(
+            &mut params,
+            Validity::from_now(Duration::from_secs(10 * 365 * 24 * 3600)),
+        );
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA from its certificate and PKCS#8 key (PEM text). `origin` names the files in errors.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, origin: &str) -> Result<Self, CertsError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CertsError::Pem {
+            path: origin.into(),
+            what: format!("CA private key is not a PKCS#8 PEM key: {e}"),
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| CertsError::Pem {
+            path: origin.into(),
+            what: format!("CA certificate is not a PEM certificate: {e}"),
+        })?;
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA private key, PKCS#8 PEM. Secret.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// Issues the broker's TLS server certificate for `hosts` (DNS names or IP addresses).
+    pub fn issue_server(&self, hosts: &[String], validity: Validity) -> Result<Issued, CertsError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(hosts.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Sallyport broker");
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, validity);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues a client certificate naming `id`, carrying `groups`.
+    pub fn issue_client(
+        &self,
+        id: &SpiffeId,
+        groups: &[GroupName],
+        validity: Validity,
+    ) -> Result<Issued, CertsError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, id.principal().name().as_str());
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        if !groups.is_empty() {
+            params.custom_extensions = vec![CustomExtension::from_oid_content(
+                SUBJECT_DIRECTORY_ATTRIBUTES,
+                encode_groups(groups),
+            )];
+        }
+        set_validity(&mut params, validity);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// DER of `SEQUENCE { SEQUENCE { OID ou, SET OF UTF8String } }`.
+fn encode_groups(groups: &[GroupName]) -> Vec<u8> {
+    yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_sequence(|w| {
+                w.next()
+                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(OU_ATTRIBUTE));
+                w.next().write_set_of(|w| {
+                    for g in groups {
+                        w.next().write_utf8_string(g.as_str());
+                    }
+                });
+            });
+        });
+    })
+}
+
+/// Reads the groups back from a Subject Directory Attributes extension value.
+pub(crate) fn decode_groups(der: &[u8]) -> Result<Vec<String>, CertsError> {
+    let ou = yasna::models::ObjectIdentifier::from_slice(OU_ATTRIBUTE);
+    yasna::parse_der(der, |r| {
+        let mut groups = Vec::new();
+        r.read_sequence_of(|r| {
+            r.read_sequence(|r| {
+                let oid = r.next().read_oid()?;
+                r.next().read_set_of(|r| {
+                    let v = r.read_utf8string()?;
+                    if oid == ou {
+                        groups.push(v);
+                    }
+                    Ok(())
+                })
+            })
+        })?;
+        Ok(groups)
+    })
+    .map_err(|e| CertsError::Identity(format!("unreadable groups extension: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_round_trip() {
+        let groups: Vec<GroupName> = vec!["oncall".parse().unwrap(), "dba".parse().unwrap()];
+        let mut back = decode_groups(&encode_groups(&groups)).unwrap();
+        back.sort();
+        assert_eq!(back, vec!["dba", "oncall"]);
+    }
+
+    #[test]
+    fn ca_reloads_from_pem_and_keeps_issuing() {
+        let td: TrustDomain = "sallyport.test".parse().unwrap();
+        let ca = CertificateAuthority::generate(&td).unwrap();
+        let again = CertificateAuthority::from_pem(ca.cert_pem(), &ca.key_pem(), "ca.pem").unwrap();
+        let issued = again
+            .issue_server(&["localhost".into()], Validity::from_now(Duration::from_secs(60)))
+            .unwrap();
+        assert!(issued.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn bad_ca_key_names_the_file() {
+        let err = CertificateAuthority::from_pem("x", "not a key", "pki/ca.key").unwrap_err();
+        assert!(err.to_string().starts_with("pki/ca.key: CA private key"), "{err}");
+    }
+}
