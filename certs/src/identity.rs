@@ -41,9 +41,10 @@ impl PeerIdentity {
                         }
                     }
                 }
-                _ if ext.oid.iter().is_some_and(|arcs| {
-                    arcs.eq(SUBJECT_DIRECTORY_ATTRIBUTES.iter().copied())
-                }) =>
+                _ if ext
+                    .oid
+                    .iter()
+                    .is_some_and(|arcs| arcs.eq(SUBJECT_DIRECTORY_ATTRIBUTES.iter().copied())) =>
                 {
                     for g in crate::pki::decode_groups(ext.value)? {
                         groups.push(g.parse().map_err(|e| {
@@ -124,7 +125,10 @@ mod tests {
         let td: TrustDomain = "sallyport.test".parse().unwrap();
         let ca = CertificateAuthority::generate(&td).unwrap();
         let issued = ca
-            .issue_server(&["localhost".into()], Validity::from_now(Duration::from_secs(60)))
+            .issue_server(
+                &["localhost".into()],
+                Validity::from_now(Duration::from_secs(60)),
+            )
             .unwrap();
         let err = PeerIdentity::from_der(&der_of(&issued.cert_pem), &td).unwrap_err();
         assert!(err.to_string().contains("exactly one URI SAN"), "{err}");

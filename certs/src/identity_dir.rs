@@ -60,7 +60,12 @@ pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), CertsError> 
 
 impl IdentityDir {
     /// Writes an identity folder at `dir` (created with mode 0700).
-    pub fn write(dir: &Path, issued: &Issued, ca_pem: &str, broker: &str) -> Result<Self, CertsError> {
+    pub fn write(
+        dir: &Path,
+        issued: &Issued,
+        ca_pem: &str,
+        broker: &str,
+    ) -> Result<Self, CertsError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         {
             use std::os::unix::fs::PermissionsExt;
@@ -116,17 +121,26 @@ mod tests {
             key_pem: "K".into(),
         };
         IdentityDir::write(&dir, &issued, "CA", "localhost:8443").unwrap();
-        let mode = std::fs::metadata(dir.join("key.pem")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let back = IdentityDir::read(&dir).unwrap();
         assert_eq!(back.broker, "localhost:8443");
         assert_eq!(back.key_pem, "K");
-        assert!(!format!("{back:?}").contains('K'), "debug output leaks the key");
+        assert!(
+            !format!("{back:?}").contains('K'),
+            "debug output leaks the key"
+        );
     }
 
     #[test]
     fn missing_folder_names_the_file() {
         let err = IdentityDir::read(Path::new("/nonexistent/id")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/id/cert.pem:"), "{err}");
+        assert!(
+            err.to_string().starts_with("/nonexistent/id/cert.pem:"),
+            "{err}"
+        );
     }
 }

@@ -58,7 +58,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -234,7 +235,10 @@ mod tests {
         let ca = CertificateAuthority::generate(&td).unwrap();
         let again = CertificateAuthority::from_pem(ca.cert_pem(), &ca.key_pem(), "ca.pem").unwrap();
         let issued = again
-            .issue_server(&["localhost".into()], Validity::from_now(Duration::from_secs(60)))
+            .issue_server(
+                &["localhost".into()],
+                Validity::from_now(Duration::from_secs(60)),
+            )
             .unwrap();
         assert!(issued.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
     }
@@ -242,6 +246,9 @@ mod tests {
     #[test]
     fn bad_ca_key_names_the_file() {
         let err = CertificateAuthority::from_pem("x", "not a key", "pki/ca.key").unwrap_err();
-        assert!(err.to_string().starts_with("pki/ca.key: CA private key"), "{err}");
+        assert!(
+            err.to_string().starts_with("pki/ca.key: CA private key"),
+            "{err}"
+        );
     }
 }

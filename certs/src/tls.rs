@@ -103,10 +103,15 @@ mod tests {
     fn empty_pem_names_the_file_and_fix() {
         let err = certs_from_pem("hello", "pki/server.pem").unwrap_err();
         assert!(
-            err.to_string().starts_with("pki/server.pem: no `BEGIN CERTIFICATE`"),
+            err.to_string()
+                .starts_with("pki/server.pem: no `BEGIN CERTIFICATE`"),
             "{err}"
         );
         let err = key_from_pem("hello", "pki/server.key").unwrap_err();
-        assert!(err.to_string().contains("pki/server.key: no usable private key"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("pki/server.key: no usable private key"),
+            "{err}"
+        );
     }
 }

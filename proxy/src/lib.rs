@@ -1,1 +1,19 @@
-//! stub
+//! The Sallyport broker and its command line.
+//!
+//! A technician with a certificate from the broker's PKI and a valid, time-boxed grant reaches exactly
+//! one customer target through the broker, only while grant and policy allow. Modules, in the order a
+//! connection meets them: [`broker`] (listener, TLS, HTTP), [`tunnel`] (the CONNECT decision path),
+//! [`relay`] (bytes both ways until expiry), [`audit`] (the hash-chained trail). Around them: [`config`],
+//! [`init`], [`breakglass`], [`forwarder`], [`demo`] and [`cli`].
+
+pub mod audit;
+pub mod breakglass;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod forwarder;
+pub mod init;
+pub mod limiter;
+pub mod relay;
+pub mod tunnel;

@@ -1,1 +1,458 @@
-//! stub
+//! Test helpers for the end-to-end tests in `tests/`: a broker folder made by the real `sallyport init`,
+//! the real broker started on port 0, a loopback echo target, a raw TLS CONNECT client, grants minted
+//! with the project's own certs crate, and readers for the audit trail.
+//!
+//! These helpers panic on set-up failures: they only run inside tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sallyport_certs::grant::{GrantSigner, GrantSpec};
+use sallyport_certs::identity::PeerIdentity;
+use sallyport_certs::identity_dir::IdentityDir;
+use sallyport_certs::pki::{CertificateAuthority, Validity};
+use sallyport_certs::tls::PemFiles;
+use sallyport_ids::{Principal, SpiffeId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// One customer in a test configuration.
+pub struct CustomerSpec<'a> {
+    /// Customer id.
+    pub id: &'a str,
+    /// Time zone.
+    pub timezone: &'a str,
+    /// Cedar policy text.
+    pub policy: &'a str,
+    /// `(id, address, tags)` of each target.
+    pub targets: Vec<(&'a str, String, Vec<&'a str>)>,
+}
+
+/// A policy letting the `support` group connect anywhere in a customer.
+pub fn allow_support(customer: &str) -> String {
+    format!(
+        "@id(\"support\")\npermit(principal in Sallyport::Group::\"support\", action == Sallyport::Action::\"connect\", resource in Sallyport::Customer::\"{customer}\");\n"
+    )
+}
+
+/// A broker folder created by the real `sallyport init` in a temporary directory.
+pub struct Setup {
+    _tmp: tempfile::TempDir,
+    /// The broker folder.
+    pub root: PathBuf,
+    /// The `sallyport` binary.
+    pub bin: PathBuf,
+}
+
+impl Setup {
+    /// Runs `sallyport init` in a fresh temporary folder.
+    pub fn init(bin: &str) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("broker");
+        let out = Command::new(bin)
+            .args(["init", "--dir"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Setup {
+            _tmp: tmp,
+            root,
+            bin: bin.into(),
+        }
+    }
+
+    /// Replaces the config with one listening on port 0 and serving `customers`; `extra` is appended.
+    pub fn write_config(&self, customers: &[CustomerSpec<'_>], extra: &str) {
+        let mut cfg = String::from(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ntrust_domain = \"sallyport.local\"\n\n[limits]\nauth_failures_per_minute = 10000\nauth_failure_burst = 10000\n",
+        );
+        cfg.push_str(extra);
+        for c in customers {
+            std::fs::write(self.root.join(format!("policies/{}.cedar", c.id)), c.policy).unwrap();
+            cfg.push_str(&format!(
+                "\n[[customers]]\nid = \"{}\"\npolicy = \"policies/{}.cedar\"\ntimezone = \"{}\"\n",
+                c.id, c.id, c.timezone
+            ));
+            for (id, addr, tags) in &c.targets {
+                cfg.push_str(&format!(
+                    "\n[[customers.targets]]\nid = \"{id}\"\naddress = \"{addr}\"\ntags = {tags:?}\n"
+                ));
+            }
+        }
+        std::fs::write(self.root.join("sallyport.toml"), cfg).unwrap();
+    }
+
+    /// The config file.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("sallyport.toml")
+    }
+
+    /// The broker CA (with its key).
+    pub fn ca(&self) -> CertificateAuthority {
+        CertificateAuthority::from_pem(
+            &std::fs::read_to_string(self.root.join("pki/ca.pem")).unwrap(),
+            &std::fs::read_to_string(self.root.join("pki/ca.key")).unwrap(),
+            "ca",
+        )
+        .unwrap()
+    }
+
+    /// The broker's grant signer.
+    pub fn signer(&self) -> GrantSigner {
+        GrantSigner::from_pkcs8_pem(
+            &std::fs::read_to_string(self.root.join("pki/grant-signing.key")).unwrap(),
+            "sallyport",
+            "sallyport",
+        )
+        .unwrap()
+    }
+
+    /// A demo identity written by `init` (`technician`, `approver`, `admin`).
+    pub fn identity(&self, which: &str) -> IdentityDir {
+        IdentityDir::read(&self.root.join("identities").join(which)).unwrap()
+    }
+
+    /// Issues a technician of provider `northwind` with `groups`, valid as given.
+    pub fn technician(&self, name: &str, groups: &[&str], validity: Validity) -> IdentityDir {
+        technician_from(
+            &self.ca(),
+            &self.root.join("identities").join(name),
+            name,
+            groups,
+            validity,
+        )
+    }
+
+    /// Mints a grant for `identity` with the broker's own key.
+    pub fn mint(
+        &self,
+        identity: &IdentityDir,
+        customer: &str,
+        target: &str,
+        port: u16,
+        not_before: SystemTime,
+        expires_at: SystemTime,
+    ) -> String {
+        let peer = peer_of(identity);
+        self.signer()
+            .mint(&GrantSpec {
+                sub: peer.id,
+                customer: customer.parse().unwrap(),
+                target: target.parse().unwrap(),
+                port,
+                gid: format!("g-test-{}", std::process::id()).parse().unwrap(),
+                not_before,
+                expires_at,
+                cert_thumbprint: peer.thumbprint,
+            })
+            .unwrap()
+            .0
+    }
+
+    /// The audit records of `chain` (`acme`, `_broker`, ...), parsed.
+    pub fn audit(&self, chain: &str) -> Vec<serde_json::Value> {
+        let path = self.root.join("data/audit").join(format!("{chain}.jsonl"));
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (up to 10 s) for a record of `chain` matching `pred`: for records written after the
+    /// client already saw the outcome (a refused handshake, a tunnel close).
+    pub fn wait_for_audit(
+        &self,
+        chain: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self.audit(chain).into_iter().find(&pred) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching audit record in {chain}: {:#?}",
+                self.audit(chain)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Issues a technician identity folder with `ca`.
+pub fn technician_from(
+    ca: &CertificateAuthority,
+    out: &Path,
+    name: &str,
+    groups: &[&str],
+    validity: Validity,
+) -> IdentityDir {
+    let id = SpiffeId::new(
+        "sallyport.local".parse().unwrap(),
+        Principal::Technician {
+            provider: "northwind".parse().unwrap(),
+            name: name.parse().unwrap(),
+        },
+    );
+    let groups: Vec<_> = groups.iter().map(|g| g.parse().unwrap()).collect();
+    let issued = ca.issue_client(&id, &groups, validity).unwrap();
+    IdentityDir::write(out, &issued, ca.cert_pem(), "localhost:0").unwrap()
+}
+
+/// The identity in an identity folder's certificate.
+pub fn peer_of(identity: &IdentityDir) -> PeerIdentity {
+    let der = sallyport_certs::tls::certs_from_pem(&identity.cert_pem, "cert").unwrap();
+    PeerIdentity::from_der(&der[0], &"sallyport.local".parse().unwrap()).unwrap()
+}
+
+/// The real broker, started on port 0; killed on drop.
+pub struct Broker {
+    /// The process.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Lines it printed on stdout after the listening line, collected by a thread.
+    pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Broker {
+    /// Starts `sallyport serve --config` for `setup` and waits until it listens.
+    pub fn start(setup: &Setup) -> Broker {
+        let mut cmd = Command::new(&setup.bin);
+        cmd.arg("serve").arg("--config").arg(setup.config());
+        Self::spawn(cmd)
+    }
+
+    /// Starts a prepared `serve` command and waits for its `listening on` line.
+    pub fn spawn(mut cmd: Command) -> Broker {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let err_lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = err_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                let status = child.wait().unwrap();
+                panic!(
+                    "broker exited ({status}) before listening:\n{}",
+                    err_lines.lock().unwrap().join("\n")
+                );
+            }
+            if let Some(a) = line.trim().strip_prefix("sallyport: listening on ") {
+                break a.parse().unwrap();
+            }
+        };
+        let stdout = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Broker {
+            child,
+            addr,
+            stdout,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback echo server on port 0, one thread per connection; runs until the test process ends.
+pub fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An address on which nothing listens.
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A TLS connector presenting `identity` and trusting `ca_pem`.
+pub fn connector(identity: &IdentityDir) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = sallyport_certs::tls::client_config(
+        provider,
+        PemFiles {
+            ca: (&identity.ca_pem, "ca"),
+            cert: (&identity.cert_pem, "cert"),
+            key: (&identity.key_pem, "key"),
+        },
+    )
+    .unwrap();
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// A TLS connector that presents no client certificate.
+pub fn anonymous_connector(ca_pem: &str) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in sallyport_certs::tls::certs_from_pem(ca_pem, "ca").unwrap() {
+        roots.add(c).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// A broker's answer to a raw request.
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers, lowercase names.
+    pub headers: Vec<(String, String)>,
+    /// Response body (for non-200 answers).
+    pub body: String,
+    /// The connection, positioned after the response head (a tunnel on 200).
+    pub stream: TlsStream<TcpStream>,
+}
+
+impl Answer {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one raw HTTP/1.1 request head over TLS and reads the answer's head and `Content-Length` body.
+pub async fn request(
+    addr: SocketAddr,
+    connector: &TlsConnector,
+    head: &str,
+) -> std::io::Result<Answer> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(head.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if tls.read(&mut byte).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        buf.push(byte[0]);
+        assert!(buf.len() < 64 * 1024, "response head too long");
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&buf).unwrap();
+    let status = resp.code.unwrap();
+    let headers: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    tls.read_exact(&mut body).await?;
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        stream: tls,
+    })
+}
+
+/// Sends `CONNECT authority` with an optional bearer grant.
+pub async fn connect(
+    addr: SocketAddr,
+    connector: &TlsConnector,
+    authority: &str,
+    grant: Option<&str>,
+) -> std::io::Result<Answer> {
+    let auth = grant
+        .map(|g| format!("Proxy-Authorization: Bearer {g}\r\n"))
+        .unwrap_or_default();
+    request(
+        addr,
+        connector,
+        &format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n"),
+    )
+    .await
+}
+
+/// Validity from now for `secs` seconds.
+pub fn valid_for(secs: u64) -> Validity {
+    Validity::from_now(Duration::from_secs(secs))
+}

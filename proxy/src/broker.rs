@@ -1,0 +1,293 @@
+//! The broker process: loads keys and policies, accepts TLS connections (client certificate required),
+//! serves HTTP/1.1 on each (CONNECT tunnels, `/healthz`), and shuts down gracefully.
+//!
+//! Per connection: accept -> TLS handshake (under a timeout) -> identify the peer from its certificate
+//! -> HTTP with bounded header size and header timeout. The CONNECT path lives in [`crate::tunnel`].
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sallyport_certs::grant::GrantVerifier;
+use sallyport_certs::identity::PeerIdentity;
+use sallyport_certs::tls::PemFiles;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{AuditEvent, AuditLog, AuditWriter, EventKind, Outcome};
+use crate::config::{Config, ConfigError};
+use crate::limiter::{FailKey, FailureLimiter};
+
+/// Response body type used throughout.
+pub type Body = Full<Bytes>;
+
+/// Everything a connection needs, shared.
+pub struct Broker {
+    /// The validated configuration.
+    pub cfg: Arc<Config>,
+    /// Grant verification.
+    pub verifier: GrantVerifier,
+    /// The audit trail.
+    pub audit: AuditLog,
+    /// Failed-authentication limits.
+    pub limiter: FailureLimiter,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    /// Tunnels and connections in flight.
+    pub tasks: TaskTracker,
+    acceptor: TlsAcceptor,
+}
+
+/// A connection's authenticated peer.
+#[derive(Debug)]
+pub struct Conn {
+    /// Who, from the client certificate.
+    pub peer: PeerIdentity,
+    /// From where.
+    pub ip: IpAddr,
+}
+
+fn read(path: &std::path::Path, field: &str, cfg: &Config) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        location: cfg.file.display().to_string(),
+        field: field.into(),
+        message: format!("cannot read `{}`: {e}", path.display()),
+        fix: format!(
+            "point `{field}` at an existing file, or create the PKI with `sallyport init --dir DIR`"
+        ),
+    })
+}
+
+fn bad(cfg: &Config, field: &str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError {
+        location: cfg.file.display().to_string(),
+        field: field.into(),
+        message: e.to_string(),
+        fix: format!("point `{field}` at the file `sallyport init` created, or create a new one"),
+    }
+}
+
+/// Loads the grant signing key and returns a verifier trusting it.
+pub fn load_signer(cfg: &Config) -> Result<sallyport_certs::grant::GrantSigner, ConfigError> {
+    let pem = read(&cfg.grants.signing_key, "grants.signing_key", cfg)?;
+    sallyport_certs::grant::GrantSigner::from_pkcs8_pem(
+        &pem,
+        &cfg.grants.issuer,
+        &cfg.grants.audience,
+    )
+    .map_err(|e| {
+        bad(
+            cfg,
+            "grants.signing_key",
+            format!("{}: {e}", cfg.grants.signing_key.display()),
+        )
+    })
+}
+
+impl Broker {
+    /// Loads TLS material, the signing key and the audit trail.
+    pub fn new(
+        cfg: Config,
+        shutdown: CancellationToken,
+    ) -> Result<(Arc<Broker>, AuditWriter), anyhow::Error> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let ca = read(&cfg.tls.ca, "tls.ca", &cfg)?;
+        let cert = read(&cfg.tls.cert, "tls.cert", &cfg)?;
+        let key = read(&cfg.tls.key, "tls.key", &cfg)?;
+        let (ca_n, cert_n, key_n) = (
+            cfg.tls.ca.display().to_string(),
+            cfg.tls.cert.display().to_string(),
+            cfg.tls.key.display().to_string(),
+        );
+        let server = sallyport_certs::tls::server_config(
+            provider,
+            PemFiles {
+                ca: (&ca, &ca_n),
+                cert: (&cert, &cert_n),
+                key: (&key, &key_n),
+            },
+            &[b"http/1.1"],
+        )
+        .map_err(|e| bad(&cfg, "tls", e))?;
+        let signer = load_signer(&cfg)?;
+        let verifier =
+            GrantVerifier::new(&cfg.grants.issuer, &cfg.grants.audience, cfg.grants.leeway)
+                .trust(signer.public_key());
+        let chains: Vec<&str> = cfg.customers.iter().map(|c| c.id.as_str()).collect();
+        let (audit, writer) = AuditLog::open(&cfg.data_dir.join("audit"), &chains)?;
+        let limiter = FailureLimiter::new(
+            cfg.limits.auth_failures_per_minute,
+            cfg.limits.auth_failure_burst,
+        );
+        Ok((
+            Arc::new(Broker {
+                cfg: Arc::new(cfg),
+                verifier,
+                audit,
+                limiter,
+                shutdown,
+                tasks: TaskTracker::new(),
+                acceptor: TlsAcceptor::from(Arc::new(server)),
+            }),
+            writer,
+        ))
+    }
+
+    /// Counts an authentication failure: against the certificate identity when the handshake
+    /// succeeded (a bad or foreign grant, answered 429 once over budget), else against the source IP
+    /// (a failed handshake; an IP over budget is dropped before its next handshake).
+    pub fn note_auth_failure(&self, ip: IpAddr, identity: Option<&str>) {
+        match identity {
+            Some(id) => self
+                .limiter
+                .record_failure(FailKey::Identity(id.to_owned())),
+            None => self.limiter.record_failure(FailKey::Ip(ip)),
+        };
+    }
+}
+
+/// Accepts connections until `shutdown` is cancelled, then drains them.
+pub async fn run(broker: Arc<Broker>, listener: TcpListener) {
+    let permits = Arc::new(Semaphore::new(broker.cfg.limits.max_connections));
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = broker.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(source_ip = %addr.ip(), "connection limit reached; dropping connection");
+            continue;
+        };
+        let b = broker.clone();
+        broker.tasks.spawn(async move {
+            handle_connection(b, tcp, addr).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    broker.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), broker.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s of shutdown; leaving them");
+    }
+}
+
+async fn audit_handshake_failure(b: &Broker, ip: IpAddr, reason: String) {
+    tracing::info!(source_ip = %ip, reason = %reason, "tls handshake refused");
+    let mut ev = AuditEvent::new(EventKind::AuthFailure, Outcome::Deny, reason);
+    ev.source_ip = Some(ip);
+    ev.actor = Some("unauthenticated".into());
+    if let Err(e) = b.audit.append(ev).await {
+        tracing::error!(error = %e, "could not audit a refused handshake");
+    }
+    b.note_auth_failure(ip, None);
+}
+
+async fn handle_connection(b: Arc<Broker>, tcp: TcpStream, addr: SocketAddr) {
+    let ip = addr.ip();
+    if b.limiter.blocked_for(&FailKey::Ip(ip)).is_some() {
+        tracing::debug!(source_ip = %ip, "source is rate-limited; dropping before handshake");
+        return;
+    }
+    let _ = tcp.set_nodelay(true);
+    let tls =
+        match tokio::time::timeout(b.cfg.limits.handshake_timeout, b.acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(source_ip = %ip, "connection closed before the handshake finished");
+                return;
+            }
+            Ok(Err(e)) => {
+                audit_handshake_failure(&b, ip, format!("tls handshake failed: {e}")).await;
+                return;
+            }
+            Err(_) => {
+                audit_handshake_failure(&b, ip, "tls handshake timed out".into()).await;
+                return;
+            }
+        };
+    let peer = match tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| "no client certificate".to_owned())
+        .and_then(|der| PeerIdentity::from_der(der, &b.cfg.trust_domain).map_err(|e| e.to_string()))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            audit_handshake_failure(&b, ip, format!("client certificate refused: {e}")).await;
+            return;
+        }
+    };
+    tracing::debug!(source_ip = %ip, peer = %peer.id, "client authenticated");
+    let conn = Arc::new(Conn { peer, ip });
+    let svc_broker = b.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let b = svc_broker.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(route(b, conn, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(b.cfg.limits.header_timeout)
+        .max_buf_size(b.cfg.limits.max_header_bytes)
+        .keep_alive(true);
+    let conn_fut = builder
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    tokio::pin!(conn_fut);
+    tokio::select! {
+        r = conn_fut.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(source_ip = %ip, error = %e, "connection ended with an error");
+            }
+        }
+        _ = b.shutdown.cancelled() => {
+            conn_fut.as_mut().graceful_shutdown();
+            let _ = conn_fut.await;
+        }
+    }
+}
+
+async fn route(b: Arc<Broker>, conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        return crate::tunnel::connect(&b, &conn, req).await;
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"code":"not_found","message":"no such route"}}"#.into(),
+        ),
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}

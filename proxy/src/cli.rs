@@ -1,0 +1,506 @@
+//! The `sallyport` command line: argument parsing, logging set-up, exit codes, and the human output of
+//! each command. Logic lives in the other modules.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand, ValueEnum};
+use sallyport_certs::identity_dir::IdentityDir;
+use sallyport_ids::{GroupName, Principal, SpiffeId};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+
+/// Exit code for an invalid configuration (EX_USAGE... EX_DATAERR family: sysexits 64).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Sallyport: just-in-time, customer-approved, audited access from MSP technicians to customer targets.
+///
+/// Start here: `sallyport serve` runs the broker on embedded defaults (./sallyport-data, created on
+/// first run) and prints a session to try.
+#[derive(Debug, Parser)]
+#[command(name = "sallyport", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    ///
+    /// Without --config, uses ./sallyport-data (running `init` there first if needed), serves the demo
+    /// target, and prints the demo identities and a session that works as printed.
+    Serve {
+        /// Configuration file (see deploy/sallyport.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen here instead of `server.listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Create a ready-to-run broker folder: config, PKI, grant signing key, demo customer and identities.
+    Init {
+        /// Folder to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// DNS name or IP address for the server certificate (repeatable; default localhost and 127.0.0.1).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Replace an existing setup in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Certificates for people.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Break-glass: mint a grant for a technician's certificate without approval (audited as such).
+    Grant {
+        /// The broker's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The technician's client certificate (PEM), e.g. IDENTITY/cert.pem.
+        #[arg(long)]
+        technician_cert: PathBuf,
+        /// Customer id.
+        #[arg(long)]
+        customer: String,
+        /// Target id.
+        #[arg(long)]
+        target: String,
+        /// Grant length in minutes.
+        #[arg(long)]
+        minutes: u32,
+    },
+    /// Forward a local port through a broker tunnel to CUSTOMER/TARGET (one tunnel per connection).
+    Connect {
+        /// `customer/target`, e.g. acme/db01.
+        target: String,
+        /// File holding the grant token.
+        #[arg(long)]
+        grant: PathBuf,
+        /// Local address to listen on, e.g. 127.0.0.1:15432 (port 0 picks a free port).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Identity folder (cert.pem, key.pem, ca.pem, broker).
+        #[arg(long, env = "SALLYPORT_IDENTITY")]
+        identity: PathBuf,
+        /// Broker address, overriding the identity folder's `broker` file.
+        #[arg(long)]
+        broker: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Issue an identity folder (cert.pem, key.pem, ca.pem, broker).
+    Issue {
+        #[command(subcommand)]
+        role: IssueRole,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct IssueCommon {
+    /// The broker folder (holding sallyport.toml and the CA).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Identity folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Certificate lifetime in hours.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    hours: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum IssueRole {
+    /// Provider staff who request access.
+    Technician {
+        /// Name, e.g. alice.
+        name: String,
+        /// The provider (MSP) the technician works for.
+        #[arg(long)]
+        provider: String,
+        /// Group carried in the certificate (repeatable), visible to customer policies.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        common: IssueCommon,
+    },
+    /// A customer's approver.
+    Approver {
+        /// Name.
+        name: String,
+        /// Customer id.
+        #[arg(long)]
+        customer: String,
+        #[command(flatten)]
+        common: IssueCommon,
+    },
+    /// A customer's auditor.
+    Auditor {
+        /// Name.
+        name: String,
+        /// Customer id.
+        #[arg(long)]
+        customer: String,
+        #[command(flatten)]
+        common: IssueCommon,
+    },
+    /// A provider administrator.
+    Admin {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        common: IssueCommon,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(cfg) = e.downcast_ref::<ConfigError>() {
+                eprintln!("sallyport: invalid configuration: {cfg}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("sallyport: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Serve { config, listen } => serve(config, listen),
+        Command::Init { dir, hosts, force } => {
+            let hosts = if hosts.is_empty() {
+                vec!["localhost".into(), "127.0.0.1".into()]
+            } else {
+                hosts
+            };
+            crate::init::init(&crate::init::InitOptions {
+                dir: dir.clone(),
+                hosts,
+                force,
+            })?;
+            println!("wrote a broker folder at {}:", dir.display());
+            println!("  config      {}", dir.join("sallyport.toml").display());
+            println!("  PKI         {}", dir.join("pki").display());
+            println!(
+                "  policy      {}",
+                dir.join("policies/acme.cedar").display()
+            );
+            for which in crate::init::DEMO_IDENTITIES {
+                println!(
+                    "  {which:<11} {}",
+                    dir.join("identities").join(which).display()
+                );
+            }
+            println!(
+                "run it with: sallyport serve --config {}",
+                dir.join("sallyport.toml").display()
+            );
+            Ok(())
+        }
+        Command::Certs {
+            command: CertsCommand::Issue { role },
+        } => issue(role),
+        Command::Grant {
+            config,
+            technician_cert,
+            customer,
+            target,
+            minutes,
+        } => {
+            let cfg = Config::load(&config)?;
+            let operator = format!(
+                "break-glass:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown-operator".into())
+            );
+            let token = crate::breakglass::mint(
+                &cfg,
+                &crate::breakglass::BreakGlass {
+                    technician_cert: &technician_cert,
+                    customer: &customer,
+                    target: &target,
+                    minutes,
+                    operator,
+                },
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Connect {
+            target,
+            grant,
+            listen,
+            identity,
+            broker,
+        } => connect(&target, &grant, listen, &identity, broker.as_deref()),
+    }
+}
+
+fn issue(role: IssueRole) -> anyhow::Result<()> {
+    let (principal, groups, common) = match role {
+        IssueRole::Technician {
+            name,
+            provider,
+            groups,
+            common,
+        } => (
+            Principal::Technician {
+                provider: provider.parse()?,
+                name: name.parse()?,
+            },
+            groups
+                .iter()
+                .map(|g| g.parse())
+                .collect::<Result<Vec<GroupName>, _>>()?,
+            common,
+        ),
+        IssueRole::Approver {
+            name,
+            customer,
+            common,
+        } => (
+            Principal::Approver {
+                customer: customer.parse()?,
+                name: name.parse()?,
+            },
+            vec![],
+            common,
+        ),
+        IssueRole::Auditor {
+            name,
+            customer,
+            common,
+        } => (
+            Principal::Auditor {
+                customer: customer.parse()?,
+                name: name.parse()?,
+            },
+            vec![],
+            common,
+        ),
+        IssueRole::Admin { name, common } => (
+            Principal::Admin {
+                name: name.parse()?,
+            },
+            vec![],
+            common,
+        ),
+    };
+    let cfg = Config::load(&common.dir.join("sallyport.toml"))?;
+    if let Some(c) = principal.customer()
+        && cfg.customer(c.as_str()).is_none()
+    {
+        return Err(anyhow!(
+            "customer `{c}` is not configured in {}",
+            cfg.file.display()
+        ));
+    }
+    let ca = crate::init::load_ca(&cfg)?;
+    let id = SpiffeId::new(cfg.trust_domain.clone(), principal);
+    crate::init::issue_identity(
+        &ca,
+        &id,
+        &groups,
+        common.hours,
+        &common.out,
+        &cfg.public_address,
+    )?;
+    println!(
+        "wrote identity {} for {id} (valid {} h, broker {})",
+        common.out.display(),
+        common.hours,
+        cfg.public_address
+    );
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn shutdown_on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+fn rel(p: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| p.strip_prefix(&cwd).ok().map(|r| r.display().to_string()))
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let embedded = config.is_none();
+    let config = match config {
+        Some(c) => c,
+        None => {
+            let dir = PathBuf::from("sallyport-data");
+            if !dir.join("sallyport.toml").exists() {
+                crate::init::init(&crate::init::InitOptions {
+                    dir: dir.clone(),
+                    hosts: vec!["localhost".into(), "127.0.0.1".into()],
+                    force: false,
+                })?;
+                println!("created ./sallyport-data (config, PKI, demo customer and identities)");
+            }
+            dir.join("sallyport.toml")
+        }
+    };
+    let mut cfg = Config::load(&config)?;
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if embedded && crate::init::renew_demo_identities(Path::new("sallyport-data"), &cfg)? {
+        println!("renewed the demo identities (their certificates had expired or were about to)");
+    }
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        shutdown_on_signals(shutdown.clone())?;
+        let demo_target = cfg
+            .customer("acme")
+            .and_then(|c| c.target("web"))
+            .and_then(|t| t.address.parse::<SocketAddr>().ok());
+        let (broker, writer) = crate::broker::Broker::new(cfg, shutdown.clone())?;
+        let listener = tokio::net::TcpListener::bind(broker.cfg.listen)
+            .await
+            .map_err(|e| ConfigError {
+                location: broker.cfg.file.display().to_string(),
+                field: "server.listen".into(),
+                message: format!("cannot listen on {}: {e}", broker.cfg.listen),
+                fix: "stop whatever uses that port, or pick another with --listen or server.listen"
+                    .into(),
+            })?;
+        let addr = listener.local_addr()?;
+        println!("sallyport: listening on {addr}");
+        tracing::info!(listen = %addr, config = %broker.cfg.file.display(), "broker started");
+        if embedded {
+            if let Some(t) = demo_target {
+                match crate::demo::serve(t).await {
+                    Ok(a) => println!("demo target acme/web served on {a}"),
+                    Err(e) => println!("note: could not serve the demo target on {t}: {e}"),
+                }
+            }
+            print_demo(addr, &broker.cfg);
+        }
+        crate::broker::run(broker.clone(), listener).await;
+        drop(broker);
+        tokio::task::spawn_blocking(move || writer.join()).await?;
+        tracing::info!("broker stopped");
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+fn print_demo(addr: SocketAddr, cfg: &Config) {
+    let exe = std::env::current_exe()
+        .map(|p| rel(&p))
+        .unwrap_or_else(|_| "sallyport".into());
+    let id = |w: &str| format!("sallyport-data/identities/{w}");
+    let broker_flag = if addr.port() == 8443 {
+        String::new()
+    } else {
+        format!(" --broker localhost:{}", addr.port())
+    };
+    println!();
+    println!("Demo identities (certificates valid 12 h, renewed by `serve` when expired):");
+    println!(
+        "  technician  {}  (alice of provider northwind, group support)",
+        id("technician")
+    );
+    println!(
+        "  approver    {}  (bob, approver for customer acme)",
+        id("approver")
+    );
+    println!("  admin       {}  (root, provider admin)", id("admin"));
+    println!();
+    println!("Try a session from another terminal, in this folder:");
+    println!(
+        "  {exe} grant --config sallyport-data/sallyport.toml --technician-cert {}/cert.pem --customer acme --target web --minutes 30 > grant.jwt",
+        id("technician")
+    );
+    println!(
+        "  {exe} connect acme/web --grant grant.jwt --listen 127.0.0.1:7001 --identity {}{broker_flag} &",
+        id("technician")
+    );
+    println!("  curl http://127.0.0.1:7001/");
+    println!();
+    println!(
+        "Every decision and tunnel is on the audit trail: {}",
+        rel(&cfg.data_dir.join("audit").join("acme.jsonl"))
+    );
+}
+
+fn connect(
+    target: &str,
+    grant: &Path,
+    listen: SocketAddr,
+    identity: &Path,
+    broker: Option<&str>,
+) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(grant)
+        .with_context(|| format!("reading the grant {}", grant.display()))?;
+    let token = token.trim();
+    let identity = IdentityDir::read(identity)?;
+    let (fwd, expires) = crate::forwarder::Forwarder::new(target, token, &identity, broker)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = crate::forwarder::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        println!("sallyport: listening on {addr}");
+        println!("forwarding {addr} -> {target} (grant expires {expires}); Ctrl-C to stop");
+        tokio::select! {
+            r = fwd.serve(listener) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}

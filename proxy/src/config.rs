@@ -1,0 +1,644 @@
+//! `sallyport.toml`: the file structs (`File*`, unknown keys refused) and the validated [`Config`].
+//!
+//! Paths in the file are relative to the file's own folder. Every error names the file, the line where
+//! it can (from TOML spans), the field, and what to change; the binary exits 64 on them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sallyport_ids::{CustomerId, TargetId, TrustDomain};
+use sallyport_policy::CustomerPolicy;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration problem: where, which field, what is wrong, and how to fix it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{location}: `{field}`: {message}\n  fix: {fix}")]
+pub struct ConfigError {
+    /// `file` or `file:line`.
+    pub location: String,
+    /// The key concerned, e.g. `customers[0].targets[1].address`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// What to change.
+    pub fix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    server: FileServer,
+    #[serde(default)]
+    tls: FileTls,
+    #[serde(default)]
+    grants: FileGrants,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    customers: Vec<FileCustomer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    listen: Spanned<String>,
+    #[serde(default = "d_data_dir")]
+    data_dir: String,
+    #[serde(default)]
+    trust_domain: Option<Spanned<String>>,
+    #[serde(default)]
+    public_address: Option<String>,
+}
+
+fn d_data_dir() -> String {
+    "data".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileTls {
+    ca: String,
+    ca_key: String,
+    cert: String,
+    key: String,
+}
+
+impl Default for FileTls {
+    fn default() -> Self {
+        Self {
+            ca: "pki/ca.pem".into(),
+            ca_key: "pki/ca.key".into(),
+            cert: "pki/server.pem".into(),
+            key: "pki/server.key".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileGrants {
+    signing_key: String,
+    issuer: String,
+    audience: String,
+    leeway_seconds: u64,
+    max_minutes: u32,
+}
+
+impl Default for FileGrants {
+    fn default() -> Self {
+        Self {
+            signing_key: "pki/grant-signing.key".into(),
+            issuer: "sallyport".into(),
+            audience: "sallyport".into(),
+            leeway_seconds: 30,
+            max_minutes: 480,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLimits {
+    handshake_timeout_seconds: u64,
+    header_timeout_seconds: u64,
+    idle_timeout_seconds: u64,
+    connect_timeout_seconds: u64,
+    max_header_bytes: usize,
+    max_connections: usize,
+    auth_failures_per_minute: u32,
+    auth_failure_burst: u32,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_seconds: 10,
+            header_timeout_seconds: 10,
+            idle_timeout_seconds: 900,
+            connect_timeout_seconds: 5,
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            auth_failures_per_minute: 10,
+            auth_failure_burst: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCustomer {
+    id: Spanned<String>,
+    policy: Spanned<String>,
+    #[serde(default)]
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    targets: Vec<FileTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTarget {
+    id: Spanned<String>,
+    address: Spanned<String>,
+    #[serde(default = "d_protocol")]
+    protocol: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+fn d_protocol() -> String {
+    "tcp".into()
+}
+
+/// Paths of the broker's TLS material.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// CA private key (needed only to issue certificates).
+    pub ca_key: PathBuf,
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Server private key.
+    pub key: PathBuf,
+}
+
+/// Grant settings.
+#[derive(Debug, Clone)]
+pub struct GrantSettings {
+    /// Ed25519 PKCS#8 signing key.
+    pub signing_key: PathBuf,
+    /// `iss` of minted grants.
+    pub issuer: String,
+    /// `aud` of minted grants.
+    pub audience: String,
+    /// Clock-skew leeway when verifying.
+    pub leeway: Duration,
+    /// Longest grant that may be minted.
+    pub max_minutes: u32,
+}
+
+/// Bounds on what a client may cost the broker.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// Request headers must arrive within this.
+    pub header_timeout: Duration,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Dialling a target gives up after this.
+    pub connect_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Most concurrent client connections.
+    pub max_connections: usize,
+    /// Failed authentications allowed per source IP or identity per minute.
+    pub auth_failures_per_minute: u32,
+    /// Burst of failed authentications allowed before the rate applies.
+    pub auth_failure_burst: u32,
+}
+
+/// One customer endpoint.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Target id.
+    pub id: TargetId,
+    /// Configured address (`host:port`), the only place the broker dials.
+    pub address: String,
+    /// The port of `address`: the port a CONNECT authority must name.
+    pub port: u16,
+    /// Protocol label (informational, visible to policies).
+    pub protocol: String,
+    /// Tags visible to policies.
+    pub tags: Vec<String>,
+}
+
+/// One customer (tenant).
+#[derive(Debug, Clone)]
+pub struct Customer {
+    /// Customer id.
+    pub id: CustomerId,
+    /// IANA time zone for policy hours and weekdays.
+    pub timezone: String,
+    /// Path of the policy file.
+    pub policy_path: PathBuf,
+    /// The validated policy set.
+    pub policy: Arc<CustomerPolicy>,
+    /// The customer's targets.
+    pub targets: Vec<Target>,
+}
+
+impl Customer {
+    /// The target with this id.
+    pub fn target(&self, id: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.id.as_str() == id)
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the audit trail and state live.
+    pub data_dir: PathBuf,
+    /// SPIFFE trust domain of the broker PKI.
+    pub trust_domain: TrustDomain,
+    /// Address written into identity folders (`host:port`).
+    pub public_address: String,
+    /// TLS material.
+    pub tls: TlsPaths,
+    /// Grant settings.
+    pub grants: GrantSettings,
+    /// Bounds.
+    pub limits: Limits,
+    /// Customers.
+    pub customers: Vec<Customer>,
+}
+
+impl Config {
+    /// The customer with this id.
+    pub fn customer(&self, id: &str) -> Option<&Customer> {
+        self.customers.iter().find(|c| c.id.as_str() == id)
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            location: path.display().to_string(),
+            field: "(file)".into(),
+            message: format!("cannot read the configuration: {e}"),
+            fix: "pass an existing file with --config, or run `sallyport init --dir DIR` to create one"
+                .into(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates configuration text that was read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let v = Validator { path, text };
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| v.line(s.start));
+            ConfigError {
+                location: v.loc(line),
+                field: "(syntax)".into(),
+                message: e.message().trim().to_owned(),
+                fix: "see deploy/sallyport.toml for every key and its meaning".into(),
+            }
+        })?;
+        v.validate(file)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Validator<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn loc(&self, line: Option<usize>) -> String {
+        match line {
+            Some(l) => format!("{}:{l}", self.path.display()),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    fn err<T>(&self, at: &Spanned<T>, field: &str, message: String, fix: &str) -> ConfigError {
+        ConfigError {
+            location: self.loc(Some(self.line(at.span().start))),
+            field: field.into(),
+            message,
+            fix: fix.into(),
+        }
+    }
+
+    fn rel(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn validate(&self, f: FileConfig) -> Result<Config, ConfigError> {
+        let listen: SocketAddr = f.server.listen.get_ref().parse().map_err(|e| {
+            self.err(
+                &f.server.listen,
+                "server.listen",
+                format!("`{}` is not an address: {e}", f.server.listen.get_ref()),
+                "use IP:PORT, e.g. \"127.0.0.1:8443\" or \"0.0.0.0:8443\"",
+            )
+        })?;
+        let trust_domain = match &f.server.trust_domain {
+            None => "sallyport.local".parse().map_err(|_| ConfigError {
+                location: self.loc(None),
+                field: "server.trust_domain".into(),
+                message: "default trust domain rejected".into(),
+                fix: "set server.trust_domain".into(),
+            })?,
+            Some(td) => td.get_ref().parse().map_err(|e| {
+                self.err(
+                    td,
+                    "server.trust_domain",
+                    format!("{e}"),
+                    "use the trust domain the PKI was created with (see `sallyport init`)",
+                )
+            })?,
+        };
+        let public_address = f
+            .server
+            .public_address
+            .clone()
+            .unwrap_or_else(|| match listen.ip() {
+                ip if ip.is_unspecified() || ip.is_loopback() => {
+                    format!("localhost:{}", listen.port())
+                }
+                ip => format!("{ip}:{}", listen.port()),
+            });
+        let g = &f.grants;
+        if g.max_minutes == 0 || g.max_minutes > 7 * 24 * 60 {
+            return Err(ConfigError {
+                location: self.loc(None),
+                field: "grants.max_minutes".into(),
+                message: format!("{} is out of range", g.max_minutes),
+                fix: "use 1 to 10080 (one week)".into(),
+            });
+        }
+        let l = &f.limits;
+        for (name, value) in [
+            (
+                "limits.handshake_timeout_seconds",
+                l.handshake_timeout_seconds,
+            ),
+            ("limits.header_timeout_seconds", l.header_timeout_seconds),
+            ("limits.idle_timeout_seconds", l.idle_timeout_seconds),
+            ("limits.connect_timeout_seconds", l.connect_timeout_seconds),
+            (
+                "limits.auth_failures_per_minute",
+                u64::from(l.auth_failures_per_minute),
+            ),
+            ("limits.auth_failure_burst", u64::from(l.auth_failure_burst)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError {
+                    location: self.loc(None),
+                    field: name.into(),
+                    message: "must be at least 1".into(),
+                    fix: format!("remove `{name}` to use the default, or set a positive value"),
+                });
+            }
+        }
+        if !(8192..=1024 * 1024).contains(&l.max_header_bytes) {
+            return Err(ConfigError {
+                location: self.loc(None),
+                field: "limits.max_header_bytes".into(),
+                message: format!("{} is out of range", l.max_header_bytes),
+                fix: "use 8192 to 1048576".into(),
+            });
+        }
+        let mut customers: Vec<Customer> = Vec::new();
+        for (ci, c) in f.customers.iter().enumerate() {
+            let field = |k: &str| format!("customers[{ci}].{k}");
+            let id: CustomerId = c.id.get_ref().parse().map_err(|e| {
+                self.err(
+                    &c.id,
+                    &field("id"),
+                    format!("{e}"),
+                    "use a short lowercase name like \"acme\"",
+                )
+            })?;
+            if customers.iter().any(|o| o.id == id) {
+                return Err(self.err(
+                    &c.id,
+                    &field("id"),
+                    format!("customer `{id}` is defined twice"),
+                    "give every customer a distinct id",
+                ));
+            }
+            let timezone = c
+                .timezone
+                .as_ref()
+                .map(|t| t.get_ref().clone())
+                .unwrap_or_else(|| "UTC".into());
+            if let Some(tz) = &c.timezone
+                && jiff::tz::TimeZone::get(tz.get_ref()).is_err()
+            {
+                return Err(self.err(
+                    tz,
+                    &field("timezone"),
+                    format!("unknown time zone `{}`", tz.get_ref()),
+                    "use an IANA time zone name such as \"Europe/Berlin\" or \"UTC\"",
+                ));
+            }
+            let policy_path = self.rel(c.policy.get_ref());
+            let source = std::fs::read_to_string(&policy_path).map_err(|e| {
+                self.err(
+                    &c.policy,
+                    &field("policy"),
+                    format!("cannot read `{}`: {e}", policy_path.display()),
+                    "point `policy` at the customer's Cedar policy file (relative to this config)",
+                )
+            })?;
+            let policy = CustomerPolicy::parse(
+                id.clone(),
+                &timezone,
+                &policy_path.display().to_string(),
+                &source,
+            )
+            .map_err(|e| ConfigError {
+                location: self.loc(Some(self.line(c.policy.span().start))),
+                field: field("policy"),
+                message: format!("invalid policy: {e}"),
+                fix: "correct the policy file; the Sallyport Cedar schema is in policy/src/sallyport.cedarschema"
+                    .into(),
+            })?;
+            let mut targets: Vec<Target> = Vec::new();
+            for (ti, t) in c.targets.iter().enumerate() {
+                let tfield = |k: &str| format!("customers[{ci}].targets[{ti}].{k}");
+                let tid: TargetId = t.id.get_ref().parse().map_err(|e| {
+                    self.err(
+                        &t.id,
+                        &tfield("id"),
+                        format!("{e}"),
+                        "use a short lowercase name like \"db01\"",
+                    )
+                })?;
+                if targets.iter().any(|o| o.id == tid) {
+                    return Err(self.err(
+                        &t.id,
+                        &tfield("id"),
+                        format!("target `{tid}` is defined twice for customer `{id}`"),
+                        "give every target of a customer a distinct id",
+                    ));
+                }
+                let addr = t.address.get_ref();
+                let port = addr
+                    .rsplit_once(':')
+                    .filter(|(host, _)| !host.is_empty())
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        self.err(
+                            &t.address,
+                            &tfield("address"),
+                            format!("`{addr}` is not HOST:PORT"),
+                            "use the address the broker dials, e.g. \"10.20.0.5:5432\" or \"db01.internal:5432\"",
+                        )
+                    })?;
+                targets.push(Target {
+                    id: tid,
+                    address: addr.clone(),
+                    port,
+                    protocol: t.protocol.clone(),
+                    tags: t.tags.clone(),
+                });
+            }
+            customers.push(Customer {
+                id,
+                timezone,
+                policy_path,
+                policy: Arc::new(policy),
+                targets,
+            });
+        }
+        Ok(Config {
+            file: self.path.to_owned(),
+            listen,
+            data_dir: self.rel(&f.server.data_dir),
+            trust_domain,
+            public_address,
+            tls: TlsPaths {
+                ca: self.rel(&f.tls.ca),
+                ca_key: self.rel(&f.tls.ca_key),
+                cert: self.rel(&f.tls.cert),
+                key: self.rel(&f.tls.key),
+            },
+            grants: GrantSettings {
+                signing_key: self.rel(&g.signing_key),
+                issuer: g.issuer.clone(),
+                audience: g.audience.clone(),
+                leeway: Duration::from_secs(g.leeway_seconds),
+                max_minutes: g.max_minutes,
+            },
+            limits: Limits {
+                handshake_timeout: Duration::from_secs(l.handshake_timeout_seconds),
+                header_timeout: Duration::from_secs(l.header_timeout_seconds),
+                idle_timeout: Duration::from_secs(l.idle_timeout_seconds),
+                connect_timeout: Duration::from_secs(l.connect_timeout_seconds),
+                max_header_bytes: l.max_header_bytes,
+                max_connections: l.max_connections,
+                auth_failures_per_minute: l.auth_failures_per_minute,
+                auth_failure_burst: l.auth_failure_burst,
+            },
+            customers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/sallyport/sallyport.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("[server]\nlisten = \"127.0.0.1:8443\"\n").unwrap();
+        assert_eq!(c.data_dir, Path::new("/etc/sallyport/data"));
+        assert_eq!(c.grants.leeway, Duration::from_secs(30));
+        assert_eq!(c.public_address, "localhost:8443");
+        assert_eq!(c.trust_domain.as_str(), "sallyport.local");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:8443\"\nlisten_port = 3\n").unwrap_err();
+        let s = err.to_string();
+        assert!(s.starts_with("/etc/sallyport/sallyport.toml:3:"), "{s}");
+        assert!(s.contains("listen_port"), "{s}");
+    }
+
+    #[test]
+    fn bad_listen_names_field_and_fix() {
+        let err = parse("[server]\nlisten = \"localhost\"\n").unwrap_err();
+        assert_eq!(err.field, "server.listen");
+        assert_eq!(err.location, "/etc/sallyport/sallyport.toml:2");
+        assert!(err.fix.contains("IP:PORT"));
+    }
+
+    #[test]
+    fn missing_policy_file_is_named() {
+        let err = parse(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[[customers]]\nid = \"acme\"\npolicy = \"nope.cedar\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "customers[0].policy");
+        assert!(err.message.contains("/etc/sallyport/nope.cedar"), "{err}");
+        assert_eq!(err.location, "/etc/sallyport/sallyport.toml:5");
+    }
+
+    #[test]
+    fn bad_customer_and_target_ids_are_refused() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\n[[customers]]\nid = \"Acme Corp\"\npolicy = \"p\"\n")
+            .unwrap_err();
+        assert_eq!(err.field, "customers[0].id");
+        assert_eq!(err.location, "/etc/sallyport/sallyport.toml:4");
+    }
+
+    #[test]
+    fn policy_and_target_errors_from_real_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("acme.cedar"),
+            "permit(principal, action, resource);\n",
+        )
+        .unwrap();
+        let cfg = dir.path().join("sallyport.toml");
+        let base = "[server]\nlisten = \"127.0.0.1:1\"\n[[customers]]\nid = \"acme\"\npolicy = \"acme.cedar\"\ntimezone = \"Europe/Berlin\"\n";
+        let ok = format!(
+            "{base}[[customers.targets]]\nid = \"db01\"\naddress = \"10.20.0.5:5432\"\ntags = [\"prod\"]\n"
+        );
+        let c = Config::parse(&cfg, &ok).unwrap();
+        let t = c.customer("acme").unwrap().target("db01").unwrap();
+        assert_eq!(t.port, 5432);
+        assert_eq!(t.protocol, "tcp");
+
+        let bad = format!("{base}[[customers.targets]]\nid = \"db01\"\naddress = \"10.20.0.5\"\n");
+        let err = Config::parse(&cfg, &bad).unwrap_err();
+        assert_eq!(err.field, "customers[0].targets[0].address");
+        assert!(
+            err.location.ends_with("sallyport.toml:9"),
+            "{}",
+            err.location
+        );
+
+        let tz = base.replace("Europe/Berlin", "Mars/Olympus");
+        let err = Config::parse(&cfg, &tz).unwrap_err();
+        assert_eq!(err.field, "customers[0].timezone");
+
+        std::fs::write(
+            dir.path().join("acme.cedar"),
+            "permit(principal, action, resource)\n",
+        )
+        .unwrap();
+        let err = Config::parse(&cfg, base).unwrap_err();
+        assert!(err.message.contains("acme.cedar:"), "{err}");
+    }
+}

@@ -1,0 +1,104 @@
+//! Failed-authentication limits per source IP and per identity (governor), with a penalty box: a key
+//! that spends its failure budget is refused (429) until the budget refills.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+const MAX_BLOCKED: usize = 100_000;
+
+/// Who failed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FailKey {
+    /// A source address.
+    Ip(IpAddr),
+    /// A certificate identity (SPIFFE id).
+    Identity(String),
+}
+
+/// Counts failures and blocks keys that fail too often.
+pub struct FailureLimiter {
+    limiter: DefaultKeyedRateLimiter<FailKey>,
+    blocked: Mutex<HashMap<FailKey, Instant>>,
+}
+
+impl std::fmt::Debug for FailureLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailureLimiter").finish_non_exhaustive()
+    }
+}
+
+impl FailureLimiter {
+    /// Allows `per_minute` failures per key, with bursts of `burst`.
+    pub fn new(per_minute: u32, burst: u32) -> Self {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `key` is still blocked, if it is.
+    pub fn blocked_for(&self, key: &FailKey) -> Option<Duration> {
+        let mut map = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *map.get(key)?;
+        let now = Instant::now();
+        if until > now {
+            Some(until - now)
+        } else {
+            map.remove(key);
+            None
+        }
+    }
+
+    /// Records a failure by `key`; returns true when that failure spent the budget.
+    pub fn record_failure(&self, key: FailKey) -> bool {
+        let clock = DefaultClock::default();
+        match self.limiter.check_key(&key) {
+            Ok(()) => false,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(clock.now());
+                let mut map = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+                if map.len() >= MAX_BLOCKED {
+                    let now = Instant::now();
+                    map.retain(|_, until| *until > now);
+                    self.limiter.retain_recent();
+                }
+                if map.len() < MAX_BLOCKED {
+                    map.insert(key, Instant::now() + wait.max(Duration::from_secs(1)));
+                }
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_after_the_burst_and_only_that_key() {
+        let l = FailureLimiter::new(1, 3);
+        let bad = FailKey::Ip("10.0.0.1".parse().unwrap());
+        let good = FailKey::Ip("10.0.0.2".parse().unwrap());
+        for _ in 0..3 {
+            assert!(!l.record_failure(bad.clone()));
+            assert!(l.blocked_for(&bad).is_none());
+        }
+        assert!(l.record_failure(bad.clone()));
+        let wait = l.blocked_for(&bad).unwrap();
+        assert!(
+            wait > Duration::from_secs(30) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert!(l.blocked_for(&good).is_none());
+        assert!(l.blocked_for(&FailKey::Identity("x".into())).is_none());
+    }
+}

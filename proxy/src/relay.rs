@@ -1,0 +1,198 @@
+//! Relaying an open tunnel: bytes both ways, counted, until a peer closes, the grant expires, the tunnel
+//! idles out, or the broker shuts down, whichever comes first.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Why a tunnel closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// One side closed and the other finished.
+    PeerClosed,
+    /// The grant's `exp` passed.
+    GrantExpired,
+    /// No bytes either way for the idle timeout.
+    Idle,
+    /// The broker is shutting down.
+    Shutdown,
+    /// A read or write failed.
+    Error(String),
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("closed by peer"),
+            CloseReason::GrantExpired => f.write_str("grant expired"),
+            CloseReason::Idle => f.write_str("idle timeout"),
+            CloseReason::Shutdown => f.write_str("broker shutting down"),
+            CloseReason::Error(e) => write!(f, "relay error: {e}"),
+        }
+    }
+}
+
+/// What a finished relay moved.
+#[derive(Debug, Clone)]
+pub struct RelayOutcome {
+    /// Bytes from the client to the target.
+    pub bytes_up: u64,
+    /// Bytes from the target to the client.
+    pub bytes_down: u64,
+    /// Why it ended.
+    pub reason: CloseReason,
+}
+
+/// Counts bytes read through a stream and notes when it last saw any.
+struct Metered<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+    activity: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            let ms = self.epoch.elapsed().as_millis() as u64;
+            self.activity.store(ms, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Relays between `client` and `upstream` until done; never longer than `deadline`.
+pub async fn relay<C, U>(
+    client: C,
+    upstream: U,
+    deadline: Instant,
+    idle: Duration,
+    cancel: CancellationToken,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let epoch = Instant::now();
+    let up = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(AtomicU64::new(0));
+    let mut client = Metered {
+        inner: client,
+        read: up.clone(),
+        activity: activity.clone(),
+        epoch,
+    };
+    let mut upstream = Metered {
+        inner: upstream,
+        read: down.clone(),
+        activity: activity.clone(),
+        epoch,
+    };
+    let idle_watch = async {
+        loop {
+            let last = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
+            if Instant::now() >= last + idle {
+                return;
+            }
+            tokio::time::sleep_until(last + idle).await;
+        }
+    };
+    let reason = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+            Ok(_) => CloseReason::PeerClosed,
+            Err(e) => CloseReason::Error(e.to_string()),
+        },
+        _ = tokio::time::sleep_until(deadline) => CloseReason::GrantExpired,
+        _ = idle_watch => CloseReason::Idle,
+        _ = cancel.cancelled() => CloseReason::Shutdown,
+    };
+    RelayOutcome {
+        bytes_up: up.load(Ordering::Relaxed),
+        bytes_down: down.load(Ordering::Relaxed),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn counts_both_ways_and_stops_at_deadline() {
+        let (mut client, c_end) = tokio::io::duplex(1024);
+        let (u_end, mut target) = tokio::io::duplex(1024);
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let task = tokio::spawn(relay(
+            c_end,
+            u_end,
+            deadline,
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        ));
+        client.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        target.read_exact(&mut buf).await.unwrap();
+        target.write_all(b"hi!").await.unwrap();
+        let mut buf = [0u8; 3];
+        client.read_exact(&mut buf).await.unwrap();
+        let out = task.await.unwrap();
+        assert_eq!(out.reason, CloseReason::GrantExpired);
+        assert!(Instant::now() >= deadline);
+        assert_eq!((out.bytes_up, out.bytes_down), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn idle_and_cancel_end_the_relay() {
+        let (_client, c_end) = tokio::io::duplex(64);
+        let (u_end, _target) = tokio::io::duplex(64);
+        let far = Instant::now() + Duration::from_secs(60);
+        let out = relay(
+            c_end,
+            u_end,
+            far,
+            Duration::from_millis(50),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(out.reason, CloseReason::Idle);
+
+        let (_client, c_end) = tokio::io::duplex(64);
+        let (u_end, _target) = tokio::io::duplex(64);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let out = relay(c_end, u_end, far, Duration::from_secs(60), cancel).await;
+        assert_eq!(out.reason, CloseReason::Shutdown);
+    }
+}

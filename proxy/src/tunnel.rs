@@ -1,0 +1,428 @@
+//! The CONNECT path, top to bottom: rate limit -> grant -> binding -> route -> policy -> audit -> dial
+//! -> audit -> 200 and relay. Each stage returns a typed result; a refusal carries its status, its
+//! reason and how it is audited. Nothing reaches a target before its allow record is durable.
+//!
+//! Statuses: 200 tunnel open; 400 malformed authority; 403 valid grant but another customer or target,
+//! certificate mismatch, or policy deny; 404 unknown target; 407 missing or invalid grant; 429
+//! rate-limited; 502 target unreachable; 503 audit trail not writable.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sallyport_certs::grant::{GrantClaims, GrantError};
+use sallyport_ids::{Principal, Role};
+use sallyport_policy::{Action, RequestContext, Subject, TargetInfo};
+use tokio::net::TcpStream;
+
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::broker::{Body, Broker, Conn};
+use crate::config::{Customer, Target};
+use crate::limiter::FailKey;
+use crate::relay;
+
+/// A refused tunnel request.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    reason: String,
+    event: EventKind,
+    customer: Option<String>,
+    target: Option<String>,
+    grant_id: Option<String>,
+    policy_ids: Vec<String>,
+    auth_failure: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, event: EventKind, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            event,
+            customer: None,
+            target: None,
+            grant_id: None,
+            policy_ids: Vec::new(),
+            auth_failure: event == EventKind::AuthFailure,
+            retry_after: None,
+        }
+    }
+
+    fn about(mut self, claims: &GrantClaims) -> Self {
+        self.customer = Some(claims.customer.to_string());
+        self.target = Some(claims.target.to_string());
+        self.grant_id = Some(claims.gid.to_string());
+        self
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(format!(
+        "{} {}: {msg}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    ))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Handles one CONNECT request.
+pub async fn connect(b: &Arc<Broker>, conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
+    let session_id = format!("s-{}", uuid::Uuid::new_v4().simple());
+    let opened = match decide(b, conn, &req) {
+        Ok(ok) => ok,
+        Err(refusal) => return refuse(b, conn, &session_id, refusal).await,
+    };
+    let Allowed {
+        claims,
+        customer,
+        target,
+        policy_ids,
+        reason,
+    } = opened;
+    let actor = conn.peer.id.to_string();
+    let base = |event, outcome, why: String| {
+        let mut ev = AuditEvent::new(event, outcome, why);
+        ev.customer = Some(customer.id.to_string());
+        ev.actor = Some(actor.clone());
+        ev.target = Some(target.id.to_string());
+        ev.grant_id = Some(claims.gid.to_string());
+        ev.session_id = Some(session_id.clone());
+        ev.source_ip = Some(conn.ip);
+        ev
+    };
+    // Stage: the allow decision is durable before anything is dialled.
+    let mut allow = base(EventKind::Decision, Outcome::Allow, reason);
+    allow.policy_ids = policy_ids;
+    allow.expires_at = Some(rfc3339(claims.exp));
+    if let Err(e) = b.audit.append(allow).await {
+        tracing::error!(error = %e, "audit trail not writable; refusing tunnel");
+        return text(StatusCode::SERVICE_UNAVAILABLE, "audit trail not writable");
+    }
+    // Stage: dial the configured address, never one the client names.
+    let upstream = match tokio::time::timeout(
+        b.cfg.limits.connect_timeout,
+        TcpStream::connect(&target.address),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return unreachable(
+                b,
+                base(
+                    EventKind::TunnelFailed,
+                    Outcome::Failure,
+                    format!("target unreachable: {e}"),
+                ),
+            )
+            .await;
+        }
+        Err(_) => {
+            return unreachable(
+                b,
+                base(
+                    EventKind::TunnelFailed,
+                    Outcome::Failure,
+                    "target unreachable: connect timed out".into(),
+                ),
+            )
+            .await;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    if let Err(e) = b
+        .audit
+        .append(base(
+            EventKind::TunnelOpen,
+            Outcome::Success,
+            "tunnel open".into(),
+        ))
+        .await
+    {
+        tracing::error!(error = %e, "audit trail not writable; refusing tunnel");
+        return text(StatusCode::SERVICE_UNAVAILABLE, "audit trail not writable");
+    }
+    tracing::debug!(session = %session_id, technician = %actor, customer = %customer.id, target = %target.id, "tunnel open");
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let deadline = tokio::time::Instant::now()
+        + claims
+            .expires_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+    let idle = b.cfg.limits.idle_timeout;
+    let cancel = b.shutdown.child_token();
+    let close = base(EventKind::TunnelClose, Outcome::Success, String::new());
+    let broker = b.clone();
+    b.tasks.spawn(async move {
+        let started = std::time::Instant::now();
+        let outcome = match on_upgrade.await {
+            Ok(up) => relay::relay(TokioIo::new(up), upstream, deadline, idle, cancel).await,
+            Err(e) => relay::RelayOutcome {
+                bytes_up: 0,
+                bytes_down: 0,
+                reason: relay::CloseReason::Error(format!("upgrade failed: {e}")),
+            },
+        };
+        let mut ev = close;
+        ev.reason = outcome.reason.to_string();
+        ev.bytes_up = Some(outcome.bytes_up);
+        ev.bytes_down = Some(outcome.bytes_down);
+        ev.duration_ms = Some(started.elapsed().as_millis() as u64);
+        tracing::info!(
+            session = ev.session_id.as_deref().unwrap_or(""),
+            reason = %ev.reason,
+            bytes_up = outcome.bytes_up,
+            bytes_down = outcome.bytes_down,
+            "tunnel closed"
+        );
+        if let Err(e) = broker.audit.append(ev).await {
+            tracing::error!(error = %e, "could not audit a tunnel close");
+        }
+    });
+    Response::new(Full::new(Bytes::new()))
+}
+
+async fn unreachable(b: &Broker, ev: AuditEvent) -> Response<Body> {
+    tracing::info!(target = ev.target.as_deref().unwrap_or(""), reason = %ev.reason, "target unreachable");
+    if let Err(e) = b.audit.append(ev).await {
+        tracing::error!(error = %e, "could not audit an unreachable target");
+    }
+    text(StatusCode::BAD_GATEWAY, "target unreachable")
+}
+
+fn rfc3339(unix: u64) -> String {
+    jiff::Timestamp::from_second(unix as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+struct Allowed<'a> {
+    claims: GrantClaims,
+    customer: &'a Customer,
+    target: &'a Target,
+    policy_ids: Vec<String>,
+    reason: String,
+}
+
+/// Every check before the tunnel: pure apart from reading the clock.
+fn decide<'a>(b: &'a Broker, conn: &Conn, req: &Request<Incoming>) -> Result<Allowed<'a>, Refusal> {
+    // Stage: rate limit.
+    for key in [
+        FailKey::Ip(conn.ip),
+        FailKey::Identity(conn.peer.id.to_string()),
+    ] {
+        if let Some(wait) = b.limiter.blocked_for(&key) {
+            let mut r = Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                EventKind::AuthFailure,
+                "too many failed authentications; try again later",
+            );
+            r.auth_failure = false;
+            r.retry_after = Some(wait);
+            return Err(r);
+        }
+    }
+    // Stage: grant.
+    let token = bearer(req).ok_or_else(|| {
+        Refusal::new(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            EventKind::AuthFailure,
+            "missing grant: send `Proxy-Authorization: Bearer <grant>`",
+        )
+    })?;
+    let claims = b.verifier.verify(token).map_err(|e| {
+        let r = Refusal::new(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            EventKind::AuthFailure,
+            e.to_string(),
+        );
+        // A grant whose signature checked but whose window is wrong still names a customer.
+        match e {
+            GrantError::Expired | GrantError::NotYetValid => {
+                match b.verifier.signed_claims(token) {
+                    Some(c) => r.about(&c),
+                    None => r,
+                }
+            }
+            _ => r,
+        }
+    })?;
+    // Stage: the grant belongs to this connection's certificate.
+    if conn.peer.id.role() != Role::Technician {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            EventKind::Decision,
+            "only technicians open tunnels",
+        )
+        .about(&claims));
+    }
+    if claims.sub != conn.peer.id || !claims.is_bound_to(&conn.peer.thumbprint) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            EventKind::AuthFailure,
+            "grant is bound to another client certificate",
+        )
+        .about(&claims));
+    }
+    // Stage: route the authority to a configured target.
+    let authority = req.uri().authority().ok_or_else(|| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            EventKind::Decision,
+            "CONNECT needs an authority `<target>.<customer>:<port>`",
+        )
+        .about(&claims)
+    })?;
+    let port = authority.port_u16();
+    let (t_name, c_name) = authority.host().split_once('.').ok_or_else(|| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            EventKind::Decision,
+            format!("authority `{authority}` is not `<target>.<customer>:<port>`"),
+        )
+        .about(&claims)
+    })?;
+    let wrong = |status, why: String| {
+        let mut r = Refusal::new(status, EventKind::Decision, why).about(&claims);
+        r.target = Some(format!("{t_name}.{c_name}"));
+        r
+    };
+    if c_name != claims.customer.as_str() {
+        return Err(wrong(
+            StatusCode::FORBIDDEN,
+            format!(
+                "grant is for customer `{}`, not `{c_name}`",
+                claims.customer
+            ),
+        ));
+    }
+    let customer = b.cfg.customer(c_name).ok_or_else(|| {
+        wrong(
+            StatusCode::NOT_FOUND,
+            format!("unknown customer `{c_name}`"),
+        )
+    })?;
+    let target = customer.target(t_name).ok_or_else(|| {
+        wrong(
+            StatusCode::NOT_FOUND,
+            format!("customer `{c_name}` has no target `{t_name}`"),
+        )
+    })?;
+    if t_name != claims.target.as_str() {
+        return Err(wrong(
+            StatusCode::FORBIDDEN,
+            format!("grant is for target `{}`, not `{t_name}`", claims.target),
+        ));
+    }
+    if port != Some(target.port) {
+        return Err(wrong(
+            StatusCode::FORBIDDEN,
+            format!("target `{t_name}` is reached on port {}", target.port),
+        ));
+    }
+    // Stage: the customer's policy.
+    let Principal::Technician { provider, name } = conn.peer.id.principal() else {
+        return Err(wrong(
+            StatusCode::FORBIDDEN,
+            "only technicians open tunnels".into(),
+        ));
+    };
+    let subject = Subject::Technician {
+        id: conn.peer.id.clone(),
+        provider: provider.clone(),
+        name: name.clone(),
+        groups: conn.peer.groups.clone(),
+    };
+    let info = TargetInfo {
+        customer: customer.id.clone(),
+        id: target.id.clone(),
+        tags: target.tags.clone(),
+        port: target.port,
+        protocol: target.protocol.clone(),
+    };
+    let minutes = claims.exp.saturating_sub(claims.nbf).div_ceil(60);
+    let ctx = RequestContext {
+        now: jiff::Timestamp::now(),
+        minutes: u32::try_from(minutes).unwrap_or(u32::MAX),
+        source_ip: conn.ip,
+        ticket: None,
+    };
+    let decision = customer
+        .policy
+        .decide(Action::Connect, &subject, &info, &ctx);
+    if !decision.allowed {
+        let mut r = Refusal::new(StatusCode::FORBIDDEN, EventKind::Decision, decision.reason)
+            .about(&claims);
+        r.policy_ids = decision.policy_ids;
+        return Err(r);
+    }
+    Ok(Allowed {
+        claims,
+        customer,
+        target,
+        policy_ids: decision.policy_ids,
+        reason: decision.reason,
+    })
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let v = req.headers().get(PROXY_AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn refuse(b: &Broker, conn: &Conn, session_id: &str, r: Refusal) -> Response<Body> {
+    tracing::info!(
+        status = r.status.as_u16(),
+        peer = %conn.peer.id,
+        source_ip = %conn.ip,
+        customer = r.customer.as_deref().unwrap_or(""),
+        target = r.target.as_deref().unwrap_or(""),
+        reason = %r.reason,
+        "tunnel refused"
+    );
+    if r.auth_failure {
+        b.note_auth_failure(conn.ip, Some(&conn.peer.id.to_string()));
+    }
+    let outcome = Outcome::Deny;
+    let mut ev = AuditEvent::new(r.event, outcome, r.reason.clone());
+    ev.customer = r.customer.clone().filter(|c| b.cfg.customer(c).is_some());
+    ev.actor = Some(conn.peer.id.to_string());
+    ev.target = r.target.clone();
+    ev.grant_id = r.grant_id.clone();
+    ev.session_id = Some(session_id.to_owned());
+    ev.source_ip = Some(conn.ip);
+    ev.policy_ids = r.policy_ids.clone();
+    if let Err(e) = b.audit.append(ev).await {
+        tracing::error!(error = %e, "audit trail not writable");
+        return text(StatusCode::SERVICE_UNAVAILABLE, "audit trail not writable");
+    }
+    let mut resp = text(r.status, &r.reason);
+    if r.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        resp.headers_mut().insert(
+            PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"sallyport\""),
+        );
+    }
+    if let Some(wait) = r.retry_after
+        && let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+    {
+        resp.headers_mut().insert(RETRY_AFTER, v);
+    }
+    resp
+}

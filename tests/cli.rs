@@ -1,0 +1,366 @@
+//! The command line as a new user meets it: `init`, `certs issue`, `serve` on embedded defaults with its
+//! printed example session, invalid configs and policies (exit 64 naming file, line, field and fix),
+//! `--help`, and `/healthz`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use sallyport_testkit::{
+    Broker, CustomerSpec, Setup, allow_support, connector, echo_server, request,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
+
+#[test]
+fn init_refuses_to_overwrite_without_force() {
+    let s = Setup::init(BIN);
+    for f in [
+        "sallyport.toml",
+        "pki/ca.pem",
+        "pki/ca.key",
+        "pki/server.pem",
+        "pki/server.key",
+        "pki/grant-signing.key",
+        "policies/acme.cedar",
+    ] {
+        assert!(s.root.join(f).is_file(), "{f} missing");
+    }
+    for which in ["technician", "approver", "admin"] {
+        for f in ["cert.pem", "key.pem", "ca.pem", "broker"] {
+            assert!(
+                s.root.join("identities").join(which).join(f).is_file(),
+                "{which}/{f}"
+            );
+        }
+    }
+    let ca_before = std::fs::read(s.root.join("pki/ca.pem")).unwrap();
+    let out = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(&s.root)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(
+        std::fs::read(s.root.join("pki/ca.pem")).unwrap(),
+        ca_before,
+        "CA was touched"
+    );
+    let out = Command::new(BIN)
+        .args(["init", "--force", "--host", "broker.example", "--dir"])
+        .arg(&s.root)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_ne!(std::fs::read(s.root.join("pki/ca.pem")).unwrap(), ca_before);
+    let grant_key = std::fs::metadata(s.root.join("pki/grant-signing.key")).unwrap();
+    assert_eq!(grant_key.permissions().mode() & 0o777, 0o600);
+    let key_pem = std::fs::read_to_string(s.root.join("pki/grant-signing.key")).unwrap();
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "grant key is not PKCS#8 PEM"
+    );
+}
+
+#[test]
+fn certs_issue_writes_identity_folders_for_every_role() {
+    let s = Setup::init(BIN);
+    let out_dir = s.root.join("people");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "technician",
+                "carol",
+                "--provider",
+                "northwind",
+                "--group",
+                "dba",
+                "--group",
+                "oncall",
+            ],
+            "spiffe://sallyport.local/technician/northwind/carol",
+        ),
+        (
+            vec!["approver", "dave", "--customer", "acme"],
+            "spiffe://sallyport.local/approver/acme/dave",
+        ),
+        (
+            vec!["auditor", "erin", "--customer", "acme"],
+            "spiffe://sallyport.local/auditor/acme/erin",
+        ),
+        (
+            vec!["admin", "frank"],
+            "spiffe://sallyport.local/admin/frank",
+        ),
+    ];
+    for (args, spiffe) in cases {
+        let out = out_dir.join(args[1]);
+        let st = Command::new(BIN)
+            .args(["certs", "issue"])
+            .args(&args)
+            .arg("--dir")
+            .arg(&s.root)
+            .arg("--out")
+            .arg(&out)
+            .args(["--hours", "2"])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let id = sallyport_certs::identity_dir::IdentityDir::read(&out).unwrap();
+        assert_eq!(id.broker, "localhost:8443");
+        let peer = sallyport_testkit::peer_of(&id);
+        assert_eq!(peer.id.to_string(), spiffe);
+        let life = peer
+            .not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap();
+        assert!(
+            life <= std::time::Duration::from_secs(2 * 3600 + 5),
+            "{life:?}"
+        );
+        let mode = std::fs::metadata(out.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        if args[0] == "technician" {
+            let mut g: Vec<String> = peer.groups.iter().map(|g| g.to_string()).collect();
+            g.sort();
+            assert_eq!(g, ["dba", "oncall"]);
+        }
+    }
+    // An approver for an unknown customer is refused, and nothing is written.
+    let out = out_dir.join("ghost");
+    let st = Command::new(BIN)
+        .args([
+            "certs",
+            "issue",
+            "approver",
+            "ghost",
+            "--customer",
+            "initech",
+            "--dir",
+        ])
+        .arg(&s.root)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("`initech` is not configured"));
+    assert!(!out.exists());
+    // A bad name is refused with the rule.
+    let st = Command::new(BIN)
+        .args(["certs", "issue", "admin", "Bad Name", "--dir"])
+        .arg(&s.root)
+        .arg("--out")
+        .arg(out_dir.join("bad"))
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("invalid name `Bad Name`"));
+}
+
+fn serve_fails(s: &Setup) -> (i32, String) {
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(s.config())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_config_exits_64_naming_file_line_field_and_fix() {
+    let s = Setup::init(BIN);
+    let cfg = std::fs::read_to_string(s.config()).unwrap();
+    std::fs::write(
+        s.config(),
+        cfg.replace(
+            "timezone = \"Europe/Berlin\"",
+            "timezone = \"Europe/Atlantis\"",
+        ),
+    )
+    .unwrap();
+    let (code, err) = serve_fails(&s);
+    assert_eq!(code, 64, "{err}");
+    let line = cfg.lines().position(|l| l.starts_with("timezone")).unwrap() + 1;
+    assert!(err.contains(&format!("sallyport.toml:{line}")), "{err}");
+    assert!(err.contains("customers[0].timezone"), "{err}");
+    assert!(err.contains("fix: use an IANA time zone"), "{err}");
+
+    std::fs::write(s.config(), cfg.replace("[limits]", "[limits]\nspeed = 11")).unwrap();
+    let (code, err) = serve_fails(&s);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("speed"), "{err}");
+    assert!(err.contains("fix:"), "{err}");
+
+    std::fs::write(
+        s.config(),
+        cfg.replace("pki/grant-signing.key", "pki/missing.key"),
+    )
+    .unwrap();
+    let (code, err) = serve_fails(&s);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("grants.signing_key") && err.contains("missing.key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_policy_stops_start_up_naming_file_and_line() {
+    let s = Setup::init(BIN);
+    s.write_config(
+        &[CustomerSpec {
+            id: "acme",
+            timezone: "UTC",
+            policy: "// comment\npermit(principal, action, resource)\nwhen { resource.no_such_attribute == 1 };\n",
+            targets: vec![("db01", "127.0.0.1:1".into(), vec![])],
+        }],
+        "",
+    );
+    let (code, err) = serve_fails(&s);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("policies/acme.cedar:"), "{err}");
+    assert!(err.contains("customers[0].policy"), "{err}");
+
+    std::fs::write(
+        s.root.join("policies/acme.cedar"),
+        "permit(principal, action, resource) when { true }\nforbid(",
+    )
+    .unwrap();
+    let (code, err) = serve_fails(&s);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("policies/acme.cedar:"), "{err}");
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "init", "certs", "grant", "connect"] {
+        assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
+    }
+    let out = Command::new(BIN)
+        .args(["connect", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SALLYPORT_IDENTITY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_on_the_listener() {
+    let s = Setup::init(BIN);
+    s.write_config(
+        &[CustomerSpec {
+            id: "acme",
+            timezone: "UTC",
+            policy: &allow_support("acme"),
+            targets: vec![("db01", echo_server().to_string(), vec![])],
+        }],
+        "",
+    );
+    let b = Broker::start(&s);
+    let a = request(
+        b.addr,
+        &connector(&s.identity("approver")),
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200);
+    assert!(a.body.contains("ok"));
+}
+
+#[test]
+fn serve_on_embedded_defaults_prints_a_session_that_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(tmp.path())
+        .args(["serve", "--listen", "127.0.0.1:0"]);
+    let b = Broker::spawn(cmd);
+    // Wait for the printed example (the last line mentions the audit trail).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let printed = loop {
+        let lines = b.stdout.lock().unwrap().clone();
+        if lines.iter().any(|l| l.contains("audit trail")) {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no example printed: {lines:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let step = |word: &str| -> String {
+        printed
+            .iter()
+            .find(|l| l.trim_start().contains(word))
+            .unwrap_or_else(|| panic!("no `{word}` step in {printed:?}"))
+            .trim()
+            .to_owned()
+    };
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("demo target acme/web served on")),
+        "{printed:?}"
+    );
+    // Step 1 as printed.
+    let grant = Command::new("sh")
+        .current_dir(tmp.path())
+        .arg("-c")
+        .arg(step(" grant "))
+        .output()
+        .unwrap();
+    assert!(
+        grant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grant.stderr)
+    );
+    assert!(tmp.path().join("grant.jwt").metadata().unwrap().len() > 100);
+    // Step 2 as printed, with port 0 instead of 7001 and without the trailing `&`.
+    let connect_line = step(" connect ").replace("127.0.0.1:7001", "127.0.0.1:0");
+    let connect_line = connect_line.trim_end_matches('&').trim();
+    let mut fwd = Command::new("sh")
+        .current_dir(tmp.path())
+        .arg("-c")
+        .arg(format!("exec {connect_line}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(fwd.stdout.take().unwrap()).lines();
+    let local = lines
+        .find_map(|l| {
+            l.ok()?
+                .strip_prefix("sallyport: listening on ")
+                .map(str::to_owned)
+        })
+        .unwrap();
+    // Step 3: an HTTP request through the forwarder reaches the demo page.
+    let mut conn = std::net::TcpStream::connect(&local).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).unwrap();
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    assert!(page.contains("Hello from acme/web"), "{page}");
+    let audit =
+        std::fs::read_to_string(tmp.path().join("sallyport-data/data/audit/acme.jsonl")).unwrap();
+    assert!(audit.contains("\"event\":\"tunnel_open\""));
+}
