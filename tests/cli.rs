@@ -1,13 +1,14 @@
 //! The command line as a new user meets it: `init`, `certs issue`, `serve` on embedded defaults with its
 //! printed example session, invalid configs and policies (exit 64 naming file, line, field and fix),
 //! `--help`, and `/healthz`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
 use sallyport_testkit::{
-    Broker, CustomerSpec, Setup, allow_support, connector, echo_server, request,
+    Broker, CustomerSpec, Setup, connector, request,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
@@ -167,16 +168,28 @@ fn certs_issue_writes_identity_folders_for_every_role() {
 }
 
 fn serve_fails(s: &Setup) -> (i32, String) {
-    let out = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(s.config())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    // A broker that starts despite the bad input would run forever: give it 20 s, then fail.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the broker started despite the invalid input");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
 }
 
 #[test]
@@ -260,16 +273,7 @@ fn help_explains_the_commands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_on_the_listener() {
-    let s = Setup::init(BIN);
-    s.write_config(
-        &[CustomerSpec {
-            id: "acme",
-            timezone: "UTC",
-            policy: &allow_support("acme"),
-            targets: vec![("db01", echo_server().to_string(), vec![])],
-        }],
-        "",
-    );
+    let (s, _) = Setup::with_echo_target(BIN, "");
     let b = Broker::start(&s);
     let a = request(
         b.addr,

@@ -1,9 +1,11 @@
 //! Every way a tunnel is refused: each case gets its status and an audit record, and no byte reaches
 //! the target. Real broker binary, real TLS on loopback, certificates from our own PKI code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
+use tokio::io::AsyncReadExt;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sallyport_certs::pki::{CertificateAuthority, Validity};
 use sallyport_testkit::{
@@ -418,25 +420,7 @@ async fn grant_and_routing_refusals_have_their_status_and_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_are_rate_limited() {
-    let s = Setup::init(BIN);
-    s.write_config(
-        &[CustomerSpec {
-            id: "acme",
-            timezone: "UTC",
-            policy: &allow_support("acme"),
-            targets: vec![("db01", echo_server().to_string(), vec![])],
-        }],
-        "",
-    );
-    // Tighter limits than write_config's: append a [limits] override by rewriting the file.
-    let cfg = std::fs::read_to_string(s.config())
-        .unwrap()
-        .replace(
-            "auth_failures_per_minute = 10000",
-            "auth_failures_per_minute = 1",
-        )
-        .replace("auth_failure_burst = 10000", "auth_failure_burst = 3");
-    std::fs::write(s.config(), cfg).unwrap();
+    let (s, _) = Setup::with_echo_target(BIN, "auth_failures_per_minute = 1\nauth_failure_burst = 3\n");
     let b = Broker::start(&s);
     let alice = connector(&s.identity("technician"));
     for i in 0..4 {
@@ -458,4 +442,23 @@ async fn repeated_failures_are_rate_limited() {
             .unwrap()
             .contains("too many failed authentications")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_dropped_by_the_handshake_and_header_timeouts() {
+    let (s, _) = Setup::with_echo_target(BIN, "handshake_timeout_seconds = 1\nheader_timeout_seconds = 1\n");
+    let b = Broker::start(&s);
+    // Connects and sends nothing: the broker hangs up (EOF or reset), it does not wait forever.
+    let mut tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "silent TCP client was not dropped: {r:?}");
+    s.wait_for_audit("_broker", |r| r["reason"] == "tls handshake timed out");
+
+    // Completes the handshake, then sends no request: dropped by the header timeout.
+    let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector(&s.identity("technician")).connect(name, tcp).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(_)) | Ok(Err(_))), "silent TLS client was not dropped");
 }

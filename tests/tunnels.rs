@@ -1,31 +1,35 @@
 //! Granted sessions end to end: `sallyport grant` + `sallyport connect` relay bytes exactly, tunnels are
 //! cut at the grant's expiry and at shutdown, and the audit chain recomputes from the records.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::RngCore;
-use sallyport_testkit::{
-    Broker, CustomerSpec, Setup, allow_support, connect, connector, echo_server,
-};
+use sallyport_testkit::{Broker, Setup, connect, connector};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 
-fn one_target(s: &Setup) -> u16 {
-    let echo = echo_server();
-    s.write_config(
-        &[CustomerSpec {
-            id: "acme",
-            timezone: "Europe/Berlin",
-            policy: &allow_support("acme"),
-            targets: vec![("db01", echo.to_string(), vec!["prod"])],
-        }],
-        "",
-    );
-    echo.port()
+/// A broker with one echo target and a tunnel open to it under a grant expiring at `exp`.
+async fn open_tunnel(exp: SystemTime) -> (Setup, Broker, sallyport_testkit::Answer) {
+    let (s, port) = Setup::with_echo_target(BIN, "");
+    let b = Broker::start(&s);
+    let alice = s.identity("technician");
+    let nbf = SystemTime::now() - Duration::from_secs(1);
+    let grant = s.mint(&alice, "acme", "db01", port, nbf, exp);
+    let authority = format!("db01.acme:{port}");
+    let mut a = connect(b.addr, &connector(&alice), &authority, Some(&grant))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    a.stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    (s, b, a)
 }
 
 /// Kills the forwarder when the test ends.
@@ -39,8 +43,7 @@ impl Drop for Reaper {
 
 #[test]
 fn granted_session_through_the_forwarder_relays_one_mebibyte_both_ways() {
-    let s = Setup::init(BIN);
-    one_target(&s);
+    let (s, _) = Setup::with_echo_target(BIN, "");
     let b = Broker::start(&s);
     let tech = s.root.join("identities/technician");
 
@@ -119,33 +122,8 @@ fn granted_session_through_the_forwarder_relays_one_mebibyte_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_open_at_expiry_is_cut_within_two_seconds() {
-    let s = Setup::init(BIN);
-    let port = one_target(&s);
-    let b = Broker::start(&s);
-    let alice = s.identity("technician");
-    let now = SystemTime::now();
-    let exp = now + Duration::from_secs(3);
-    let grant = s.mint(
-        &alice,
-        "acme",
-        "db01",
-        port,
-        now - Duration::from_secs(1),
-        exp,
-    );
-    let mut a = connect(
-        b.addr,
-        &connector(&alice),
-        &format!("db01.acme:{port}"),
-        Some(&grant),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200);
-    a.stream.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    a.stream.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"ping");
+    let exp = SystemTime::now() + Duration::from_secs(3);
+    let (s, _b, mut a) = open_tunnel(exp).await;
     // Wait for the broker to end the tunnel: read returns EOF (or an error) when it does.
     let started = Instant::now();
     let mut rest = Vec::new();
@@ -171,31 +149,7 @@ async fn a_tunnel_open_at_expiry_is_cut_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_live_tunnels_and_records_them() {
-    let s = Setup::init(BIN);
-    let port = one_target(&s);
-    let mut b = Broker::start(&s);
-    let alice = s.identity("technician");
-    let now = SystemTime::now();
-    let grant = s.mint(
-        &alice,
-        "acme",
-        "db01",
-        port,
-        now,
-        now + Duration::from_secs(600),
-    );
-    let mut a = connect(
-        b.addr,
-        &connector(&alice),
-        &format!("db01.acme:{port}"),
-        Some(&grant),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200);
-    a.stream.write_all(b"x").await.unwrap();
-    let mut one = [0u8; 1];
-    a.stream.read_exact(&mut one).await.unwrap();
+    let (s, mut b, _tunnel) = open_tunnel(SystemTime::now() + Duration::from_secs(600)).await;
     let status = tokio::task::spawn_blocking(move || {
         let st = b.terminate();
         drop(b);
@@ -212,8 +166,7 @@ async fn shutdown_closes_live_tunnels_and_records_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_chain_recomputes_from_the_records() {
-    let s = Setup::init(BIN);
-    let port = one_target(&s);
+    let (s, port) = Setup::with_echo_target(BIN, "");
     let b = Broker::start(&s);
     let alice = s.identity("technician");
     let now = SystemTime::now();

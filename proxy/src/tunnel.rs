@@ -41,8 +41,8 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: StatusCode, event: EventKind, reason: impl Into<String>) -> Self {
-        Self {
+    fn new(status: StatusCode, event: EventKind, reason: impl Into<String>) -> Box<Self> {
+        Box::new(Self {
             status,
             reason: reason.into(),
             event,
@@ -52,10 +52,10 @@ impl Refusal {
             policy_ids: Vec::new(),
             auth_failure: event == EventKind::AuthFailure,
             retry_after: None,
-        }
+        })
     }
 
-    fn about(mut self, claims: &GrantClaims) -> Self {
+    fn about(mut self: Box<Self>, claims: &GrantClaims) -> Box<Self> {
         self.customer = Some(claims.customer.to_string());
         self.target = Some(claims.target.to_string());
         self.grant_id = Some(claims.gid.to_string());
@@ -217,7 +217,7 @@ struct Allowed<'a> {
 }
 
 /// Every check before the tunnel: pure apart from reading the clock.
-fn decide<'a>(b: &'a Broker, conn: &Conn, req: &Request<Incoming>) -> Result<Allowed<'a>, Refusal> {
+fn decide<'a>(b: &'a Broker, conn: &Conn, req: &Request<Incoming>) -> Result<Allowed<'a>, Box<Refusal>> {
     // Stage: rate limit.
     for key in [
         FailKey::Ip(conn.ip),
@@ -386,7 +386,7 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-async fn refuse(b: &Broker, conn: &Conn, session_id: &str, r: Refusal) -> Response<Body> {
+async fn refuse(b: &Broker, conn: &Conn, session_id: &str, r: Box<Refusal>) -> Response<Body> {
     tracing::info!(
         status = r.status.as_u16(),
         peer = %conn.peer.id,

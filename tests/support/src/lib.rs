@@ -73,12 +73,19 @@ impl Setup {
         }
     }
 
-    /// Replaces the config with one listening on port 0 and serving `customers`; `extra` is appended.
-    pub fn write_config(&self, customers: &[CustomerSpec<'_>], extra: &str) {
+    /// Replaces the config with one listening on port 0 and serving `customers`; `limits` are extra
+    /// lines for the `[limits]` table.
+    pub fn write_config(&self, customers: &[CustomerSpec<'_>], limits: &str) {
         let mut cfg = String::from(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ntrust_domain = \"sallyport.local\"\n\n[limits]\nauth_failures_per_minute = 10000\nauth_failure_burst = 10000\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ntrust_domain = \"sallyport.local\"\n\n[limits]\n",
         );
-        cfg.push_str(extra);
+        cfg.push_str(limits);
+        // Tests fail many authentications on purpose: lift the limits unless a test sets them.
+        for (key, value) in [("auth_failures_per_minute", 10000), ("auth_failure_burst", 10000)] {
+            if !limits.contains(key) {
+                cfg.push_str(&format!("{key} = {value}\n"));
+            }
+        }
         for c in customers {
             std::fs::write(self.root.join(format!("policies/{}.cedar", c.id)), c.policy).unwrap();
             cfg.push_str(&format!(
@@ -92,6 +99,23 @@ impl Setup {
             }
         }
         std::fs::write(self.root.join("sallyport.toml"), cfg).unwrap();
+    }
+
+    /// `init`, then one customer `acme` (group `support` may connect) with target `db01`, a loopback
+    /// echo server; returns the echo port.
+    pub fn with_echo_target(bin: &str, limits: &str) -> (Setup, u16) {
+        let s = Setup::init(bin);
+        let echo = echo_server();
+        s.write_config(
+            &[CustomerSpec {
+                id: "acme",
+                timezone: "Europe/Berlin",
+                policy: &allow_support("acme"),
+                targets: vec![("db01", echo.to_string(), vec!["prod"])],
+            }],
+            limits,
+        );
+        (s, echo.port())
     }
 
     /// The config file.
