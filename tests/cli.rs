@@ -7,9 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-use sallyport_testkit::{
-    Broker, CustomerSpec, Setup, connector, request,
-};
+use sallyport_testkit::{Broker, CustomerSpec, Setup, connector, request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 
@@ -188,7 +186,12 @@ fn serve_fails(s: &Setup) -> (i32, String) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     (status.code().unwrap_or(-1), err)
 }
 

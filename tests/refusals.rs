@@ -5,13 +5,13 @@
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use tokio::io::AsyncReadExt;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sallyport_certs::pki::{CertificateAuthority, Validity};
 use sallyport_testkit::{
     Broker, CustomerSpec, Setup, allow_support, anonymous_connector, closed_port, connect,
     connector, echo_server, technician_from, valid_for,
 };
+use tokio::io::AsyncReadExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 
@@ -420,7 +420,10 @@ async fn grant_and_routing_refusals_have_their_status_and_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_are_rate_limited() {
-    let (s, _) = Setup::with_echo_target(BIN, "auth_failures_per_minute = 1\nauth_failure_burst = 3\n");
+    let (s, _) = Setup::with_echo_target(
+        BIN,
+        "auth_failures_per_minute = 1\nauth_failure_burst = 3\n",
+    );
     let b = Broker::start(&s);
     let alice = connector(&s.identity("technician"));
     for i in 0..4 {
@@ -446,19 +449,71 @@ async fn repeated_failures_are_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_are_dropped_by_the_handshake_and_header_timeouts() {
-    let (s, _) = Setup::with_echo_target(BIN, "handshake_timeout_seconds = 1\nheader_timeout_seconds = 1\n");
+    let (s, _) = Setup::with_echo_target(
+        BIN,
+        "handshake_timeout_seconds = 1\nheader_timeout_seconds = 1\n",
+    );
     let b = Broker::start(&s);
     // Connects and sends nothing: the broker hangs up (EOF or reset), it does not wait forever.
     let mut tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
     let mut buf = [0u8; 64];
     let r = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
-    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "silent TCP client was not dropped: {r:?}");
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "silent TCP client was not dropped: {r:?}"
+    );
     s.wait_for_audit("_broker", |r| r["reason"] == "tls handshake timed out");
 
     // Completes the handshake, then sends no request: dropped by the header timeout.
     let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector(&s.identity("technician")).connect(name, tcp).await.unwrap();
+    let mut tls = connector(&s.identity("technician"))
+        .connect(name, tcp)
+        .await
+        .unwrap();
     let r = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
-    assert!(matches!(r, Ok(Ok(_)) | Ok(Err(_))), "silent TLS client was not dropped");
+    assert!(
+        matches!(r, Ok(Ok(_)) | Ok(Err(_))),
+        "silent TLS client was not dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_audit_trail_means_503_and_no_tunnel() {
+    // The target is a bare listener so the test can see whether the broker ever dialled it.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = target.local_addr().unwrap().port();
+    let s = Setup::init(BIN);
+    s.write_config(
+        &[CustomerSpec {
+            id: "acme",
+            timezone: "UTC",
+            policy: &allow_support("acme"),
+            targets: vec![("db01", target.local_addr().unwrap().to_string(), vec![])],
+        }],
+        "",
+    );
+    // Every write to acme's chain fails with ENOSPC.
+    std::fs::create_dir_all(s.root.join("data/audit")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", s.root.join("data/audit/acme.jsonl")).unwrap();
+    let b = Broker::start(&s);
+    let alice = s.identity("technician");
+    let (nbf, exp) = window();
+    let grant = s.mint(&alice, "acme", "db01", port, nbf, exp);
+    let a = connect(
+        b.addr,
+        &connector(&alice),
+        &format!("db01.acme:{port}"),
+        Some(&grant),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a.body.contains("audit trail not writable"));
+    target.set_nonblocking(true).unwrap();
+    assert_eq!(
+        target.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the broker dialled the target without a durable audit record"
+    );
 }

@@ -81,7 +81,10 @@ impl Setup {
         );
         cfg.push_str(limits);
         // Tests fail many authentications on purpose: lift the limits unless a test sets them.
-        for (key, value) in [("auth_failures_per_minute", 10000), ("auth_failure_burst", 10000)] {
+        for (key, value) in [
+            ("auth_failures_per_minute", 10000),
+            ("auth_failure_burst", 10000),
+        ] {
             if !limits.contains(key) {
                 cfg.push_str(&format!("{key} = {value}\n"));
             }
