@@ -217,7 +217,11 @@ struct Allowed<'a> {
 }
 
 /// Every check before the tunnel: pure apart from reading the clock.
-fn decide<'a>(b: &'a Broker, conn: &Conn, req: &Request<Incoming>) -> Result<Allowed<'a>, Box<Refusal>> {
+fn decide<'a>(
+    b: &'a Broker,
+    conn: &Conn,
+    req: &Request<Incoming>,
+) -> Result<Allowed<'a>, Box<Refusal>> {
     // Stage: rate limit.
     for key in [
         FailKey::Ip(conn.ip),
