@@ -371,3 +371,22 @@ fn serve_on_embedded_defaults_prints_a_session_that_works() {
         std::fs::read_to_string(tmp.path().join("sallyport-data/data/audit/acme.jsonl")).unwrap();
     assert!(audit.contains("\"event\":\"tunnel_open\""));
 }
+
+#[test]
+fn the_forwarder_refuses_a_non_loopback_listen_address() {
+    let s = Setup::init(BIN);
+    std::fs::write(s.root.join("grant.jwt"), "x.y.z").unwrap();
+    let out = Command::new(BIN)
+        .args(["connect", "acme/web", "--listen", "0.0.0.0:0", "--grant"])
+        .arg(s.root.join("grant.jwt"))
+        .arg("--identity")
+        .arg(s.root.join("identities/technician"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address") && err.contains("--allow-remote"),
+        "{err}"
+    );
+}

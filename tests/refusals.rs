@@ -209,6 +209,15 @@ async fn grant_and_routing_refusals_have_their_status_and_record() {
         SystemTime::now() + Duration::from_secs(600),
         SystemTime::now() + Duration::from_secs(1200),
     );
+    let just_expired = s.mint(
+        &alice,
+        "acme",
+        "db01",
+        port,
+        nbf - Duration::from_secs(600),
+        SystemTime::now() - Duration::from_secs(5),
+    );
+    let wrong_port_claim = s.mint(&alice, "acme", "db01", port.wrapping_add(1), nbf, exp);
     let for_other = s.mint(&alice, "acme", "other", port, nbf, exp);
     let globex = s.mint(&alice, "globex", "db01", port, nbf, exp);
     let down_port: u16 = std::fs::read_to_string(s.config())
@@ -282,6 +291,22 @@ async fn grant_and_routing_refusals_have_their_status_and_record() {
             status: 407,
             chain: "acme",
             reason: "not yet valid",
+        },
+        Case {
+            name: "expired within the leeway",
+            authority: db01.clone(),
+            grant: Some(just_expired),
+            status: 407,
+            chain: "acme",
+            reason: "grant has expired",
+        },
+        Case {
+            name: "grant names another port",
+            authority: db01.clone(),
+            grant: Some(wrong_port_claim),
+            status: 403,
+            chain: "acme",
+            reason: "is reached on port",
         },
         Case {
             name: "grant for T used for U",

@@ -65,6 +65,10 @@ fn granted_session_through_the_forwarder_relays_one_mebibyte_both_ways() {
     let minted = s.audit("acme").into_iter().last().unwrap();
     assert_eq!(minted["event"], "grant_minted");
     assert!(minted["reason"].as_str().unwrap().contains("break-glass"));
+    assert_eq!(
+        minted["subject"],
+        "spiffe://sallyport.local/technician/northwind/alice"
+    );
 
     let mut fwd = Command::new(BIN)
         .args(["connect", "acme/db01", "--grant"])

@@ -153,6 +153,14 @@ pub fn generate_signing_key_pem() -> Result<String, GrantError> {
         .map_err(|e| GrantError::Key(e.to_string()))
 }
 
+/// Client-chosen text made safe to echo: printable ASCII only, at most 64 characters.
+fn printable(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
+
 /// Signs grants with the broker's Ed25519 key.
 pub struct GrantSigner {
     key: EncodingKey,
@@ -332,7 +340,7 @@ impl GrantVerifier {
         let key = self
             .keys
             .get(&kid)
-            .ok_or_else(|| GrantError::UnknownKey(kid.clone()))?;
+            .ok_or_else(|| GrantError::UnknownKey(printable(&kid)))?;
         let data =
             jsonwebtoken::decode::<GrantClaims>(token, key, validation).map_err(|e| {
                 match e.kind() {

@@ -41,13 +41,21 @@ impl Validity {
     }
 }
 
-/// A freshly issued certificate and its private key, both PEM.
-#[derive(Debug, Clone)]
+/// A freshly issued certificate and its private key, both PEM. `Debug` leaves the key out.
+#[derive(Clone)]
 pub struct Issued {
     /// The certificate, PEM.
     pub cert_pem: String,
     /// The PKCS#8 private key, PEM. Secret: write it with mode 0600.
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The broker's certificate authority.

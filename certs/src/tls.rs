@@ -77,6 +77,10 @@ pub fn server_config(
             key_from_pem(files.key.0, files.key.1)?,
         )?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // No session resumption: a resumed session would skip the certificate checks (expiry included),
+    // so every connection gets a full handshake against the CA.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 

@@ -5,7 +5,7 @@
 //! belong to no customer (a handshake without a valid certificate, an unreadable grant). `_` cannot
 //! start a customer id, so the names never collide.
 //!
-//! Record: `seq`, `time` (RFC 3339 UTC), `customer`, `event`, `actor`, `target`, `grant_id`,
+//! Record: `seq`, `time` (RFC 3339 UTC), `customer`, `event`, `actor`, `target`, (`subject`), `grant_id`,
 //! `session_id`, `source_ip`, `outcome`, `reason`, `policy_ids`, for closes `bytes_up`, `bytes_down`,
 //! `duration_ms`, then `prev_hash` and `hash` last. `hash` is the lowercase hex SHA-256 of the line's
 //! bytes with the `,"hash":"…"` member removed (the object then ends right after `prev_hash`), and
@@ -100,6 +100,8 @@ pub struct AuditEvent {
     pub actor: Option<String>,
     /// The target concerned.
     pub target: Option<String>,
+    /// Whom the action concerns when that is not the actor (the technician a grant was minted for).
+    pub subject: Option<String>,
     /// The grant concerned.
     pub grant_id: Option<String>,
     /// The session concerned.
@@ -130,6 +132,7 @@ impl AuditEvent {
             event,
             actor: None,
             target: None,
+            subject: None,
             grant_id: None,
             session_id: None,
             source_ip: None,
@@ -152,6 +155,8 @@ struct Body<'a> {
     event: EventKind,
     actor: Option<&'a str>,
     target: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
     grant_id: Option<&'a str>,
     session_id: Option<&'a str>,
     source_ip: Option<IpAddr>,
@@ -189,6 +194,7 @@ pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String
         event: ev.event,
         actor: ev.actor.as_deref(),
         target: ev.target.as_deref(),
+        subject: ev.subject.as_deref(),
         grant_id: ev.grant_id.as_deref(),
         session_id: ev.session_id.as_deref(),
         source_ip: ev.source_ip,
@@ -288,7 +294,12 @@ impl Chain {
             seq: 0,
             head: GENESIS.to_owned(),
         };
-        chain.reload()?;
+        // Under the lock: another process may be mid-append.
+        let path = chain.path.clone();
+        chain.file.lock().map_err(io_err(&path))?;
+        let loaded = chain.reload();
+        let _ = chain.file.unlock();
+        loaded?;
         Ok(chain)
     }
 

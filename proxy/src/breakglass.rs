@@ -92,7 +92,8 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
     }
     let signer = crate::broker::load_signer(cfg)?;
     let now = SystemTime::now();
-    let expires = now + Duration::from_secs(u64::from(req.minutes) * 60);
+    // A grant never outlives the certificate it is bound to.
+    let expires = (now + Duration::from_secs(u64::from(req.minutes) * 60)).min(peer.not_after);
     let gid = format!("g-{}", uuid::Uuid::new_v4().simple());
     let spec = GrantSpec {
         sub: peer.id.clone(),
@@ -116,6 +117,7 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
     ev.customer = Some(customer.id.to_string());
     ev.actor = Some(req.operator.clone());
     ev.target = Some(target.id.to_string());
+    ev.subject = Some(claims.sub.to_string());
     ev.grant_id = Some(gid);
     ev.expires_at = jiff::Timestamp::from_second(claims.exp as i64)
         .ok()

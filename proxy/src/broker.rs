@@ -18,14 +18,14 @@ use sallyport_certs::grant::GrantVerifier;
 use sallyport_certs::identity::PeerIdentity;
 use sallyport_certs::tls::PemFiles;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditEvent, AuditLog, AuditWriter, EventKind, Outcome};
 use crate::config::{Config, ConfigError};
-use crate::limiter::{FailKey, FailureLimiter};
+use crate::limiter::{FailKey, FailureLimiter, source};
 
 /// Response body type used throughout.
 pub type Body = Full<Bytes>;
@@ -54,6 +54,8 @@ pub struct Conn {
     pub peer: PeerIdentity,
     /// From where.
     pub ip: IpAddr,
+    /// The connection's slot under `limits.max_connections`; a tunnel keeps it until it closes.
+    pub permit: OwnedSemaphorePermit,
 }
 
 fn read(path: &std::path::Path, field: &str, cfg: &Config) -> Result<String, ConfigError> {
@@ -142,16 +144,21 @@ impl Broker {
         ))
     }
 
-    /// Counts an authentication failure: against the certificate identity when the handshake
-    /// succeeded (a bad or foreign grant, answered 429 once over budget), else against the source IP
-    /// (a failed handshake; an IP over budget is dropped before its next handshake).
+    /// Counts an authentication failure. A failed handshake counts against the source (an address
+    /// over budget is dropped before its next handshake, since no 429 can be sent before TLS). A bad
+    /// or foreign grant counts against the source and the certificate identity (answered 429).
     pub fn note_auth_failure(&self, ip: IpAddr, identity: Option<&str>) {
+        let ip = source(ip);
         match identity {
-            Some(id) => self
-                .limiter
-                .record_failure(FailKey::Identity(id.to_owned())),
-            None => self.limiter.record_failure(FailKey::Ip(ip)),
-        };
+            Some(id) => {
+                self.limiter.record_failure(FailKey::Ip(ip));
+                self.limiter
+                    .record_failure(FailKey::Identity(id.to_owned()));
+            }
+            None => {
+                self.limiter.record_failure(FailKey::Handshake(ip));
+            }
+        }
     }
 }
 
@@ -164,7 +171,9 @@ pub async fn run(broker: Arc<Broker>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, typically: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -174,10 +183,7 @@ pub async fn run(broker: Arc<Broker>, listener: TcpListener) {
             continue;
         };
         let b = broker.clone();
-        broker.tasks.spawn(async move {
-            handle_connection(b, tcp, addr).await;
-            drop(permit);
-        });
+        broker.tasks.spawn(handle_connection(b, tcp, addr, permit));
     }
     drop(listener);
     broker.tasks.close();
@@ -200,9 +206,17 @@ async fn audit_handshake_failure(b: &Broker, ip: IpAddr, reason: String) {
     b.note_auth_failure(ip, None);
 }
 
-async fn handle_connection(b: Arc<Broker>, tcp: TcpStream, addr: SocketAddr) {
+async fn handle_connection(
+    b: Arc<Broker>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
     let ip = addr.ip();
-    if b.limiter.blocked_for(&FailKey::Ip(ip)).is_some() {
+    if b.limiter
+        .blocked_for(&FailKey::Handshake(source(ip)))
+        .is_some()
+    {
         tracing::debug!(source_ip = %ip, "source is rate-limited; dropping before handshake");
         return;
     }
@@ -238,7 +252,7 @@ async fn handle_connection(b: Arc<Broker>, tcp: TcpStream, addr: SocketAddr) {
         }
     };
     tracing::debug!(source_ip = %ip, peer = %peer.id, "client authenticated");
-    let conn = Arc::new(Conn { peer, ip });
+    let conn = Arc::new(Conn { peer, ip, permit });
     let svc_broker = b.clone();
     let service = hyper::service::service_fn(move |req| {
         let b = svc_broker.clone();
@@ -270,7 +284,7 @@ async fn handle_connection(b: Arc<Broker>, tcp: TcpStream, addr: SocketAddr) {
 
 async fn route(b: Arc<Broker>, conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     if req.method() == Method::CONNECT {
-        return crate::tunnel::connect(&b, &conn, req).await;
+        return crate::tunnel::connect(&b, conn, req).await;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),

@@ -104,6 +104,10 @@ enum Command {
         /// Broker address, overriding the identity folder's `broker` file.
         #[arg(long)]
         broker: Option<String>,
+        /// Allow a non-loopback --listen address. Anyone who can reach it uses your certificate and
+        /// grant, so this is off by default.
+        #[arg(long)]
+        allow_remote: bool,
     },
 }
 
@@ -269,7 +273,15 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             listen,
             identity,
             broker,
-        } => connect(&target, &grant, listen, &identity, broker.as_deref()),
+            allow_remote,
+        } => {
+            if !listen.ip().is_loopback() && !allow_remote {
+                return Err(anyhow!(
+                    "--listen {listen} is not a loopback address: anyone who can reach it would use your certificate and grant; use 127.0.0.1:PORT, or pass --allow-remote if you mean it"
+                ));
+            }
+            connect(&target, &grant, listen, &identity, broker.as_deref())
+        }
     }
 }
 

@@ -379,6 +379,14 @@ impl Validator<'_> {
                 fix: "use 1 to 10080 (one week)".into(),
             });
         }
+        if g.leeway_seconds > 300 {
+            return Err(ConfigError {
+                location: self.loc(None),
+                field: "grants.leeway_seconds".into(),
+                message: format!("{} s would keep expired grants alive", g.leeway_seconds),
+                fix: "use 0 to 300 (default 30); fix clock skew with NTP instead".into(),
+            });
+        }
         let l = &f.limits;
         for (name, value) in [
             (
@@ -393,6 +401,7 @@ impl Validator<'_> {
                 u64::from(l.auth_failures_per_minute),
             ),
             ("limits.auth_failure_burst", u64::from(l.auth_failure_burst)),
+            ("limits.max_connections", l.max_connections as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError {
@@ -573,6 +582,15 @@ mod tests {
         let s = err.to_string();
         assert!(s.starts_with("/etc/sallyport/sallyport.toml:3:"), "{s}");
         assert!(s.contains("listen_port"), "{s}");
+    }
+
+    #[test]
+    fn limits_that_would_disable_a_protection_are_refused() {
+        let base = "[server]\nlisten = \"127.0.0.1:1\"\n";
+        let err = parse(&format!("{base}[grants]\nleeway_seconds = 86400\n")).unwrap_err();
+        assert_eq!(err.field, "grants.leeway_seconds");
+        let err = parse(&format!("{base}[limits]\nmax_connections = 0\n")).unwrap_err();
+        assert_eq!(err.field, "limits.max_connections");
     }
 
     #[test]

@@ -49,12 +49,19 @@ pub struct RelayOutcome {
     pub reason: CloseReason,
 }
 
-/// Counts bytes read through a stream and notes when it last saw any.
+/// Counts bytes written into a stream (delivered, not merely read) and notes when bytes last moved.
 struct Metered<S> {
     inner: S,
-    read: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
     activity: Arc<AtomicU64>,
     epoch: Instant,
+}
+
+impl<S> Metered<S> {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.activity.store(ms, Ordering::Relaxed);
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
@@ -65,11 +72,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
-            let ms = self.epoch.elapsed().as_millis() as u64;
-            self.activity.store(ms, Ordering::Relaxed);
+        if buf.filled().len() > before {
+            self.touch();
         }
         res
     }
@@ -81,7 +85,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+            self.touch();
+        }
+        res
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -109,13 +118,13 @@ where
     let activity = Arc::new(AtomicU64::new(0));
     let mut client = Metered {
         inner: client,
-        read: up.clone(),
+        written: down.clone(),
         activity: activity.clone(),
         epoch,
     };
     let mut upstream = Metered {
         inner: upstream,
-        read: down.clone(),
+        written: up.clone(),
         activity: activity.clone(),
         epoch,
     };

@@ -78,11 +78,15 @@ fn text(status: StatusCode, msg: &str) -> Response<Body> {
 }
 
 /// Handles one CONNECT request.
-pub async fn connect(b: &Arc<Broker>, conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
+pub async fn connect(
+    b: &Arc<Broker>,
+    conn: Arc<Conn>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let session_id = format!("s-{}", uuid::Uuid::new_v4().simple());
-    let opened = match decide(b, conn, &req) {
+    let opened = match decide(b, &conn, &req) {
         Ok(ok) => ok,
-        Err(refusal) => return refuse(b, conn, &session_id, refusal).await,
+        Err(refusal) => return refuse(b, &conn, &session_id, refusal).await,
     };
     let Allowed {
         claims,
@@ -156,9 +160,10 @@ pub async fn connect(b: &Arc<Broker>, conn: &Conn, mut req: Request<Incoming>) -
     }
     tracing::debug!(session = %session_id, technician = %actor, customer = %customer.id, target = %target.id, "tunnel open");
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The tunnel ends when the grant does, or the certificate it is bound to, whichever is first.
+    let end = claims.expires_at().min(conn.peer.not_after);
     let deadline = tokio::time::Instant::now()
-        + claims
-            .expires_at()
+        + end
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
     let idle = b.cfg.limits.idle_timeout;
@@ -166,6 +171,8 @@ pub async fn connect(b: &Arc<Broker>, conn: &Conn, mut req: Request<Incoming>) -
     let close = base(EventKind::TunnelClose, Outcome::Success, String::new());
     let broker = b.clone();
     b.tasks.spawn(async move {
+        // Holding the connection keeps its slot under `limits.max_connections` while the tunnel lives.
+        let _conn = conn;
         let started = std::time::Instant::now();
         let outcome = match on_upgrade.await {
             Ok(up) => relay::relay(TokioIo::new(up), upstream, deadline, idle, cancel).await,
@@ -176,6 +183,9 @@ pub async fn connect(b: &Arc<Broker>, conn: &Conn, mut req: Request<Incoming>) -
             },
         };
         let mut ev = close;
+        if matches!(outcome.reason, relay::CloseReason::Error(_)) {
+            ev.outcome = Outcome::Failure;
+        }
         ev.reason = outcome.reason.to_string();
         ev.bytes_up = Some(outcome.bytes_up);
         ev.bytes_down = Some(outcome.bytes_down);
@@ -224,7 +234,7 @@ fn decide<'a>(
 ) -> Result<Allowed<'a>, Box<Refusal>> {
     // Stage: rate limit.
     for key in [
-        FailKey::Ip(conn.ip),
+        FailKey::Ip(crate::limiter::source(conn.ip)),
         FailKey::Identity(conn.peer.id.to_string()),
     ] {
         if let Some(wait) = b.limiter.blocked_for(&key) {
@@ -263,6 +273,19 @@ fn decide<'a>(
             _ => r,
         }
     })?;
+    // The leeway is for clock skew between minting and checking; a tunnel never opens past `exp`.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if claims.exp <= now {
+        return Err(Refusal::new(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            EventKind::AuthFailure,
+            GrantError::Expired.to_string(),
+        )
+        .about(&claims));
+    }
     // Stage: the grant belongs to this connection's certificate.
     if conn.peer.id.role() != Role::Technician {
         return Err(Refusal::new(
@@ -330,7 +353,7 @@ fn decide<'a>(
             format!("grant is for target `{}`, not `{t_name}`", claims.target),
         ));
     }
-    if port != Some(target.port) {
+    if port != Some(target.port) || claims.port != target.port {
         return Err(wrong(
             StatusCode::FORBIDDEN,
             format!("target `{t_name}` is reached on port {}", target.port),
@@ -427,6 +450,9 @@ async fn refuse(b: &Broker, conn: &Conn, session_id: &str, r: Box<Refusal>) -> R
         && let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
     {
         resp.headers_mut().insert(RETRY_AFTER, v);
+        // Make a rate-limited client reconnect (a full handshake) before its next try.
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
