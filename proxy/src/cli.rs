@@ -182,6 +182,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -250,10 +251,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             minutes,
         } => {
             let cfg = Config::load(&config)?;
-            let operator = format!(
-                "break-glass:{}",
-                std::env::var("USER").unwrap_or_else(|_| "unknown-operator".into())
-            );
+            let operator = format!("break-glass:{}", operator());
             let token = crate::breakglass::mint(
                 &cfg,
                 &crate::breakglass::BreakGlass {
@@ -283,6 +281,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             connect(&target, &grant, listen, &identity, broker.as_deref())
         }
     }
+}
+
+/// Who runs this command: the login name, else the process owner's uid.
+fn operator() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| match std::fs::metadata("/proc/self") {
+            Ok(m) => format!("uid {}", m.uid()),
+            Err(_) => "unknown operator".into(),
+        })
 }
 
 fn issue(role: IssueRole) -> anyhow::Result<()> {
