@@ -16,4 +16,5 @@ pub mod forwarder;
 pub mod init;
 pub mod limiter;
 pub mod relay;
+pub mod store;
 pub mod tunnel;

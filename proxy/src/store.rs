@@ -1,0 +1,182 @@
+//! Durable workflow state: access requests, approvals, grants, revocations and sessions.
+//!
+//! [`Store`] is the interface the broker programs against; [`sqlite::SqliteStore`] is the embedded
+//! default (one file in the data directory, versioned migrations). The interface keeps every state
+//! transition a single call that succeeds or fails whole, so a PostgreSQL implementation for several
+//! broker nodes can follow with the same semantics (one transaction per call).
+//!
+//! Times are Unix seconds. Ids are strings minted by the caller.
+
+pub mod sqlite;
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStatus {
+    /// Waiting for approvals.
+    Pending,
+    /// Enough approvals: a grant exists.
+    Approved,
+    /// An approver denied it.
+    Denied,
+    /// Nobody decided in time.
+    Expired,
+}
+
+impl RequestStatus {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Denied => "denied",
+            RequestStatus::Expired => "expired",
+        }
+    }
+
+    /// Parses a stored or user-given name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => RequestStatus::Pending,
+            "approved" => RequestStatus::Approved,
+            "denied" => RequestStatus::Denied,
+            "expired" => RequestStatus::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// A request as filed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRequest {
+    /// Request id.
+    pub id: String,
+    /// Customer id.
+    pub customer: String,
+    /// Target id.
+    pub target: String,
+    /// The requesting technician's SPIFFE id.
+    pub technician: String,
+    /// Thumbprint (base64url SHA-256) of the certificate the grant will be bound to.
+    pub cert_thumbprint: String,
+    /// Minutes of access asked for.
+    pub minutes: u32,
+    /// Why.
+    pub reason: String,
+    /// Change or incident ticket.
+    pub ticket: Option<String>,
+    /// Requested start of the window; `None` means at approval.
+    pub start_at: Option<i64>,
+    /// Approvals needed (0 approves at once).
+    pub approvals_required: u32,
+    /// The policy that permitted filing it.
+    pub policy_id: Option<String>,
+    /// When it was filed.
+    pub created_at: i64,
+    /// When it expires if still pending.
+    pub expires_at: i64,
+}
+
+/// A request with its current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// What was filed.
+    pub filed: NewRequest,
+    /// Where it stands.
+    pub status: RequestStatus,
+    /// Approvers so far: (SPIFFE id, comment, time).
+    pub approvals: Vec<(String, Option<String>, i64)>,
+    /// Who denied it and why.
+    pub denial: Option<(String, String)>,
+    /// The grant issued on approval.
+    pub grant_id: Option<String>,
+}
+
+/// A grant row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// Grant id (`gid`).
+    pub id: String,
+    /// The request it came from.
+    pub request_id: String,
+    /// Start of the window.
+    pub not_before: i64,
+    /// End of the window.
+    pub expires_at: i64,
+    /// When and by whom it was revoked, and why.
+    pub revoked: Option<(i64, String, String)>,
+}
+
+/// Why a state change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No such request or grant.
+    #[error("no {kind} `{id}`")]
+    NotFound {
+        /// `request` or `grant`.
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The change does not fit the current state (approving a denied request, approving twice, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+/// The result of an approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approval {
+    /// Recorded; this many more are needed.
+    Recorded {
+        /// Approvals still missing.
+        missing: u32,
+    },
+    /// The quorum is reached: the request is approved and this grant was created.
+    Granted(GrantRecord),
+}
+
+/// Durable workflow state. Each method is one atomic transition.
+pub trait Store: Send + Sync {
+    /// Files a request. With `approvals_required == 0` it is approved at once and `grant_id` issues.
+    fn file_request(
+        &self,
+        req: &NewRequest,
+        grant_id: &str,
+        now: i64,
+    ) -> Result<RequestRecord, StoreError>;
+    /// One request.
+    fn request(&self, id: &str) -> Result<RequestRecord, StoreError>;
+    /// Requests of a customer and/or a technician, optionally by status, newest first.
+    fn requests(
+        &self,
+        customer: Option<&str>,
+        technician: Option<&str>,
+        status: Option<RequestStatus>,
+    ) -> Result<Vec<RequestRecord>, StoreError>;
+    /// Records one approval; on quorum approves the request and creates grant `grant_id`.
+    fn approve(
+        &self,
+        id: &str,
+        approver: &str,
+        comment: Option<&str>,
+        grant_id: &str,
+        now: i64,
+    ) -> Result<Approval, StoreError>;
+    /// Denies a pending request.
+    fn deny(
+        &self,
+        id: &str,
+        approver: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<RequestRecord, StoreError>;
+    /// Expires pending requests whose time is up; returns them.
+    fn expire_pending(&self, now: i64) -> Result<Vec<RequestRecord>, StoreError>;
+    /// One grant.
+    fn grant(&self, id: &str) -> Result<GrantRecord, StoreError>;
+    /// Revokes a grant (idempotent for an already revoked grant: returns it unchanged).
+    fn revoke(&self, id: &str, by: &str, reason: &str, now: i64)
+    -> Result<GrantRecord, StoreError>;
+}

@@ -1,0 +1,423 @@
+//! The embedded [`Store`]: one SQLite file (`<data_dir>/sallyport.db`), WAL mode with full sync, schema
+//! versions applied by `rusqlite_migration` (tracked in `user_version`). Every transition runs in one
+//! `IMMEDIATE` transaction, so concurrent brokers or CLI calls on the same file serialize cleanly.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite_migration::{M, Migrations};
+
+use super::{Approval, GrantRecord, NewRequest, RequestRecord, RequestStatus, Store, StoreError};
+
+/// Schema versions, oldest first. Never edit a released entry: append a new one.
+const MIGRATIONS: &[M<'static>] = &[M::up(
+    "CREATE TABLE requests (
+        id TEXT PRIMARY KEY,
+        customer TEXT NOT NULL,
+        target TEXT NOT NULL,
+        technician TEXT NOT NULL,
+        cert_thumbprint TEXT NOT NULL,
+        minutes INTEGER NOT NULL CHECK (minutes > 0),
+        reason TEXT NOT NULL,
+        ticket TEXT,
+        start_at INTEGER,
+        approvals_required INTEGER NOT NULL CHECK (approvals_required >= 0),
+        policy_id TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+        denied_by TEXT,
+        deny_reason TEXT,
+        decided_at INTEGER
+    ) STRICT;
+    CREATE INDEX requests_by_customer ON requests (customer, status, created_at);
+    CREATE INDEX requests_by_technician ON requests (technician, created_at);
+    CREATE TABLE approvals (
+        request_id TEXT NOT NULL REFERENCES requests (id),
+        approver TEXT NOT NULL,
+        comment TEXT,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (request_id, approver)
+    ) STRICT;
+    CREATE TABLE grants (
+        id TEXT PRIMARY KEY,
+        request_id TEXT UNIQUE REFERENCES requests (id),
+        not_before INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        revoked_by TEXT,
+        revoke_reason TEXT
+    ) STRICT;
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        grant_id TEXT NOT NULL,
+        customer TEXT NOT NULL,
+        target TEXT NOT NULL,
+        technician TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        opened_at INTEGER NOT NULL,
+        closed_at INTEGER,
+        bytes_up INTEGER,
+        bytes_down INTEGER,
+        close_reason TEXT
+    ) STRICT;
+    CREATE INDEX sessions_live ON sessions (customer, closed_at);",
+)];
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating as needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut conn)
+            .map_err(|e| StoreError::Backend(format!("{}: migrating: {e}", path.display())))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(backend)?;
+        Ok(out)
+    }
+}
+
+const REQUEST_COLUMNS: &str = "id, customer, target, technician, cert_thumbprint, minutes, reason, ticket, start_at, approvals_required, policy_id, created_at, expires_at, status, denied_by, deny_reason";
+
+fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
+    let row = tx
+        .query_row(
+            &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
+            params![id],
+            |r| {
+                Ok((
+                    NewRequest {
+                        id: r.get(0)?,
+                        customer: r.get(1)?,
+                        target: r.get(2)?,
+                        technician: r.get(3)?,
+                        cert_thumbprint: r.get(4)?,
+                        minutes: r.get(5)?,
+                        reason: r.get(6)?,
+                        ticket: r.get(7)?,
+                        start_at: r.get(8)?,
+                        approvals_required: r.get(9)?,
+                        policy_id: r.get(10)?,
+                        created_at: r.get(11)?,
+                        expires_at: r.get(12)?,
+                    },
+                    r.get::<_, String>(13)?,
+                    r.get::<_, Option<String>>(14)?,
+                    r.get::<_, Option<String>>(15)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "request",
+            id: id.to_owned(),
+        })?;
+    let (filed, status, denied_by, deny_reason) = row;
+    let status = RequestStatus::parse(&status).ok_or_else(|| {
+        StoreError::Backend(format!("request `{id}` has unknown status `{status}`"))
+    })?;
+    let mut stmt = tx
+        .prepare_cached("SELECT approver, comment, at FROM approvals WHERE request_id = ?1 ORDER BY at, approver")
+        .map_err(backend)?;
+    let approvals = stmt
+        .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    let grant_id = tx
+        .query_row(
+            "SELECT id FROM grants WHERE request_id = ?1",
+            params![id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    Ok(RequestRecord {
+        filed,
+        status,
+        approvals,
+        denial: denied_by.zip(deny_reason),
+        grant_id,
+    })
+}
+
+fn load_grant(tx: &Transaction<'_>, id: &str) -> Result<GrantRecord, StoreError> {
+    tx.query_row(
+        "SELECT id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason FROM grants WHERE id = ?1",
+        params![id],
+        |r| {
+            let revoked_at: Option<i64> = r.get(4)?;
+            let by: Option<String> = r.get(5)?;
+            let why: Option<String> = r.get(6)?;
+            Ok(GrantRecord {
+                id: r.get(0)?,
+                request_id: r.get(1)?,
+                not_before: r.get(2)?,
+                expires_at: r.get(3)?,
+                revoked: revoked_at.map(|at| (at, by.unwrap_or_default(), why.unwrap_or_default())),
+            })
+        },
+    )
+    .optional()
+    .map_err(backend)?
+    .ok_or_else(|| StoreError::NotFound {
+        kind: "grant",
+        id: id.to_owned(),
+    })
+}
+
+/// Approves `req` and creates its grant: the window starts at `start_at` or now.
+fn issue(
+    tx: &Transaction<'_>,
+    req: &NewRequest,
+    grant_id: &str,
+    now: i64,
+) -> Result<GrantRecord, StoreError> {
+    let not_before = req.start_at.unwrap_or(now).max(now);
+    let expires_at = not_before + i64::from(req.minutes) * 60;
+    tx.execute(
+        "UPDATE requests SET status = 'approved', decided_at = ?2 WHERE id = ?1",
+        params![req.id, now],
+    )
+    .map_err(backend)?;
+    tx.execute(
+        "INSERT INTO grants (id, request_id, not_before, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![grant_id, req.id, not_before, expires_at],
+    )
+    .map_err(backend)?;
+    load_grant(tx, grant_id)
+}
+
+/// Refuses a decision on a request that is no longer pending (or whose time is up).
+fn check_pending(rec: &RequestRecord, now: i64) -> Result<(), StoreError> {
+    match rec.status {
+        RequestStatus::Pending if rec.filed.expires_at <= now => Err(StoreError::Conflict(
+            format!("request `{}` has expired", rec.filed.id),
+        )),
+        RequestStatus::Pending => Ok(()),
+        other => Err(StoreError::Conflict(format!(
+            "request `{}` is already {}",
+            rec.filed.id,
+            other.as_str()
+        ))),
+    }
+}
+
+impl Store for SqliteStore {
+    fn file_request(
+        &self,
+        req: &NewRequest,
+        grant_id: &str,
+        now: i64,
+    ) -> Result<RequestRecord, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', NULL, NULL)"
+                ),
+                params![
+                    req.id,
+                    req.customer,
+                    req.target,
+                    req.technician,
+                    req.cert_thumbprint,
+                    req.minutes,
+                    req.reason,
+                    req.ticket,
+                    req.start_at,
+                    req.approvals_required,
+                    req.policy_id,
+                    req.created_at,
+                    req.expires_at
+                ],
+            )
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    StoreError::Conflict(format!("request `{}` already exists", req.id))
+                }
+                _ => backend(e),
+            })?;
+            if req.approvals_required == 0 {
+                issue(tx, req, grant_id, now)?;
+            }
+            load(tx, &req.id)
+        })
+    }
+
+    fn request(&self, id: &str) -> Result<RequestRecord, StoreError> {
+        self.tx(|tx| load(tx, id))
+    }
+
+    fn requests(
+        &self,
+        customer: Option<&str>,
+        technician: Option<&str>,
+        status: Option<RequestStatus>,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        self.tx(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id FROM requests
+                     WHERE (?1 IS NULL OR customer = ?1) AND (?2 IS NULL OR technician = ?2)
+                       AND (?3 IS NULL OR status = ?3)
+                     ORDER BY created_at DESC, id LIMIT 1000",
+                )
+                .map_err(backend)?;
+            let ids = stmt
+                .query_map(
+                    params![customer, technician, status.map(|s| s.as_str())],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            ids.iter().map(|id| load(tx, id)).collect()
+        })
+    }
+
+    fn approve(
+        &self,
+        id: &str,
+        approver: &str,
+        comment: Option<&str>,
+        grant_id: &str,
+        now: i64,
+    ) -> Result<Approval, StoreError> {
+        self.tx(|tx| {
+            let rec = load(tx, id)?;
+            check_pending(&rec, now)?;
+            if rec.filed.technician == approver {
+                return Err(StoreError::Conflict(
+                    "a requester cannot approve their own request".into(),
+                ));
+            }
+            if rec.approvals.iter().any(|(a, _, _)| a == approver) {
+                return Err(StoreError::Conflict(format!(
+                    "`{approver}` has already approved request `{id}`"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO approvals (request_id, approver, comment, at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, approver, comment, now],
+            )
+            .map_err(backend)?;
+            let have = rec.approvals.len() as u32 + 1;
+            if have >= rec.filed.approvals_required {
+                Ok(Approval::Granted(issue(tx, &rec.filed, grant_id, now)?))
+            } else {
+                Ok(Approval::Recorded {
+                    missing: rec.filed.approvals_required - have,
+                })
+            }
+        })
+    }
+
+    fn deny(
+        &self,
+        id: &str,
+        approver: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<RequestRecord, StoreError> {
+        self.tx(|tx| {
+            let rec = load(tx, id)?;
+            check_pending(&rec, now)?;
+            tx.execute(
+                "UPDATE requests SET status = 'denied', denied_by = ?2, deny_reason = ?3, decided_at = ?4 WHERE id = ?1",
+                params![id, approver, reason, now],
+            )
+            .map_err(backend)?;
+            load(tx, id)
+        })
+    }
+
+    fn expire_pending(&self, now: i64) -> Result<Vec<RequestRecord>, StoreError> {
+        self.tx(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id FROM requests WHERE status = 'pending' AND expires_at <= ?1",
+                )
+                .map_err(backend)?;
+            let ids = stmt
+                .query_map(params![now], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            for id in &ids {
+                tx.execute(
+                    "UPDATE requests SET status = 'expired', decided_at = ?2 WHERE id = ?1",
+                    params![id, now],
+                )
+                .map_err(backend)?;
+            }
+            ids.iter().map(|id| load(tx, id)).collect()
+        })
+    }
+
+    fn grant(&self, id: &str) -> Result<GrantRecord, StoreError> {
+        self.tx(|tx| load_grant(tx, id))
+    }
+
+    fn revoke(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<GrantRecord, StoreError> {
+        self.tx(|tx| {
+            let g = load_grant(tx, id)?;
+            if g.revoked.is_some() {
+                return Ok(g);
+            }
+            tx.execute(
+                "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 WHERE id = ?1",
+                params![id, now, by, reason],
+            )
+            .map_err(backend)?;
+            load_grant(tx, id)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! The SQLite store against a real database file: quorum, self-approval, conflicts, expiry,
+//! revocation, and state surviving a reopen.
+
+use super::*;
+
+const ALICE: &str = "spiffe://sallyport.local/technician/northwind/alice";
+const BOB: &str = "spiffe://sallyport.local/approver/acme/bob";
+const CAROL: &str = "spiffe://sallyport.local/approver/acme/carol";
+
+fn req(id: &str, approvals: u32) -> NewRequest {
+    NewRequest {
+        id: id.into(),
+        customer: "acme".into(),
+        target: "db01".into(),
+        technician: ALICE.into(),
+        cert_thumbprint: "thumb".into(),
+        minutes: 30,
+        reason: "patching".into(),
+        ticket: Some("CHG-1".into()),
+        start_at: None,
+        approvals_required: approvals,
+        policy_id: Some("support".into()),
+        created_at: 1_000,
+        expires_at: 1_000 + 86_400,
+    }
+}
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("sallyport.db")).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn quorum_of_two_distinct_approvers() {
+    let (_d, s) = open();
+    s.file_request(&req("r1", 2), "g1", 1_000).unwrap();
+    assert_eq!(
+        s.approve("r1", BOB, Some("ok"), "g1", 1_010).unwrap(),
+        Approval::Recorded { missing: 1 }
+    );
+    assert_eq!(s.request("r1").unwrap().status, RequestStatus::Pending);
+    let err = s.approve("r1", BOB, None, "g1", 1_011).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(m) if m.contains("already approved")));
+    let Approval::Granted(g) = s.approve("r1", CAROL, None, "g1", 1_020).unwrap() else {
+        panic!("quorum not reached");
+    };
+    assert_eq!((g.not_before, g.expires_at), (1_020, 1_020 + 1_800));
+    let rec = s.request("r1").unwrap();
+    assert_eq!(rec.status, RequestStatus::Approved);
+    assert_eq!(rec.grant_id.as_deref(), Some("g1"));
+    assert_eq!(rec.approvals.len(), 2);
+}
+
+#[test]
+fn requester_cannot_approve_and_denied_stays_denied() {
+    let (_d, s) = open();
+    s.file_request(&req("r1", 1), "g1", 1_000).unwrap();
+    let err = s.approve("r1", ALICE, None, "g1", 1_001).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(m) if m.contains("own request")));
+    let rec = s.deny("r1", BOB, "not now", 1_002).unwrap();
+    assert_eq!(rec.status, RequestStatus::Denied);
+    assert_eq!(rec.denial, Some((BOB.into(), "not now".into())));
+    let err = s.approve("r1", CAROL, None, "g1", 1_003).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict("request `r1` is already denied".into())
+    );
+    assert!(s.grant("g1").is_err(), "no grant for a denied request");
+}
+
+#[test]
+fn zero_approvals_grants_at_once_and_start_at_is_honoured() {
+    let (_d, s) = open();
+    let mut r = req("r1", 0);
+    r.start_at = Some(5_000);
+    let rec = s.file_request(&r, "g1", 1_000).unwrap();
+    assert_eq!(rec.status, RequestStatus::Approved);
+    let g = s.grant("g1").unwrap();
+    assert_eq!((g.not_before, g.expires_at), (5_000, 5_000 + 1_800));
+}
+
+#[test]
+fn pending_requests_expire_and_cannot_be_approved_after() {
+    let (_d, s) = open();
+    s.file_request(&req("r1", 1), "g1", 1_000).unwrap();
+    s.file_request(&req("r2", 1), "g2", 1_000).unwrap();
+    s.approve("r2", BOB, None, "g2", 1_001).unwrap();
+    let late = 1_000 + 86_400;
+    let err = s.approve("r1", BOB, None, "g1", late).unwrap_err();
+    assert_eq!(err, StoreError::Conflict("request `r1` has expired".into()));
+    let expired = s.expire_pending(late).unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].status, RequestStatus::Expired);
+    assert_eq!(s.request("r2").unwrap().status, RequestStatus::Approved);
+    assert!(s.expire_pending(late).unwrap().is_empty());
+}
+
+#[test]
+fn listing_filters_by_customer_technician_and_status() {
+    let (_d, s) = open();
+    s.file_request(&req("r1", 1), "g1", 1_000).unwrap();
+    let mut other = req("r2", 1);
+    other.customer = "globex".into();
+    s.file_request(&other, "g2", 1_000).unwrap();
+    assert_eq!(s.requests(Some("acme"), None, None).unwrap().len(), 1);
+    assert_eq!(s.requests(None, Some(ALICE), None).unwrap().len(), 2);
+    assert_eq!(
+        s.requests(Some("globex"), None, Some(RequestStatus::Approved))
+            .unwrap()
+            .len(),
+        0
+    );
+    let err = s.file_request(&req("r1", 1), "g3", 1_000).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)));
+}
+
+#[test]
+fn revocation_and_state_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sallyport.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.file_request(&req("r1", 1), "g1", 1_000).unwrap();
+        s.file_request(&req("r2", 1), "g2", 1_000).unwrap();
+        s.approve("r1", BOB, None, "g1", 1_001).unwrap();
+        let g = s.revoke("g1", BOB, "ticket closed", 1_100).unwrap();
+        assert_eq!(g.revoked, Some((1_100, BOB.into(), "ticket closed".into())));
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.request("r2").unwrap().status, RequestStatus::Pending);
+    let g = s.revoke("g1", CAROL, "again", 1_200).unwrap();
+    assert_eq!(
+        g.revoked,
+        Some((1_100, BOB.into(), "ticket closed".into())),
+        "first revocation stands"
+    );
+    assert!(matches!(
+        s.revoke("nope", BOB, "x", 1),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn migrations_are_valid() {
+    Migrations::from_slice(MIGRATIONS).validate().unwrap();
+}
