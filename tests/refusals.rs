@@ -417,6 +417,15 @@ async fn grant_and_routing_refusals_have_their_status_and_record() {
             "spiffe://sallyport.local/technician/northwind/alice"
         );
     }
+    // The attempt on globex's target under acme's grant is on globex's own chain too.
+    let seen_by_globex = s.audit("globex");
+    assert!(
+        seen_by_globex.iter().any(|r| r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("grant is for customer `acme`, not `globex`")),
+        "{seen_by_globex:#?}"
+    );
     let policy_deny = s.audit("globex").into_iter().last().unwrap();
     assert_eq!(policy_deny["event"], "decision");
     assert_eq!(policy_deny["policy_ids"], serde_json::json!([]));

@@ -96,8 +96,8 @@ pub struct RequestRecord {
 pub struct GrantRecord {
     /// Grant id (`gid`).
     pub id: String,
-    /// The request it came from.
-    pub request_id: String,
+    /// The request it came from (`None` for a break-glass grant).
+    pub request_id: Option<String>,
     /// Start of the window.
     pub not_before: i64,
     /// End of the window.

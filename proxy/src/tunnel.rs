@@ -38,6 +38,8 @@ struct Refusal {
     policy_ids: Vec<String>,
     auth_failure: bool,
     retry_after: Option<Duration>,
+    /// Another customer whose target was named: the attempt goes on that customer's chain too.
+    also_for: Option<String>,
 }
 
 impl Refusal {
@@ -52,6 +54,7 @@ impl Refusal {
             policy_ids: Vec::new(),
             auth_failure: event == EventKind::AuthFailure,
             retry_after: None,
+            also_for: None,
         })
     }
 
@@ -327,13 +330,15 @@ fn decide<'a>(
         r
     };
     if c_name != claims.customer.as_str() {
-        return Err(wrong(
+        let mut r = wrong(
             StatusCode::FORBIDDEN,
             format!(
                 "grant is for customer `{}`, not `{c_name}`",
                 claims.customer
             ),
-        ));
+        );
+        r.also_for = Some(c_name.to_owned());
+        return Err(r);
     }
     let customer = b.cfg.customer(c_name).ok_or_else(|| {
         wrong(
@@ -435,7 +440,21 @@ async fn refuse(b: &Broker, conn: &Conn, session_id: &str, r: Box<Refusal>) -> R
     ev.session_id = Some(session_id.to_owned());
     ev.source_ip = Some(conn.ip);
     ev.policy_ids = r.policy_ids.clone();
-    if let Err(e) = b.audit.append(ev).await {
+    // A customer sees attempts on its own targets, even under another customer's grant.
+    let copy = r
+        .also_for
+        .as_ref()
+        .filter(|c| b.cfg.customer(c).is_some())
+        .map(|c| {
+            let mut copy = ev.clone();
+            copy.customer = Some(c.clone());
+            copy
+        });
+    let written = match copy {
+        Some(copy) => tokio::try_join!(b.audit.append(ev), b.audit.append(copy)).map(|_| ()),
+        None => b.audit.append(ev).await.map(|_| ()),
+    };
+    if let Err(e) = written {
         tracing::error!(error = %e, "audit trail not writable");
         return text(StatusCode::SERVICE_UNAVAILABLE, "audit trail not writable");
     }
