@@ -267,3 +267,119 @@ async fn the_audit_chain_recomputes_from_the_records() {
         hash
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_grant_cuts_its_live_tunnel_within_a_second_and_refuses_it_after() {
+    let (s, port) = Setup::with_echo_target(BIN, "");
+    let b = Broker::start(&s);
+    let out = Command::new(BIN)
+        .args(["grant", "--config"])
+        .arg(s.config())
+        .arg("--technician-cert")
+        .arg(s.root.join("identities/technician/cert.pem"))
+        .args(["--customer", "acme", "--target", "db01", "--minutes", "30"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let gid = s.audit("acme").last().unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let alice = s.identity("technician");
+    let authority = format!("db01.acme:{port}");
+    let mut a = connect(b.addr, &connector(&alice), &authority, Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    a.stream.read_exact(&mut buf).await.unwrap();
+
+    let revoke = |identity: std::path::PathBuf| {
+        let broker = b.addr.to_string();
+        let gid = gid.clone();
+        move || {
+            Command::new(BIN)
+                .args([
+                    "revoke",
+                    &gid,
+                    "--reason",
+                    "ticket closed",
+                    "--broker",
+                    &broker,
+                ])
+                .arg("--identity")
+                .arg(identity)
+                .output()
+                .unwrap()
+        }
+    };
+    // An auditor may not revoke; nothing changes.
+    let auditor = s.root.join("people/erin");
+    let issued = Command::new(BIN)
+        .args([
+            "certs",
+            "issue",
+            "auditor",
+            "erin",
+            "--customer",
+            "acme",
+            "--dir",
+        ])
+        .arg(&s.root)
+        .arg("--out")
+        .arg(&auditor)
+        .output()
+        .unwrap();
+    assert!(issued.status.success());
+    let denied = tokio::task::spawn_blocking(revoke(auditor)).await.unwrap();
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("auditors cannot revoke"));
+
+    // The customer's approver revokes: the live tunnel ends within a second.
+    let started = Instant::now();
+    let done = tokio::task::spawn_blocking(revoke(s.root.join("identities/approver")))
+        .await
+        .unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains("1 live session(s) closed"));
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), a.stream.read_to_end(&mut rest)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "tunnel outlived its revocation by {:?}",
+        started.elapsed()
+    );
+    let close = s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    assert_eq!(close["reason"], "grant revoked");
+    let revoked = s
+        .audit("acme")
+        .into_iter()
+        .find(|r| r["event"] == "grant_revoked")
+        .unwrap();
+    assert_eq!(
+        revoked["actor"],
+        "spiffe://sallyport.local/approver/acme/bob"
+    );
+    assert_eq!(
+        revoked["subject"],
+        "spiffe://sallyport.local/technician/northwind/alice"
+    );
+    assert_eq!(revoked["reason"], "revoked: ticket closed");
+
+    // The token is refused from now on.
+    let again = connect(b.addr, &connector(&alice), &authority, Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(again.status, 403, "{}", again.body);
+    assert!(again.body.contains("was revoked"));
+}

@@ -73,6 +73,8 @@ pub enum EventKind {
     TunnelFailed,
     /// A tunnel closed.
     TunnelClose,
+    /// A grant was revoked.
+    GrantRevoked,
 }
 
 /// How it ended.

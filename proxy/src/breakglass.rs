@@ -122,6 +122,19 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
     ev.expires_at = jiff::Timestamp::from_second(claims.exp as i64)
         .ok()
         .map(|t| t.to_string());
+    // Recorded in the store so that it can be revoked like any other grant.
+    crate::broker::open_store(cfg)?
+        .record_grant(&crate::store::GrantRecord {
+            id: claims.gid.to_string(),
+            request_id: None,
+            customer: customer.id.to_string(),
+            target: target.id.to_string(),
+            technician: claims.sub.to_string(),
+            not_before: claims.nbf as i64,
+            expires_at: claims.exp as i64,
+            revoked: None,
+        })
+        .context("recording the grant")?;
     let (log, writer) = AuditLog::open(&cfg.data_dir.join("audit"), &[customer.id.as_str()])
         .context("opening the audit trail")?;
     let appended = log.append_blocking(ev);

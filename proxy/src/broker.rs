@@ -26,6 +26,9 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{AuditEvent, AuditLog, AuditWriter, EventKind, Outcome};
 use crate::config::{Config, ConfigError};
 use crate::limiter::{FailKey, FailureLimiter, source};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use std::collections::HashMap;
 
 /// Response body type used throughout.
 pub type Body = Full<Bytes>;
@@ -44,6 +47,10 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Tunnels and connections in flight.
     pub tasks: TaskTracker,
+    /// Requests, grants, revocations.
+    pub store: Arc<dyn Store>,
+    /// Live tunnels by grant id: (session id, token that ends the tunnel on revocation).
+    pub live: std::sync::Mutex<HashMap<String, Vec<(String, CancellationToken)>>>,
     acceptor: TlsAcceptor,
 }
 
@@ -76,6 +83,15 @@ fn bad(cfg: &Config, field: &str, e: impl std::fmt::Display) -> ConfigError {
         message: e.to_string(),
         fix: format!("point `{field}` at the file `sallyport init` created, or create a new one"),
     }
+}
+
+/// Opens the workflow store, `<data_dir>/sallyport.db`.
+pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, anyhow::Error> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", cfg.data_dir.display()))?;
+    Ok(Arc::new(SqliteStore::open(
+        &cfg.data_dir.join("sallyport.db"),
+    )?))
 }
 
 /// Loads the grant signing key and returns a verifier trusting it.
@@ -126,6 +142,7 @@ impl Broker {
                 .trust(signer.public_key());
         let chains: Vec<&str> = cfg.customers.iter().map(|c| c.id.as_str()).collect();
         let (audit, writer) = AuditLog::open(&cfg.data_dir.join("audit"), &chains)?;
+        let store = open_store(&cfg)?;
         let limiter = FailureLimiter::new(
             cfg.limits.auth_failures_per_minute,
             cfg.limits.auth_failure_burst,
@@ -138,6 +155,8 @@ impl Broker {
                 limiter,
                 shutdown,
                 tasks: TaskTracker::new(),
+                store,
+                live: std::sync::Mutex::new(HashMap::new()),
                 acceptor: TlsAcceptor::from(Arc::new(server)),
             }),
             writer,
@@ -286,7 +305,15 @@ async fn route(b: Arc<Broker>, conn: Arc<Conn>, req: Request<Incoming>) -> Respo
     if req.method() == Method::CONNECT {
         return crate::tunnel::connect(&b, conn, req).await;
     }
-    match (req.method(), req.uri().path()) {
+    let path = req.uri().path().to_owned();
+    if let Some(id) = path
+        .strip_prefix("/v1/grants/")
+        .and_then(|rest| rest.strip_suffix("/revoke"))
+        && req.method() == Method::POST
+    {
+        return crate::api::revoke(&b, &conn, id, req).await;
+    }
+    match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         _ => json(
             StatusCode::NOT_FOUND,

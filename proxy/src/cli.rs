@@ -88,6 +88,18 @@ enum Command {
         #[arg(long)]
         minutes: u32,
     },
+    /// Revoke a grant: its live tunnels close at once and the token is refused from then on.
+    ///
+    /// Allowed for the customer's approvers, the grant's technician and admins.
+    Revoke {
+        /// The grant id (`gid`), e.g. g-2f0c....
+        grant_id: String,
+        /// Why the access ends (recorded on the customer's audit trail).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Forward a local port through a broker tunnel to CUSTOMER/TARGET (one tunnel per connection).
     Connect {
         /// `customer/target`, e.g. acme/db01.
@@ -109,6 +121,19 @@ enum Command {
         #[arg(long)]
         allow_remote: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// Identity folder (cert.pem, key.pem, ca.pem, broker).
+    #[arg(long, env = "SALLYPORT_IDENTITY")]
+    identity: PathBuf,
+    /// Broker address, overriding the identity folder's `broker` file.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Print the broker's JSON answer instead of a sentence.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +290,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Revoke {
+            grant_id,
+            reason,
+            client,
+        } => revoke(&grant_id, &reason, &client),
         Command::Connect {
             target,
             grant,
@@ -499,6 +529,30 @@ fn print_demo(addr: SocketAddr, cfg: &Config) {
         "Every decision and tunnel is on the audit trail: {}",
         rel(&cfg.data_dir.join("audit").join("acme.jsonl"))
     );
+}
+
+fn revoke(grant_id: &str, reason: &str, args: &ClientArgs) -> anyhow::Result<()> {
+    let identity = IdentityDir::read(&args.identity)?;
+    let client = crate::client::BrokerClient::new(&identity, args.broker.as_deref())?;
+    let rt = runtime()?;
+    let (status, body) = rt.block_on(client.call(
+        hyper::Method::POST,
+        &format!("/v1/grants/{grant_id}/revoke"),
+        Some(serde_json::json!({ "reason": reason })),
+    ))?;
+    if !status.is_success() {
+        return Err(anyhow!(crate::client::error_message(status, &body)));
+    }
+    if args.json {
+        println!("{body}");
+    } else {
+        println!(
+            "revoked grant {} ({} live session(s) closed)",
+            body["grant_id"].as_str().unwrap_or(grant_id),
+            body["sessions_closed"]
+        );
+    }
+    Ok(())
 }
 
 fn connect(

@@ -7,21 +7,18 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
 use sallyport_certs::identity_dir::IdentityDir;
-use sallyport_certs::tls::PemFiles;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
+
+use crate::client::BrokerClient;
 
 /// A running forwarder's settings.
 #[derive(Clone)]
 pub struct Forwarder {
-    connector: TlsConnector,
-    broker: String,
-    server_name: ServerName<'static>,
+    client: BrokerClient,
     authority: String,
     token: Arc<str>,
 }
@@ -29,7 +26,7 @@ pub struct Forwarder {
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
-            .field("broker", &self.broker)
+            .field("client", &self.client)
             .field("authority", &self.authority)
             .finish_non_exhaustive()
     }
@@ -75,28 +72,10 @@ impl Forwarder {
         let expires = jiff::Timestamp::from_second(peek.exp)
             .map(|t| t.to_string())
             .unwrap_or_default();
-        let broker = broker.unwrap_or(&identity.broker).to_owned();
-        let host = broker
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .ok_or_else(|| anyhow!("broker address `{broker}` is not HOST:PORT"))?;
-        let server_name = ServerName::try_from(host.to_owned())
-            .map_err(|e| anyhow!("broker host `{host}`: {e}"))?;
-        let (ca_n, cert_n, key_n) = identity.pem_files();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client = sallyport_certs::tls::client_config(
-            provider,
-            PemFiles {
-                ca: (&identity.ca_pem, &ca_n),
-                cert: (&identity.cert_pem, &cert_n),
-                key: (&identity.key_pem, &key_n),
-            },
-        )?;
+        let client = BrokerClient::new(identity, broker)?;
         Ok((
             Self {
-                connector: TlsConnector::from(Arc::new(client)),
-                broker,
-                server_name,
+                client,
                 authority: format!("{target}.{customer}:{}", peek.port),
                 token: token.into(),
             },
@@ -120,17 +99,7 @@ impl Forwarder {
     /// Opens one tunnel and relays `local` through it.
     pub async fn tunnel(&self, mut local: TcpStream) -> anyhow::Result<()> {
         let _ = local.set_nodelay(true);
-        let tcp = TcpStream::connect(&self.broker)
-            .await
-            .with_context(|| format!("connecting to the broker at {}", self.broker))?;
-        let _ = tcp.set_nodelay(true);
-        let tls = self
-            .connector
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .context("TLS handshake with the broker")?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(conn.with_upgrades());
+        let mut sender = self.client.open().await?;
         let req = Request::builder()
             .method(Method::CONNECT)
             .uri(&self.authority)
@@ -139,7 +108,7 @@ impl Forwarder {
                 hyper::header::PROXY_AUTHORIZATION,
                 format!("Bearer {}", self.token),
             )
-            .body(Empty::<Bytes>::new())?;
+            .body(Full::new(Bytes::new()))?;
         let resp = sender
             .send_request(req)
             .await

@@ -6,10 +6,12 @@
 //! [`relay`] (bytes both ways until expiry), [`audit`] (the hash-chained trail). Around them: [`config`],
 //! [`init`], [`breakglass`], [`forwarder`], [`demo`] and [`cli`].
 
+pub mod api;
 pub mod audit;
 pub mod breakglass;
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod forwarder;

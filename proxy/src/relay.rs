@@ -22,6 +22,8 @@ pub enum CloseReason {
     Idle,
     /// The broker is shutting down.
     Shutdown,
+    /// The grant was revoked.
+    Revoked,
     /// A read or write failed.
     Error(String),
 }
@@ -33,6 +35,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::GrantExpired => f.write_str("grant expired"),
             CloseReason::Idle => f.write_str("idle timeout"),
             CloseReason::Shutdown => f.write_str("broker shutting down"),
+            CloseReason::Revoked => f.write_str("grant revoked"),
             CloseReason::Error(e) => write!(f, "relay error: {e}"),
         }
     }
@@ -107,6 +110,7 @@ pub async fn relay<C, U>(
     deadline: Instant,
     idle: Duration,
     cancel: CancellationToken,
+    revoke: CancellationToken,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -145,6 +149,7 @@ where
         _ = tokio::time::sleep_until(deadline) => CloseReason::GrantExpired,
         _ = idle_watch => CloseReason::Idle,
         _ = cancel.cancelled() => CloseReason::Shutdown,
+        _ = revoke.cancelled() => CloseReason::Revoked,
     };
     RelayOutcome {
         bytes_up: up.load(Ordering::Relaxed),
@@ -168,6 +173,7 @@ mod tests {
             u_end,
             deadline,
             Duration::from_secs(60),
+            CancellationToken::new(),
             CancellationToken::new(),
         ));
         client.write_all(b"hello").await.unwrap();
@@ -193,6 +199,7 @@ mod tests {
             far,
             Duration::from_millis(50),
             CancellationToken::new(),
+            CancellationToken::new(),
         )
         .await;
         assert_eq!(out.reason, CloseReason::Idle);
@@ -201,7 +208,15 @@ mod tests {
         let (u_end, _target) = tokio::io::duplex(64);
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let out = relay(c_end, u_end, far, Duration::from_secs(60), cancel).await;
+        let out = relay(
+            c_end,
+            u_end,
+            far,
+            Duration::from_secs(60),
+            cancel,
+            CancellationToken::new(),
+        )
+        .await;
         assert_eq!(out.reason, CloseReason::Shutdown);
     }
 }

@@ -98,6 +98,12 @@ pub struct GrantRecord {
     pub id: String,
     /// The request it came from (`None` for a break-glass grant).
     pub request_id: Option<String>,
+    /// Customer id.
+    pub customer: String,
+    /// Target id.
+    pub target: String,
+    /// The technician's SPIFFE id.
+    pub technician: String,
     /// Start of the window.
     pub not_before: i64,
     /// End of the window.
@@ -174,6 +180,8 @@ pub trait Store: Send + Sync {
     ) -> Result<RequestRecord, StoreError>;
     /// Expires pending requests whose time is up; returns them.
     fn expire_pending(&self, now: i64) -> Result<Vec<RequestRecord>, StoreError>;
+    /// Records a grant issued without a request (break-glass).
+    fn record_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
     /// One grant.
     fn grant(&self, id: &str) -> Result<GrantRecord, StoreError>;
     /// Revokes a grant (idempotent for an already revoked grant: returns it unchanged).

@@ -19,12 +19,14 @@ use sallyport_certs::grant::{GrantClaims, GrantError};
 use sallyport_ids::{Principal, Role};
 use sallyport_policy::{Action, RequestContext, Subject, TargetInfo};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::broker::{Body, Broker, Conn};
 use crate::config::{Customer, Target};
 use crate::limiter::FailKey;
 use crate::relay;
+use crate::store::StoreError;
 
 /// A refused tunnel request.
 #[derive(Debug)]
@@ -171,6 +173,18 @@ pub async fn connect(
             .unwrap_or(Duration::ZERO);
     let idle = b.cfg.limits.idle_timeout;
     let cancel = b.shutdown.child_token();
+    // Register for revocation, then look again: a revocation that landed in between still cuts it.
+    let revoke = CancellationToken::new();
+    let gid = claims.gid.to_string();
+    b.live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(gid.clone())
+        .or_default()
+        .push((session_id.clone(), revoke.clone()));
+    if b.store.grant(&gid).is_ok_and(|g| g.revoked.is_some()) {
+        revoke.cancel();
+    }
     let close = base(EventKind::TunnelClose, Outcome::Success, String::new());
     let broker = b.clone();
     b.tasks.spawn(async move {
@@ -178,13 +192,24 @@ pub async fn connect(
         let _conn = conn;
         let started = std::time::Instant::now();
         let outcome = match on_upgrade.await {
-            Ok(up) => relay::relay(TokioIo::new(up), upstream, deadline, idle, cancel).await,
+            Ok(up) => {
+                relay::relay(TokioIo::new(up), upstream, deadline, idle, cancel, revoke).await
+            }
             Err(e) => relay::RelayOutcome {
                 bytes_up: 0,
                 bytes_down: 0,
                 reason: relay::CloseReason::Error(format!("upgrade failed: {e}")),
             },
         };
+        {
+            let mut live = broker.live.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(list) = live.get_mut(&gid) {
+                list.retain(|(s, _)| Some(s.as_str()) != close.session_id.as_deref());
+                if list.is_empty() {
+                    live.remove(&gid);
+                }
+            }
+        }
         let mut ev = close;
         if matches!(outcome.reason, relay::CloseReason::Error(_)) {
             ev.outcome = Outcome::Failure;
@@ -305,6 +330,27 @@ fn decide<'a>(
             "grant is bound to another client certificate",
         )
         .about(&claims));
+    }
+    // Stage: not revoked. Grants are issued by the signing key; the store records revocations.
+    match b.store.grant(claims.gid.as_str()) {
+        Ok(g) if g.revoked.is_some() => {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                EventKind::Decision,
+                format!("grant `{}` was revoked", claims.gid),
+            )
+            .about(&claims));
+        }
+        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "store unreadable; refusing tunnel");
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                EventKind::Decision,
+                "grant state unavailable",
+            )
+            .about(&claims));
+        }
     }
     // Stage: route the authority to a configured target.
     let authority = req.uri().authority().ok_or_else(|| {

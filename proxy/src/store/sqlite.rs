@@ -43,6 +43,9 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
     CREATE TABLE grants (
         id TEXT PRIMARY KEY,
         request_id TEXT UNIQUE REFERENCES requests (id),
+        customer TEXT NOT NULL,
+        target TEXT NOT NULL,
+        technician TEXT NOT NULL,
         not_before INTEGER NOT NULL,
         expires_at INTEGER NOT NULL,
         revoked_at INTEGER,
@@ -182,7 +185,7 @@ fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
 
 fn load_grant(tx: &Transaction<'_>, id: &str) -> Result<GrantRecord, StoreError> {
     tx.query_row(
-        "SELECT id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason FROM grants WHERE id = ?1",
+        "SELECT id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason, customer, target, technician FROM grants WHERE id = ?1",
         params![id],
         |r| {
             let revoked_at: Option<i64> = r.get(4)?;
@@ -191,6 +194,9 @@ fn load_grant(tx: &Transaction<'_>, id: &str) -> Result<GrantRecord, StoreError>
             Ok(GrantRecord {
                 id: r.get(0)?,
                 request_id: r.get(1)?,
+                customer: r.get(7)?,
+                target: r.get(8)?,
+                technician: r.get(9)?,
                 not_before: r.get(2)?,
                 expires_at: r.get(3)?,
                 revoked: revoked_at.map(|at| (at, by.unwrap_or_default(), why.unwrap_or_default())),
@@ -220,8 +226,8 @@ fn issue(
     )
     .map_err(backend)?;
     tx.execute(
-        "INSERT INTO grants (id, request_id, not_before, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        params![grant_id, req.id, not_before, expires_at],
+        "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![grant_id, req.id, req.customer, req.target, req.technician, not_before, expires_at],
     )
     .map_err(backend)?;
     load_grant(tx, grant_id)
@@ -390,6 +396,22 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             }
             ids.iter().map(|id| load(tx, id)).collect()
+        })
+    }
+
+    fn record_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![g.id, g.request_id, g.customer, g.target, g.technician, g.not_before, g.expires_at],
+            )
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    StoreError::Conflict(format!("grant `{}` already exists", g.id))
+                }
+                _ => backend(e),
+            })?;
+            Ok(())
         })
     }
 

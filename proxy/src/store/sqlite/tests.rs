@@ -145,3 +145,21 @@ fn revocation_and_state_survive_a_reopen() {
 fn migrations_are_valid() {
     Migrations::from_slice(MIGRATIONS).validate().unwrap();
 }
+
+#[test]
+fn break_glass_grants_are_recorded_without_a_request() {
+    let (_d, s) = open();
+    let g = GrantRecord {
+        id: "g-bg".into(),
+        request_id: None,
+        customer: "acme".into(),
+        target: "db01".into(),
+        technician: ALICE.into(),
+        not_before: 10,
+        expires_at: 70,
+        revoked: None,
+    };
+    s.record_grant(&g).unwrap();
+    assert_eq!(s.grant("g-bg").unwrap(), g);
+    assert!(matches!(s.record_grant(&g), Err(StoreError::Conflict(_))));
+}
