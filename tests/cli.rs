@@ -390,3 +390,86 @@ fn the_forwarder_refuses_a_non_loopback_listen_address() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revoke_api_refuses_bad_input_with_json_errors_and_changes_nothing() {
+    let (s, _) = Setup::with_echo_target(BIN, "");
+    let b = Broker::start(&s);
+    let out = Command::new(BIN)
+        .args(["grant", "--config"])
+        .arg(s.config())
+        .arg("--technician-cert")
+        .arg(s.root.join("identities/technician/cert.pem"))
+        .args(["--customer", "acme", "--target", "db01", "--minutes", "5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let gid = s.audit("acme").last().unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approver = connector(&s.identity("approver"));
+    let post = |path: String, body: String| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let path = format!("/v1/grants/{gid}/revoke");
+    let cases = [
+        (
+            post(path.clone(), "{\"reason\": 1}".into()),
+            400,
+            "bad_json",
+        ),
+        (
+            post(path.clone(), "{\"reason\":\"x\",\"extra\":1}".into()),
+            400,
+            "unknown field",
+        ),
+        (
+            post(path.clone(), "{\"reason\":\"  \"}".into()),
+            400,
+            "bad_reason",
+        ),
+        (
+            post(
+                path.clone(),
+                format!("{{\"reason\":\"{}\"}}", "a".repeat(70_000)),
+            ),
+            413,
+            "body_too_large",
+        ),
+        (
+            post(
+                "/v1/grants/g-nope/revoke".into(),
+                "{\"reason\":\"x\"}".into(),
+            ),
+            404,
+            "not_found",
+        ),
+    ];
+    for (head, status, needle) in cases {
+        let a = request(b.addr, &approver, &head).await.unwrap();
+        assert_eq!(a.status, status, "{}", a.body);
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert!(v["error"]["code"].is_string(), "{}", a.body);
+        assert!(a.body.contains(needle), "{needle}: {}", a.body);
+    }
+    // Another technician cannot see the grant at all.
+    let carol = s.technician("carol", &["support"], sallyport_testkit::valid_for(3600));
+    let a = request(
+        b.addr,
+        &connector(&carol),
+        &post(path, "{\"reason\":\"x\"}".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert!(
+        s.audit("acme")
+            .iter()
+            .all(|r| r["event"] != "grant_revoked"),
+        "a refused revocation was recorded as done"
+    );
+}
