@@ -395,19 +395,7 @@ fn the_forwarder_refuses_a_non_loopback_listen_address() {
 async fn the_revoke_api_refuses_bad_input_with_json_errors_and_changes_nothing() {
     let (s, _) = Setup::with_echo_target(BIN, "");
     let b = Broker::start(&s);
-    let out = Command::new(BIN)
-        .args(["grant", "--config"])
-        .arg(s.config())
-        .arg("--technician-cert")
-        .arg(s.root.join("identities/technician/cert.pem"))
-        .args(["--customer", "acme", "--target", "db01", "--minutes", "5"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let gid = s.audit("acme").last().unwrap()["grant_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, gid) = s.break_glass(5);
     let approver = connector(&s.identity("approver"));
     let post = |path: String, body: String| {
         format!(

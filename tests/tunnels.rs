@@ -47,21 +47,9 @@ fn granted_session_through_the_forwarder_relays_one_mebibyte_both_ways() {
     let b = Broker::start(&s);
     let tech = s.root.join("identities/technician");
 
-    let out = Command::new(BIN)
-        .args(["grant", "--config"])
-        .arg(s.config())
-        .arg("--technician-cert")
-        .arg(tech.join("cert.pem"))
-        .args(["--customer", "acme", "--target", "db01", "--minutes", "30"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (token, _) = s.break_glass(30);
     let grant = s.root.join("grant.jwt");
-    std::fs::write(&grant, &out.stdout).unwrap();
+    std::fs::write(&grant, &token).unwrap();
     let minted = s.audit("acme").into_iter().last().unwrap();
     assert_eq!(minted["event"], "grant_minted");
     assert!(minted["reason"].as_str().unwrap().contains("break-glass"));
@@ -272,24 +260,7 @@ async fn the_audit_chain_recomputes_from_the_records() {
 async fn revoking_a_grant_cuts_its_live_tunnel_within_a_second_and_refuses_it_after() {
     let (s, port) = Setup::with_echo_target(BIN, "");
     let b = Broker::start(&s);
-    let out = Command::new(BIN)
-        .args(["grant", "--config"])
-        .arg(s.config())
-        .arg("--technician-cert")
-        .arg(s.root.join("identities/technician/cert.pem"))
-        .args(["--customer", "acme", "--target", "db01", "--minutes", "30"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let gid = s.audit("acme").last().unwrap()["grant_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (token, gid) = s.break_glass(30);
     let alice = s.identity("technician");
     let authority = format!("db01.acme:{port}");
     let mut a = connect(b.addr, &connector(&alice), &authority, Some(&token))

@@ -121,6 +121,31 @@ impl Setup {
         (s, echo.port())
     }
 
+    /// Runs the real `sallyport grant` (break-glass) for the demo technician on `acme/db01`; returns
+    /// the token and its grant id (read back from the audit trail).
+    pub fn break_glass(&self, minutes: u32) -> (String, String) {
+        let out = Command::new(&self.bin)
+            .args(["grant", "--config"])
+            .arg(self.config())
+            .arg("--technician-cert")
+            .arg(self.root.join("identities/technician/cert.pem"))
+            .args(["--customer", "acme", "--target", "db01", "--minutes"])
+            .arg(minutes.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let gid = self.audit("acme").last().unwrap()["grant_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (token, gid)
+    }
+
     /// The config file.
     pub fn config(&self) -> PathBuf {
         self.root.join("sallyport.toml")
