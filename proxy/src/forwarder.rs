@@ -124,6 +124,10 @@ impl Forwarder {
             let body = String::from_utf8_lossy(&body[..body.len().min(512)])
                 .trim()
                 .to_owned();
+            // The broker's refusals start with their status line already.
+            if body.starts_with(status.as_str()) {
+                bail!("the broker refused the tunnel: {body}");
+            }
             bail!("the broker refused the tunnel: {status}: {body}");
         }
         let upgraded = hyper::upgrade::on(resp).await?;
