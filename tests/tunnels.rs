@@ -20,8 +20,19 @@ async fn open_tunnel(exp: SystemTime) -> (Setup, Broker, sallyport_testkit::Answ
     let alice = s.identity("technician");
     let nbf = SystemTime::now() - Duration::from_secs(1);
     let grant = s.mint(&alice, "acme", "db01", port, nbf, exp);
+    let a = ping_through(&b, &alice, port, &grant).await;
+    (s, b, a)
+}
+
+/// Opens a tunnel to `db01.acme:port` as `identity` and checks one echo through it.
+async fn ping_through(
+    b: &Broker,
+    identity: &sallyport_certs::identity_dir::IdentityDir,
+    port: u16,
+    grant: &str,
+) -> sallyport_testkit::Answer {
     let authority = format!("db01.acme:{port}");
-    let mut a = connect(b.addr, &connector(&alice), &authority, Some(&grant))
+    let mut a = connect(b.addr, &connector(identity), &authority, Some(grant))
         .await
         .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
@@ -29,7 +40,7 @@ async fn open_tunnel(exp: SystemTime) -> (Setup, Broker, sallyport_testkit::Answ
     let mut buf = [0u8; 4];
     a.stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping");
-    (s, b, a)
+    a
 }
 
 /// Kills the forwarder when the test ends.
@@ -263,13 +274,7 @@ async fn revoking_a_grant_cuts_its_live_tunnel_within_a_second_and_refuses_it_af
     let (token, gid) = s.break_glass(30);
     let alice = s.identity("technician");
     let authority = format!("db01.acme:{port}");
-    let mut a = connect(b.addr, &connector(&alice), &authority, Some(&token))
-        .await
-        .unwrap();
-    assert_eq!(a.status, 200, "{}", a.body);
-    a.stream.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    a.stream.read_exact(&mut buf).await.unwrap();
+    let mut a = ping_through(&b, &alice, port, &token).await;
 
     let revoke = |identity: std::path::PathBuf| {
         let broker = b.addr.to_string();

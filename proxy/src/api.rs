@@ -97,7 +97,8 @@ pub async fn revoke(
             &format!("no grant `{id}`"),
         )
     };
-    let grant = match b.store.grant(id) {
+    let gid = id.to_owned();
+    let grant = match b.with_store(move |s| s.grant(&gid)).await {
         Ok(g) => g,
         Err(StoreError::NotFound { .. }) => return not_found(),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store", &e.to_string()),
@@ -118,7 +119,8 @@ pub async fn revoke(
         _ => return not_found(),
     }
     let now = jiff::Timestamp::now().as_second();
-    let revoked = match b.store.revoke(id, &actor, &reason, now) {
+    let (gid, by, why) = (id.to_owned(), actor.clone(), reason.clone());
+    let revoked = match b.with_store(move |s| s.revoke(&gid, &by, &why, now)).await {
         Ok(g) => g,
         Err(StoreError::NotFound { .. }) => return not_found(),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store", &e.to_string()),

@@ -26,8 +26,8 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{AuditEvent, AuditLog, AuditWriter, EventKind, Outcome};
 use crate::config::{Config, ConfigError};
 use crate::limiter::{FailKey, FailureLimiter, source};
-use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
 use std::collections::HashMap;
 
 /// Response body type used throughout.
@@ -52,6 +52,25 @@ pub struct Broker {
     /// Live tunnels by grant id: (session id, token that ends the tunnel on revocation).
     pub live: std::sync::Mutex<HashMap<String, Vec<(String, CancellationToken)>>>,
     acceptor: TlsAcceptor,
+}
+
+/// A live tunnel's entry in [`Broker::live`]; dropping it removes the entry, on every path.
+pub struct LiveTunnel {
+    broker: Arc<Broker>,
+    gid: String,
+    session: String,
+}
+
+impl Drop for LiveTunnel {
+    fn drop(&mut self) {
+        let mut live = self.broker.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = live.get_mut(&self.gid) {
+            list.retain(|(s, _)| *s != self.session);
+            if list.is_empty() {
+                live.remove(&self.gid);
+            }
+        }
+    }
 }
 
 /// A connection's authenticated peer.
@@ -161,6 +180,34 @@ impl Broker {
             }),
             writer,
         ))
+    }
+
+    /// Registers a tunnel of grant `gid` for revocation; the token is cancelled when the grant is.
+    pub fn register(self: &Arc<Self>, gid: &str, session: &str) -> (LiveTunnel, CancellationToken) {
+        let token = CancellationToken::new();
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(gid.to_owned())
+            .or_default()
+            .push((session.to_owned(), token.clone()));
+        let entry = LiveTunnel {
+            broker: self.clone(),
+            gid: gid.to_owned(),
+            session: session.to_owned(),
+        };
+        (entry, token)
+    }
+
+    /// Runs a store call on the blocking pool: SQLite may wait on a lock held by another process.
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
     }
 
     /// Counts an authentication failure. A failed handshake counts against the source (an address

@@ -1,5 +1,5 @@
-//! The CONNECT path, top to bottom: rate limit -> grant -> binding -> route -> policy -> audit -> dial
-//! -> audit -> 200 and relay. Each stage returns a typed result; a refusal carries its status, its
+//! The CONNECT path, top to bottom: rate limit -> grant -> binding -> route -> policy (all pure, in
+//! [`decide`]) -> not revoked (store) -> audit -> dial -> audit -> 200 and relay. Each stage returns a typed result; a refusal carries its status, its
 //! reason and how it is audited. Nothing reaches a target before its allow record is durable.
 //!
 //! Statuses: 200 tunnel open; 400 malformed authority; 403 valid grant but another customer or target,
@@ -19,7 +19,6 @@ use sallyport_certs::grant::{GrantClaims, GrantError};
 use sallyport_ids::{Principal, Role};
 use sallyport_policy::{Action, RequestContext, Subject, TargetInfo};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::broker::{Body, Broker, Conn};
@@ -100,6 +99,30 @@ pub async fn connect(
         policy_ids,
         reason,
     } = opened;
+    // Stage: not revoked. Grants are issued by the signing key; the store records revocations.
+    // Registering first means a revocation landing from here on still cuts the tunnel.
+    let (live, revoke) = b.register(claims.gid.as_str(), &session_id);
+    let gid = claims.gid.to_string();
+    match b.with_store(move |s| s.grant(&gid)).await {
+        Ok(g) if g.revoked.is_some() => {
+            let r = Refusal::new(
+                StatusCode::FORBIDDEN,
+                EventKind::Decision,
+                format!("grant `{}` was revoked", claims.gid),
+            );
+            return refuse(b, &conn, &session_id, r.about(&claims)).await;
+        }
+        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "store unreadable; refusing tunnel");
+            let r = Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                EventKind::Decision,
+                "grant state unavailable",
+            );
+            return refuse(b, &conn, &session_id, r.about(&claims)).await;
+        }
+    }
     let actor = conn.peer.id.to_string();
     let base = |event, outcome, why: String| {
         let mut ev = AuditEvent::new(event, outcome, why);
@@ -173,18 +196,6 @@ pub async fn connect(
             .unwrap_or(Duration::ZERO);
     let idle = b.cfg.limits.idle_timeout;
     let cancel = b.shutdown.child_token();
-    // Register for revocation, then look again: a revocation that landed in between still cuts it.
-    let revoke = CancellationToken::new();
-    let gid = claims.gid.to_string();
-    b.live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(gid.clone())
-        .or_default()
-        .push((session_id.clone(), revoke.clone()));
-    if b.store.grant(&gid).is_ok_and(|g| g.revoked.is_some()) {
-        revoke.cancel();
-    }
     let close = base(EventKind::TunnelClose, Outcome::Success, String::new());
     let broker = b.clone();
     b.tasks.spawn(async move {
@@ -201,15 +212,7 @@ pub async fn connect(
                 reason: relay::CloseReason::Error(format!("upgrade failed: {e}")),
             },
         };
-        {
-            let mut live = broker.live.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(list) = live.get_mut(&gid) {
-                list.retain(|(s, _)| Some(s.as_str()) != close.session_id.as_deref());
-                if list.is_empty() {
-                    live.remove(&gid);
-                }
-            }
-        }
+        drop(live);
         let mut ev = close;
         if matches!(outcome.reason, relay::CloseReason::Error(_)) {
             ev.outcome = Outcome::Failure;
@@ -330,27 +333,6 @@ fn decide<'a>(
             "grant is bound to another client certificate",
         )
         .about(&claims));
-    }
-    // Stage: not revoked. Grants are issued by the signing key; the store records revocations.
-    match b.store.grant(claims.gid.as_str()) {
-        Ok(g) if g.revoked.is_some() => {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                EventKind::Decision,
-                format!("grant `{}` was revoked", claims.gid),
-            )
-            .about(&claims));
-        }
-        Ok(_) | Err(StoreError::NotFound { .. }) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "store unreadable; refusing tunnel");
-            return Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                EventKind::Decision,
-                "grant state unavailable",
-            )
-            .about(&claims));
-        }
     }
     // Stage: route the authority to a configured target.
     let authority = req.uri().authority().ok_or_else(|| {
