@@ -461,3 +461,68 @@ async fn the_revoke_api_refuses_bad_input_with_json_errors_and_changes_nothing()
         "a refused revocation was recorded as done"
     );
 }
+
+#[test]
+fn break_glass_refuses_bad_input_and_records_nothing() {
+    let s = Setup::init(BIN);
+    let other = tempfile::tempdir().unwrap();
+    let foreign = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(foreign.status.success());
+    let tech = s.root.join("identities/technician/cert.pem");
+    let cases: Vec<(String, std::path::PathBuf, &str)> = vec![
+        (
+            "--customer initech --target web --minutes 5".into(),
+            tech.clone(),
+            "unknown customer `initech`",
+        ),
+        (
+            "--customer acme --target db99 --minutes 5".into(),
+            tech.clone(),
+            "has no target `db99`",
+        ),
+        (
+            "--customer acme --target web --minutes 0".into(),
+            tech.clone(),
+            "--minutes 0 is out of range",
+        ),
+        (
+            "--customer acme --target web --minutes 100000".into(),
+            tech.clone(),
+            "is out of range",
+        ),
+        (
+            "--customer acme --target web --minutes 5".into(),
+            other.path().join("identities/technician/cert.pem"),
+            "not a valid certificate of this broker's CA",
+        ),
+        (
+            "--customer acme --target web --minutes 5".into(),
+            s.root.join("identities/approver/cert.pem"),
+            "is not a technician",
+        ),
+    ];
+    for (args, cert, needle) in cases {
+        let out = Command::new(BIN)
+            .args(["grant", "--config"])
+            .arg(s.config())
+            .arg("--technician-cert")
+            .arg(&cert)
+            .args(args.split(' '))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args}");
+        assert!(out.stdout.is_empty(), "{args}: a token was printed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args}: {err}");
+    }
+    let trail = s.root.join("data/audit/acme.jsonl");
+    let recorded = std::fs::read_to_string(&trail).unwrap_or_default();
+    assert!(
+        !recorded.contains("grant_minted"),
+        "a refused grant was recorded"
+    );
+}
