@@ -75,6 +75,20 @@ pub enum EventKind {
     TunnelClose,
     /// A grant was revoked.
     GrantRevoked,
+    /// A technician filed an access request (or was refused filing one).
+    RequestFiled,
+    /// An approver approved a request that needs more approvals.
+    ApprovalRecorded,
+    /// A request reached its quorum (or needed none): its grant exists.
+    RequestApproved,
+    /// An approver denied a request.
+    RequestDenied,
+    /// A pending request expired undecided.
+    RequestExpired,
+    /// A live session was ended through the API.
+    SessionEnded,
+    /// A webhook notification could not be delivered.
+    WebhookFailed,
 }
 
 /// How it ended.
@@ -108,6 +122,8 @@ pub struct AuditEvent {
     pub grant_id: Option<String>,
     /// The session concerned.
     pub session_id: Option<String>,
+    /// The access request concerned.
+    pub request_id: Option<String>,
     /// Where the connection came from.
     pub source_ip: Option<IpAddr>,
     /// How it ended.
@@ -137,6 +153,7 @@ impl AuditEvent {
             subject: None,
             grant_id: None,
             session_id: None,
+            request_id: None,
             source_ip: None,
             outcome,
             reason: reason.into(),
@@ -161,6 +178,8 @@ struct Body<'a> {
     subject: Option<&'a str>,
     grant_id: Option<&'a str>,
     session_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
     source_ip: Option<IpAddr>,
     outcome: Outcome,
     reason: &'a str,
@@ -199,6 +218,7 @@ pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String
         subject: ev.subject.as_deref(),
         grant_id: ev.grant_id.as_deref(),
         session_id: ev.session_id.as_deref(),
+        request_id: ev.request_id.as_deref(),
         source_ip: ev.source_ip,
         outcome: ev.outcome,
         reason: &ev.reason,

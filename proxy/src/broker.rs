@@ -1,5 +1,5 @@
 //! The broker process: loads keys and policies, accepts TLS connections (client certificate required),
-//! serves HTTP/1.1 on each (CONNECT tunnels, `/healthz`), and shuts down gracefully.
+//! serves HTTP/1.1 on each (CONNECT tunnels, the `/v1` API, `/healthz`), and shuts down gracefully.
 //!
 //! Per connection: accept -> TLS handshake (under a timeout) -> identify the peer from its certificate
 //! -> HTTP with bounded header size and header timeout. The CONNECT path lives in [`crate::tunnel`].
@@ -25,9 +25,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditEvent, AuditLog, AuditWriter, EventKind, Outcome};
 use crate::config::{Config, ConfigError};
-use crate::limiter::{FailKey, FailureLimiter, source};
+use crate::limiter::{CallLimiter, FailKey, FailureLimiter, source};
+use crate::live::LiveSessions;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
+use crate::webhook::{GiveUp, Notifier};
+use sallyport_certs::grant::GrantSigner;
 use std::collections::HashMap;
 
 /// Response body type used throughout.
@@ -47,30 +50,19 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Tunnels and connections in flight.
     pub tasks: TaskTracker,
-    /// Requests, grants, revocations.
+    /// Requests, grants, revocations, sessions.
     pub store: Arc<dyn Store>,
-    /// Live tunnels by grant id: (session id, token that ends the tunnel on revocation).
-    pub live: std::sync::Mutex<HashMap<String, Vec<(String, CancellationToken)>>>,
+    /// Live tunnels, and the recorder of session rows.
+    pub sessions: Arc<LiveSessions>,
+    /// Signs grants fetched for approved requests.
+    pub signer: GrantSigner,
+    /// Per-customer webhooks.
+    pub notifier: Notifier,
+    /// API calls per identity.
+    pub api_calls: CallLimiter,
+    /// Request filings per technician.
+    pub filings: CallLimiter,
     acceptor: TlsAcceptor,
-}
-
-/// A live tunnel's entry in [`Broker::live`]; dropping it removes the entry, on every path.
-pub struct LiveTunnel {
-    broker: Arc<Broker>,
-    gid: String,
-    session: String,
-}
-
-impl Drop for LiveTunnel {
-    fn drop(&mut self) {
-        let mut live = self.broker.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = live.get_mut(&self.gid) {
-            list.retain(|(s, _)| *s != self.session);
-            if list.is_empty() {
-                live.remove(&self.gid);
-            }
-        }
-    }
 }
 
 /// A connection's authenticated peer.
@@ -162,41 +154,47 @@ impl Broker {
         let chains: Vec<&str> = cfg.customers.iter().map(|c| c.id.as_str()).collect();
         let (audit, writer) = AuditLog::open(&cfg.data_dir.join("audit"), &chains)?;
         let store = open_store(&cfg)?;
+        // Tunnels that were live when a previous broker stopped died with it.
+        let orphans = store.close_orphaned_sessions(
+            jiff::Timestamp::now().as_second(),
+            "broker stopped while the session was live",
+        )?;
+        if orphans > 0 {
+            tracing::warn!(
+                sessions = orphans,
+                "closed sessions left open by a broker that stopped"
+            );
+        }
         let limiter = FailureLimiter::new(
             cfg.limits.auth_failures_per_minute,
             cfg.limits.auth_failure_burst,
         );
+        let notifier = start_notifier(&cfg, audit.clone(), shutdown.clone());
+        let tasks = TaskTracker::new();
         Ok((
             Arc::new(Broker {
-                cfg: Arc::new(cfg),
                 verifier,
                 audit,
                 limiter,
                 shutdown,
-                tasks: TaskTracker::new(),
+                sessions: LiveSessions::start(store.clone()),
                 store,
-                live: std::sync::Mutex::new(HashMap::new()),
+                tasks,
+                signer,
+                notifier,
+                api_calls: CallLimiter::new(
+                    cfg.limits.api_calls_per_minute,
+                    cfg.limits.api_call_burst,
+                ),
+                filings: CallLimiter::new(
+                    cfg.limits.request_filings_per_minute,
+                    cfg.limits.request_filing_burst,
+                ),
+                cfg: Arc::new(cfg),
                 acceptor: TlsAcceptor::from(Arc::new(server)),
             }),
             writer,
         ))
-    }
-
-    /// Registers a tunnel of grant `gid` for revocation; the token is cancelled when the grant is.
-    pub fn register(self: &Arc<Self>, gid: &str, session: &str) -> (LiveTunnel, CancellationToken) {
-        let token = CancellationToken::new();
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(gid.to_owned())
-            .or_default()
-            .push((session.to_owned(), token.clone()));
-        let entry = LiveTunnel {
-            broker: self.clone(),
-            gid: gid.to_owned(),
-            session: session.to_owned(),
-        };
-        (entry, token)
     }
 
     /// Runs a store call on the blocking pool: SQLite may wait on a lock held by another process.
@@ -228,8 +226,43 @@ impl Broker {
     }
 }
 
+/// Starts the per-customer webhook workers; a delivery that gives up is logged and audited.
+fn start_notifier(cfg: &Config, audit: AuditLog, shutdown: CancellationToken) -> Notifier {
+    let targets: HashMap<_, _> = cfg
+        .customers
+        .iter()
+        .filter_map(|c| Some((c.id.to_string(), c.webhook.clone()?)))
+        .collect();
+    Notifier::start(
+        targets,
+        crate::webhook::default_tls(),
+        move |g: GiveUp| {
+            tracing::warn!(customer = %g.customer, event = %g.event, delivery = %g.delivery_id, attempts = g.attempts, error = %g.error, "webhook delivery failed");
+            let mut ev = AuditEvent::new(
+                EventKind::WebhookFailed,
+                Outcome::Failure,
+                format!(
+                    "`{}` notification {} not delivered after {} attempt(s): {}",
+                    g.event, g.delivery_id, g.attempts, g.error
+                ),
+            );
+            ev.customer = Some(g.customer);
+            let audit = audit.clone();
+            tokio::spawn(async move {
+                if let Err(e) = audit.append(ev).await {
+                    tracing::error!(error = %e, "could not audit a failed webhook");
+                }
+            });
+        },
+        shutdown,
+    )
+}
+
 /// Accepts connections until `shutdown` is cancelled, then drains them.
 pub async fn run(broker: Arc<Broker>, listener: TcpListener) {
+    broker
+        .tasks
+        .spawn(crate::api::requests::expire_pending(broker.clone()));
     let permits = Arc::new(Semaphore::new(broker.cfg.limits.max_connections));
     loop {
         let (tcp, addr) = tokio::select! {
@@ -259,6 +292,7 @@ pub async fn run(broker: Arc<Broker>, listener: TcpListener) {
     {
         tracing::warn!("connections still open after 10 s of shutdown; leaving them");
     }
+    broker.sessions.flush().await;
 }
 
 async fn audit_handshake_failure(b: &Broker, ip: IpAddr, reason: String) {
@@ -352,21 +386,10 @@ async fn route(b: Arc<Broker>, conn: Arc<Conn>, req: Request<Incoming>) -> Respo
     if req.method() == Method::CONNECT {
         return crate::tunnel::connect(&b, conn, req).await;
     }
-    let path = req.uri().path().to_owned();
-    if let Some(id) = path
-        .strip_prefix("/v1/grants/")
-        .and_then(|rest| rest.strip_suffix("/revoke"))
-        && req.method() == Method::POST
-    {
-        return crate::api::revoke(&b, &conn, id, req).await;
+    if req.method() == Method::GET && req.uri().path() == "/healthz" {
+        return json(StatusCode::OK, r#"{"status":"ok"}"#.into());
     }
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            r#"{"error":{"code":"not_found","message":"no such route"}}"#.into(),
-        ),
-    }
+    crate::api::route(&b, &conn, req).await
 }
 
 /// A JSON response.

@@ -38,7 +38,25 @@ struct FileConfig {
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
+    requests: FileRequests,
+    #[serde(default)]
     customers: Vec<FileCustomer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileRequests {
+    pending_expiry_seconds: u64,
+    sweep_interval_seconds: u64,
+}
+
+impl Default for FileRequests {
+    fn default() -> Self {
+        Self {
+            pending_expiry_seconds: 24 * 3600,
+            sweep_interval_seconds: 5,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +128,10 @@ struct FileLimits {
     max_connections: usize,
     auth_failures_per_minute: u32,
     auth_failure_burst: u32,
+    request_filings_per_minute: u32,
+    request_filing_burst: u32,
+    api_calls_per_minute: u32,
+    api_call_burst: u32,
 }
 
 impl Default for FileLimits {
@@ -123,6 +145,10 @@ impl Default for FileLimits {
             max_connections: 10_000,
             auth_failures_per_minute: 10,
             auth_failure_burst: 5,
+            request_filings_per_minute: 6,
+            request_filing_burst: 10,
+            api_calls_per_minute: 600,
+            api_call_burst: 120,
         }
     }
 }
@@ -136,6 +162,27 @@ struct FileCustomer {
     timezone: Option<Spanned<String>>,
     #[serde(default)]
     targets: Vec<FileTarget>,
+    #[serde(default)]
+    webhook: Option<FileWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    url: Spanned<String>,
+    secret_file: Spanned<String>,
+    #[serde(default = "d_attempts")]
+    max_attempts: Spanned<u32>,
+    #[serde(default = "d_backoff")]
+    first_backoff_ms: u64,
+}
+
+fn d_attempts() -> Spanned<u32> {
+    Spanned::new(0..0, 5)
+}
+
+fn d_backoff() -> u64 {
+    1000
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +247,23 @@ pub struct Limits {
     pub auth_failures_per_minute: u32,
     /// Burst of failed authentications allowed before the rate applies.
     pub auth_failure_burst: u32,
+    /// Access requests a technician may file per minute.
+    pub request_filings_per_minute: u32,
+    /// Burst of filings before that rate applies.
+    pub request_filing_burst: u32,
+    /// API calls an identity may make per minute.
+    pub api_calls_per_minute: u32,
+    /// Burst of API calls before that rate applies.
+    pub api_call_burst: u32,
+}
+
+/// The access-request workflow.
+#[derive(Debug, Clone)]
+pub struct RequestSettings {
+    /// A request nobody decided on expires after this.
+    pub pending_expiry: Duration,
+    /// How often pending requests are checked for expiry.
+    pub sweep_interval: Duration,
 }
 
 /// One customer endpoint.
@@ -230,6 +294,8 @@ pub struct Customer {
     pub policy: Arc<CustomerPolicy>,
     /// The customer's targets.
     pub targets: Vec<Target>,
+    /// Where the customer's notifications go, if anywhere.
+    pub webhook: Option<crate::webhook::WebhookTarget>,
 }
 
 impl Customer {
@@ -258,6 +324,8 @@ pub struct Config {
     pub grants: GrantSettings,
     /// Bounds.
     pub limits: Limits,
+    /// The request workflow.
+    pub requests: RequestSettings,
     /// Customers.
     pub customers: Vec<Customer>,
 }
@@ -335,6 +403,99 @@ impl Validator<'_> {
         }
     }
 
+    /// `@approvals` and `@max_minutes` must be numbers the workflow can use.
+    fn check_annotations(
+        &self,
+        policy: &CustomerPolicy,
+        file: &Path,
+        max_minutes: u32,
+    ) -> Result<(), (String, String)> {
+        for id in policy.policy_ids() {
+            if let Some(v) = policy.annotation(&id, "approvals")
+                && !v.parse::<u32>().is_ok_and(|n| n <= 10)
+            {
+                return Err((
+                    format!("{}: policy `{id}`: @approvals(\"{v}\") is not 0 to 10", file.display()),
+                    "write the number of approvals needed, e.g. @approvals(\"2\"); \"0\" approves at once".into(),
+                ));
+            }
+            if let Some(v) = policy.annotation(&id, "max_minutes")
+                && !v
+                    .parse::<u32>()
+                    .is_ok_and(|n| (1..=max_minutes).contains(&n))
+            {
+                return Err((
+                    format!(
+                        "{}: policy `{id}`: @max_minutes(\"{v}\") is not 1 to {max_minutes} (grants.max_minutes)",
+                        file.display()
+                    ),
+                    "write the longest grant in minutes, e.g. @max_minutes(\"120\")".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn webhook(
+        &self,
+        w: &FileWebhook,
+        field: &dyn Fn(&str) -> String,
+    ) -> Result<crate::webhook::WebhookTarget, ConfigError> {
+        let url: hyper::Uri = w.url.get_ref().parse().map_err(|e| {
+            self.err(
+                &w.url,
+                &field("webhook.url"),
+                format!("`{}` is not a URL: {e}", w.url.get_ref()),
+                "use https://HOST/PATH (http:// only to a loopback address)",
+            )
+        })?;
+        crate::webhook::WebhookTarget::check_url(&url)
+            .map_err(|m| self.err(&w.url, &field("webhook.url"), m, "use an https:// URL"))?;
+        let path = self.rel(w.secret_file.get_ref());
+        let secret = std::fs::read_to_string(&path).map_err(|e| {
+            self.err(
+                &w.secret_file,
+                &field("webhook.secret_file"),
+                format!("cannot read `{}`: {e}", path.display()),
+                "point `secret_file` at a file holding the shared signing secret",
+            )
+        })?;
+        let secret = secret.trim().as_bytes().to_vec();
+        if secret.len() < 16 {
+            return Err(self.err(
+                &w.secret_file,
+                &field("webhook.secret_file"),
+                format!(
+                    "the secret in `{}` is shorter than 16 bytes",
+                    path.display()
+                ),
+                "generate one, e.g. `openssl rand -hex 32 > FILE`",
+            ));
+        }
+        if !(1..=20).contains(w.max_attempts.get_ref()) {
+            return Err(self.err(
+                &w.max_attempts,
+                &field("webhook.max_attempts"),
+                format!("{} is out of range", w.max_attempts.get_ref()),
+                "use 1 to 20 (default 5)",
+            ));
+        }
+        if !(10..=60_000).contains(&w.first_backoff_ms) {
+            return Err(self.err(
+                &w.url,
+                &field("webhook.first_backoff_ms"),
+                format!("{} is out of range", w.first_backoff_ms),
+                "use 10 to 60000 (default 1000); it doubles after each failed attempt",
+            ));
+        }
+        Ok(crate::webhook::WebhookTarget {
+            url,
+            secret,
+            max_attempts: *w.max_attempts.get_ref(),
+            first_backoff: Duration::from_millis(w.first_backoff_ms),
+        })
+    }
+
     fn validate(&self, f: FileConfig) -> Result<Config, ConfigError> {
         let listen: SocketAddr = f.server.listen.get_ref().parse().map_err(|e| {
             self.err(
@@ -402,6 +563,19 @@ impl Validator<'_> {
             ),
             ("limits.auth_failure_burst", u64::from(l.auth_failure_burst)),
             ("limits.max_connections", l.max_connections as u64),
+            (
+                "limits.request_filings_per_minute",
+                u64::from(l.request_filings_per_minute),
+            ),
+            (
+                "limits.request_filing_burst",
+                u64::from(l.request_filing_burst),
+            ),
+            (
+                "limits.api_calls_per_minute",
+                u64::from(l.api_calls_per_minute),
+            ),
+            ("limits.api_call_burst", u64::from(l.api_call_burst)),
         ] {
             if value == 0 {
                 return Err(ConfigError {
@@ -418,6 +592,23 @@ impl Validator<'_> {
                 field: "limits.max_header_bytes".into(),
                 message: format!("{} is out of range", l.max_header_bytes),
                 fix: "use 8192 to 1048576".into(),
+            });
+        }
+        let r = &f.requests;
+        if !(1..=30 * 24 * 3600).contains(&r.pending_expiry_seconds) {
+            return Err(ConfigError {
+                location: self.loc(None),
+                field: "requests.pending_expiry_seconds".into(),
+                message: format!("{} is out of range", r.pending_expiry_seconds),
+                fix: "use 1 to 2592000 (30 days); the default is 86400 (24 hours)".into(),
+            });
+        }
+        if !(1..=3600).contains(&r.sweep_interval_seconds) {
+            return Err(ConfigError {
+                location: self.loc(None),
+                field: "requests.sweep_interval_seconds".into(),
+                message: format!("{} is out of range", r.sweep_interval_seconds),
+                fix: "use 1 to 3600; the default is 5".into(),
             });
         }
         let mut customers: Vec<Customer> = Vec::new();
@@ -476,6 +667,17 @@ impl Validator<'_> {
                 fix: "correct the policy file; the Sallyport Cedar schema is in policy/src/sallyport.cedarschema"
                     .into(),
             })?;
+            self.check_annotations(&policy, &policy_path, g.max_minutes)
+                .map_err(|(message, fix)| ConfigError {
+                    location: self.loc(Some(self.line(c.policy.span().start))),
+                    field: field("policy"),
+                    message,
+                    fix,
+                })?;
+            let webhook = match &c.webhook {
+                None => None,
+                Some(w) => Some(self.webhook(w, &field)?),
+            };
             let mut targets: Vec<Target> = Vec::new();
             for (ti, t) in c.targets.iter().enumerate() {
                 let tfield = |k: &str| format!("customers[{ci}].targets[{ti}].{k}");
@@ -523,6 +725,7 @@ impl Validator<'_> {
                 policy_path,
                 policy: Arc::new(policy),
                 targets,
+                webhook,
             });
         }
         Ok(Config {
@@ -553,6 +756,14 @@ impl Validator<'_> {
                 max_connections: l.max_connections,
                 auth_failures_per_minute: l.auth_failures_per_minute,
                 auth_failure_burst: l.auth_failure_burst,
+                request_filings_per_minute: l.request_filings_per_minute,
+                request_filing_burst: l.request_filing_burst,
+                api_calls_per_minute: l.api_calls_per_minute,
+                api_call_burst: l.api_call_burst,
+            },
+            requests: RequestSettings {
+                pending_expiry: Duration::from_secs(r.pending_expiry_seconds),
+                sweep_interval: Duration::from_secs(r.sweep_interval_seconds),
             },
             customers,
         })

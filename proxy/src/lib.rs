@@ -17,6 +17,8 @@ pub mod demo;
 pub mod forwarder;
 pub mod init;
 pub mod limiter;
+pub mod live;
 pub mod relay;
 pub mod store;
 pub mod tunnel;
+pub mod webhook;

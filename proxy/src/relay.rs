@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::live::Counters;
+
 /// Why a tunnel closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -22,8 +24,8 @@ pub enum CloseReason {
     Idle,
     /// The broker is shutting down.
     Shutdown,
-    /// The grant was revoked.
-    Revoked,
+    /// Ended from outside: the grant was revoked or the session was ended through the API.
+    Stopped,
     /// A read or write failed.
     Error(String),
 }
@@ -35,7 +37,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::GrantExpired => f.write_str("grant expired"),
             CloseReason::Idle => f.write_str("idle timeout"),
             CloseReason::Shutdown => f.write_str("broker shutting down"),
-            CloseReason::Revoked => f.write_str("grant revoked"),
+            CloseReason::Stopped => f.write_str("ended"),
             CloseReason::Error(e) => write!(f, "relay error: {e}"),
         }
     }
@@ -55,7 +57,9 @@ pub struct RelayOutcome {
 /// Counts bytes written into a stream (delivered, not merely read) and notes when bytes last moved.
 struct Metered<S> {
     inner: S,
-    written: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+    /// Writes into this stream go technician -> target.
+    up: bool,
     activity: Arc<AtomicU64>,
     epoch: Instant,
 }
@@ -90,7 +94,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     ) -> Poll<std::io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
+            let c = if self.up {
+                &self.counters.up
+            } else {
+                &self.counters.down
+            };
+            c.fetch_add(n as u64, Ordering::Relaxed);
             self.touch();
         }
         res
@@ -103,32 +112,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     }
 }
 
-/// Relays between `client` and `upstream` until done; never longer than `deadline`.
+/// Relays between `client` and `upstream` until done; never longer than `deadline`. Bytes are
+/// counted into `counters` as they are delivered, so they can be read while the tunnel lives.
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
     deadline: Instant,
     idle: Duration,
     cancel: CancellationToken,
-    revoke: CancellationToken,
+    stop: CancellationToken,
+    counters: Arc<Counters>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let epoch = Instant::now();
-    let up = Arc::new(AtomicU64::new(0));
-    let down = Arc::new(AtomicU64::new(0));
     let activity = Arc::new(AtomicU64::new(0));
     let mut client = Metered {
         inner: client,
-        written: down.clone(),
+        counters: counters.clone(),
+        up: false,
         activity: activity.clone(),
         epoch,
     };
     let mut upstream = Metered {
         inner: upstream,
-        written: up.clone(),
+        counters: counters.clone(),
+        up: true,
         activity: activity.clone(),
         epoch,
     };
@@ -149,11 +160,11 @@ where
         _ = tokio::time::sleep_until(deadline) => CloseReason::GrantExpired,
         _ = idle_watch => CloseReason::Idle,
         _ = cancel.cancelled() => CloseReason::Shutdown,
-        _ = revoke.cancelled() => CloseReason::Revoked,
+        _ = stop.cancelled() => CloseReason::Stopped,
     };
     RelayOutcome {
-        bytes_up: up.load(Ordering::Relaxed),
-        bytes_down: down.load(Ordering::Relaxed),
+        bytes_up: counters.up.load(Ordering::Relaxed),
+        bytes_down: counters.down.load(Ordering::Relaxed),
         reason,
     }
 }
@@ -175,6 +186,7 @@ mod tests {
             Duration::from_secs(60),
             CancellationToken::new(),
             CancellationToken::new(),
+            Arc::default(),
         ));
         client.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
@@ -200,6 +212,7 @@ mod tests {
             Duration::from_millis(50),
             CancellationToken::new(),
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
         assert_eq!(out.reason, CloseReason::Idle);
@@ -215,6 +228,7 @@ mod tests {
             Duration::from_secs(60),
             cancel,
             CancellationToken::new(),
+            Arc::default(),
         )
         .await;
         assert_eq!(out.reason, CloseReason::Shutdown);

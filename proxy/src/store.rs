@@ -112,13 +112,60 @@ pub struct GrantRecord {
     pub revoked: Option<(i64, String, String)>,
 }
 
+/// A tunnel session, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Session id.
+    pub id: String,
+    /// The grant it runs under.
+    pub grant_id: String,
+    /// Customer id.
+    pub customer: String,
+    /// Target id.
+    pub target: String,
+    /// The technician's SPIFFE id.
+    pub technician: String,
+    /// Where the technician connected from.
+    pub source_ip: String,
+    /// When the tunnel opened.
+    pub opened_at: i64,
+    /// When it closed (`None` while live).
+    pub closed_at: Option<i64>,
+    /// Bytes technician -> target (final once closed).
+    pub bytes_up: u64,
+    /// Bytes target -> technician (final once closed).
+    pub bytes_down: u64,
+    /// Why it closed.
+    pub close_reason: Option<String>,
+}
+
+/// A change to the session table; changes are written in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// A tunnel opened.
+    Open(SessionRecord),
+    /// A tunnel closed.
+    Close {
+        /// Session id.
+        id: String,
+        /// When.
+        at: i64,
+        /// Bytes technician -> target.
+        bytes_up: u64,
+        /// Bytes target -> technician.
+        bytes_down: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Why a state change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// No such request or grant.
+    /// No such request, grant or session.
     #[error("no {kind} `{id}`")]
     NotFound {
-        /// `request` or `grant`.
+        /// `request`, `grant` or `session`.
         kind: &'static str,
         /// The id asked for.
         id: String,
@@ -184,6 +231,20 @@ pub trait Store: Send + Sync {
     fn record_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
     /// One grant.
     fn grant(&self, id: &str) -> Result<GrantRecord, StoreError>;
+    /// Applies session changes in order, in one transaction. A close may arrive before its open
+    /// (both are written by a background recorder); the row ends up closed either way.
+    fn record_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError>;
+    /// Sessions, newest first, optionally of one customer and/or technician, optionally only live ones.
+    fn sessions(
+        &self,
+        customer: Option<&str>,
+        technician: Option<&str>,
+        live_only: bool,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+    /// One session.
+    fn session(&self, id: &str) -> Result<SessionRecord, StoreError>;
+    /// Closes sessions left open by a broker that stopped without closing them; returns how many.
+    fn close_orphaned_sessions(&self, now: i64, reason: &str) -> Result<usize, StoreError>;
     /// Revokes a grant (idempotent for an already revoked grant: returns it unchanged).
     fn revoke(&self, id: &str, by: &str, reason: &str, now: i64)
     -> Result<GrantRecord, StoreError>;

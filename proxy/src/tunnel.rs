@@ -25,7 +25,7 @@ use crate::broker::{Body, Broker, Conn};
 use crate::config::{Customer, Target};
 use crate::limiter::FailKey;
 use crate::relay;
-use crate::store::StoreError;
+use crate::store::{SessionRecord, StoreError};
 
 /// A refused tunnel request.
 #[derive(Debug)]
@@ -101,7 +101,19 @@ pub async fn connect(
     } = opened;
     // Stage: not revoked. Grants are issued by the signing key; the store records revocations.
     // Registering first means a revocation landing from here on still cuts the tunnel.
-    let (live, revoke) = b.register(claims.gid.as_str(), &session_id);
+    let registration = b.sessions.register(SessionRecord {
+        id: session_id.clone(),
+        grant_id: claims.gid.to_string(),
+        customer: customer.id.to_string(),
+        target: target.id.to_string(),
+        technician: conn.peer.id.to_string(),
+        source_ip: conn.ip.to_string(),
+        opened_at: jiff::Timestamp::now().as_second(),
+        closed_at: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        close_reason: None,
+    });
     let gid = claims.gid.to_string();
     match b.with_store(move |s| s.grant(&gid)).await {
         Ok(g) if g.revoked.is_some() => {
@@ -186,6 +198,7 @@ pub async fn connect(
         tracing::error!(error = %e, "audit trail not writable; refusing tunnel");
         return text(StatusCode::SERVICE_UNAVAILABLE, "audit trail not writable");
     }
+    registration.opened();
     tracing::debug!(session = %session_id, technician = %actor, customer = %customer.id, target = %target.id, "tunnel open");
     let on_upgrade = hyper::upgrade::on(&mut req);
     // The tunnel ends when the grant does, or the certificate it is bound to, whichever is first.
@@ -204,7 +217,17 @@ pub async fn connect(
         let started = std::time::Instant::now();
         let outcome = match on_upgrade.await {
             Ok(up) => {
-                relay::relay(TokioIo::new(up), upstream, deadline, idle, cancel, revoke).await
+                let live = &registration.session;
+                relay::relay(
+                    TokioIo::new(up),
+                    upstream,
+                    deadline,
+                    idle,
+                    cancel,
+                    live.stop.clone(),
+                    live.counters.clone(),
+                )
+                .await
             }
             Err(e) => relay::RelayOutcome {
                 bytes_up: 0,
@@ -212,12 +235,19 @@ pub async fn connect(
                 reason: relay::CloseReason::Error(format!("upgrade failed: {e}")),
             },
         };
-        drop(live);
         let mut ev = close;
         if matches!(outcome.reason, relay::CloseReason::Error(_)) {
             ev.outcome = Outcome::Failure;
         }
-        ev.reason = outcome.reason.to_string();
+        ev.reason = match &outcome.reason {
+            relay::CloseReason::Stopped => registration
+                .session
+                .cause()
+                .unwrap_or_else(|| outcome.reason.to_string()),
+            other => other.to_string(),
+        };
+        registration.closed(jiff::Timestamp::now().as_second(), &ev.reason);
+        drop(registration);
         ev.bytes_up = Some(outcome.bytes_up);
         ev.bytes_down = Some(outcome.bytes_down);
         ev.duration_ms = Some(started.elapsed().as_millis() as u64);

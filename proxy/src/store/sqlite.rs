@@ -8,7 +8,10 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use rusqlite_migration::{M, Migrations};
 
-use super::{Approval, GrantRecord, NewRequest, RequestRecord, RequestStatus, Store, StoreError};
+use super::{
+    Approval, GrantRecord, NewRequest, RequestRecord, RequestStatus, SessionChange, SessionRecord,
+    Store, StoreError,
+};
 
 /// Schema versions, oldest first. Never edit a released entry: append a new one.
 const MIGRATIONS: &[M<'static>] = &[M::up(
@@ -211,15 +214,41 @@ fn load_grant(tx: &Transaction<'_>, id: &str) -> Result<GrantRecord, StoreError>
     })
 }
 
-/// Approves `req` and creates its grant: the window starts at `start_at` or now.
+const SESSION_COLUMNS: &str = "id, grant_id, customer, target, technician, source_ip, opened_at, closed_at, bytes_up, bytes_down, close_reason";
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        grant_id: r.get(1)?,
+        customer: r.get(2)?,
+        target: r.get(3)?,
+        technician: r.get(4)?,
+        source_ip: r.get(5)?,
+        opened_at: r.get(6)?,
+        closed_at: r.get(7)?,
+        bytes_up: r.get::<_, Option<i64>>(8)?.unwrap_or(0).max(0) as u64,
+        bytes_down: r.get::<_, Option<i64>>(9)?.unwrap_or(0).max(0) as u64,
+        close_reason: r.get(10)?,
+    })
+}
+
+/// Approves `req` and creates its grant. The requested window is `minutes` from `start_at` (or from
+/// now when none was given); the grant covers what is left of it from now on.
 fn issue(
     tx: &Transaction<'_>,
     req: &NewRequest,
     grant_id: &str,
     now: i64,
 ) -> Result<GrantRecord, StoreError> {
-    let not_before = req.start_at.unwrap_or(now).max(now);
-    let expires_at = not_before + i64::from(req.minutes) * 60;
+    let start = req.start_at.unwrap_or(now);
+    let not_before = start.max(now);
+    let expires_at = start + i64::from(req.minutes) * 60;
+    if expires_at <= now {
+        return Err(StoreError::Conflict(format!(
+            "the window requested by `{}` has already ended",
+            req.id
+        )));
+    }
     tx.execute(
         "UPDATE requests SET status = 'approved', decided_at = ?2 WHERE id = ?1",
         params![req.id, now],
@@ -417,6 +446,89 @@ impl Store for SqliteStore {
 
     fn grant(&self, id: &str) -> Result<GrantRecord, StoreError> {
         self.tx(|tx| load_grant(tx, id))
+    }
+
+    fn record_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            for change in changes {
+                match change {
+                    SessionChange::Open(r) => {
+                        tx.execute(
+                            "INSERT INTO sessions (id, grant_id, customer, target, technician, source_ip, opened_at, bytes_up, bytes_down)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0)
+                             ON CONFLICT (id) DO UPDATE SET grant_id = ?2, customer = ?3, target = ?4,
+                               technician = ?5, source_ip = ?6, opened_at = ?7",
+                            params![r.id, r.grant_id, r.customer, r.target, r.technician, r.source_ip, r.opened_at],
+                        )
+                        .map_err(backend)?;
+                    }
+                    SessionChange::Close {
+                        id,
+                        at,
+                        bytes_up,
+                        bytes_down,
+                        reason,
+                    } => {
+                        tx.execute(
+                            "INSERT INTO sessions (id, grant_id, customer, target, technician, source_ip, opened_at, closed_at, bytes_up, bytes_down, close_reason)
+                             VALUES (?1, '', '', '', '', '', ?2, ?2, ?3, ?4, ?5)
+                             ON CONFLICT (id) DO UPDATE SET closed_at = ?2, bytes_up = ?3, bytes_down = ?4, close_reason = ?5",
+                            params![id, at, *bytes_up as i64, *bytes_down as i64, reason],
+                        )
+                        .map_err(backend)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn sessions(
+        &self,
+        customer: Option<&str>,
+        technician: Option<&str>,
+        live_only: bool,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        self.tx(|tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions
+                     WHERE (?1 IS NULL OR customer = ?1) AND (?2 IS NULL OR technician = ?2)
+                       AND (?3 = 0 OR closed_at IS NULL)
+                     ORDER BY opened_at DESC, id LIMIT 1000"
+                ))
+                .map_err(backend)?;
+            stmt.query_map(params![customer, technician, live_only], session_row)
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)
+        })
+    }
+
+    fn session(&self, id: &str) -> Result<SessionRecord, StoreError> {
+        self.tx(|tx| {
+            tx.query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+                params![id],
+                session_row,
+            )
+            .optional()
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "session",
+                id: id.to_owned(),
+            })
+        })
+    }
+
+    fn close_orphaned_sessions(&self, now: i64, reason: &str) -> Result<usize, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE sessions SET closed_at = ?1, close_reason = ?2 WHERE closed_at IS NULL",
+                params![now, reason],
+            )
+            .map_err(backend)
+        })
     }
 
     fn revoke(

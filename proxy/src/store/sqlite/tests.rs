@@ -163,3 +163,112 @@ fn break_glass_grants_are_recorded_without_a_request() {
     assert_eq!(s.grant("g-bg").unwrap(), g);
     assert!(matches!(s.record_grant(&g), Err(StoreError::Conflict(_))));
 }
+
+#[test]
+fn a_window_that_started_earlier_is_cut_short_and_a_past_one_cannot_be_approved() {
+    let (_d, s) = open();
+    let mut r = req("r1", 1);
+    r.start_at = Some(900);
+    s.file_request(&r, "g1", 1_000).unwrap();
+    let Approval::Granted(g) = s.approve("r1", BOB, None, "g1", 1_100).unwrap() else {
+        panic!("not granted");
+    };
+    assert_eq!((g.not_before, g.expires_at), (1_100, 900 + 1_800));
+
+    let mut r = req("r2", 1);
+    r.start_at = Some(0);
+    s.file_request(&r, "g2", 1_000).unwrap();
+    let err = s.approve("r2", BOB, None, "g2", 1_900).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(m) if m.contains("already ended")));
+    let rec = s.request("r2").unwrap();
+    assert_eq!(rec.status, RequestStatus::Pending);
+    assert!(
+        rec.approvals.is_empty(),
+        "a refused approval leaves no trace"
+    );
+}
+
+fn session(id: &str, customer: &str) -> SessionRecord {
+    SessionRecord {
+        id: id.into(),
+        grant_id: "g1".into(),
+        customer: customer.into(),
+        target: "db01".into(),
+        technician: ALICE.into(),
+        source_ip: "127.0.0.1".into(),
+        opened_at: 1_000,
+        closed_at: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        close_reason: None,
+    }
+}
+
+#[test]
+fn sessions_open_close_in_any_order_and_orphans_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sallyport.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.record_sessions(&[
+        SessionChange::Open(session("s1", "acme")),
+        SessionChange::Open(session("s2", "acme")),
+        SessionChange::Open(session("s3", "globex")),
+    ])
+    .unwrap();
+    // The close of s4 is written before its open.
+    s.record_sessions(&[
+        SessionChange::Close {
+            id: "s1".into(),
+            at: 1_060,
+            bytes_up: 5,
+            bytes_down: 7,
+            reason: "closed by peer".into(),
+        },
+        SessionChange::Close {
+            id: "s4".into(),
+            at: 1_070,
+            bytes_up: 1,
+            bytes_down: 2,
+            reason: "grant revoked".into(),
+        },
+        SessionChange::Open(session("s4", "acme")),
+    ])
+    .unwrap();
+    let s1 = s.session("s1").unwrap();
+    assert_eq!(
+        (s1.closed_at, s1.bytes_up, s1.bytes_down),
+        (Some(1_060), 5, 7)
+    );
+    let s4 = s.session("s4").unwrap();
+    assert_eq!((s4.customer.as_str(), s4.closed_at), ("acme", Some(1_070)));
+    assert_eq!(s4.close_reason.as_deref(), Some("grant revoked"));
+    let live: Vec<String> = s
+        .sessions(Some("acme"), None, true)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(live, ["s2"]);
+    assert_eq!(s.sessions(None, None, false).unwrap().len(), 4);
+    assert_eq!(s.sessions(None, Some(BOB), false).unwrap().len(), 0);
+    assert!(matches!(
+        s.session("nope"),
+        Err(StoreError::NotFound {
+            kind: "session",
+            ..
+        })
+    ));
+    drop(s);
+    // A broker that died left s2 and s3 open.
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        s.close_orphaned_sessions(2_000, "broker restarted")
+            .unwrap(),
+        2
+    );
+    assert!(s.sessions(None, None, true).unwrap().is_empty());
+    assert_eq!(
+        s.session("s3").unwrap().close_reason.as_deref(),
+        Some("broker restarted")
+    );
+}

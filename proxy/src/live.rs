@@ -1,0 +1,276 @@
+//! Live tunnels on this broker: who is connected where, bytes so far, and the switch that ends each
+//! one (revocation of its grant, or `DELETE /v1/sessions/{id}`). Session rows reach the store through a
+//! background recorder that batches them, so recording never delays or blocks a tunnel; the audit
+//! trail, written before any byte flows, stays the authoritative record.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{SessionChange, SessionRecord, Store};
+
+/// Session changes waiting for the recorder; past this, changes are dropped with a warning (the audit
+/// trail still has them).
+const QUEUE: usize = 16 * 1024;
+
+/// Bytes moved by a tunnel so far, counted on delivery.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Technician -> target.
+    pub up: AtomicU64,
+    /// Target -> technician.
+    pub down: AtomicU64,
+}
+
+/// One registered tunnel.
+#[derive(Debug)]
+pub struct LiveSession {
+    /// What the store will hold (`closed_at` unset; bytes are read from `counters`).
+    pub record: SessionRecord,
+    /// Bytes so far.
+    pub counters: Arc<Counters>,
+    /// Cancelled to end the tunnel.
+    pub stop: CancellationToken,
+    /// Why it was ended from outside (`grant revoked`, `ended by ...`).
+    cause: Mutex<Option<String>>,
+    /// Set once the tunnel is open (its allow and open records are durable).
+    open: AtomicBool,
+}
+
+impl LiveSession {
+    /// Ends the tunnel, recording why (the first cause wins).
+    pub fn end(&self, cause: &str) {
+        let mut c = self.cause.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_none() {
+            *c = Some(cause.to_owned());
+        }
+        self.stop.cancel();
+    }
+
+    /// Why it was ended from outside, if it was.
+    pub fn cause(&self) -> Option<String> {
+        self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The record with the bytes so far.
+    pub fn snapshot(&self) -> SessionRecord {
+        let mut r = self.record.clone();
+        r.bytes_up = self.counters.up.load(Ordering::Relaxed);
+        r.bytes_down = self.counters.down.load(Ordering::Relaxed);
+        r
+    }
+}
+
+/// The registry of live tunnels, and the queue to the session recorder.
+#[derive(Debug)]
+pub struct LiveSessions {
+    by_id: Mutex<HashMap<String, Arc<LiveSession>>>,
+    recorder: mpsc::Sender<Msg>,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Change(SessionChange),
+    /// Answered once everything queued before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A registered tunnel; dropping it deregisters the tunnel, on every path.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<LiveSessions>,
+    /// The session.
+    pub session: Arc<LiveSession>,
+}
+
+impl Registration {
+    /// Marks the tunnel open and queues its session row.
+    pub fn opened(&self) {
+        self.session.open.store(true, Ordering::Release);
+        self.registry
+            .record(SessionChange::Open(self.session.record.clone()));
+    }
+
+    /// Queues the close of the session row.
+    pub fn closed(&self, at: i64, reason: &str) {
+        let s = self.session.snapshot();
+        self.registry.record(SessionChange::Close {
+            id: s.id,
+            at,
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .by_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.session.record.id);
+    }
+}
+
+impl LiveSessions {
+    /// A registry whose recorder task writes session rows to `store`.
+    pub fn start(store: Arc<dyn Store>) -> Arc<LiveSessions> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(recorder(store, rx));
+        Arc::new(LiveSessions {
+            by_id: Mutex::new(HashMap::new()),
+            recorder: tx,
+        })
+    }
+
+    fn record(&self, change: SessionChange) {
+        if self.recorder.try_send(Msg::Change(change)).is_err() {
+            tracing::warn!(
+                "session recorder queue full or closed; a session row is dropped (the audit trail has it)"
+            );
+        }
+    }
+
+    /// Waits until every session change queued so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.recorder.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Registers a tunnel before it opens, so a revocation from now on reaches it.
+    pub fn register(self: &Arc<Self>, record: SessionRecord) -> Registration {
+        let session = Arc::new(LiveSession {
+            record,
+            counters: Arc::new(Counters::default()),
+            stop: CancellationToken::new(),
+            cause: Mutex::new(None),
+            open: AtomicBool::new(false),
+        });
+        self.by_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.record.id.clone(), session.clone());
+        Registration {
+            registry: self.clone(),
+            session,
+        }
+    }
+
+    /// Ends every tunnel of grant `gid`; returns how many.
+    pub fn end_grant(&self, gid: &str, cause: &str) -> usize {
+        let live = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
+        live.values()
+            .filter(|s| s.record.grant_id == gid)
+            .map(|s| s.end(cause))
+            .count()
+    }
+
+    /// The live session `id` (open or about to open).
+    pub fn get(&self, id: &str) -> Option<Arc<LiveSession>> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Open tunnels with their bytes so far.
+    pub fn snapshot(&self) -> Vec<SessionRecord> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.open.load(Ordering::Acquire))
+            .map(|s| s.snapshot())
+            .collect()
+    }
+}
+
+async fn recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut flushes = Vec::new();
+        for msg in batch.drain(..) {
+            match msg {
+                Msg::Change(c) => changes.push(c),
+                Msg::Flush(done) => flushes.push(done),
+            }
+        }
+        if !changes.is_empty() {
+            let store = store.clone();
+            let written =
+                tokio::task::spawn_blocking(move || store.record_sessions(&changes)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "could not record sessions"),
+                Err(e) => tracing::error!(error = %e, "session recorder task failed"),
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    fn record(id: &str, gid: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            grant_id: gid.into(),
+            customer: "acme".into(),
+            target: "web".into(),
+            technician: "spiffe://sallyport.local/technician/northwind/alice".into(),
+            source_ip: "127.0.0.1".into(),
+            opened_at: 1_000,
+            closed_at: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            close_reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn registry_ends_by_grant_and_recorder_writes_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let live = LiveSessions::start(store.clone());
+        let a = live.register(record("s1", "g1"));
+        let b = live.register(record("s2", "g1"));
+        let c = live.register(record("s3", "g2"));
+        assert!(
+            live.snapshot().is_empty(),
+            "nothing is listed before it opens"
+        );
+        a.opened();
+        c.opened();
+        a.session.counters.up.store(5, Ordering::Relaxed);
+        assert_eq!(live.snapshot().len(), 2);
+        assert_eq!(live.end_grant("g1", "grant revoked"), 2);
+        live.end_grant("g1", "later cause");
+        assert!(a.session.stop.is_cancelled() && b.session.stop.is_cancelled());
+        assert_eq!(a.session.cause().as_deref(), Some("grant revoked"));
+        assert!(!c.session.stop.is_cancelled());
+        a.closed(1_010, "grant revoked");
+        drop((a, b));
+        assert!(live.get("s1").is_none() && live.get("s2").is_none());
+        assert!(live.get("s3").is_some());
+        drop(c);
+        live.flush().await;
+        let s1 = store.session("s1").unwrap();
+        assert_eq!((s1.closed_at, s1.bytes_up), (Some(1_010), 5));
+        assert_eq!(store.session("s3").unwrap().closed_at, None);
+        assert!(store.session("s2").is_err(), "never opened, never recorded");
+    }
+}
