@@ -1,6 +1,7 @@
 //! The `sallyport` command line: argument parsing, logging set-up, exit codes, and the human output of
 //! each command. Logic lives in the other modules.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -100,13 +101,79 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Ask for just-in-time access to CUSTOMER/TARGET (technicians). Prints the request id.
+    ///
+    /// The customer's policy decides whether the request may be filed and how many of the customer's
+    /// approvers must approve it. Once approved, `sallyport connect CUSTOMER/TARGET` fetches the grant.
+    Request {
+        /// `customer/target`, e.g. acme/db01.
+        target: String,
+        /// Minutes of access (the window starts at approval, or at --start-at).
+        #[arg(long)]
+        minutes: u32,
+        /// What the access is for (shown to the approvers and recorded).
+        #[arg(long)]
+        reason: String,
+        /// Change or incident ticket.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Start of the window, RFC 3339 (e.g. 2026-01-31T22:00:00Z); default: at approval.
+        #[arg(long)]
+        start_at: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List access requests: a technician's own, or the approver's or auditor's customer's.
+    Requests {
+        /// Only this status: pending, approved, denied or expired.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Approve a pending request (the customer's approvers; never the requester).
+    Approve {
+        /// The request id, e.g. r-5c1e....
+        request_id: String,
+        /// A note recorded with the approval.
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deny a pending request; one denial ends it.
+    Deny {
+        /// The request id.
+        request_id: String,
+        /// Why (shown to the technician and recorded).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tunnel sessions with bytes and durations (a technician's own, or the customer's).
+    Sessions {
+        /// Only live sessions.
+        #[arg(long)]
+        live: bool,
+        /// Only this customer (admins).
+        #[arg(long)]
+        customer: Option<String>,
+        /// End this live session instead of listing (approvers, admins, its technician).
+        #[arg(long, value_name = "SESSION_ID")]
+        end: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Forward a local port through a broker tunnel to CUSTOMER/TARGET (one tunnel per connection).
+    ///
+    /// Without --grant, fetches the grant of your approved request for CUSTOMER/TARGET.
     Connect {
         /// `customer/target`, e.g. acme/db01.
         target: String,
-        /// File holding the grant token.
+        /// File holding a grant token (e.g. from `sallyport grant`); default: fetch the approved one.
         #[arg(long)]
-        grant: PathBuf,
+        grant: Option<PathBuf>,
         /// Local address to listen on, e.g. 127.0.0.1:15432 (port 0 picks a free port).
         #[arg(long)]
         listen: SocketAddr,
@@ -131,7 +198,7 @@ struct ClientArgs {
     /// Broker address, overriding the identity folder's `broker` file.
     #[arg(long)]
     broker: Option<String>,
-    /// Print the broker's JSON answer instead of a sentence.
+    /// Print the broker's JSON answer instead of a table or sentence.
     #[arg(long)]
     json: bool,
 }
@@ -295,6 +362,145 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             reason,
             client,
         } => revoke(&grant_id, &reason, &client),
+        Command::Request {
+            target,
+            minutes,
+            reason,
+            ticket,
+            start_at,
+            client,
+        } => {
+            let (customer, target_id) = split_target(&target)?;
+            let mut body = serde_json::json!({
+                "customer": customer, "target": target_id, "minutes": minutes, "reason": reason,
+            });
+            if let Some(t) = ticket {
+                body["ticket"] = t.into();
+            }
+            if let Some(t) = start_at {
+                body["start_at"] = t.into();
+            }
+            let v = call(&client, hyper::Method::POST, "/v1/requests", Some(body))?;
+            if client.json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!("{}", v["id"].as_str().unwrap_or(""));
+            let status = v["status"].as_str().unwrap_or("");
+            if status == "approved" {
+                eprintln!(
+                    "approved at once by policy: run `sallyport connect {target} --listen 127.0.0.1:PORT`"
+                );
+            } else {
+                eprintln!(
+                    "{status}: {} approval(s) needed from {customer}'s approvers; expires {}",
+                    v["approvals_required"],
+                    v["expires_at"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Requests { status, client } => {
+            let path = match &status {
+                Some(s) => format!("/v1/requests?status={}", urlencode(s)),
+                None => "/v1/requests".into(),
+            };
+            let v = call(&client, hyper::Method::GET, &path, None)?;
+            if client.json {
+                println!("{v}");
+            } else {
+                print_requests(&v);
+            }
+            Ok(())
+        }
+        Command::Approve {
+            request_id,
+            comment,
+            client,
+        } => {
+            let body = match comment {
+                Some(c) => serde_json::json!({ "comment": c }),
+                None => serde_json::json!({}),
+            };
+            let v = call(
+                &client,
+                hyper::Method::POST,
+                &format!("/v1/requests/{}/approve", urlencode(&request_id)),
+                Some(body),
+            )?;
+            if client.json {
+                println!("{v}");
+            } else if v["status"] == "approved" {
+                println!(
+                    "approved {request_id}: granted (grant {})",
+                    v["grant_id"].as_str().unwrap_or("")
+                );
+            } else {
+                println!(
+                    "approval of {request_id} recorded: {} more needed",
+                    v["approvals_missing"]
+                );
+            }
+            Ok(())
+        }
+        Command::Deny {
+            request_id,
+            reason,
+            client,
+        } => {
+            let v = call(
+                &client,
+                hyper::Method::POST,
+                &format!("/v1/requests/{}/deny", urlencode(&request_id)),
+                Some(serde_json::json!({ "reason": reason })),
+            )?;
+            if client.json {
+                println!("{v}");
+            } else {
+                println!("denied {request_id}");
+            }
+            Ok(())
+        }
+        Command::Sessions {
+            live,
+            customer,
+            end,
+            client,
+        } => {
+            if let Some(id) = end {
+                let v = call(
+                    &client,
+                    hyper::Method::DELETE,
+                    &format!("/v1/sessions/{}", urlencode(&id)),
+                    None,
+                )?;
+                if client.json {
+                    println!("{v}");
+                } else {
+                    println!("ended session {id}");
+                }
+                return Ok(());
+            }
+            let mut q = Vec::new();
+            if live {
+                q.push("live=true".to_owned());
+            }
+            if let Some(c) = customer {
+                q.push(format!("customer={}", urlencode(&c)));
+            }
+            let path = if q.is_empty() {
+                "/v1/sessions".to_owned()
+            } else {
+                format!("/v1/sessions?{}", q.join("&"))
+            };
+            let v = call(&client, hyper::Method::GET, &path, None)?;
+            if client.json {
+                println!("{v}");
+            } else {
+                print_sessions(&v);
+            }
+            Ok(())
+        }
         Command::Connect {
             target,
             grant,
@@ -308,9 +514,146 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     "--listen {listen} is not a loopback address: anyone who can reach it would use your certificate and grant; use 127.0.0.1:PORT, or pass --allow-remote if you mean it"
                 ));
             }
-            connect(&target, &grant, listen, &identity, broker.as_deref())
+            connect(
+                &target,
+                grant.as_deref(),
+                listen,
+                &identity,
+                broker.as_deref(),
+            )
         }
     }
+}
+
+fn split_target(spec: &str) -> anyhow::Result<(&str, &str)> {
+    spec.split_once('/')
+        .filter(|(c, t)| !c.is_empty() && !t.is_empty())
+        .ok_or_else(|| anyhow!("`{spec}` is not CUSTOMER/TARGET, e.g. acme/db01"))
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|q| q.trim_start_matches('=').to_owned())
+        .unwrap_or_default()
+}
+
+/// One API call as the identity in `args`; a non-2xx answer becomes the error.
+fn call(
+    args: &ClientArgs,
+    method: hyper::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let identity = IdentityDir::read(&args.identity)?;
+    let client = crate::client::BrokerClient::new(&identity, args.broker.as_deref())?;
+    let (status, v) = runtime()?.block_on(client.call(method, path, body))?;
+    if !status.is_success() {
+        return Err(anyhow!(crate::client::error_message(status, &v)));
+    }
+    Ok(v)
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    for line in t.lines() {
+        println!("{}", line.trim_end());
+    }
+}
+
+fn s(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_requests(v: &serde_json::Value) {
+    let list = v["requests"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no requests");
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|r| {
+            vec![
+                s(&r["id"]),
+                s(&r["status"]),
+                format!("{}/{}", s(&r["customer"]), s(&r["target"])),
+                crate::api::who(&s(&r["technician"])),
+                s(&r["minutes"]),
+                format!(
+                    "{}/{}",
+                    r["approvals"].as_array().map_or(0, Vec::len),
+                    s(&r["approvals_required"])
+                ),
+                s(&r["created_at"]),
+                s(&r["reason"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "STATUS",
+            "TARGET",
+            "TECHNICIAN",
+            "MINUTES",
+            "APPROVALS",
+            "CREATED",
+            "REASON",
+        ],
+        rows,
+    );
+}
+
+fn print_sessions(v: &serde_json::Value) {
+    let list = v["sessions"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no sessions");
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|r| {
+            vec![
+                s(&r["id"]),
+                if r["live"] == true {
+                    "live".into()
+                } else {
+                    "closed".into()
+                },
+                format!("{}/{}", s(&r["customer"]), s(&r["target"])),
+                crate::api::who(&s(&r["technician"])),
+                s(&r["opened_at"]),
+                format!("{}s", s(&r["duration_seconds"])),
+                s(&r["bytes_up"]),
+                s(&r["bytes_down"]),
+                s(&r["close_reason"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "STATE",
+            "TARGET",
+            "TECHNICIAN",
+            "OPENED",
+            "DURATION",
+            "BYTES UP",
+            "BYTES DOWN",
+            "CLOSED BECAUSE",
+        ],
+        rows,
+    );
 }
 
 /// Who runs this command: the login name, else the process owner's uid.
@@ -557,22 +900,35 @@ fn revoke(grant_id: &str, reason: &str, args: &ClientArgs) -> anyhow::Result<()>
 
 fn connect(
     target: &str,
-    grant: &Path,
+    grant: Option<&Path>,
     listen: SocketAddr,
     identity: &Path,
     broker: Option<&str>,
 ) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(grant)
-        .with_context(|| format!("reading the grant {}", grant.display()))?;
-    let token = token.trim();
     let identity = IdentityDir::read(identity)?;
-    let (fwd, expires) = crate::forwarder::Forwarder::new(target, token, &identity, broker)?;
     let rt = runtime()?;
+    let token = match grant {
+        Some(grant) => std::fs::read_to_string(grant)
+            .with_context(|| format!("reading the grant {}", grant.display()))?
+            .trim()
+            .to_owned(),
+        None => {
+            let client = crate::client::BrokerClient::new(&identity, broker)?;
+            rt.block_on(crate::client::approved_grant(&client, target))?
+        }
+    };
+    let (fwd, expires) = crate::forwarder::Forwarder::new(target, &token, &identity, broker)?;
     rt.block_on(async move {
         let listener = crate::forwarder::bind(listen).await?;
         let addr = listener.local_addr()?;
-        println!("sallyport: listening on {addr}");
-        println!("forwarding {addr} -> {target} (grant expires {expires}); Ctrl-C to stop");
+        // The forwarder keeps serving when nobody reads its output any more (e.g. `| head -1`).
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "sallyport: listening on {addr}");
+        let _ = writeln!(
+            out,
+            "forwarding {addr} -> {target} (grant expires {expires}); Ctrl-C to stop"
+        );
+        let _ = out.flush();
         tokio::select! {
             r = fwd.serve(listener) => r,
             _ = tokio::signal::ctrl_c() => Ok(()),

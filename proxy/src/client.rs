@@ -106,3 +106,39 @@ pub fn error_message(status: StatusCode, body: &serde_json::Value) -> String {
     let msg = body["error"]["message"].as_str().unwrap_or("no details");
     format!("the broker answered {status}: {msg}")
 }
+
+/// The grant of the caller's newest approved request for `customer/target` that still has one to
+/// give (not revoked, not expired).
+pub async fn approved_grant(client: &BrokerClient, spec: &str) -> anyhow::Result<String> {
+    let (customer, target) = spec
+        .split_once('/')
+        .ok_or_else(|| anyhow!("`{spec}` is not CUSTOMER/TARGET, e.g. acme/db01"))?;
+    let (status, list) = client
+        .call(Method::GET, "/v1/requests?status=approved", None)
+        .await?;
+    if !status.is_success() {
+        return Err(anyhow!(error_message(status, &list)));
+    }
+    let mut last_refusal = None;
+    for r in list["requests"].as_array().into_iter().flatten() {
+        if r["customer"] != customer || r["target"] != target {
+            continue;
+        }
+        let id = r["id"].as_str().unwrap_or_default();
+        let (status, body) = client
+            .call(Method::GET, &format!("/v1/requests/{id}/grant"), None)
+            .await?;
+        if status.is_success()
+            && let Some(token) = body["token"].as_str()
+        {
+            return Ok(token.to_owned());
+        }
+        last_refusal = Some(error_message(status, &body));
+    }
+    Err(match last_refusal {
+        Some(why) => anyhow!("no usable grant for {spec}: {why}"),
+        None => anyhow!(
+            "no approved request for {spec}: file one with `sallyport request {spec} --minutes M --reason TEXT` and wait for approval, or pass --grant FILE"
+        ),
+    })
+}

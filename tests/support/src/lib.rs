@@ -146,6 +146,56 @@ impl Setup {
         (token, gid)
     }
 
+    /// Appends TOML to the config (a `[requests]` table, or `[customers.webhook]` for the last customer).
+    pub fn append_config(&self, toml: &str) {
+        let mut cfg = std::fs::read_to_string(self.config()).unwrap();
+        cfg.push('\n');
+        cfg.push_str(toml);
+        std::fs::write(self.config(), cfg).unwrap();
+    }
+
+    /// Issues an identity folder with the real `sallyport certs issue ROLE NAME EXTRA...`; returns it.
+    pub fn issue(&self, role: &str, name: &str, extra: &[&str]) -> PathBuf {
+        let out = self.root.join("people").join(name);
+        let done = Command::new(&self.bin)
+            .args(["certs", "issue", role, name])
+            .args(extra)
+            .arg("--dir")
+            .arg(&self.root)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        out
+    }
+
+    /// Runs the CLI as `identity` (a folder) against `broker`: `sallyport ARGS --identity I --broker A`.
+    pub fn cli(&self, identity: &Path, broker: SocketAddr, args: &[&str]) -> Cli {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .arg("--identity")
+            .arg(identity)
+            .arg("--broker")
+            .arg(broker.to_string())
+            .output()
+            .unwrap();
+        Cli {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// A demo identity's folder (`technician`, `approver`, `admin`).
+    pub fn demo(&self, which: &str) -> PathBuf {
+        self.root.join("identities").join(which)
+    }
+
     /// The config file.
     pub fn config(&self) -> PathBuf {
         self.root.join("sallyport.toml")
@@ -243,6 +293,49 @@ impl Setup {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// What a CLI run printed.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    /// Exit status was 0.
+    pub ok: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Cli {
+    /// Standard output, asserting success.
+    pub fn out(&self) -> &str {
+        assert!(self.ok, "command failed: {}{}", self.stdout, self.stderr);
+        &self.stdout
+    }
+
+    /// Standard output parsed as JSON, asserting success.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.out()).unwrap()
+    }
+
+    /// Standard error, asserting failure.
+    pub fn err(&self) -> &str {
+        assert!(!self.ok, "command succeeded: {}", self.stdout);
+        &self.stderr
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for up to `secs` seconds: for outcomes the broker
+/// reaches on its own clock (expiry), where there is no event to wait on.
+pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

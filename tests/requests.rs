@@ -1,0 +1,837 @@
+//! End-to-end tests of the just-in-time access workflow with the real binary, real TLS and the real
+//! SQLite file: request -> approve -> connect -> revoke through the CLI, quorums, self-approval,
+//! tenant walls, denial, expiry of grants and of pending requests, a kill -9 between approval and
+//! grant fetch, signed webhooks (and a dead receiver), bad input and rate limits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sallyport_testkit::{Broker, CustomerSpec, Setup, connector, echo_server, eventually, request};
+use sha2::Sha256;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
+
+/// Technicians of group `support` may request and connect (up to 60 minutes, after `approvals`
+/// approvals); the customer's approvers may approve.
+fn policy(customer: &str, approvals: u32) -> String {
+    format!(
+        r#"@id("support-requests")
+@approvals("{approvals}")
+@max_minutes("60")
+permit (
+  principal in Sallyport::Group::"support",
+  action in [Sallyport::Action::"request", Sallyport::Action::"connect"],
+  resource in Sallyport::Customer::"{customer}"
+);
+@id("approvers")
+permit (
+  principal is Sallyport::Approver in Sallyport::Customer::"{customer}",
+  action == Sallyport::Action::"approve",
+  resource in Sallyport::Customer::"{customer}"
+);
+"#
+    )
+}
+
+/// `acme` (target `db01`, `acme_approvals` approvals) and `globex` (target `app`, one approval),
+/// both loopback echo servers.
+fn two_customers(acme_approvals: u32, limits: &str) -> Setup {
+    let s = Setup::init(BIN);
+    let (acme, globex) = (policy("acme", acme_approvals), policy("globex", 1));
+    s.write_config(
+        &[
+            CustomerSpec {
+                id: "globex",
+                timezone: "UTC",
+                policy: &globex,
+                targets: vec![("app", echo_server().to_string(), vec![])],
+            },
+            CustomerSpec {
+                id: "acme",
+                timezone: "Europe/Berlin",
+                policy: &acme,
+                targets: vec![("db01", echo_server().to_string(), vec!["prod"])],
+            },
+        ],
+        limits,
+    );
+    s
+}
+
+/// `sallyport connect TARGET --listen 127.0.0.1:0` (fetching the grant itself); killed on drop.
+struct Forwarder {
+    child: Child,
+    local: SocketAddr,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn forward(identity: &Path, broker: SocketAddr, target: &str) -> Forwarder {
+    let mut child = Command::new(BIN)
+        .args(["connect", target, "--listen", "127.0.0.1:0", "--identity"])
+        .arg(identity)
+        .args(["--broker", &broker.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let local = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("sallyport: listening on ")
+                .map(|a| a.parse().unwrap())
+        })
+        .expect("the forwarder did not start");
+    // Keep reading what it prints, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
+    Forwarder { child, local }
+}
+
+/// Sends `msg` through the forwarder and reads the echo.
+fn ping(local: SocketAddr, msg: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(local).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
+    conn
+}
+
+/// Reads until the connection ends (EOF or reset).
+fn wait_closed(conn: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+}
+
+fn events(s: &Setup, chain: &str, request_id: &str) -> Vec<String> {
+    s.audit(chain)
+        .iter()
+        .filter(|r| r["request_id"] == request_id)
+        .map(|r| r["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn file(s: &Setup, b: &Broker, target: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "request",
+        target,
+        "--minutes",
+        "30",
+        "--reason",
+        "rotate the TLS certificate",
+    ];
+    args.extend_from_slice(extra);
+    let id = s
+        .cli(&s.demo("technician"), b.addr, &args)
+        .out()
+        .trim()
+        .to_owned();
+    assert!(id.starts_with("r-"), "{id}");
+    id
+}
+
+fn request_json(s: &Setup, b: &Broker, who: &Path, id: &str) -> serde_json::Value {
+    let list = s.cli(who, b.addr, &["requests", "--json"]).json();
+    list["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not listed: {list}"))
+}
+
+#[test]
+fn the_whole_story_through_the_cli_request_approve_connect_revoke() {
+    let s = two_customers(1, "");
+    let b = Broker::start(&s);
+    let (alice, bob) = (s.demo("technician"), s.demo("approver"));
+
+    let id = file(&s, &b, "acme/db01", &["--ticket", "CHG-7"]);
+    let table = s
+        .cli(&bob, b.addr, &["requests", "--status", "pending"])
+        .out()
+        .to_owned();
+    assert!(table.contains("APPROVALS"), "{table}");
+    let row = table.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(
+        row.contains("pending") && row.contains("northwind/alice") && row.contains("0/1"),
+        "{row}"
+    );
+    let approved = s.cli(&bob, b.addr, &["approve", &id, "--comment", "go ahead"]);
+    assert!(approved.out().contains("granted"), "{}", approved.stdout);
+
+    // `connect` without --grant fetches the approved grant; bytes flow.
+    let fwd = forward(&alice, b.addr, "acme/db01");
+    let mut conn = ping(fwd.local, b"ping");
+    let live = s
+        .cli(&bob, b.addr, &["sessions", "--live", "--json"])
+        .json();
+    let sessions = live["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{live}");
+    assert_eq!(sessions[0]["live"], true);
+    assert_eq!(
+        (
+            sessions[0]["bytes_up"].as_u64(),
+            sessions[0]["bytes_down"].as_u64()
+        ),
+        (Some(4), Some(4)),
+        "{live}"
+    );
+    let table = s.cli(&bob, b.addr, &["sessions"]).out().to_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("live") && l.contains("acme/db01")),
+        "{table}"
+    );
+
+    // The approver revokes; the live tunnel closes within a second.
+    let gid = request_json(&s, &b, &bob, &id)["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    let revoked = s.cli(&bob, b.addr, &["revoke", &gid, "--reason", "work done"]);
+    assert!(
+        revoked.out().contains("1 live session(s) closed"),
+        "{}",
+        revoked.stdout
+    );
+    wait_closed(&mut conn);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the tunnel outlived its revocation by {:?}",
+        started.elapsed()
+    );
+
+    // Reconnecting is refused: through the running forwarder, and by a new `connect`.
+    let mut again = TcpStream::connect(fwd.local).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = again.write_all(b"ping");
+    let mut buf = [0u8; 4];
+    assert!(
+        matches!(again.read(&mut buf), Ok(0) | Err(_)),
+        "a revoked grant carried bytes"
+    );
+    s.wait_for_audit("acme", |r| {
+        r["event"] == "decision"
+            && r["outcome"] == "deny"
+            && r["reason"].as_str().unwrap().contains("was revoked")
+    });
+    let refused = s.cli(
+        &alice,
+        b.addr,
+        &["connect", "acme/db01", "--listen", "127.0.0.1:0"],
+    );
+    assert!(refused.err().contains("revoked"), "{}", refused.stderr);
+
+    // The session is listed as closed by the revocation; every step is on acme's trail.
+    let closed = eventually(10, "the session close to be recorded", || {
+        let v = s.cli(&bob, b.addr, &["sessions", "--json"]).json();
+        let first = v["sessions"][0].clone();
+        (first["live"] == false).then_some(first)
+    });
+    assert_eq!(closed["close_reason"], "grant revoked");
+    assert_eq!(
+        events(&s, "acme", &id),
+        [
+            "request_filed",
+            "request_approved",
+            "grant_minted",
+            "grant_revoked"
+        ]
+    );
+    let filed = &s.audit("acme")[0];
+    assert_eq!(
+        filed["reason"],
+        "30 minutes requested: rotate the TLS certificate (ticket CHG-7)"
+    );
+    let close = s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    assert_eq!(close["reason"], "grant revoked");
+    assert_eq!(close["grant_id"], gid.as_str());
+    assert!(s.audit("globex").iter().all(|r| r["request_id"].is_null()));
+}
+
+#[test]
+fn quorum_self_approval_tenant_walls_and_denial() {
+    let s = two_customers(2, "");
+    let b = Broker::start(&s);
+    let (alice, bob) = (s.demo("technician"), s.demo("approver"));
+    let carol = s.issue("approver", "carol", &["--customer", "acme"]);
+    let dave = s.issue("approver", "dave", &["--customer", "globex"]);
+
+    let id = file(&s, &b, "acme/db01", &[]);
+    assert_eq!(request_json(&s, &b, &alice, &id)["approvals_required"], 2);
+
+    // An approver of another customer can neither see nor approve it.
+    let theirs = s.cli(&dave, b.addr, &["requests", "--json"]).json();
+    assert_eq!(theirs["requests"].as_array().unwrap().len(), 0, "{theirs}");
+    let e = s.cli(&dave, b.addr, &["approve", &id]);
+    assert!(
+        e.err().contains("404") && e.stderr.contains("no request"),
+        "{}",
+        e.stderr
+    );
+    // The requester cannot approve.
+    let e = s.cli(&alice, b.addr, &["approve", &id]);
+    assert!(e.err().contains("403"), "{}", e.stderr);
+
+    // One approval of two: recorded, not granted.
+    let one = s.cli(&bob, b.addr, &["approve", &id]);
+    assert!(one.out().contains("1 more needed"), "{}", one.stdout);
+    let twice = s.cli(&bob, b.addr, &["approve", &id]);
+    assert!(twice.err().contains("409") && twice.stderr.contains("already approved"));
+    let early = s.cli(
+        &alice,
+        b.addr,
+        &["connect", "acme/db01", "--listen", "127.0.0.1:0"],
+    );
+    assert!(
+        early.err().contains("no approved request"),
+        "{}",
+        early.stderr
+    );
+    assert_eq!(request_json(&s, &b, &alice, &id)["status"], "pending");
+
+    // The second approver completes the quorum.
+    let two = s.cli(&carol, b.addr, &["approve", &id, "--comment", "ok"]);
+    assert!(two.out().contains("granted"), "{}", two.stdout);
+    let rec = request_json(&s, &b, &bob, &id);
+    assert_eq!(rec["status"], "approved");
+    assert_eq!(rec["approvals"].as_array().unwrap().len(), 2);
+    let fwd = forward(&alice, b.addr, "acme/db01");
+    drop(ping(fwd.local, b"after quorum"));
+
+    // A denied request stays denied.
+    let other = file(&s, &b, "acme/db01", &[]);
+    assert!(
+        s.cli(
+            &bob,
+            b.addr,
+            &["deny", &other, "--reason", "not during the freeze"]
+        )
+        .out()
+        .contains("denied")
+    );
+    let late = s.cli(&carol, b.addr, &["approve", &other]);
+    assert!(
+        late.err().contains("409") && late.stderr.contains("already denied"),
+        "{}",
+        late.stderr
+    );
+    let rec = request_json(&s, &b, &alice, &other);
+    assert_eq!(
+        (rec["status"].as_str(), rec["deny_reason"].as_str()),
+        (Some("denied"), Some("not during the freeze"))
+    );
+    assert_eq!(
+        events(&s, "acme", &id),
+        [
+            "request_filed",
+            "approval_recorded",
+            "request_approved",
+            "grant_minted"
+        ]
+    );
+    assert_eq!(
+        events(&s, "acme", &other),
+        ["request_filed", "request_denied"]
+    );
+    assert!(s.audit("globex").iter().all(|r| r["request_id"].is_null()));
+}
+
+#[test]
+fn grants_expire_on_time_and_pending_requests_expire() {
+    let s = two_customers(1, "");
+    s.append_config("[requests]\npending_expiry_seconds = 3\nsweep_interval_seconds = 1\n");
+    let b = Broker::start(&s);
+    let (alice, bob) = (s.demo("technician"), s.demo("approver"));
+
+    // A window that started 54 s ago and lasts one minute: the grant has 6 s left.
+    let start = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(54);
+    let window_end = start.as_second() + 60;
+    let start = start.to_string();
+    let id = s
+        .cli(
+            &alice,
+            b.addr,
+            &[
+                "request",
+                "acme/db01",
+                "--minutes",
+                "1",
+                "--reason",
+                "short fix",
+                "--start-at",
+                &start,
+            ],
+        )
+        .out()
+        .trim()
+        .to_owned();
+    s.cli(&bob, b.addr, &["approve", &id]).out();
+    let fwd = forward(&alice, b.addr, "acme/db01");
+    let mut conn = ping(fwd.local, b"tick");
+    wait_closed(&mut conn);
+    let cut_at = jiff::Timestamp::now().as_second();
+    assert!(
+        (window_end - 1..=window_end + 2).contains(&cut_at),
+        "cut at {cut_at}, window ends {window_end}"
+    );
+    let close = s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    assert_eq!(close["reason"], "grant expired");
+
+    // A request nobody decides on expires, and cannot be approved after.
+    let pending = file(&s, &b, "acme/db01", &[]);
+    eventually(15, "the request to expire", || {
+        let v = s
+            .cli(&bob, b.addr, &["requests", "--status", "expired", "--json"])
+            .json();
+        v["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == pending.as_str())
+            .then_some(())
+    });
+    let late = s.cli(&bob, b.addr, &["approve", &pending]);
+    assert!(
+        late.err().contains("409") && late.stderr.contains("expired"),
+        "{}",
+        late.stderr
+    );
+    assert_eq!(
+        events(&s, "acme", &pending),
+        ["request_filed", "request_expired"]
+    );
+}
+
+#[test]
+fn state_survives_a_kill_between_approval_and_grant_fetch() {
+    let s = two_customers(1, "");
+    let mut b = Broker::start(&s);
+    let (alice, bob) = (s.demo("technician"), s.demo("approver"));
+    let approved = file(&s, &b, "acme/db01", &[]);
+    s.cli(&bob, b.addr, &["approve", &approved]).out();
+    let pending = file(&s, &b, "acme/db01", &[]);
+    let revoked = file(&s, &b, "acme/db01", &[]);
+    s.cli(&bob, b.addr, &["approve", &revoked]).out();
+    let gid = request_json(&s, &b, &bob, &revoked)["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.cli(&bob, b.addr, &["revoke", &gid, "--reason", "wrong window"])
+        .out();
+
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let b = Broker::start(&s);
+
+    assert_eq!(
+        request_json(&s, &b, &alice, &approved)["status"],
+        "approved"
+    );
+    assert_eq!(request_json(&s, &b, &alice, &pending)["status"], "pending");
+    // The revoked grant stays revoked; the approved one is fetched and works.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fetch = |id: &str| {
+        let head = format!("GET /v1/requests/{id}/grant HTTP/1.1\r\nHost: x\r\n\r\n");
+        rt.block_on(request(
+            b.addr,
+            &connector(&s.identity("technician")),
+            &head,
+        ))
+        .unwrap()
+    };
+    let a = fetch(&revoked);
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(a.body.contains("was revoked"), "{}", a.body);
+    let a = fetch(&approved);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let fwd = forward(&alice, b.addr, "acme/db01");
+    drop(ping(fwd.local, b"after restart"));
+    // The pending request can still be decided.
+    assert!(
+        s.cli(&bob, b.addr, &["approve", &pending])
+            .out()
+            .contains("granted")
+    );
+}
+
+/// One webhook delivery as received.
+struct Delivery {
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Delivery {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// A plain HTTP/1.1 receiver on loopback that answers 200 and hands each delivery to the test.
+fn receiver() -> (SocketAddr, mpsc::Receiver<Delivery>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut reader = BufReader::new(conn);
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                let (n, v) = l.split_once(':').unwrap();
+                headers.push((n.trim().to_owned(), v.trim().to_owned()));
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap();
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let _ = tx.send(Delivery {
+                headers,
+                body: String::from_utf8(body).unwrap(),
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn webhooks_are_signed_per_customer_and_a_dead_receiver_blocks_nothing() {
+    let s = two_customers(1, "");
+    let secret = "a shared secret of the acme SOC";
+    std::fs::write(s.root.join("acme-webhook.secret"), format!("{secret}\n")).unwrap();
+    std::fs::write(s.root.join("globex-webhook.secret"), "another secret, 16+").unwrap();
+    let (addr, deliveries) = receiver();
+    let dead = sallyport_testkit::closed_port();
+    // acme is the last customer written, so its webhook table follows it; globex's is inserted.
+    s.append_config(&format!(
+        "[customers.webhook]\nurl = \"http://{addr}/hooks/acme\"\nsecret_file = \"acme-webhook.secret\"\n\n[requests]\npending_expiry_seconds = 3\nsweep_interval_seconds = 1\n"
+    ));
+    let cfg = std::fs::read_to_string(s.config()).unwrap().replacen(
+        "\n[[customers]]\nid = \"acme\"",
+        &format!(
+            "\n[customers.webhook]\nurl = \"http://{dead}/hooks/globex\"\nsecret_file = \"globex-webhook.secret\"\nmax_attempts = 2\nfirst_backoff_ms = 10\n\n[[customers]]\nid = \"acme\""
+        ),
+        1,
+    );
+    std::fs::write(s.config(), cfg).unwrap();
+    let b = Broker::start(&s);
+    let (bob, alice) = (s.demo("approver"), s.demo("technician"));
+
+    let next = || {
+        let d = deliveries.recv_timeout(Duration::from_secs(10)).unwrap();
+        // The signature is HMAC-SHA256 over "<timestamp>.<body>" with the shared secret.
+        let ts = d.header("x-sallyport-timestamp");
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{ts}.{}", d.body).as_bytes());
+        let expected = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(d.header("x-sallyport-signature"), expected);
+        let v: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(d.header("x-sallyport-event"), v["event"].as_str().unwrap());
+        assert_eq!(v["customer"], "acme");
+        assert!(v["text"].as_str().unwrap().len() > 10, "{v}");
+        v
+    };
+
+    let id = file(&s, &b, "acme/db01", &[]);
+    let v = next();
+    assert_eq!(v["event"], "request_filed");
+    assert_eq!(v["data"]["id"], id.as_str());
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap()
+            .contains("northwind/alice asks for 30 minutes on acme/db01"),
+        "{v}"
+    );
+    s.cli(&bob, b.addr, &["approve", &id]).out();
+    let v = next();
+    assert_eq!(v["event"], "request_approved");
+    let gid = v["data"]["grant_id"].as_str().unwrap().to_owned();
+    s.cli(&alice, b.addr, &["revoke", &gid, "--reason", "done early"])
+        .out();
+    let v = next();
+    assert_eq!(
+        (v["event"].as_str(), v["data"]["reason"].as_str()),
+        (Some("grant_revoked"), Some("done early"))
+    );
+    let denied = file(&s, &b, "acme/db01", &[]);
+    assert_eq!(next()["event"], "request_filed");
+    s.cli(&bob, b.addr, &["deny", &denied, "--reason", "no"])
+        .out();
+    assert_eq!(next()["event"], "request_denied");
+    let lapsed = file(&s, &b, "acme/db01", &[]);
+    assert_eq!(next()["event"], "request_filed");
+    let v = next();
+    assert_eq!(
+        (v["event"].as_str(), v["data"]["id"].as_str()),
+        (Some("request_expired"), Some(lapsed.as_str()))
+    );
+
+    // globex's receiver is down: the workflow goes on, and the failure is logged and audited.
+    let dave = s.issue("approver", "dave", &["--customer", "globex"]);
+    let theirs = file(&s, &b, "globex/app", &[]);
+    assert!(
+        s.cli(&dave, b.addr, &["approve", &theirs])
+            .out()
+            .contains("granted")
+    );
+    let failed = s.wait_for_audit("globex", |r| r["event"] == "webhook_failed");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not delivered after 2 attempt(s)"),
+        "{failed}"
+    );
+    assert!(
+        !failed.to_string().contains("another secret"),
+        "the secret leaked into the trail"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_nothing_is_filed() {
+    let s = two_customers(1, "");
+    let mallory = s.technician(
+        "mallory",
+        &["contractors"],
+        sallyport_testkit::valid_for(3600),
+    );
+    let b = Broker::start(&s);
+    let alice = connector(&s.identity("technician"));
+    let bob = connector(&s.identity("approver"));
+    let send = |method: &str, path: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let filing = |fields: &str| send("POST", "/v1/requests", &format!("{{{fields}}}"));
+    let ok = r#""customer":"acme","target":"db01","reason":"fix""#;
+    let cases: Vec<(&tokio_rustls::TlsConnector, String, u16, &str)> = vec![
+        (&alice, filing(r#""customer":"acme""#), 400, "missing field"),
+        (
+            &alice,
+            filing(&format!(r#"{ok},"minutes":5,"x":1"#)),
+            400,
+            "unknown field",
+        ),
+        (
+            &alice,
+            filing(&format!(r#"{ok},"minutes":0"#)),
+            400,
+            "bad_minutes",
+        ),
+        (
+            &alice,
+            filing(&format!(r#"{ok},"minutes":100000"#)),
+            400,
+            "bad_minutes",
+        ),
+        (
+            &alice,
+            filing(r#""customer":"acme","target":"db01","reason":"  ","minutes":5"#),
+            400,
+            "bad_reason",
+        ),
+        (
+            &alice,
+            filing(&format!(r#"{ok},"minutes":5,"start_at":"tomorrow""#)),
+            400,
+            "bad_start_at",
+        ),
+        (
+            &alice,
+            filing(&format!(
+                r#"{ok},"minutes":5,"start_at":"2020-01-01T00:00:00Z""#
+            )),
+            400,
+            "already over",
+        ),
+        (
+            &alice,
+            filing(r#""customer":"nope","target":"db01","reason":"x","minutes":5"#),
+            404,
+            "no customer",
+        ),
+        (
+            &alice,
+            filing(r#""customer":"acme","target":"nope","reason":"x","minutes":5"#),
+            404,
+            "no target",
+        ),
+        (
+            &alice,
+            filing(&format!(r#"{ok},"minutes":61"#)),
+            403,
+            "at most 60 minutes",
+        ),
+        (
+            &bob,
+            filing(&format!(r#"{ok},"minutes":5"#)),
+            403,
+            "only technicians",
+        ),
+        (
+            &bob,
+            send("GET", "/v1/requests?status=bogus", ""),
+            400,
+            "bad_status",
+        ),
+        (
+            &bob,
+            send("GET", "/v1/requests?colour=red", ""),
+            400,
+            "bad_query",
+        ),
+        (
+            &bob,
+            send("POST", "/v1/requests/r-nope/approve", ""),
+            404,
+            "no request",
+        ),
+        (
+            &bob,
+            send("POST", "/v1/requests/r-nope/deny", r#"{"reason":""}"#),
+            400,
+            "bad_reason",
+        ),
+        (
+            &alice,
+            send("GET", "/v1/requests/r-nope/grant", ""),
+            404,
+            "no request",
+        ),
+        (
+            &bob,
+            send("DELETE", "/v1/sessions/s-nope", ""),
+            404,
+            "no session",
+        ),
+        (
+            &bob,
+            send("GET", "/v1/sessions?customer=globex", ""),
+            403,
+            "customer `acme`",
+        ),
+        (&bob, send("PUT", "/v1/requests", ""), 404, "no route"),
+    ];
+    for (who, head, status, needle) in cases {
+        let a = request(b.addr, who, &head).await.unwrap();
+        assert_eq!(a.status, status, "{head}\n{}", a.body);
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert!(v["error"]["code"].is_string(), "{}", a.body);
+        assert!(a.body.contains(needle), "{needle}: {}", a.body);
+    }
+    // A technician outside the permitted group is refused by the customer's policy, and recorded.
+    let a = request(
+        b.addr,
+        &connector(&mallory),
+        &filing(&format!(r#"{ok},"minutes":5"#)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 403, "{}", a.body);
+    let refusal = s.wait_for_audit("acme", |r| {
+        r["event"] == "request_filed" && r["actor"].as_str().unwrap().ends_with("/mallory")
+    });
+    assert_eq!(refusal["outcome"], "deny");
+    assert!(
+        refusal["actor"].as_str().unwrap().ends_with("/mallory"),
+        "{refusal}"
+    );
+
+    // Nothing was filed, and no filing was recorded as done.
+    let root = connector(&s.identity("admin"));
+    let all = request(b.addr, &root, &send("GET", "/v1/requests", ""))
+        .await
+        .unwrap();
+    assert_eq!(all.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&all.body).unwrap();
+    assert_eq!(v["requests"].as_array().unwrap().len(), 0, "{v}");
+    assert!(
+        s.audit("acme")
+            .iter()
+            .all(|r| r["event"] != "request_filed" || r["outcome"] == "deny")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filings_and_api_calls_are_rate_limited_per_identity() {
+    let s = two_customers(
+        1,
+        "request_filings_per_minute = 1\nrequest_filing_burst = 2\napi_calls_per_minute = 1\napi_call_burst = 4\n",
+    );
+    let b = Broker::start(&s);
+    let alice = connector(&s.identity("technician"));
+    let body = r#"{"customer":"acme","target":"db01","reason":"fix","minutes":5}"#;
+    let filing = format!(
+        "POST /v1/requests HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..2 {
+        let a = request(b.addr, &alice, &filing).await.unwrap();
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    let a = request(b.addr, &alice, &filing).await.unwrap();
+    assert_eq!(a.status, 429, "{}", a.body);
+    let wait: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(a.body.contains("rate_limited"), "{}", a.body);
+
+    // API calls are counted per identity: bob runs out, the admin does not.
+    let bob = connector(&s.identity("approver"));
+    let list = "GET /v1/requests HTTP/1.1\r\nHost: x\r\n\r\n";
+    for _ in 0..4 {
+        assert_eq!(request(b.addr, &bob, list).await.unwrap().status, 200);
+    }
+    let a = request(b.addr, &bob, list).await.unwrap();
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(a.header("retry-after").is_some());
+    let root = connector(&s.identity("admin"));
+    let a = request(b.addr, &root, list).await.unwrap();
+    assert_eq!(a.status, 200);
+    // The refused filing stored nothing.
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["requests"].as_array().unwrap().len(), 2, "{v}");
+}
