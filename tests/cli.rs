@@ -309,53 +309,77 @@ fn serve_on_embedded_defaults_prints_a_session_that_works() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    let step = |word: &str| -> String {
-        printed
-            .iter()
-            .find(|l| l.trim_start().contains(word))
-            .unwrap_or_else(|| panic!("no `{word}` step in {printed:?}"))
-            .trim()
-            .to_owned()
-    };
     assert!(
         printed
             .iter()
             .any(|l| l.contains("demo target acme/web served on")),
         "{printed:?}"
     );
-    // Step 1 as printed.
-    let grant = Command::new("sh")
-        .current_dir(tmp.path())
-        .arg("-c")
-        .arg(step(" grant "))
-        .output()
-        .unwrap();
-    assert!(
-        grant.status.success(),
-        "{}",
-        String::from_utf8_lossy(&grant.stderr)
-    );
-    assert!(tmp.path().join("grant.jwt").metadata().unwrap().len() > 100);
-    // Step 2 as printed, with port 0 instead of 7001 and without the trailing `&`.
+    let steps: Vec<String> = printed
+        .iter()
+        .skip_while(|l| !l.starts_with("Try the access workflow"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_owned())
+        .collect();
+    let step = |word: &str| -> String {
+        steps
+            .iter()
+            .find(|l| l.contains(word))
+            .unwrap_or_else(|| panic!("no `{word}` step in {printed:?}"))
+            .split("    #")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let vars = step("T=");
+    let sh = |script: String| {
+        let mut cmd = Command::new("sh");
+        cmd.current_dir(tmp.path()).arg("-c").arg(script);
+        cmd
+    };
+    // Steps 1 to 3 as printed (request, list, approve), then the forwarder with port 0 instead of
+    // 7001 and without the trailing `&`, in the same shell.
     let connect_line = step(" connect ").replace("127.0.0.1:7001", "127.0.0.1:0");
     let connect_line = connect_line.trim_end_matches('&').trim();
-    let mut fwd = Command::new("sh")
-        .current_dir(tmp.path())
-        .arg("-c")
-        .arg(format!("exec {connect_line}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut fwd = sh(format!(
+        "set -e\n{vars}\n{}\n{}\n{}\nexec {connect_line}",
+        step(" request "),
+        step(" requests "),
+        step(" approve ")
+    ))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(fwd.stdout.take().unwrap()).lines();
+    let mut before = Vec::new();
     let local = lines
+        .by_ref()
+        .map_while(Result::ok)
         .find_map(|l| {
-            l.ok()?
+            let found = l
                 .strip_prefix("sallyport: listening on ")
-                .map(str::to_owned)
+                .map(str::to_owned);
+            before.push(l);
+            found
         })
-        .unwrap();
-    // Step 3: an HTTP request through the forwarder reaches the demo page.
+        .unwrap_or_else(|| {
+            let mut err = String::new();
+            fwd.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("the printed steps failed: {before:?} {err}")
+        });
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(
+        before.iter().any(|l| l.contains("pending")),
+        "the approver's list: {before:?}"
+    );
+    let gid = before
+        .iter()
+        .find_map(|l| l.split("(grant ").nth(1))
+        .map(|g| g.trim_end_matches(')').to_owned())
+        .unwrap_or_else(|| panic!("approve printed no grant: {before:?}"));
+    // The curl step: an HTTP request through the forwarder reaches the demo page.
     let mut conn = std::net::TcpStream::connect(&local).unwrap();
     std::io::Write::write_all(
         &mut conn,
@@ -367,9 +391,49 @@ fn serve_on_embedded_defaults_prints_a_session_that_works() {
     let _ = fwd.kill();
     let _ = fwd.wait();
     assert!(page.contains("Hello from acme/web"), "{page}");
+    // The sessions and revoke steps, with the grant id approve printed.
+    let rest = sh(format!(
+        "set -e\n{vars}\n{}\n{}",
+        step(" sessions "),
+        step(" revoke ").replace("GRANT_ID", &gid)
+    ))
+    .output()
+    .unwrap();
+    let out = String::from_utf8_lossy(&rest.stdout);
+    assert!(
+        rest.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&rest.stderr)
+    );
+    assert!(
+        out.contains("acme/web") && out.contains(&format!("revoked grant {gid}")),
+        "{out}"
+    );
+    // The break-glass step.
+    let glass = printed
+        .iter()
+        .skip_while(|l| !l.starts_with("Break-glass"))
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let grant = sh(format!("{vars}\n{glass}")).output().unwrap();
+    assert!(
+        grant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grant.stderr)
+    );
+    assert!(tmp.path().join("grant.jwt").metadata().unwrap().len() > 100);
     let audit =
         std::fs::read_to_string(tmp.path().join("sallyport-data/data/audit/acme.jsonl")).unwrap();
-    assert!(audit.contains("\"event\":\"tunnel_open\""));
+    for event in [
+        "request_filed",
+        "request_approved",
+        "tunnel_open",
+        "grant_revoked",
+    ] {
+        assert!(audit.contains(&format!("\"event\":\"{event}\"")), "{event}");
+    }
 }
 
 #[test]

@@ -561,6 +561,9 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     for r in rows {
         t.add_row(r);
     }
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+    }
     for line in t.lines() {
         println!("{}", line.trim_end());
     }
@@ -857,19 +860,27 @@ fn print_demo(addr: SocketAddr, cfg: &Config) {
     );
     println!("  admin       {}  (root, provider admin)", id("admin"));
     println!();
-    println!("Try a session from another terminal, in this folder:");
+    println!("Try the access workflow from another terminal, in this folder (a POSIX shell):");
+    println!("  T={} A={}", id("technician"), id("approver"));
     println!(
-        "  {exe} grant --config sallyport-data/sallyport.toml --technician-cert {}/cert.pem --customer acme --target web --minutes 30 > grant.jwt",
-        id("technician")
+        "  ID=$({exe} request acme/web --minutes 30 --reason \"check the web server\" --identity $T{broker_flag})"
     );
-    println!(
-        "  {exe} connect acme/web --grant grant.jwt --listen 127.0.0.1:7001 --identity {}{broker_flag} &",
-        id("technician")
-    );
+    println!("  {exe} requests --identity $A{broker_flag}");
+    println!("  {exe} approve \"$ID\" --comment \"go ahead\" --identity $A{broker_flag}");
+    println!("  {exe} connect acme/web --listen 127.0.0.1:7001 --identity $T{broker_flag} &");
     println!("  curl http://127.0.0.1:7001/");
+    println!("  {exe} sessions --identity $A{broker_flag}");
+    println!(
+        "  {exe} revoke GRANT_ID --reason \"done\" --identity $A{broker_flag}    # GRANT_ID as printed by approve"
+    );
+    println!();
+    println!("Break-glass, without approval (audited as such):");
+    println!(
+        "  {exe} grant --config sallyport-data/sallyport.toml --technician-cert $T/cert.pem --customer acme --target web --minutes 30 > grant.jwt"
+    );
     println!();
     println!(
-        "Every decision and tunnel is on the audit trail: {}",
+        "Every request, decision and tunnel is on the audit trail: {}",
         rel(&cfg.data_dir.join("audit").join("acme.jsonl"))
     );
 }

@@ -870,4 +870,67 @@ mod tests {
         let err = Config::parse(&cfg, base).unwrap_err();
         assert!(err.message.contains("acme.cedar:"), "{err}");
     }
+
+    #[test]
+    fn the_documented_example_uses_only_known_keys() {
+        let text = include_str!("../../deploy/sallyport.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        assert_eq!(file.requests.pending_expiry_seconds, 86_400);
+        assert!(file.customers[0].webhook.is_some());
+    }
+
+    #[test]
+    fn workflow_settings_annotations_and_webhooks_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("sallyport.toml");
+        let base = "[server]\nlisten = \"127.0.0.1:1\"\n";
+        let err = Config::parse(
+            &cfg,
+            &format!("{base}[requests]\npending_expiry_seconds = 0\n"),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "requests.pending_expiry_seconds");
+
+        let customer = format!("{base}[[customers]]\nid = \"acme\"\npolicy = \"acme.cedar\"\n");
+        let permit = "permit(principal, action, resource);\n";
+        for (annotation, needle) in [
+            ("@approvals(\"two\")", "@approvals(\"two\") is not 0 to 10"),
+            ("@max_minutes(\"9999\")", "is not 1 to 480"),
+        ] {
+            std::fs::write(
+                dir.path().join("acme.cedar"),
+                format!("{annotation}\n{permit}"),
+            )
+            .unwrap();
+            let err = Config::parse(&cfg, &customer).unwrap_err();
+            assert_eq!(err.field, "customers[0].policy");
+            assert!(err.message.contains(needle), "{err}");
+            assert!(err.message.contains("acme.cedar"), "{err}");
+        }
+        std::fs::write(
+            dir.path().join("acme.cedar"),
+            format!("@approvals(\"2\")\n{permit}"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("short"), "too short").unwrap();
+        std::fs::write(dir.path().join("secret"), "0123456789abcdef0123\n").unwrap();
+        let hook = |url: &str, secret: &str| {
+            format!("{customer}[customers.webhook]\nurl = \"{url}\"\nsecret_file = \"{secret}\"\n")
+        };
+        let err = Config::parse(&cfg, &hook("http://hooks.example.com/x", "secret")).unwrap_err();
+        assert_eq!(err.field, "customers[0].webhook.url");
+        assert!(err.location.ends_with(":7"), "{}", err.location);
+        let err = Config::parse(&cfg, &hook("https://hooks.example.com/x", "short")).unwrap_err();
+        assert_eq!(err.field, "customers[0].webhook.secret_file");
+        assert!(err.message.contains("shorter than 16 bytes"), "{err}");
+        let err = Config::parse(&cfg, &hook("https://hooks.example.com/x", "missing")).unwrap_err();
+        assert!(err.message.contains("cannot read"), "{err}");
+        let ok = Config::parse(&cfg, &hook("https://hooks.example.com/x", "secret")).unwrap();
+        let w = ok.customers[0].webhook.as_ref().unwrap();
+        assert_eq!((w.secret.len(), w.max_attempts), (20, 5));
+        assert!(
+            !format!("{ok:?}").contains("0123456789abcdef"),
+            "the secret leaks via Debug"
+        );
+    }
 }

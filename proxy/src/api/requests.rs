@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use sallyport_certs::grant::GrantSpec;
 use sallyport_ids::{Principal, Role};
-use sallyport_policy::{Action, Decision, RequestContext, Subject, TargetInfo};
+use sallyport_policy::{Action, CustomerPolicy, Decision, RequestContext, Subject, TargetInfo};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -110,15 +110,10 @@ struct FileBody {
 }
 
 /// The quorum and the longest window from the permitting policies: the strictest wins.
-fn workflow_terms(
-    customer: &Customer,
-    decision: &Decision,
-    max_minutes: u32,
-) -> (u32, u32, String) {
+fn workflow_terms(p: &CustomerPolicy, decision: &Decision, max_minutes: u32) -> (u32, u32, String) {
     let mut approvals = None::<u32>;
     let mut minutes = max_minutes;
     for id in &decision.policy_ids {
-        let p = &customer.policy;
         if let Some(n) = p.annotation(id, "approvals").and_then(|v| v.parse().ok()) {
             approvals = Some(approvals.map_or(n, |a: u32| a.max(n)));
         }
@@ -237,7 +232,7 @@ pub async fn file(b: &Arc<Broker>, conn: &Conn, req: Request<Incoming>) -> Respo
         &ctx,
     );
     let (approvals_required, max_minutes, policy_id) =
-        workflow_terms(customer, &decision, b.cfg.grants.max_minutes);
+        workflow_terms(&customer.policy, &decision, b.cfg.grants.max_minutes);
     let filed = NewRequest {
         id: format!("r-{}", uuid::Uuid::new_v4().simple()),
         customer: customer.id.to_string(),
@@ -847,5 +842,47 @@ pub async fn expire_pending(b: Arc<Broker>) {
             );
             tracing::info!(request = %f.id, "pending request expired");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(ids: &[&str]) -> Decision {
+        Decision {
+            allowed: true,
+            reason: String::new(),
+            policy_ids: ids.iter().map(|s| s.to_string()).collect(),
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_strictest_permitting_policy_sets_the_terms() {
+        let src = r#"
+@id("broad") @approvals("1") @max_minutes("240")
+permit (principal, action == Sallyport::Action::"request", resource);
+@id("prod") @approvals("2") @max_minutes("60")
+permit (principal, action == Sallyport::Action::"request", resource);
+@id("plain")
+permit (principal, action == Sallyport::Action::"request", resource);
+@id("instant") @approvals("0")
+permit (principal, action == Sallyport::Action::"request", resource);
+"#;
+        let p = CustomerPolicy::parse("acme".parse().unwrap(), "UTC", "acme.cedar", src).unwrap();
+        assert_eq!(
+            workflow_terms(&p, &decision(&["broad", "prod"]), 480),
+            (2, 60, "broad,prod".into())
+        );
+        assert_eq!(
+            workflow_terms(&p, &decision(&["plain"]), 480),
+            (1, 480, "plain".into())
+        );
+        assert_eq!(workflow_terms(&p, &decision(&["instant"]), 480).0, 0);
+        assert_eq!(
+            workflow_terms(&p, &decision(&["instant", "broad"]), 480).0,
+            1
+        );
     }
 }
