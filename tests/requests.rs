@@ -359,6 +359,120 @@ fn quorum_self_approval_tenant_walls_and_denial() {
 }
 
 #[test]
+fn instant_approval_is_audited_and_sessions_are_ended_by_the_customer_only() {
+    let s = Setup::init(BIN);
+    let (acme, globex) = (policy("acme", 1), policy("globex", 0));
+    s.write_config(
+        &[
+            CustomerSpec {
+                id: "acme",
+                timezone: "UTC",
+                policy: &acme,
+                targets: vec![("db01", echo_server().to_string(), vec![])],
+            },
+            CustomerSpec {
+                id: "globex",
+                timezone: "UTC",
+                policy: &globex,
+                targets: vec![("app", echo_server().to_string(), vec![])],
+            },
+        ],
+        "",
+    );
+    let b = Broker::start(&s);
+    let (alice, bob) = (s.demo("technician"), s.demo("approver"));
+    let dave = s.issue("approver", "dave", &["--customer", "globex"]);
+    let erin = s.issue("auditor", "erin", &["--customer", "globex"]);
+    let frank = s.issue("auditor", "frank", &["--customer", "acme"]);
+
+    // An auditor sees a customer's requests but cannot decide them.
+    let pending = file(&s, &b, "acme/db01", &[]);
+    assert_eq!(request_json(&s, &b, &frank, &pending)["status"], "pending");
+    let e = s.cli(&frank, b.addr, &["approve", &pending]);
+    assert!(e.err().contains("403"), "{}", e.stderr);
+    assert_eq!(
+        request_json(&s, &b, &bob, &pending)["approvals"],
+        serde_json::json!([])
+    );
+
+    // globex's policy needs no approval: approved at once, and the trail says which policy did it.
+    let filed = s.cli(
+        &alice,
+        b.addr,
+        &[
+            "request",
+            "globex/app",
+            "--minutes",
+            "10",
+            "--reason",
+            "restart the app",
+        ],
+    );
+    let id = filed.out().trim().to_owned();
+    assert!(
+        filed.stderr.contains("approved at once"),
+        "{}",
+        filed.stderr
+    );
+    let approved = s
+        .audit("globex")
+        .into_iter()
+        .find(|r| r["event"] == "request_approved")
+        .unwrap();
+    assert_eq!(approved["actor"], "policy");
+    assert_eq!(approved["request_id"], id.as_str());
+    assert_eq!(
+        approved["reason"],
+        "approved at once: policy `support-requests` requires no approval"
+    );
+
+    let fwd = forward(&alice, b.addr, "globex/app");
+    let mut conn = ping(fwd.local, b"hello");
+    let live = s
+        .cli(&erin, b.addr, &["sessions", "--live", "--json"])
+        .json();
+    let sid = live["sessions"][0]["id"].as_str().unwrap().to_owned();
+    // The auditor may look but not end it; another customer's approver cannot even see it.
+    let e = s.cli(&erin, b.addr, &["sessions", "--end", &sid]);
+    assert!(e.err().contains("403"), "{}", e.stderr);
+    let e = s.cli(&bob, b.addr, &["sessions", "--end", &sid]);
+    assert!(e.err().contains("404"), "{}", e.stderr);
+    let theirs = s.cli(&bob, b.addr, &["sessions", "--json"]).json();
+    assert_eq!(theirs["sessions"], serde_json::json!([]));
+    // globex's approver ends it.
+    let started = Instant::now();
+    assert!(
+        s.cli(&dave, b.addr, &["sessions", "--end", &sid])
+            .out()
+            .contains("ended session")
+    );
+    wait_closed(&mut conn);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let again = s.cli(&dave, b.addr, &["sessions", "--end", &sid]);
+    assert!(
+        again.err().contains("409") && again.stderr.contains("already closed"),
+        "{}",
+        again.stderr
+    );
+    let ended = s.wait_for_audit("globex", |r| r["event"] == "session_ended");
+    assert_eq!(
+        ended["actor"],
+        "spiffe://sallyport.local/approver/globex/dave"
+    );
+    assert_eq!(ended["session_id"], sid.as_str());
+    let close = s.wait_for_audit("globex", |r| r["event"] == "tunnel_close");
+    assert_eq!(
+        close["reason"],
+        "ended by spiffe://sallyport.local/approver/globex/dave"
+    );
+    assert!(
+        s.audit("acme")
+            .iter()
+            .all(|r| r["session_id"] != sid.as_str())
+    );
+}
+
+#[test]
 fn grants_expire_on_time_and_pending_requests_expire() {
     let s = two_customers(1, "");
     s.append_config("[requests]\npending_expiry_seconds = 3\nsweep_interval_seconds = 1\n");

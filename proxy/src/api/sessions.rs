@@ -114,6 +114,8 @@ pub async fn end(b: &Arc<Broker>, conn: &Conn, id: &str) -> Response<Body> {
         )
     };
     let Some(live) = b.sessions.get(id) else {
+        // A session that just closed has its row written after this.
+        b.sessions.flush().await;
         let sid = id.to_owned();
         return match b.with_store(move |s| s.session(&sid)).await {
             Ok(s) if scope.sees(&s.customer, &s.technician) => error(
