@@ -437,6 +437,23 @@ fn serve_on_embedded_defaults_prints_a_session_that_works() {
 }
 
 #[test]
+fn a_second_broker_on_the_same_data_directory_refuses_to_start() {
+    let (s, _) = Setup::with_echo_target(BIN, "");
+    let _first = Broker::start(&s);
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another broker is already running") && err.contains("server.data_dir"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_forwarder_refuses_a_non_loopback_listen_address() {
     let s = Setup::init(BIN);
     std::fs::write(s.root.join("grant.jwt"), "x.y.z").unwrap();

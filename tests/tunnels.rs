@@ -318,7 +318,6 @@ async fn revoking_a_grant_cuts_its_live_tunnel_within_a_second_and_refuses_it_af
     assert!(String::from_utf8_lossy(&denied.stderr).contains("auditors cannot revoke"));
 
     // The customer's approver revokes: the live tunnel ends within a second.
-    let started = Instant::now();
     let done = tokio::task::spawn_blocking(revoke(s.root.join("identities/approver")))
         .await
         .unwrap();
@@ -330,11 +329,6 @@ async fn revoking_a_grant_cuts_its_live_tunnel_within_a_second_and_refuses_it_af
     assert!(String::from_utf8_lossy(&done.stdout).contains("1 live session(s) closed"));
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), a.stream.read_to_end(&mut rest)).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "tunnel outlived its revocation by {:?}",
-        started.elapsed()
-    );
     let close = s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
     assert_eq!(close["reason"], "grant revoked");
     let revoked = s
@@ -342,6 +336,18 @@ async fn revoking_a_grant_cuts_its_live_tunnel_within_a_second_and_refuses_it_af
         .into_iter()
         .find(|r| r["event"] == "grant_revoked")
         .unwrap();
+    let t = |r: &serde_json::Value| {
+        r["time"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    let lag = t(&close).duration_since(t(&revoked)).as_secs_f64();
+    assert!(
+        (0.0..1.0).contains(&lag),
+        "the tunnel outlived its revocation by {lag} s"
+    );
     assert_eq!(
         revoked["actor"],
         "spiffe://sallyport.local/approver/acme/bob"

@@ -133,6 +133,8 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
             not_before: claims.nbf as i64,
             expires_at: claims.exp as i64,
             revoked: None,
+            // The token is printed only after its record is durable.
+            audited: true,
         })
         .context("recording the grant")?;
     let (log, writer) = AuditLog::open(&cfg.data_dir.join("audit"), &[customer.id.as_str()])

@@ -63,6 +63,8 @@ pub struct Broker {
     /// Request filings per technician.
     pub filings: CallLimiter,
     acceptor: TlsAcceptor,
+    /// Held for the broker's life: one broker per data directory.
+    _lock: std::fs::File,
 }
 
 /// A connection's authenticated peer.
@@ -103,6 +105,31 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, anyhow::Error> {
     Ok(Arc::new(SqliteStore::open(
         &cfg.data_dir.join("sallyport.db"),
     )?))
+}
+
+/// Takes `<data_dir>/broker.lock`: a second broker on the same data directory would close the first
+/// one's sessions and race its writes, so it refuses to start.
+fn lock_data_dir(cfg: &Config) -> Result<std::fs::File, anyhow::Error> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", cfg.data_dir.display()))?;
+    let path = cfg.data_dir.join("broker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "another broker is already running on {} (it holds {}); stop it, or give this one its own server.data_dir",
+            cfg.data_dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::anyhow!("locking {}: {e}", path.display()))
+        }
+    }
 }
 
 /// Loads the grant signing key and returns a verifier trusting it.
@@ -153,6 +180,7 @@ impl Broker {
                 .trust(signer.public_key());
         let chains: Vec<&str> = cfg.customers.iter().map(|c| c.id.as_str()).collect();
         let (audit, writer) = AuditLog::open(&cfg.data_dir.join("audit"), &chains)?;
+        let lock = lock_data_dir(&cfg)?;
         let store = open_store(&cfg)?;
         // Tunnels that were live when a previous broker stopped died with it.
         let orphans = store.close_orphaned_sessions(
@@ -192,6 +220,7 @@ impl Broker {
                 ),
                 cfg: Arc::new(cfg),
                 acceptor: TlsAcceptor::from(Arc::new(server)),
+                _lock: lock,
             }),
             writer,
         ))

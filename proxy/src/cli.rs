@@ -156,7 +156,7 @@ enum Command {
         /// Only live sessions.
         #[arg(long)]
         live: bool,
-        /// Only this customer (admins).
+        /// Only this customer (admins and technicians; approvers and auditors see their own).
         #[arg(long)]
         customer: Option<String>,
         /// End this live session instead of listing (approvers, admins, its technician).

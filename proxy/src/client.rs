@@ -119,11 +119,25 @@ pub async fn approved_grant(client: &BrokerClient, spec: &str) -> anyhow::Result
     if !status.is_success() {
         return Err(anyhow!(error_message(status, &list)));
     }
+    let now = jiff::Timestamp::now();
+    let usable = |r: &&serde_json::Value| {
+        r["customer"] == customer
+            && r["target"] == target
+            && r["grant"]["revoked"] == false
+            && r["grant"]["expires_at"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t > now)
+    };
     let mut last_refusal = None;
-    for r in list["requests"].as_array().into_iter().flatten() {
-        if r["customer"] != customer || r["target"] != target {
-            continue;
-        }
+    // Newest first; a handful of tries is plenty and keeps within the API rate.
+    for r in list["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(usable)
+        .take(5)
+    {
         let id = r["id"].as_str().unwrap_or_default();
         let (status, body) = client
             .call(Method::GET, &format!("/v1/requests/{id}/grant"), None)
@@ -135,8 +149,16 @@ pub async fn approved_grant(client: &BrokerClient, spec: &str) -> anyhow::Result
         }
         last_refusal = Some(error_message(status, &body));
     }
+    let any_approved = list["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["customer"] == customer && r["target"] == target);
     Err(match last_refusal {
         Some(why) => anyhow!("no usable grant for {spec}: {why}"),
+        None if any_approved => anyhow!(
+            "no usable grant for {spec}: your approved requests' grants were revoked or have expired; file a new one with `sallyport request {spec} --minutes M --reason TEXT`"
+        ),
         None => anyhow!(
             "no approved request for {spec}: file one with `sallyport request {spec} --minutes M --reason TEXT` and wait for approval, or pass --grant FILE"
         ),

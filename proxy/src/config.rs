@@ -445,7 +445,7 @@ impl Validator<'_> {
             self.err(
                 &w.url,
                 &field("webhook.url"),
-                format!("`{}` is not a URL: {e}", w.url.get_ref()),
+                format!("not a URL: {e}"),
                 "use https://HOST/PATH (http:// only to a loopback address)",
             )
         })?;

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -136,11 +137,20 @@ impl LiveSessions {
         }
     }
 
-    /// Waits until every session change queued so far is written.
+    /// Waits until every session change queued so far is written, for at most 5 s (the store may be
+    /// failing; callers then read what it has).
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.recorder.send(Msg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
+        let wait = async {
+            if self.recorder.send(Msg::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("session rows not yet written after 5 s");
         }
     }
 
@@ -193,29 +203,67 @@ impl LiveSessions {
     }
 }
 
+/// Most session changes kept for a retry while the store is failing; past it the oldest are dropped
+/// (the audit trail still has every session).
+const MAX_PENDING: usize = 100_000;
+
+/// Writes session changes in batches. A failed batch is kept and retried with backoff, merged with
+/// whatever arrives meanwhile, so rows are not lost to a transient store error.
 async fn recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
     let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        let mut changes = Vec::with_capacity(batch.len());
-        let mut flushes = Vec::new();
+    let mut pending: Vec<SessionChange> = Vec::new();
+    let mut flushes = Vec::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if pending.is_empty() {
+            if rx.recv_many(&mut batch, 256).await == 0 {
+                return;
+            }
+        } else {
+            tokio::time::sleep(backoff).await;
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+        }
         for msg in batch.drain(..) {
             match msg {
-                Msg::Change(c) => changes.push(c),
+                Msg::Change(c) => pending.push(c),
                 Msg::Flush(done) => flushes.push(done),
             }
         }
-        if !changes.is_empty() {
+        if !pending.is_empty() {
             let store = store.clone();
-            let written =
-                tokio::task::spawn_blocking(move || store.record_sessions(&changes)).await;
+            let changes = std::mem::take(&mut pending);
+            let written = tokio::task::spawn_blocking(move || {
+                let r = store.record_sessions(&changes);
+                (changes, r)
+            })
+            .await;
             match written {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "could not record sessions"),
+                Ok((_, Ok(()))) => backoff = Duration::from_millis(100),
+                Ok((changes, Err(e))) => {
+                    tracing::error!(error = %e, changes = changes.len(), retry_in = ?backoff, "could not record sessions; will retry");
+                    pending = changes;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    if pending.len() > MAX_PENDING {
+                        let over = pending.len() - MAX_PENDING;
+                        pending.drain(..over);
+                        tracing::error!(
+                            dropped = over,
+                            "session rows dropped while the store fails (the audit trail has them)"
+                        );
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "session recorder task failed"),
             }
         }
-        for done in flushes {
-            let _ = done.send(());
+        if pending.is_empty() {
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
         }
     }
 }

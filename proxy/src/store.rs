@@ -89,6 +89,8 @@ pub struct RequestRecord {
     pub denial: Option<(String, String)>,
     /// The grant issued on approval.
     pub grant_id: Option<String>,
+    /// That grant, when there is one.
+    pub grant: Option<GrantRecord>,
 }
 
 /// A grant row.
@@ -110,6 +112,9 @@ pub struct GrantRecord {
     pub expires_at: i64,
     /// When and by whom it was revoked, and why.
     pub revoked: Option<(i64, String, String)>,
+    /// Whether the approval that created it is on the audit trail. A grant whose approval record
+    /// could not be written is never handed out until that record is written.
+    pub audited: bool,
 }
 
 /// A tunnel session, as recorded.
@@ -245,7 +250,14 @@ pub trait Store: Send + Sync {
     fn session(&self, id: &str) -> Result<SessionRecord, StoreError>;
     /// Closes sessions left open by a broker that stopped without closing them; returns how many.
     fn close_orphaned_sessions(&self, now: i64, reason: &str) -> Result<usize, StoreError>;
-    /// Revokes a grant (idempotent for an already revoked grant: returns it unchanged).
-    fn revoke(&self, id: &str, by: &str, reason: &str, now: i64)
-    -> Result<GrantRecord, StoreError>;
+    /// Notes that the approval behind grant `id` is on the audit trail.
+    fn mark_grant_audited(&self, id: &str) -> Result<(), StoreError>;
+    /// Revokes a grant. Idempotent: an already revoked grant is returned unchanged, with `false`.
+    fn revoke(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<(GrantRecord, bool), StoreError>;
 }

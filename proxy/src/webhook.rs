@@ -196,6 +196,14 @@ pub struct GiveUp {
     pub error: String,
 }
 
+/// Escapes `&`, `<` and `>` as Slack's message format asks, so text written by people cannot become
+/// links, mentions (`<!channel>`) or other markup in the receiving channel.
+pub fn escape_text(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// Returns `v1=` + lowercase hex of HMAC-SHA256(`secret`, `timestamp` + `.` + `body`): the value of
 /// `X-Sallyport-Signature` for a delivery of `body` signed at `timestamp` (Unix seconds).
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
@@ -339,10 +347,12 @@ impl Notifier {
     /// Queues `n` for its customer's webhook; never blocks, never fails. A customer without a
     /// webhook: nothing happens. A full queue ([`QUEUE_CAPACITY`]): the notification is dropped,
     /// logged at warn and reported to `on_give_up` with `attempts == 0` and error `queue full`.
-    pub fn notify(&self, n: Notification) {
+    pub fn notify(&self, mut n: Notification) {
         let Some(slot) = self.inner.customers.get(&n.customer) else {
             return;
         };
+        // `text` carries people's words (reasons, tickets): Slack must not read them as markup.
+        n.text = escape_text(&n.text);
         let delivery_id = uuid::Uuid::new_v4().to_string();
         let tx = match slot {
             Slot::Queue(tx) => tx,
@@ -990,6 +1000,14 @@ mod tests {
         assert!(!debug.contains("tok3n"), "{debug}");
         assert!(debug.contains("<redacted>"), "{debug}");
         assert!(debug.contains("https://hooks.example.com"), "{debug}");
+    }
+
+    #[test]
+    fn people_cannot_inject_slack_markup() {
+        assert_eq!(
+            escape_text("<!channel> see <https://evil|here> & more"),
+            "&lt;!channel&gt; see &lt;https://evil|here&gt; &amp; more"
+        );
     }
 
     #[test]

@@ -66,21 +66,17 @@ pub async fn revoke(
     }
     let at = now();
     let (gid, by, why) = (id.to_owned(), actor.clone(), reason.clone());
-    let revoked = match b.with_store(move |s| s.revoke(&gid, &by, &why, at)).await {
-        Ok(g) => g,
+    let (revoked, changed) = match b.with_store(move |s| s.revoke(&gid, &by, &why, at)).await {
+        Ok(r) => r,
         Err(e) => return store_error(e),
     };
-    let already = revoked
-        .revoked
-        .as_ref()
-        .is_some_and(|(when, by, _)| *when != at || *by != actor);
-    // Cut every live tunnel of the grant now; each records its own close.
-    let cut = b.sessions.end_grant(id, "grant revoked");
     let (at, by, why) = revoked
         .revoked
         .clone()
         .unwrap_or((at, actor.clone(), reason.clone()));
-    if !already {
+    // The revocation is on the trail before the tunnels it cuts record their closes.
+    let mut recorded = Ok(());
+    if changed {
         let mut ev = AuditEvent::new(
             EventKind::GrantRevoked,
             Outcome::Success,
@@ -93,10 +89,16 @@ pub async fn revoke(
         ev.grant_id = Some(grant.id.clone());
         ev.request_id = grant.request_id.clone();
         ev.source_ip = Some(conn.ip);
-        if let Err(resp) = audit(b, ev).await {
-            tracing::error!("a revocation could not be audited (the grant is revoked regardless)");
-            return resp;
-        }
+        recorded = audit(b, ev).await;
+    }
+    // Cut every live tunnel of the grant, whether or not the record could be written: ending access
+    // is always safe. Each tunnel records its own close.
+    let cut = b.sessions.end_grant(id, "grant revoked");
+    if let Err(resp) = recorded {
+        tracing::error!("a revocation could not be audited (the grant is revoked regardless)");
+        return resp;
+    }
+    if changed {
         b.notifier.notify(Notification {
             customer: grant.customer.clone(),
             event: "grant_revoked".into(),

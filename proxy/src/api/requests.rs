@@ -58,6 +58,12 @@ pub fn view(r: &RequestRecord) -> serde_json::Value {
         "denied_by": r.denial.as_ref().map(|d| &d.0),
         "deny_reason": r.denial.as_ref().map(|d| &d.1),
         "grant_id": r.grant_id,
+        "grant": r.grant.as_ref().map(|g| serde_json::json!({
+            "id": g.id,
+            "not_before": rfc3339(g.not_before),
+            "expires_at": rfc3339(g.expires_at),
+            "revoked": g.revoked.is_some(),
+        })),
         "policy_id": f.policy_id,
         "created_at": rfc3339(f.created_at),
         "expires_at": rfc3339(f.expires_at),
@@ -109,26 +115,25 @@ struct FileBody {
     start_at: Option<String>,
 }
 
-/// The quorum and the longest window from the permitting policies: the strictest wins.
+/// The quorum and the longest window from the permitting policies: the strictest wins. A permitting
+/// policy without `@approvals` asks for the default, one approval.
 fn workflow_terms(p: &CustomerPolicy, decision: &Decision, max_minutes: u32) -> (u32, u32, String) {
-    let mut approvals = None::<u32>;
-    let mut minutes = max_minutes;
-    for id in &decision.policy_ids {
-        if let Some(n) = p.annotation(id, "approvals").and_then(|v| v.parse().ok()) {
-            approvals = Some(approvals.map_or(n, |a: u32| a.max(n)));
-        }
-        if let Some(n) = p
-            .annotation(id, "max_minutes")
-            .and_then(|v| v.parse::<u32>().ok())
-        {
-            minutes = minutes.min(n);
-        }
-    }
-    (
-        approvals.unwrap_or(1),
-        minutes,
-        decision.policy_ids.join(","),
-    )
+    let approvals = decision
+        .policy_ids
+        .iter()
+        .map(|id| {
+            p.annotation(id, "approvals")
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(1)
+        })
+        .max()
+        .unwrap_or(1);
+    let minutes = decision
+        .policy_ids
+        .iter()
+        .filter_map(|id| p.annotation(id, "max_minutes")?.parse::<u32>().ok())
+        .fold(max_minutes, u32::min);
+    (approvals, minutes, decision.policy_ids.join(","))
 }
 
 /// `POST /v1/requests`.
@@ -270,15 +275,7 @@ pub async fn file(b: &Arc<Broker>, conn: &Conn, req: Request<Incoming>) -> Respo
         tracing::info!(peer = %conn.peer.id, customer = %customer.id, target = %target.id, reason = %why, "access request refused");
         return error(StatusCode::FORBIDDEN, "forbidden", &why);
     }
-    let gid = format!("g-{}", uuid::Uuid::new_v4().simple());
-    let to_store = filed.clone();
-    let rec = match b
-        .with_store(move |s| s.file_request(&to_store, &gid, at))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return store_error(e),
-    };
+    // The filing is on the trail before it is stored: a request never exists unrecorded.
     let mut ev = event(
         &filed,
         EventKind::RequestFiled,
@@ -300,9 +297,30 @@ pub async fn file(b: &Arc<Broker>, conn: &Conn, req: Request<Incoming>) -> Respo
     if let Err(resp) = audit(b, ev).await {
         return resp;
     }
+    let gid = format!("g-{}", uuid::Uuid::new_v4().simple());
+    let to_store = filed.clone();
+    let rec = match b
+        .with_store(move |s| s.file_request(&to_store, &gid, at))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let mut ev = event(
+                &filed,
+                EventKind::RequestFiled,
+                Outcome::Failure,
+                format!("not stored, so it does not exist: {e}"),
+            );
+            ev.actor = Some(technician.clone());
+            if let Err(e) = b.audit.append(ev).await {
+                tracing::error!(error = %e, "could not audit a failed filing");
+            }
+            return store_error(e);
+        }
+    };
     let place = format!("{}/{}", filed.customer, filed.target);
     if rec.status == RequestStatus::Approved {
-        if let Err(resp) = audit_approved(b, &rec, "policy", None).await {
+        if let Err(resp) = record_approval(b, &rec, "policy", None).await {
             return resp;
         }
         notify(
@@ -338,7 +356,23 @@ fn pending_secs(b: &Broker) -> i64 {
     b.cfg.requests.pending_expiry.as_secs() as i64
 }
 
-/// Records that `rec` is approved and its grant exists.
+/// Records that `rec` is approved, then lets its grant be handed out.
+async fn record_approval(
+    b: &Broker,
+    rec: &RequestRecord,
+    actor: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<(), Response<Body>> {
+    audit_approved(b, rec, actor, source).await?;
+    if let Some(gid) = rec.grant_id.clone() {
+        b.with_store(move |s| s.mark_grant_audited(&gid))
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// Writes the `request_approved` record of `rec`.
 async fn audit_approved(
     b: &Broker,
     rec: &RequestRecord,
@@ -365,10 +399,7 @@ async fn audit_approved(
     ev.actor = Some(actor.to_owned());
     ev.source_ip = source;
     ev.grant_id = rec.grant_id.clone();
-    if let Some(gid) = rec.grant_id.clone() {
-        let grant = b.with_store(move |s| s.grant(&gid)).await.ok();
-        ev.expires_at = grant.map(|g| rfc3339(g.expires_at));
-    }
+    ev.expires_at = rec.grant.as_ref().map(|g| rfc3339(g.expires_at));
     audit(b, ev).await
 }
 
@@ -586,7 +617,7 @@ pub async fn approve(
             missing
         }
         Approval::Granted(_) => {
-            if let Err(resp) = audit_approved(b, &rec, &approver, Some(conn.ip)).await {
+            if let Err(resp) = record_approval(b, &rec, &approver, Some(conn.ip)).await {
                 return resp;
             }
             notify(
@@ -727,6 +758,28 @@ pub async fn grant(b: &Arc<Broker>, conn: &Conn, id: &str) -> Response<Body> {
     }
     if g.expires_at <= now() {
         return conflict(format!("grant `{}` has expired", g.id));
+    }
+    if g.not_before
+        >= conn
+            .peer
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    {
+        return conflict(
+            "your certificate expires before the grant's window opens; renew it and file a new request"
+                .into(),
+        );
+    }
+    // An approval whose record could not be written is recorded now, before anything is handed out.
+    if !g.audited {
+        let actor = match rec.approvals.last() {
+            Some((a, _, _)) => a.clone(),
+            None => "policy".to_owned(),
+        };
+        if let Err(resp) = record_approval(b, &rec, &actor, None).await {
+            return resp;
+        }
     }
     let Some((customer, target)) = b
         .cfg

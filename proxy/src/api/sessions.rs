@@ -73,16 +73,7 @@ pub async fn list(b: &Arc<Broker>, conn: &Conn, q: Option<&str>) -> Response<Bod
             (q.customer, Some(t.clone()))
         }
     };
-    // Everything queued before now is in the store after this; live byte counts come from memory.
-    b.sessions.flush().await;
-    let (c, t) = (customer.clone(), technician.clone());
-    let stored = match b
-        .with_store(move |s| s.sessions(c.as_deref(), t.as_deref(), q.live))
-        .await
-    {
-        Ok(v) => v,
-        Err(e) => return store_error(e),
-    };
+    // Live sessions, with their bytes so far, come from this broker's registry.
     let mut live: HashMap<String, SessionRecord> = b
         .sessions
         .snapshot()
@@ -92,11 +83,27 @@ pub async fn list(b: &Arc<Broker>, conn: &Conn, q: Option<&str>) -> Response<Bod
         .map(|s| (s.id.clone(), s))
         .collect();
     let at = now();
+    if q.live {
+        let mut out: Vec<&SessionRecord> = live.values().collect();
+        out.sort_by(|a, b| b.opened_at.cmp(&a.opened_at).then(a.id.cmp(&b.id)));
+        let out: Vec<_> = out.into_iter().map(|s| view(s, true, at)).collect();
+        return ok(StatusCode::OK, serde_json::json!({ "sessions": out }));
+    }
+    // Everything queued before now is in the store after this.
+    b.sessions.flush().await;
+    let (c, t) = (customer.clone(), technician.clone());
+    let stored = match b
+        .with_store(move |s| s.sessions(c.as_deref(), t.as_deref(), false))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return store_error(e),
+    };
     let mut out: Vec<serde_json::Value> = stored
         .iter()
         .map(|s| match live.remove(&s.id) {
             Some(l) => view(&l, true, at),
-            None => view(s, s.closed_at.is_none(), at),
+            None => view(s, false, at),
         })
         .collect();
     out.extend(live.values().map(|l| view(l, true, at)));
@@ -121,10 +128,10 @@ pub async fn end(b: &Arc<Broker>, conn: &Conn, id: &str) -> Response<Body> {
             Ok(s) if scope.sees(&s.customer, &s.technician) => error(
                 StatusCode::CONFLICT,
                 "conflict",
-                &format!(
-                    "session `{id}` is already closed ({})",
-                    s.close_reason.as_deref().unwrap_or("closed")
-                ),
+                &match &s.close_reason {
+                    Some(why) => format!("session `{id}` is already closed ({why})"),
+                    None => format!("session `{id}` is not live on this broker"),
+                },
             ),
             Ok(_) | Err(StoreError::NotFound { .. }) => not_found(),
             Err(e) => store_error(e),
@@ -142,7 +149,6 @@ pub async fn end(b: &Arc<Broker>, conn: &Conn, id: &str) -> Response<Body> {
         );
     }
     let actor = conn.peer.id.to_string();
-    live.end(&format!("ended by {actor}"));
     let mut ev = AuditEvent::new(
         EventKind::SessionEnded,
         Outcome::Success,
@@ -155,7 +161,10 @@ pub async fn end(b: &Arc<Broker>, conn: &Conn, id: &str) -> Response<Body> {
     ev.grant_id = Some(rec.grant_id.clone());
     ev.session_id = Some(rec.id.clone());
     ev.source_ip = Some(conn.ip);
-    if let Err(resp) = audit(b, ev).await {
+    // On the trail before the tunnel records its close; ended either way, since ending is safe.
+    let recorded = audit(b, ev).await;
+    live.end(&format!("ended by {actor}"));
+    if let Err(resp) = recorded {
         return resp;
     }
     tracing::info!(session = %rec.id, by = %actor, "session ended through the API");

@@ -14,8 +14,9 @@ use super::{
 };
 
 /// Schema versions, oldest first. Never edit a released entry: append a new one.
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE requests (
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE requests (
         id TEXT PRIMARY KEY,
         customer TEXT NOT NULL,
         target TEXT NOT NULL,
@@ -69,7 +70,10 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         close_reason TEXT
     ) STRICT;
     CREATE INDEX sessions_live ON sessions (customer, closed_at);",
-)];
+    ),
+    // Grants created by an approval are handed out only once that approval is on the audit trail.
+    M::up("ALTER TABLE grants ADD COLUMN audited INTEGER NOT NULL DEFAULT 1;"),
+];
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -105,6 +109,20 @@ impl SqliteStore {
         Ok(Self {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// A read: a deferred transaction, so readers never wait for the write lock.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(backend)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(backend)?;
+        Ok(out)
     }
 
     fn tx<T>(
@@ -169,7 +187,7 @@ fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
-    let grant_id = tx
+    let grant_id: Option<String> = tx
         .query_row(
             "SELECT id FROM grants WHERE request_id = ?1",
             params![id],
@@ -177,18 +195,23 @@ fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
         )
         .optional()
         .map_err(backend)?;
+    let grant = match &grant_id {
+        Some(g) => Some(load_grant(tx, g)?),
+        None => None,
+    };
     Ok(RequestRecord {
         filed,
         status,
         approvals,
         denial: denied_by.zip(deny_reason),
         grant_id,
+        grant,
     })
 }
 
 fn load_grant(tx: &Transaction<'_>, id: &str) -> Result<GrantRecord, StoreError> {
     tx.query_row(
-        "SELECT id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason, customer, target, technician FROM grants WHERE id = ?1",
+        "SELECT id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason, customer, target, technician, audited FROM grants WHERE id = ?1",
         params![id],
         |r| {
             let revoked_at: Option<i64> = r.get(4)?;
@@ -203,6 +226,7 @@ fn load_grant(tx: &Transaction<'_>, id: &str) -> Result<GrantRecord, StoreError>
                 not_before: r.get(2)?,
                 expires_at: r.get(3)?,
                 revoked: revoked_at.map(|at| (at, by.unwrap_or_default(), why.unwrap_or_default())),
+                audited: r.get(10)?,
             })
         },
     )
@@ -255,7 +279,7 @@ fn issue(
     )
     .map_err(backend)?;
     tx.execute(
-        "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at, audited) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
         params![grant_id, req.id, req.customer, req.target, req.technician, not_before, expires_at],
     )
     .map_err(backend)?;
@@ -319,7 +343,7 @@ impl Store for SqliteStore {
     }
 
     fn request(&self, id: &str) -> Result<RequestRecord, StoreError> {
-        self.tx(|tx| load(tx, id))
+        self.read(|tx| load(tx, id))
     }
 
     fn requests(
@@ -328,7 +352,7 @@ impl Store for SqliteStore {
         technician: Option<&str>,
         status: Option<RequestStatus>,
     ) -> Result<Vec<RequestRecord>, StoreError> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT id FROM requests
@@ -431,8 +455,8 @@ impl Store for SqliteStore {
     fn record_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![g.id, g.request_id, g.customer, g.target, g.technician, g.not_before, g.expires_at],
+                "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at, audited) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![g.id, g.request_id, g.customer, g.target, g.technician, g.not_before, g.expires_at, g.audited],
             )
             .map_err(|e| match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::ConstraintViolation) => {
@@ -445,7 +469,7 @@ impl Store for SqliteStore {
     }
 
     fn grant(&self, id: &str) -> Result<GrantRecord, StoreError> {
-        self.tx(|tx| load_grant(tx, id))
+        self.read(|tx| load_grant(tx, id))
     }
 
     fn record_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError> {
@@ -489,7 +513,7 @@ impl Store for SqliteStore {
         technician: Option<&str>,
         live_only: bool,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let mut stmt = tx
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions
@@ -506,7 +530,7 @@ impl Store for SqliteStore {
     }
 
     fn session(&self, id: &str) -> Result<SessionRecord, StoreError> {
-        self.tx(|tx| {
+        self.read(|tx| {
             tx.query_row(
                 &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
                 params![id],
@@ -531,24 +555,39 @@ impl Store for SqliteStore {
         })
     }
 
+    fn mark_grant_audited(&self, id: &str) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let n = tx
+                .execute("UPDATE grants SET audited = 1 WHERE id = ?1", params![id])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "grant",
+                    id: id.to_owned(),
+                });
+            }
+            Ok(())
+        })
+    }
+
     fn revoke(
         &self,
         id: &str,
         by: &str,
         reason: &str,
         now: i64,
-    ) -> Result<GrantRecord, StoreError> {
+    ) -> Result<(GrantRecord, bool), StoreError> {
         self.tx(|tx| {
             let g = load_grant(tx, id)?;
             if g.revoked.is_some() {
-                return Ok(g);
+                return Ok((g, false));
             }
             tx.execute(
                 "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 WHERE id = ?1",
                 params![id, now, by, reason],
             )
             .map_err(backend)?;
-            load_grant(tx, id)
+            Ok((load_grant(tx, id)?, true))
         })
     }
 }

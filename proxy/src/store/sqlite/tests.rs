@@ -124,12 +124,17 @@ fn revocation_and_state_survive_a_reopen() {
         s.file_request(&req("r1", 1), "g1", 1_000).unwrap();
         s.file_request(&req("r2", 1), "g2", 1_000).unwrap();
         s.approve("r1", BOB, None, "g1", 1_001).unwrap();
-        let g = s.revoke("g1", BOB, "ticket closed", 1_100).unwrap();
+        let (g, changed) = s.revoke("g1", BOB, "ticket closed", 1_100).unwrap();
+        assert!(changed);
         assert_eq!(g.revoked, Some((1_100, BOB.into(), "ticket closed".into())));
+        assert!(!g.audited, "an approval's grant waits for its audit record");
+        s.mark_grant_audited("g1").unwrap();
     }
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.request("r2").unwrap().status, RequestStatus::Pending);
-    let g = s.revoke("g1", CAROL, "again", 1_200).unwrap();
+    assert!(s.grant("g1").unwrap().audited);
+    let (g, changed) = s.revoke("g1", CAROL, "again", 1_200).unwrap();
+    assert!(!changed);
     assert_eq!(
         g.revoked,
         Some((1_100, BOB.into(), "ticket closed".into())),
@@ -158,6 +163,7 @@ fn break_glass_grants_are_recorded_without_a_request() {
         not_before: 10,
         expires_at: 70,
         revoked: None,
+        audited: true,
     };
     s.record_grant(&g).unwrap();
     assert_eq!(s.grant("g-bg").unwrap(), g);
