@@ -15,6 +15,7 @@ pub mod grant;
 pub mod identity;
 pub mod identity_dir;
 pub mod pki;
+pub mod signing;
 pub mod tls;
 
 use std::path::PathBuf;

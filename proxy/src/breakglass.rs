@@ -137,8 +137,12 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
             audited: true,
         })
         .context("recording the grant")?;
-    let (log, writer) = AuditLog::open(&cfg.data_dir.join("audit"), &[customer.id.as_str()])
-        .context("opening the audit trail")?;
+    let (log, writer) = AuditLog::open(
+        &cfg.data_dir.join("audit"),
+        &[customer.id.as_str()],
+        Some(crate::broker::load_checkpoints(cfg)?),
+    )
+    .context("opening the audit trail")?;
     let appended = log.append_blocking(ev);
     drop(log);
     writer.join();

@@ -58,6 +58,8 @@ pub struct Broker {
     pub signer: GrantSigner,
     /// Per-customer webhooks.
     pub notifier: Notifier,
+    /// The audit checkpoint key, as published (`GET /v1/audit/key`).
+    pub audit_key: serde_json::Value,
     /// API calls per identity.
     pub api_calls: CallLimiter,
     /// Request filings per technician.
@@ -132,6 +134,24 @@ fn lock_data_dir(cfg: &Config) -> Result<std::fs::File, anyhow::Error> {
     }
 }
 
+/// Loads the audit signing key and the checkpoint settings.
+pub fn load_checkpoints(cfg: &Config) -> Result<crate::audit::Checkpoints, ConfigError> {
+    let path = &cfg.audit.signing_key;
+    let pem = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        location: cfg.file.display().to_string(),
+        field: "audit.signing_key".into(),
+        message: format!("cannot read `{}`: {e}", path.display()),
+        fix: "create the key with `openssl genpkey -algorithm ed25519 -out FILE` (or `sallyport init`), and keep it off the audit folder".into(),
+    })?;
+    let signer = sallyport_certs::signing::Ed25519Signer::from_pkcs8_pem(&pem)
+        .map_err(|e| bad(cfg, "audit.signing_key", format!("{}: {e}", path.display())))?;
+    Ok(crate::audit::Checkpoints {
+        signer: Arc::new(signer),
+        every_records: cfg.audit.checkpoint_every_records,
+        every: cfg.audit.checkpoint_every,
+    })
+}
+
 /// Loads the grant signing key and returns a verifier trusting it.
 pub fn load_signer(cfg: &Config) -> Result<sallyport_certs::grant::GrantSigner, ConfigError> {
     let pem = read(&cfg.grants.signing_key, "grants.signing_key", cfg)?;
@@ -179,7 +199,10 @@ impl Broker {
             GrantVerifier::new(&cfg.grants.issuer, &cfg.grants.audience, cfg.grants.leeway)
                 .trust(signer.public_key());
         let chains: Vec<&str> = cfg.customers.iter().map(|c| c.id.as_str()).collect();
-        let (audit, writer) = AuditLog::open(&cfg.data_dir.join("audit"), &chains)?;
+        let checkpoints = load_checkpoints(&cfg)?;
+        let audit_key = crate::audit::checkpoint::public_key_json(&checkpoints.signer);
+        let (audit, writer) =
+            AuditLog::open(&cfg.data_dir.join("audit"), &chains, Some(checkpoints))?;
         let lock = lock_data_dir(&cfg)?;
         let store = open_store(&cfg)?;
         // Tunnels that were live when a previous broker stopped died with it.
@@ -210,6 +233,7 @@ impl Broker {
                 tasks,
                 signer,
                 notifier,
+                audit_key,
                 api_calls: CallLimiter::new(
                     cfg.limits.api_calls_per_minute,
                     cfg.limits.api_call_burst,

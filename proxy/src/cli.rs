@@ -66,6 +66,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The audit trail: verify it (no secret needed).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Certificates for people.
     Certs {
         #[command(subcommand)]
@@ -204,6 +209,25 @@ struct ClientArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every chain's hashes, order and links, and every signed checkpoint. Reports the first
+    /// problem of each chain with its file, line, seq and kind (edited, deleted, reordered,
+    /// inserted, truncated, rewritten, forged checkpoint, torn tail). Exit 0 only when all is intact.
+    Verify {
+        /// The broker's data directory (holding audit/), or the audit folder itself.
+        #[arg(long)]
+        data: PathBuf,
+        /// Only this customer's chain.
+        #[arg(long)]
+        customer: Option<String>,
+        /// The audit public key: base64url, or a file holding it (as served by GET /v1/audit/key).
+        /// Default: audit-key.pub in the audit folder, which whoever controls the folder could swap.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CertsCommand {
     /// Issue an identity folder (cert.pem, key.pem, ca.pem, broker).
     Issue {
@@ -335,6 +359,14 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Certs {
             command: CertsCommand::Issue { role },
         } => issue(role),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    data,
+                    customer,
+                    key,
+                },
+        } => audit_verify(&data, customer.as_deref(), key.as_deref()),
         Command::Grant {
             config,
             technician_cert,
@@ -522,6 +554,76 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 broker.as_deref(),
             )
         }
+    }
+}
+
+fn audit_verify(data: &Path, customer: Option<&str>, key: Option<&str>) -> anyhow::Result<()> {
+    use crate::audit::{checkpoint, verify};
+    let dir = if data.join("audit").is_dir() {
+        data.join("audit")
+    } else {
+        data.to_owned()
+    };
+    let key = match key {
+        Some(k) => Some(checkpoint::read_public_key(k).map_err(|e| anyhow!("--key: {e}"))?),
+        None => {
+            let local = dir.join(checkpoint::KEY_FILE);
+            match checkpoint::read_public_key(&local.display().to_string()) {
+                Ok(k) => {
+                    eprintln!(
+                        "note: checking checkpoints with {}, next to the trail; pass --key with the key from GET /v1/audit/key to rule out a swapped key",
+                        local.display()
+                    );
+                    Some(k)
+                }
+                Err(_) => {
+                    eprintln!(
+                        "warning: no audit key (pass --key): checkpoint signatures are not checked"
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let mut chains = verify::chains(&dir)
+        .with_context(|| format!("reading the audit folder {}", dir.display()))?;
+    if let Some(c) = customer {
+        chains.retain(|(name, _)| name == c);
+        if chains.is_empty() {
+            return Err(anyhow!("no chain for customer `{c}` in {}", dir.display()));
+        }
+    }
+    if chains.is_empty() {
+        return Err(anyhow!(
+            "no audit chains in {} (pass the broker's data directory)",
+            dir.display()
+        ));
+    }
+    let (mut records, mut checkpoints, mut bad) = (0, 0, 0);
+    for (name, path) in &chains {
+        let r = verify::verify(name, path, key.as_deref());
+        records += r.records;
+        checkpoints += r.checkpoints;
+        match &r.problem {
+            None => println!(
+                "{name}: intact: {} records, {} checkpoints, {} records after the last checkpoint",
+                r.records, r.checkpoints, r.unsigned
+            ),
+            Some(p) => {
+                bad += 1;
+                println!("{name}: {p}");
+            }
+        }
+    }
+    let n = chains.len();
+    if bad == 0 {
+        println!("verified {n} chain(s), {records} records, {checkpoints} checkpoints: all intact");
+        Ok(())
+    } else {
+        println!(
+            "verified {n} chain(s), {records} records, {checkpoints} checkpoints: {bad} chain(s) with problems"
+        );
+        Err(anyhow!("the audit trail is not intact"))
     }
 }
 
@@ -799,6 +901,12 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<
     }
     if embedded && crate::init::renew_demo_identities(Path::new("sallyport-data"), &cfg)? {
         println!("renewed the demo identities (their certificates had expired or were about to)");
+    }
+    if embedded && crate::init::ensure_audit_key(&cfg)? {
+        println!(
+            "created the audit signing key {}",
+            rel(&cfg.audit.signing_key)
+        );
     }
     let rt = runtime()?;
     rt.block_on(async move {

@@ -40,7 +40,27 @@ struct FileConfig {
     #[serde(default)]
     requests: FileRequests,
     #[serde(default)]
+    audit: FileAudit,
+    #[serde(default)]
     customers: Vec<FileCustomer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileAudit {
+    signing_key: String,
+    checkpoint_every_records: u64,
+    checkpoint_every_seconds: u64,
+}
+
+impl Default for FileAudit {
+    fn default() -> Self {
+        Self {
+            signing_key: "pki/audit-signing.key".into(),
+            checkpoint_every_records: 1000,
+            checkpoint_every_seconds: 60,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +277,17 @@ pub struct Limits {
     pub api_call_burst: u32,
 }
 
+/// The audit trail's signed checkpoints.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Ed25519 PKCS#8 key that signs checkpoints.
+    pub signing_key: PathBuf,
+    /// A checkpoint after this many records on a chain.
+    pub checkpoint_every_records: u64,
+    /// And at least this often while a chain has new records.
+    pub checkpoint_every: Duration,
+}
+
 /// The access-request workflow.
 #[derive(Debug, Clone)]
 pub struct RequestSettings {
@@ -326,6 +357,8 @@ pub struct Config {
     pub limits: Limits,
     /// The request workflow.
     pub requests: RequestSettings,
+    /// Audit checkpoints.
+    pub audit: AuditSettings,
     /// Customers.
     pub customers: Vec<Customer>,
 }
@@ -611,6 +644,23 @@ impl Validator<'_> {
                 fix: "use 1 to 3600; the default is 5".into(),
             });
         }
+        let a = &f.audit;
+        if !(1..=1_000_000).contains(&a.checkpoint_every_records) {
+            return Err(ConfigError {
+                location: self.loc(None),
+                field: "audit.checkpoint_every_records".into(),
+                message: format!("{} is out of range", a.checkpoint_every_records),
+                fix: "use 1 to 1000000; the default is 1000".into(),
+            });
+        }
+        if !(1..=86_400).contains(&a.checkpoint_every_seconds) {
+            return Err(ConfigError {
+                location: self.loc(None),
+                field: "audit.checkpoint_every_seconds".into(),
+                message: format!("{} is out of range", a.checkpoint_every_seconds),
+                fix: "use 1 to 86400; the default is 60".into(),
+            });
+        }
         let mut customers: Vec<Customer> = Vec::new();
         for (ci, c) in f.customers.iter().enumerate() {
             let field = |k: &str| format!("customers[{ci}].{k}");
@@ -764,6 +814,11 @@ impl Validator<'_> {
             requests: RequestSettings {
                 pending_expiry: Duration::from_secs(r.pending_expiry_seconds),
                 sweep_interval: Duration::from_secs(r.sweep_interval_seconds),
+            },
+            audit: AuditSettings {
+                signing_key: self.rel(&a.signing_key),
+                checkpoint_every_records: a.checkpoint_every_records,
+                checkpoint_every: Duration::from_secs(a.checkpoint_every_seconds),
             },
             customers,
         })

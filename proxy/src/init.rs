@@ -52,6 +52,11 @@ audience = "sallyport"
 leeway_seconds = 30
 max_minutes = 480
 
+[audit]
+signing_key = "pki/audit-signing.key"
+checkpoint_every_records = 1000
+checkpoint_every_seconds = 60
+
 [limits]
 handshake_timeout_seconds = 10
 header_timeout_seconds = 10
@@ -170,6 +175,11 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<()> {
         0o600,
     )?;
     write_file(
+        &pki.join("audit-signing.key"),
+        &generate_signing_key_pem()?,
+        0o600,
+    )?;
+    write_file(
         &dir.join("policies").join("acme.cedar"),
         sallyport_policy::DEMO_POLICY,
         0o644,
@@ -177,6 +187,16 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<()> {
     write_file(&cfg_path, &config_text(8443), 0o644)?;
     write_demo_identities(dir, &ca, &td, "localhost:8443")?;
     Ok(())
+}
+
+/// Creates the audit signing key if a setup made before checkpoints existed has none; returns whether
+/// it did. Only for the embedded demo setup: a real deployment's missing key is a configuration error.
+pub fn ensure_audit_key(cfg: &Config) -> anyhow::Result<bool> {
+    if cfg.audit.signing_key.exists() {
+        return Ok(false);
+    }
+    write_file(&cfg.audit.signing_key, &generate_signing_key_pem()?, 0o600)?;
+    Ok(true)
 }
 
 /// Loads the broker CA named by a config (its key is needed to issue).

@@ -6,7 +6,7 @@
 //! unavailable.
 //!
 //! Routes: [`requests`] (file, list, show, approve, deny, fetch the grant), [`grants`] (revoke),
-//! [`sessions`] (list, end). Every call counts against the caller's API rate (`limits.api_calls_*`).
+//! [`sessions`] (list, end), `GET /v1/audit/key` (the audit checkpoint key). Every call counts against the caller's API rate (`limits.api_calls_*`).
 
 // Handlers return an error answer as `Err(Response)`; it is built on the cold path only.
 #![allow(clippy::result_large_err)]
@@ -231,6 +231,8 @@ pub async fn route(b: &Arc<Broker>, conn: &Conn, req: Request<Incoming>) -> Resp
         (&Method::POST, ["v1", "grants", id, "revoke"]) => grants::revoke(b, conn, id, req).await,
         (&Method::GET, ["v1", "sessions"]) => sessions::list(b, conn, req.uri().query()).await,
         (&Method::DELETE, ["v1", "sessions", id]) => sessions::end(b, conn, id).await,
+        // Public: anyone verifying a trail needs it, and it proves nothing by itself.
+        (&Method::GET, ["v1", "audit", "key"]) => ok(StatusCode::OK, b.audit_key.clone()),
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",

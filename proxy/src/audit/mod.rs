@@ -27,6 +27,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod checkpoint;
+pub mod verify;
+
+pub use checkpoint::Checkpoints;
+
 /// `prev_hash` of a chain's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Chain name for events that belong to no customer.
@@ -44,11 +49,11 @@ pub enum AuditError {
         /// The I/O error.
         message: String,
     },
-    /// A chain file ends in a partial record.
+    /// A chain file's last complete record does not verify: edited or corrupted, not a torn write.
     #[error(
-        "audit file {path} ends with an incomplete or unreadable record; move it aside after inspection (a later version quarantines it automatically)"
+        "audit file {path}: its last record does not verify (edited or corrupted); find the problem with `sallyport audit verify --data DATA_DIR` and restore the file from a copy"
     )]
-    TornTail {
+    Corrupt {
         /// The chain file.
         path: PathBuf,
     },
@@ -89,6 +94,8 @@ pub enum EventKind {
     SessionEnded,
     /// A webhook notification could not be delivered.
     WebhookFailed,
+    /// A torn last line of the chain (a write cut short by a crash) was moved aside at start-up.
+    TornTailQuarantined,
 }
 
 /// How it ended.
@@ -280,11 +287,18 @@ pub fn verify_chain(path: &Path) -> Result<u64, String> {
 }
 
 struct Chain {
+    name: String,
     path: PathBuf,
     file: File,
     len: u64,
     seq: u64,
     head: String,
+    /// The seq of the last checkpoint signed for this chain.
+    checkpointed: u64,
+    /// When this writer last signed one.
+    checkpointed_at: std::time::Instant,
+    /// A torn tail moved aside when the chain was opened: (where, how many bytes).
+    quarantined: Option<(PathBuf, usize)>,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
@@ -309,20 +323,73 @@ impl Chain {
                 .and_then(|d| d.sync_all())
                 .map_err(io_err(dir))?;
         }
+        let checkpointed = last_checkpoint_seq(&checkpoint::file_of(&path));
         let mut chain = Chain {
+            name: name.to_owned(),
             path,
             file,
             len: 0,
             seq: 0,
             head: GENESIS.to_owned(),
+            checkpointed,
+            checkpointed_at: std::time::Instant::now(),
+            quarantined: None,
         };
         // Under the lock: another process may be mid-append.
         let path = chain.path.clone();
         chain.file.lock().map_err(io_err(&path))?;
-        let loaded = chain.reload();
+        let loaded = chain.quarantine_torn_tail().and_then(|q| {
+            chain.quarantined = q;
+            chain.reload()
+        });
         let _ = chain.file.unlock();
         loaded?;
         Ok(chain)
+    }
+
+    /// A crash can cut the last write short, leaving bytes after the last newline. Those bytes are
+    /// moved to `<chain>.jsonl.torn-<time>` (never silently dropped) and the chain is cut back to its
+    /// last whole record, so it can go on; the caller records the quarantine on the chain.
+    fn quarantine_torn_tail(&mut self) -> Result<Option<(PathBuf, usize)>, AuditError> {
+        let path = self.path.clone();
+        let len = self.file.metadata().map_err(io_err(&path))?.len();
+        if len == 0 {
+            return Ok(None);
+        }
+        let start = len.saturating_sub(64 * 1024);
+        self.file
+            .seek(SeekFrom::Start(start))
+            .map_err(io_err(&path))?;
+        let mut tail = Vec::new();
+        self.file.read_to_end(&mut tail).map_err(io_err(&path))?;
+        if tail.ends_with(b"\n") {
+            return Ok(None);
+        }
+        let keep = match tail.iter().rposition(|b| *b == b'\n') {
+            Some(i) => start + i as u64 + 1,
+            None if start == 0 => 0,
+            None => return Err(AuditError::Corrupt { path }),
+        };
+        let torn = &tail[(keep - start) as usize..];
+        let micros = jiff::Timestamp::now().as_microsecond();
+        let aside = path.with_extension(format!("jsonl.torn-{micros}"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&aside)
+            .map_err(io_err(&aside))?;
+        f.write_all(torn)
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(&aside))?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))?;
+        }
+        self.file.set_len(keep).map_err(io_err(&path))?;
+        self.file.sync_all().map_err(io_err(&path))?;
+        tracing::error!(chain = %path.display(), quarantined = %aside.display(), bytes = torn.len(), "the audit chain ended in a torn write; moved it aside");
+        Ok(Some((aside, torn.len())))
     }
 
     /// Re-reads the chain head from the end of the file.
@@ -342,13 +409,56 @@ impl Chain {
         let mut tail = Vec::new();
         self.file.read_to_end(&mut tail).map_err(io_err(&path))?;
         let text = String::from_utf8_lossy(&tail);
-        let torn = || AuditError::TornTail { path: path.clone() };
+        let torn = || AuditError::Corrupt { path: path.clone() };
         let body = text.strip_suffix('\n').ok_or_else(torn)?;
         let last = body.rsplit('\n').next().ok_or_else(torn)?;
         let (seq, _, hash) = check_line(last).map_err(|_| torn())?;
         self.len = len;
         self.seq = seq;
         self.head = hash;
+        Ok(())
+    }
+
+    /// Signs a checkpoint of the chain head if records came since the last one.
+    fn checkpoint(&mut self, cps: &Checkpoints) -> Result<(), AuditError> {
+        let path = self.path.clone();
+        self.file.lock().map_err(io_err(&path))?;
+        let result = self.checkpoint_locked(cps);
+        let _ = self.file.unlock();
+        result
+    }
+
+    fn checkpoint_locked(&mut self, cps: &Checkpoints) -> Result<(), AuditError> {
+        let path = self.path.clone();
+        let len = self.file.metadata().map_err(io_err(&path))?.len();
+        if len != self.len {
+            self.reload()?;
+        }
+        self.checkpointed_at = std::time::Instant::now();
+        if self.seq <= self.checkpointed {
+            return Ok(());
+        }
+        let cp_path = checkpoint::file_of(&path);
+        let line = checkpoint::render(
+            &cps.signer,
+            &self.name,
+            self.seq,
+            &self.head,
+            &now_rfc3339(),
+        )
+        .map_err(|message| AuditError::Io {
+            path: cp_path.clone(),
+            message,
+        })?;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&cp_path)
+            .map_err(io_err(&cp_path))?;
+        f.write_all(line.as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(io_err(&cp_path))?;
+        self.checkpointed = self.seq;
         Ok(())
     }
 
@@ -393,6 +503,18 @@ impl Chain {
     }
 }
 
+/// The seq of the last checkpoint in a checkpoint file (0 when there is none or it is unreadable).
+fn last_checkpoint_seq(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find_map(|l| checkpoint::check(l, None).ok())
+        })
+        .map_or(0, |c| c.seq)
+}
+
 /// The current time, RFC 3339 UTC with microseconds.
 pub fn now_rfc3339() -> String {
     format!("{:.6}", jiff::Timestamp::now())
@@ -403,10 +525,18 @@ struct Job {
     ack: oneshot::Sender<Result<Appended, AuditError>>,
 }
 
+// Records are the hot path and ticks are rare: no allocation per record just to shrink ticks.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Record(Job),
+    /// Time to sign checkpoints of chains that moved.
+    Tick,
+}
+
 /// A handle on the audit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -428,17 +558,64 @@ impl AuditWriter {
 
 impl AuditLog {
     /// Opens the trail in `dir` (created if missing) and checks the given chains can be appended to.
-    pub fn open(dir: &Path, chains: &[&str]) -> Result<(AuditLog, AuditWriter), AuditError> {
+    /// With `checkpoints`, the writer signs checkpoints as configured and when it stops, and the
+    /// public key is written to `dir/audit-key.pub`.
+    pub fn open(
+        dir: &Path,
+        chains: &[&str],
+        checkpoints: Option<Checkpoints>,
+    ) -> Result<(AuditLog, AuditWriter), AuditError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut open: HashMap<String, Chain> = HashMap::new();
         for name in chains.iter().chain(std::iter::once(&BROKER_CHAIN)) {
-            open.insert((*name).to_owned(), Chain::open(dir, name)?);
+            let mut chain = Chain::open(dir, name)?;
+            if let Some((aside, bytes)) = chain.quarantined.take() {
+                let mut ev = AuditEvent::new(
+                    EventKind::TornTailQuarantined,
+                    Outcome::Failure,
+                    format!(
+                        "the chain ended in a torn write ({bytes} bytes, cut short by a crash before it was acknowledged); moved to {}",
+                        aside.display()
+                    ),
+                );
+                ev.customer = (*name != BROKER_CHAIN).then(|| (*name).to_owned());
+                ev.actor = Some("broker".into());
+                chain.append_batch(&[&ev])?;
+            }
+            open.insert((*name).to_owned(), chain);
         }
-        let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
+        if let Some(cps) = &checkpoints {
+            let key = dir.join(checkpoint::KEY_FILE);
+            let text = format!("{}\n", checkpoint::public_key_json(&cps.signer));
+            if std::fs::read_to_string(&key).ok().as_deref() != Some(text.as_str()) {
+                std::fs::write(&key, text).map_err(io_err(&key))?;
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Msg>(MAX_BATCH * 4);
+        if let Some(cps) = &checkpoints {
+            // Ticks stop once every handle is gone: the ticker holds only a weak sender.
+            let weak = tx.downgrade();
+            let every = cps.every;
+            std::thread::Builder::new()
+                .name("audit-checkpoints".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(every);
+                        match weak.upgrade() {
+                            Some(tx) if tx.blocking_send(Msg::Tick).is_ok() => {}
+                            _ => return,
+                        }
+                    }
+                })
+                .map_err(|e| AuditError::Io {
+                    path: PathBuf::from("(audit checkpoint thread)"),
+                    message: e.to_string(),
+                })?;
+        }
         let dir = dir.to_owned();
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer(dir, open, rx))
+            .spawn(move || writer(dir, open, rx, checkpoints))
             .map_err(|e| AuditError::Io {
                 path: PathBuf::from("(audit writer thread)"),
                 message: e.to_string(),
@@ -450,7 +627,7 @@ impl AuditLog {
     pub async fn append(&self, event: AuditEvent) -> Result<Appended, AuditError> {
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Job { event, ack })
+            .send(Msg::Record(Job { event, ack }))
             .await
             .map_err(|_| AuditError::Closed)?;
         rx.await.map_err(|_| AuditError::Closed)?
@@ -460,20 +637,29 @@ impl AuditLog {
     pub fn append_blocking(&self, event: AuditEvent) -> Result<Appended, AuditError> {
         let (ack, rx) = oneshot::channel();
         self.tx
-            .blocking_send(Job { event, ack })
+            .blocking_send(Msg::Record(Job { event, ack }))
             .map_err(|_| AuditError::Closed)?;
         rx.blocking_recv().map_err(|_| AuditError::Closed)?
     }
 }
 
-fn writer(dir: PathBuf, mut chains: HashMap<String, Chain>, mut rx: mpsc::Receiver<Job>) {
+fn writer(
+    dir: PathBuf,
+    mut chains: HashMap<String, Chain>,
+    mut rx: mpsc::Receiver<Msg>,
+    checkpoints: Option<Checkpoints>,
+) {
     let mut batch: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let mut tick = false;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Record(job) => batch.push(job),
+                Msg::Tick => tick = true,
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
         // Group by chain, keeping arrival order within each chain.
@@ -517,6 +703,29 @@ fn writer(dir: PathBuf, mut chains: HashMap<String, Chain>, mut rx: mpsc::Receiv
                 }
             }
         }
+        if let Some(cps) = &checkpoints {
+            sign_due(&mut chains, cps, tick);
+        }
+    }
+    // Stopping: every chain that moved gets a final checkpoint.
+    if let Some(cps) = &checkpoints {
+        for chain in chains.values_mut() {
+            if let Err(e) = chain.checkpoint(cps) {
+                tracing::error!(error = %e, "could not sign the final audit checkpoint");
+            }
+        }
+    }
+}
+
+/// Signs checkpoints of chains past `every_records` new records, or, on a tick, past `every`.
+fn sign_due(chains: &mut HashMap<String, Chain>, cps: &Checkpoints, tick: bool) {
+    for chain in chains.values_mut() {
+        let moved = chain.seq.saturating_sub(chain.checkpointed);
+        let due = moved >= cps.every_records
+            || (tick && moved > 0 && chain.checkpointed_at.elapsed() >= cps.every);
+        if due && let Err(e) = chain.checkpoint(cps) {
+            tracing::error!(chain = %chain.name, error = %e, "could not sign an audit checkpoint");
+        }
     }
 }
 
@@ -543,7 +752,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let (log, w) = AuditLog::open(dir.path(), &["acme"]).unwrap();
+        let (log, w) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
         rt.block_on(async {
             for i in 0..5 {
                 let a = log
@@ -568,7 +777,7 @@ mod tests {
     fn reopening_continues_the_chain_and_edits_are_detected() {
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..2 {
-            let (log, w) = AuditLog::open(dir.path(), &["acme"]).unwrap();
+            let (log, w) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
             for _ in 0..3 {
                 log.append_blocking(ev(Some("acme"), "x")).unwrap();
             }
@@ -590,8 +799,8 @@ mod tests {
     #[test]
     fn two_writers_on_one_file_keep_one_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, wa) = AuditLog::open(dir.path(), &["acme"]).unwrap();
-        let (b, wb) = AuditLog::open(dir.path(), &["acme"]).unwrap();
+        let (a, wa) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
+        let (b, wb) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
         for i in 0..10 {
             let log = if i % 2 == 0 { &a } else { &b };
             assert_eq!(
@@ -606,11 +815,53 @@ mod tests {
     }
 
     #[test]
-    fn torn_tail_is_reported_not_ignored() {
+    fn a_torn_tail_is_quarantined_and_recorded_and_the_chain_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("acme.jsonl"), "{\"seq\":1,\"tim").unwrap();
-        let err = AuditLog::open(dir.path(), &["acme"]).unwrap_err();
-        assert!(matches!(err, AuditError::TornTail { .. }), "{err}");
-        assert!(err.to_string().contains("acme.jsonl"));
+        let (log, w) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
+        for _ in 0..3 {
+            log.append_blocking(ev(Some("acme"), "x")).unwrap();
+        }
+        drop(log);
+        w.join();
+        let path = dir.path().join("acme.jsonl");
+        let whole = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{whole}{{\"seq\":4,\"tim")).unwrap();
+
+        let (log, w) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
+        log.append_blocking(ev(Some("acme"), "after")).unwrap();
+        drop(log);
+        w.join();
+        assert_eq!(verify_chain(&path).unwrap(), 5);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let record: serde_json::Value = serde_json::from_str(text.lines().nth(3).unwrap()).unwrap();
+        assert_eq!(record["event"], "torn_tail_quarantined");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("acme.jsonl.torn-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(aside[0].path()).unwrap(),
+            "{\"seq\":4,\"tim"
+        );
+        assert!(record["reason"].as_str().unwrap().contains("13 bytes"));
+    }
+
+    #[test]
+    fn a_corrupt_last_record_stops_the_writer_from_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("acme.jsonl"),
+            "{\"seq\":1,\"hash\":\"00\"}\n",
+        )
+        .unwrap();
+        let err = AuditLog::open(dir.path(), &["acme"], None).unwrap_err();
+        assert!(matches!(err, AuditError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("sallyport audit verify"), "{err}");
     }
 }
