@@ -435,10 +435,12 @@ impl Chain {
             self.reload()?;
         }
         self.checkpointed_at = std::time::Instant::now();
+        let cp_path = checkpoint::file_of(&path);
+        // Another process (the CLI) may have signed the same head meanwhile.
+        self.checkpointed = self.checkpointed.max(last_checkpoint_seq(&cp_path));
         if self.seq <= self.checkpointed {
             return Ok(());
         }
-        let cp_path = checkpoint::file_of(&path);
         let line = checkpoint::render(
             &cps.signer,
             &self.name,
@@ -504,14 +506,22 @@ impl Chain {
 }
 
 /// The seq of the last checkpoint in a checkpoint file (0 when there is none or it is unreadable).
+/// Reads only the file's tail.
 fn last_checkpoint_seq(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .rev()
-                .find_map(|l| checkpoint::check(l, None).ok())
-        })
+    let Ok(mut f) = File::open(path) else {
+        return 0;
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let mut tail = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(4096))).is_err()
+        || f.read_to_end(&mut tail).is_err()
+    {
+        return 0;
+    }
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .find_map(|l| checkpoint::check(l, None).ok())
         .map_or(0, |c| c.seq)
 }
 
