@@ -10,6 +10,32 @@ use sallyport_testkit::{Broker, Setup, connector, request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 
+/// Runs a command with `input` on stdin; returns (success, stdout + stderr).
+trait WithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String);
+}
+
+impl WithStdin for Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String) {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
 fn verify(data: &Path, extra: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(["audit", "verify", "--data"])
@@ -169,4 +195,292 @@ fn a_broker_does_not_start_on_a_chain_whose_last_record_was_altered() {
         err.contains("does not verify") && err.contains("sallyport audit verify"),
         "{err}"
     );
+}
+
+#[test]
+fn auditors_query_and_export_their_customers_records() {
+    let (s, port) = Setup::with_echo_target(BIN, "");
+    let b = Broker::start(&s);
+    let (token, gid) = s.break_glass(5);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // One tunnel, so the chain holds a decision, an open and a close.
+    rt.block_on(async {
+        let alice = connector(&s.identity("technician"));
+        let mut a =
+            sallyport_testkit::connect(b.addr, &alice, &format!("db01.acme:{port}"), Some(&token))
+                .await
+                .unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        use tokio::io::AsyncWriteExt;
+        a.stream.shutdown().await.unwrap();
+    });
+    s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    let get = |who: &str, query: &str| {
+        let head = format!("GET /v1/audit{query} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let a = rt
+            .block_on(request(b.addr, &connector(&s.identity(who)), &head))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
+        (a.status, v)
+    };
+    let (status, all) = get("approver", "");
+    assert_eq!(status, 200, "{all}");
+    let records = all["records"].as_array().unwrap();
+    assert_eq!(records.len(), 4, "{all}");
+    assert!(records.iter().all(|r| r["customer"] == "acme"));
+    assert_eq!(records[0]["grant_id"], gid.as_str());
+    let (_, opens) = get("approver", "?event=tunnel_open");
+    assert_eq!(opens["records"].as_array().unwrap().len(), 1);
+    // Paging: one at a time, about the technician.
+    let (_, page) = get("approver", "?technician=northwind/alice&limit=1");
+    assert_eq!(page["more"], true, "{page}");
+    let next = page["next_after_seq"].as_u64().unwrap();
+    let (_, rest) = get(
+        "approver",
+        &format!("?technician=northwind/alice&after_seq={next}"),
+    );
+    assert_eq!(rest["more"], false);
+    assert_eq!(rest["records"].as_array().unwrap().len(), 3, "{rest}");
+    let (_, none) = get("approver", "?since=2999-01-01");
+    assert_eq!(none["records"], serde_json::json!([]));
+    // Walls and bad input.
+    for (who, query, status, code) in [
+        ("technician", "", 403, "forbidden"),
+        ("approver", "?customer=globex", 403, "forbidden"),
+        ("admin", "", 400, "bad_query"),
+        ("approver", "?since=yesterday", 400, "bad_since"),
+        ("approver", "?limit=0", 400, "bad_limit"),
+        ("admin", "?customer=nope", 404, "not_found"),
+    ] {
+        let (got, v) = get(who, query);
+        assert_eq!(
+            (got, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{who} {query}: {v}"
+        );
+    }
+    let (status, v) = get("admin", "?customer=acme&event=grant_minted");
+    assert_eq!(
+        (status, v["records"].as_array().unwrap().len()),
+        (200, 1),
+        "{v}"
+    );
+
+    // The CLI export writes the stored lines, byte for byte.
+    let out = Command::new(BIN)
+        .args([
+            "audit",
+            "export",
+            "--customer",
+            "acme",
+            "--since",
+            "2020-01-01",
+            "--data",
+        ])
+        .arg(s.root.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = std::fs::read_to_string(s.root.join("data/audit/acme.jsonl")).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), stored);
+    // The OCSF export validates against the official OCSF schema of each event's class.
+    let ocsf = Command::new(BIN)
+        .args([
+            "audit",
+            "export",
+            "--customer",
+            "acme",
+            "--format",
+            "ocsf",
+            "--data",
+        ])
+        .arg(s.root.join("data"))
+        .output()
+        .unwrap();
+    assert!(ocsf.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&ocsf.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let classes: Vec<u64> = events
+        .iter()
+        .map(|e| e["class_uid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        classes,
+        [6003, 4001, 4001, 4001],
+        "grant minted, decision, open, close"
+    );
+    assert_eq!(events[3]["unmapped"]["seq"], 4);
+    let (valid, report) = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/ocsf/validate.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(&ocsf.stdout);
+    assert!(
+        valid && report.contains("validated 4 events"),
+        "OCSF validation failed (pip install ocsf-json-schema==1.2.0 jsonschema==4.26.0): {report}"
+    );
+    let out = Command::new(BIN)
+        .args(["audit", "export", "--customer", "nope", "--data"])
+        .arg(s.root.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no chain for customer `nope`"));
+}
+
+#[test]
+fn an_evidence_bundle_proves_a_request_offline_and_catches_changes() {
+    let (s, port) = Setup::with_echo_target(BIN, "");
+    std::fs::write(
+        s.root.join("policies/acme.cedar"),
+        r#"@id("support")
+permit (principal in Sallyport::Group::"support",
+        action in [Sallyport::Action::"request", Sallyport::Action::"connect"],
+        resource in Sallyport::Customer::"acme");
+@id("approvers")
+permit (principal is Sallyport::Approver in Sallyport::Customer::"acme",
+        action == Sallyport::Action::"approve", resource in Sallyport::Customer::"acme");
+"#,
+    )
+    .unwrap();
+    let mut b = Broker::start(&s);
+    let (alice, bob) = (s.demo("technician"), s.demo("approver"));
+    let id = s
+        .cli(
+            &alice,
+            b.addr,
+            &[
+                "request",
+                "acme/db01",
+                "--minutes",
+                "10",
+                "--reason",
+                "patch",
+            ],
+        )
+        .out()
+        .trim()
+        .to_owned();
+    s.cli(&bob, b.addr, &["approve", &id]).out();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tech = connector(&s.identity("technician"));
+    let grant = rt
+        .block_on(request(
+            b.addr,
+            &tech,
+            &format!("GET /v1/requests/{id}/grant HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ))
+        .unwrap();
+    let token = serde_json::from_str::<serde_json::Value>(&grant.body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut a =
+            sallyport_testkit::connect(b.addr, &tech, &format!("db01.acme:{port}"), Some(&token))
+                .await
+                .unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.stream.write_all(b"evidence").await.unwrap();
+        let mut back = [0u8; 8];
+        a.stream.read_exact(&mut back).await.unwrap();
+        a.stream.shutdown().await.unwrap();
+    });
+    s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    let key = s.root.join("audit-key.json");
+    let k = rt
+        .block_on(request(
+            b.addr,
+            &tech,
+            "GET /v1/audit/key HTTP/1.1\r\nHost: x\r\n\r\n",
+        ))
+        .unwrap();
+    std::fs::write(&key, k.body).unwrap();
+    // The broker signs a checkpoint as it stops.
+    assert!(b.terminate().success());
+
+    let file = s.root.join("evidence.json");
+    let out = Command::new(BIN)
+        .args(["audit", "bundle", "--request", &id, "--out"])
+        .arg(&file)
+        .arg("--data")
+        .arg(s.root.join("data"))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("1 session(s)") && printed.contains("signed checkpoint"),
+        "{printed}"
+    );
+    let check = |path: &Path| {
+        let out = Command::new(BIN)
+            .args(["audit", "verify", "--bundle"])
+            .arg(path)
+            .arg("--key")
+            .arg(&key)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = check(&file);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("intact") && out.contains("1 session(s)"),
+        "{out}"
+    );
+    let bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(bundle["sessions"][0]["bytes_up"], 8);
+    assert_eq!(bundle["request"]["id"], id.as_str());
+
+    // Each change is caught.
+    let tampered = s.root.join("tampered.json");
+    type Change = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Change, &str)> = vec![
+        (
+            Box::new(|v| v["sessions"][0]["bytes_up"] = 1_000_000.into()),
+            "bytes disagree",
+        ),
+        (
+            Box::new(|v| {
+                let line = v["records"][0].as_str().unwrap().replace("patch", "audit");
+                v["records"][0] = line.into();
+            }),
+            "edited",
+        ),
+        (
+            Box::new(|v| {
+                v["records"].as_array_mut().unwrap().remove(1);
+            }),
+            "missing or out of order",
+        ),
+        (
+            Box::new(|v| v["checkpoint"] = serde_json::Value::Null),
+            "no signed checkpoint",
+        ),
+    ];
+    for (change, needle) in cases {
+        let mut v = bundle.clone();
+        change(&mut v);
+        std::fs::write(&tampered, v.to_string()).unwrap();
+        let (ok, out) = check(&tampered);
+        assert!(!ok && out.contains(needle), "{needle}: {out}");
+    }
 }

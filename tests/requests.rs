@@ -112,8 +112,10 @@ fn ping(local: SocketAddr, msg: &[u8]) -> TcpStream {
     conn
 }
 
-/// Reads until the connection ends (EOF or reset).
+/// Reads until the connection ends (EOF or reset), for at most 30 s.
 fn wait_closed(conn: &mut TcpStream) {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut rest = Vec::new();
     let _ = conn.read_to_end(&mut rest);
 }
@@ -528,12 +530,12 @@ fn a_grant_expires_on_time_and_its_tunnel_is_cut() {
     let mut conn = ping(fwd.local, b"tick");
     wait_closed(&mut conn);
     let cut_at = jiff::Timestamp::now().as_second();
+    let close = s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    assert_eq!(close["reason"], "grant expired");
     assert!(
         (window_end - 1..=window_end + 2).contains(&cut_at),
         "cut at {cut_at}, window ends {window_end}"
     );
-    let close = s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
-    assert_eq!(close["reason"], "grant expired");
     // The expired grant is not handed out again.
     let again = s.cli(
         &alice,

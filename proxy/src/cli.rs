@@ -215,8 +215,11 @@ enum AuditCommand {
     /// inserted, truncated, rewritten, forged checkpoint, torn tail). Exit 0 only when all is intact.
     Verify {
         /// The broker's data directory (holding audit/), or the audit folder itself.
-        #[arg(long)]
-        data: PathBuf,
+        #[arg(long, required_unless_present = "bundle")]
+        data: Option<PathBuf>,
+        /// Verify an evidence bundle made by `audit bundle` instead, offline.
+        #[arg(long, conflicts_with = "data")]
+        bundle: Option<PathBuf>,
         /// Only this customer's chain.
         #[arg(long)]
         customer: Option<String>,
@@ -225,6 +228,54 @@ enum AuditCommand {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Write one evidence file for an access request: the request and its approvals, the grant, every
+    /// session it opened (bytes and times), and the chain records and signed checkpoint that prove
+    /// them. Check it anywhere with `sallyport audit verify --bundle FILE --key KEY`.
+    Bundle {
+        /// The request id, e.g. r-5c1e....
+        #[arg(long)]
+        request: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The broker's data directory (holding sallyport.db and audit/).
+        #[arg(long, default_value = "sallyport-data/data")]
+        data: PathBuf,
+    },
+    /// Write a customer's records to stdout, oldest first: as stored (JSON lines, still verifiable)
+    /// or as OCSF events for a SIEM.
+    Export {
+        /// The broker's data directory (holding audit/), or the audit folder itself.
+        #[arg(long, default_value = "sallyport-data/data")]
+        data: PathBuf,
+        /// The customer (or `_broker`).
+        #[arg(long)]
+        customer: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Only records at or after this time (RFC 3339, or a UTC date like 2026-01-31).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records before this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this event, e.g. tunnel_open.
+        #[arg(long)]
+        event: Option<String>,
+        /// Only records about this technician (SPIFFE id, or provider/name).
+        #[arg(long)]
+        technician: Option<String>,
+    },
+}
+
+/// How `audit export` writes records.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// The records exactly as stored, one per line.
+    Jsonl,
+    /// One OCSF event per line (see docs/ocsf.md).
+    Ocsf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,10 +414,44 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             command:
                 AuditCommand::Verify {
                     data,
+                    bundle,
                     customer,
                     key,
                 },
-        } => audit_verify(&data, customer.as_deref(), key.as_deref()),
+        } => match (bundle, data) {
+            (Some(file), _) => verify_bundle(&file, key.as_deref()),
+            (None, Some(data)) => audit_verify(&data, customer.as_deref(), key.as_deref()),
+            (None, None) => Err(anyhow!("pass --data DIR or --bundle FILE")),
+        },
+        Command::Audit {
+            command: AuditCommand::Bundle { request, out, data },
+        } => make_bundle(&data, &request, &out),
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    data,
+                    customer,
+                    format,
+                    since,
+                    until,
+                    event,
+                    technician,
+                },
+        } => {
+            use crate::audit::query;
+            let time = |flag: &str, v: Option<String>| {
+                v.map(|t| query::parse_time(&t).map_err(|e| anyhow!("--{flag}: {e}")))
+                    .transpose()
+            };
+            let filter = query::Filter {
+                since: time("since", since)?,
+                until: time("until", until)?,
+                event,
+                technician,
+                after_seq: None,
+            };
+            audit_export(&data, &customer, format, &filter)
+        }
         Command::Grant {
             config,
             technician_cert,
@@ -557,13 +642,172 @@ fn run(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
-fn audit_verify(data: &Path, customer: Option<&str>, key: Option<&str>) -> anyhow::Result<()> {
-    use crate::audit::{checkpoint, verify};
-    let dir = if data.join("audit").is_dir() {
+fn audit_dir(data: &Path) -> PathBuf {
+    if data.join("audit").is_dir() {
         data.join("audit")
     } else {
         data.to_owned()
+    }
+}
+
+fn make_bundle(data: &Path, request_id: &str, out: &Path) -> anyhow::Result<()> {
+    use crate::audit::bundle;
+    use crate::store::Store as _;
+    let db = data.join("sallyport.db");
+    if !db.exists() {
+        return Err(anyhow!(
+            "no store at {} (pass the broker's data directory with --data)",
+            db.display()
+        ));
+    }
+    let store = crate::store::sqlite::SqliteStore::open(&db)?;
+    let rec = store.request(request_id)?;
+    let customer = rec.filed.customer.clone();
+    let now = jiff::Timestamp::now().as_second();
+    let sessions: Vec<crate::store::SessionRecord> = match &rec.grant_id {
+        Some(g) => store
+            .sessions(Some(&customer), None, false)?
+            .into_iter()
+            .filter(|s| s.grant_id == *g)
+            .collect(),
+        None => Vec::new(),
     };
+    let subject = bundle::Subject {
+        request_id: request_id.to_owned(),
+        grant_id: rec.grant_id.clone(),
+        sessions: sessions.iter().map(|s| s.id.clone()).collect(),
+    };
+    let dir = data.join("audit");
+    let chain = dir.join(format!("{customer}.jsonl"));
+    let (relevant, records, checkpoint) = bundle::collect(&chain, &subject)
+        .with_context(|| format!("reading {}", chain.display()))?;
+    let key_file = dir.join(crate::audit::checkpoint::KEY_FILE);
+    let audit_key: serde_json::Value = std::fs::read_to_string(&key_file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| anyhow!("no audit key at {}", key_file.display()))?;
+    let b = bundle::Bundle {
+        format: bundle::FORMAT.into(),
+        created_at: jiff::Timestamp::now().to_string(),
+        customer,
+        request: crate::api::requests::view(&rec),
+        grant: rec.grant.as_ref().map(|g| {
+            serde_json::json!({
+                "id": g.id,
+                "technician": g.technician,
+                "target": g.target,
+                "not_before": crate::api::rfc3339(g.not_before),
+                "expires_at": crate::api::rfc3339(g.expires_at),
+                "revoked": g.revoked.as_ref().map(|(at, by, why)| serde_json::json!({
+                    "at": crate::api::rfc3339(*at), "by": by, "reason": why,
+                })),
+            })
+        }),
+        sessions: sessions
+            .iter()
+            .map(|s| crate::api::sessions::view(s, false, now))
+            .collect(),
+        relevant,
+        records,
+        checkpoint,
+        audit_key,
+    };
+    let covered = b.checkpoint.is_some();
+    std::fs::write(out, serde_json::to_string_pretty(&b)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {}: request {request_id}, {} session(s), {} records ({} about it){}",
+        out.display(),
+        b.sessions.len(),
+        b.records.len(),
+        b.relevant.len(),
+        if covered {
+            ", with the signed checkpoint that covers them"
+        } else {
+            "; no signed checkpoint covers them yet: make it again after the next checkpoint"
+        }
+    );
+    Ok(())
+}
+
+fn verify_bundle(file: &Path, key: Option<&str>) -> anyhow::Result<()> {
+    use crate::audit::{bundle, checkpoint};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let b: bundle::Bundle = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}: not an evidence bundle: {e}", file.display()))?;
+    let key = match key {
+        Some(k) => checkpoint::read_public_key(k).map_err(|e| anyhow!("--key: {e}"))?,
+        None => {
+            eprintln!(
+                "note: checking with the key inside the bundle; pass --key with the key from GET /v1/audit/key to rule out a re-signed bundle"
+            );
+            checkpoint::read_public_key(&b.audit_key.to_string())
+                .or_else(|_| {
+                    checkpoint::read_public_key(b.audit_key["public_key"].as_str().unwrap_or(""))
+                })
+                .map_err(|e| anyhow!("the bundle's key: {e}"))?
+        }
+    };
+    match bundle::verify(&b, &key) {
+        Ok(p) => {
+            println!(
+                "{}: intact: request {}, {} records (seq {} to {}, {} about it), {} session(s), checkpoint verified",
+                file.display(),
+                b.request["id"].as_str().unwrap_or(""),
+                p.records,
+                p.seqs.0,
+                p.seqs.1,
+                p.relevant,
+                p.sessions
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!("{}: {e}", file.display());
+            Err(anyhow!("the evidence bundle is not intact"))
+        }
+    }
+}
+
+fn audit_export(
+    data: &Path,
+    customer: &str,
+    format: ExportFormat,
+    filter: &crate::audit::query::Filter,
+) -> anyhow::Result<()> {
+    let dir = audit_dir(data);
+    let path = dir.join(format!("{customer}.jsonl"));
+    if !path.exists() {
+        return Err(anyhow!(
+            "no chain for customer `{customer}` in {} (pass the broker's data directory with --data)",
+            dir.display()
+        ));
+    }
+    let (lines, _) = crate::audit::query::read(&path, filter, usize::MAX)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in &lines {
+        match format {
+            ExportFormat::Jsonl => writeln!(out, "{line}")?,
+            ExportFormat::Ocsf => {
+                let v: serde_json::Value = serde_json::from_str(line)?;
+                writeln!(
+                    out,
+                    "{}",
+                    crate::audit::ocsf::to_ocsf(&v, env!("CARGO_PKG_VERSION"))
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    eprintln!("exported {} record(s) of {customer}", lines.len());
+    Ok(())
+}
+
+fn audit_verify(data: &Path, customer: Option<&str>, key: Option<&str>) -> anyhow::Result<()> {
+    use crate::audit::{checkpoint, verify};
+    let dir = audit_dir(data);
     let key = match key {
         Some(k) => Some(checkpoint::read_public_key(k).map_err(|e| anyhow!("--key: {e}"))?),
         None => {

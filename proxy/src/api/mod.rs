@@ -11,6 +11,7 @@
 // Handlers return an error answer as `Err(Response)`; it is built on the cold path only.
 #![allow(clippy::result_large_err)]
 
+pub mod audit;
 pub mod grants;
 pub mod requests;
 pub mod sessions;
@@ -233,6 +234,7 @@ pub async fn route(b: &Arc<Broker>, conn: &Conn, req: Request<Incoming>) -> Resp
         (&Method::DELETE, ["v1", "sessions", id]) => sessions::end(b, conn, id).await,
         // Public: anyone verifying a trail needs it, and it proves nothing by itself.
         (&Method::GET, ["v1", "audit", "key"]) => ok(StatusCode::OK, b.audit_key.clone()),
+        (&Method::GET, ["v1", "audit"]) => audit::list(b, conn, req.uri().query()).await,
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -27,7 +27,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod bundle;
 pub mod checkpoint;
+pub mod ocsf;
+pub mod query;
 pub mod verify;
 
 pub use checkpoint::Checkpoints;
