@@ -262,7 +262,12 @@ pub async fn connect(
             tracing::error!(error = %e, "could not audit a tunnel close");
         }
     });
-    Response::new(Full::new(Bytes::new()))
+    // The session id lets the technician (or an approver) find and end this session through the API.
+    let mut ok = Response::new(Full::new(Bytes::new()));
+    if let Ok(v) = HeaderValue::from_str(&session_id) {
+        ok.headers_mut().insert("sallyport-session", v);
+    }
+    ok
 }
 
 async fn unreachable(b: &Broker, ev: AuditEvent) -> Response<Body> {

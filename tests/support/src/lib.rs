@@ -263,13 +263,19 @@ impl Setup {
             .0
     }
 
-    /// The audit records of `chain` (`acme`, `_broker`, ...), parsed.
+    /// The audit records of `chain` (`acme`, `_broker`, ...), parsed. A torn last line (a write
+    /// cut short by a kill) is no record and is skipped.
     pub fn audit(&self, chain: &str) -> Vec<serde_json::Value> {
         let path = self.root.join("data/audit").join(format!("{chain}.jsonl"));
         let Ok(text) = std::fs::read_to_string(path) else {
             return Vec::new();
         };
-        text.lines()
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
