@@ -311,11 +311,38 @@ fn start_notifier(cfg: &Config, audit: AuditLog, shutdown: CancellationToken) ->
     )
 }
 
+/// On every audit write failure: with `audit.on_failure = "end_sessions"` (the default), ends every
+/// live tunnel, since nothing may go on that cannot be recorded. New tunnels and grants are refused
+/// (503) by their own failing records until the disk takes writes again.
+async fn watch_audit(b: Arc<Broker>) {
+    let health = b.audit.health().clone();
+    loop {
+        tokio::select! {
+            _ = b.shutdown.cancelled() => return,
+            _ = health.failed() => {}
+        }
+        tracing::error!(
+            failures = health.failures(),
+            "the audit trail is not writable: new sessions and grants are refused until it recovers"
+        );
+        if b.cfg.audit.on_failure == crate::config::OnAuditFailure::EndSessions {
+            let ended = b.sessions.end_all("audit trail not writable");
+            if ended > 0 {
+                tracing::error!(
+                    sessions = ended,
+                    "ended live sessions: the audit trail is not writable"
+                );
+            }
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` is cancelled, then drains them.
 pub async fn run(broker: Arc<Broker>, listener: TcpListener) {
     broker
         .tasks
         .spawn(crate::api::requests::expire_pending(broker.clone()));
+    broker.tasks.spawn(watch_audit(broker.clone()));
     let permits = Arc::new(Semaphore::new(broker.cfg.limits.max_connections));
     loop {
         let (tcp, addr) = tokio::select! {
@@ -442,7 +469,37 @@ async fn route(b: Arc<Broker>, conn: Arc<Conn>, req: Request<Incoming>) -> Respo
     if req.method() == Method::GET && req.uri().path() == "/healthz" {
         return json(StatusCode::OK, r#"{"status":"ok"}"#.into());
     }
+    if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        return metrics(&b, &conn);
+    }
     crate::api::route(&b, &conn, req).await
+}
+
+/// `GET /metrics`: Prometheus text, for provider admins.
+fn metrics(b: &Broker, conn: &Conn) -> Response<Body> {
+    if conn.peer.id.role() != sallyport_ids::Role::Admin {
+        return crate::api::error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "metrics are for provider admins",
+        );
+    }
+    let text = format!(
+        "# HELP sallyport_audit_failures_total Audit batches that could not be written durably.\n\
+         # TYPE sallyport_audit_failures_total counter\n\
+         sallyport_audit_failures_total {}\n\
+         # HELP sallyport_live_sessions Tunnels open now.\n\
+         # TYPE sallyport_live_sessions gauge\n\
+         sallyport_live_sessions {}\n",
+        b.audit.health().failures(),
+        b.sessions.snapshot().len()
+    );
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
 }
 
 /// A JSON response.

@@ -1105,6 +1105,10 @@ fn shutdown_on_signals(token: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Past a file-size limit (RLIMIT_FSIZE) a write must fail as an I/O error, which the audit
+    // writer handles (fail closed, then resume), instead of SIGXFSZ killing the broker.
+    let mut xfsz = signal(SignalKind::from_raw(libc::SIGXFSZ))?;
+    tokio::spawn(async move { while xfsz.recv().await.is_some() {} });
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -51,6 +51,17 @@ struct FileAudit {
     signing_key: String,
     checkpoint_every_records: u64,
     checkpoint_every_seconds: u64,
+    on_failure: OnAuditFailure,
+}
+
+/// What happens to live tunnels when the audit trail cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnAuditFailure {
+    /// End every live tunnel: nothing goes on unrecorded (the default).
+    EndSessions,
+    /// Let live tunnels run; new ones are still refused.
+    Continue,
 }
 
 impl Default for FileAudit {
@@ -59,6 +70,7 @@ impl Default for FileAudit {
             signing_key: "pki/audit-signing.key".into(),
             checkpoint_every_records: 1000,
             checkpoint_every_seconds: 60,
+            on_failure: OnAuditFailure::EndSessions,
         }
     }
 }
@@ -286,6 +298,8 @@ pub struct AuditSettings {
     pub checkpoint_every_records: u64,
     /// And at least this often while a chain has new records.
     pub checkpoint_every: Duration,
+    /// What happens to live tunnels when a record cannot be written.
+    pub on_failure: OnAuditFailure,
 }
 
 /// The access-request workflow.
@@ -819,6 +833,7 @@ impl Validator<'_> {
                 signing_key: self.rel(&a.signing_key),
                 checkpoint_every_records: a.checkpoint_every_records,
                 checkpoint_every: Duration::from_secs(a.checkpoint_every_seconds),
+                on_failure: a.on_failure,
             },
             customers,
         })

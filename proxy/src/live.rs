@@ -182,6 +182,12 @@ impl LiveSessions {
             .count()
     }
 
+    /// Ends every tunnel; returns how many.
+    pub fn end_all(&self, cause: &str) -> usize {
+        let live = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
+        live.values().map(|s| s.end(cause)).count()
+    }
+
     /// The live session `id` (open or about to open).
     pub fn get(&self, id: &str) -> Option<Arc<LiveSession>> {
         self.by_id

@@ -22,6 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -550,6 +551,32 @@ enum Msg {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    health: Arc<Health>,
+}
+
+/// Write failures, shared by the writer and its handles.
+#[derive(Debug, Default)]
+pub struct Health {
+    failures: std::sync::atomic::AtomicU64,
+    failed: tokio::sync::Notify,
+}
+
+impl Health {
+    fn record_failure(&self) {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.failed.notify_waiters();
+    }
+
+    /// Batches that could not be written durably since start (`sallyport_audit_failures_total`).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves at the next write failure.
+    pub async fn failed(&self) {
+        self.failed.notified().await;
+    }
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -626,14 +653,21 @@ impl AuditLog {
                 })?;
         }
         let dir = dir.to_owned();
+        let health = Arc::new(Health::default());
+        let writer_health = health.clone();
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer(dir, open, rx, checkpoints))
+            .spawn(move || writer(dir, open, rx, checkpoints, &writer_health))
             .map_err(|e| AuditError::Io {
                 path: PathBuf::from("(audit writer thread)"),
                 message: e.to_string(),
             })?;
-        Ok((AuditLog { tx }, AuditWriter(handle)))
+        Ok((AuditLog { tx, health }, AuditWriter(handle)))
+    }
+
+    /// Write failures so far, and a way to wait for the next one.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Appends a record and waits until it is durable.
@@ -661,6 +695,7 @@ fn writer(
     mut chains: HashMap<String, Chain>,
     mut rx: mpsc::Receiver<Msg>,
     checkpoints: Option<Checkpoints>,
+    health: &Health,
 ) {
     let mut batch: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -709,6 +744,9 @@ fn writer(
                 }
                 Err(e) => {
                     tracing::error!(chain = %name, error = %e, "audit write failed; refusing the actions it would record");
+                    health.record_failure();
+                    // Reopened (and re-read) on the next record: the trail resumes by itself once
+                    // the disk takes writes again.
                     chains.remove(&name);
                     for job in jobs {
                         let _ = job.ack.send(Err(e.clone()));
@@ -863,6 +901,29 @@ mod tests {
             "{\"seq\":4,\"tim"
         );
         assert!(record["reason"].as_str().unwrap().contains("13 bytes"));
+    }
+
+    #[test]
+    fn a_full_disk_fails_closed_and_the_trail_resumes_when_it_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acme.jsonl");
+        // The chain file is /dev/full: every write fails with ENOSPC, as on a full disk.
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let (log, w) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
+        let err = log.append_blocking(ev(Some("acme"), "lost")).unwrap_err();
+        assert!(
+            matches!(&err, AuditError::Io { message, .. } if message.contains("No space left")),
+            "{err}"
+        );
+        assert_eq!(log.health().failures(), 1);
+        // The disk recovers: the next record reopens the chain and is written.
+        std::fs::remove_file(&path).unwrap();
+        let ok = log.append_blocking(ev(Some("acme"), "after")).unwrap();
+        assert_eq!(ok.seq, 1);
+        assert_eq!(log.health().failures(), 1);
+        drop(log);
+        w.join();
+        assert_eq!(verify_chain(&path).unwrap(), 1);
     }
 
     #[test]
