@@ -343,6 +343,31 @@ pub async fn run(broker: Arc<Broker>, listener: TcpListener) {
         .tasks
         .spawn(crate::api::requests::expire_pending(broker.clone()));
     broker.tasks.spawn(watch_audit(broker.clone()));
+    let sinks: Vec<crate::siem::Sink> = broker
+        .cfg
+        .customers
+        .iter()
+        .flat_map(|c| {
+            c.siem
+                .iter()
+                .enumerate()
+                .map(|(index, kind)| crate::siem::Sink {
+                    customer: c.id.to_string(),
+                    index,
+                    kind: kind.clone(),
+                })
+        })
+        .collect();
+    if let Err(e) = crate::siem::start(
+        sinks,
+        broker.cfg.data_dir.join("audit"),
+        broker.cfg.data_dir.join("siem"),
+        broker.audit.health().clone(),
+        broker.shutdown.clone(),
+        &broker.tasks,
+    ) {
+        tracing::error!(error = %e, "cannot start SIEM forwarding");
+    }
     let permits = Arc::new(Semaphore::new(broker.cfg.limits.max_connections));
     loop {
         let (tcp, addr) = tokio::select! {

@@ -196,6 +196,22 @@ struct FileCustomer {
     targets: Vec<FileTarget>,
     #[serde(default)]
     webhook: Option<FileWebhook>,
+    #[serde(default)]
+    siem: Vec<FileSiem>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSiem {
+    kind: Spanned<String>,
+    #[serde(default)]
+    address: Option<Spanned<String>>,
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    ca: Option<Spanned<String>>,
+    #[serde(default)]
+    token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,6 +357,8 @@ pub struct Customer {
     pub targets: Vec<Target>,
     /// Where the customer's notifications go, if anywhere.
     pub webhook: Option<crate::webhook::WebhookTarget>,
+    /// The customer's SIEM sinks: its audit trail is forwarded to each.
+    pub siem: Vec<crate::siem::SinkKind>,
 }
 
 impl Customer {
@@ -543,6 +561,116 @@ impl Validator<'_> {
         })
     }
 
+    fn siem(
+        &self,
+        s: &FileSiem,
+        field: &dyn Fn(&str) -> String,
+    ) -> Result<crate::siem::SinkKind, ConfigError> {
+        use crate::siem::SinkKind;
+        let tls = || -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+            let Some(ca) = &s.ca else {
+                return Ok(crate::webhook::default_tls());
+            };
+            let path = self.rel(ca.get_ref());
+            let bad = |m: String| {
+                self.err(
+                    ca,
+                    &field("ca"),
+                    m,
+                    "point `ca` at the PEM certificates that sign the SIEM's certificate",
+                )
+            };
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| bad(format!("cannot read `{}`: {e}", path.display())))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in sallyport_certs::tls::certs_from_pem(&pem, &path.display().to_string())
+                .map_err(|e| bad(e.to_string()))?
+            {
+                roots.add(c).map_err(|e| bad(e.to_string()))?;
+            }
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(cfg))
+        };
+        let address = || -> Result<String, ConfigError> {
+            let a = s.address.as_ref().ok_or_else(|| {
+                self.err(
+                    &s.kind,
+                    &field("address"),
+                    "a syslog sink needs `address`".into(),
+                    "add address = \"HOST:PORT\" of the SIEM's syslog receiver",
+                )
+            })?;
+            let ok = a
+                .get_ref()
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(self.err(
+                    a,
+                    &field("address"),
+                    format!("`{}` is not HOST:PORT", a.get_ref()),
+                    "use e.g. \"siem.acme.example:6514\"",
+                ));
+            }
+            Ok(a.get_ref().clone())
+        };
+        match s.kind.get_ref().as_str() {
+            "syslog" => Ok(SinkKind::Syslog {
+                address: address()?,
+            }),
+            "syslog-tls" => Ok(SinkKind::SyslogTls {
+                address: address()?,
+                tls: tls()?,
+            }),
+            "https" => {
+                let u = s.url.as_ref().ok_or_else(|| {
+                    self.err(
+                        &s.kind,
+                        &field("url"),
+                        "an https sink needs `url`".into(),
+                        "add url = \"https://HOST/PATH\" of the SIEM's intake",
+                    )
+                })?;
+                let url: hyper::Uri = u.get_ref().parse().map_err(|e| {
+                    self.err(u, &field("url"), format!("not a URL: {e}"), "use https://HOST/PATH")
+                })?;
+                crate::webhook::WebhookTarget::check_url(&url)
+                    .map_err(|m| self.err(u, &field("url"), m, "use an https:// URL"))?;
+                let token = match &s.token_file {
+                    None => None,
+                    Some(t) => {
+                        let path = self.rel(t.get_ref());
+                        let text = std::fs::read_to_string(&path).map_err(|e| {
+                            self.err(
+                                t,
+                                &field("token_file"),
+                                format!("cannot read `{}`: {e}", path.display()),
+                                "point `token_file` at a file holding the SIEM's bearer token",
+                            )
+                        })?;
+                        Some(text.trim().to_owned())
+                    }
+                };
+                Ok(SinkKind::Https {
+                    url,
+                    token,
+                    tls: tls()?,
+                })
+            }
+            other => Err(self.err(
+                &s.kind,
+                &field("kind"),
+                format!("unknown sink kind `{other}`"),
+                "use \"syslog\" (RFC 5424 over TCP), \"syslog-tls\" (RFC 5425) or \"https\" (JSON lines)",
+            )),
+        }
+    }
+
     fn validate(&self, f: FileConfig) -> Result<Config, ConfigError> {
         let listen: SocketAddr = f.server.listen.get_ref().parse().map_err(|e| {
             self.err(
@@ -742,6 +870,12 @@ impl Validator<'_> {
                 None => None,
                 Some(w) => Some(self.webhook(w, &field)?),
             };
+            let siem = c
+                .siem
+                .iter()
+                .enumerate()
+                .map(|(i, sink)| self.siem(sink, &|k: &str| field(&format!("siem[{i}].{k}"))))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut targets: Vec<Target> = Vec::new();
             for (ti, t) in c.targets.iter().enumerate() {
                 let tfield = |k: &str| format!("customers[{ci}].targets[{ti}].{k}");
@@ -790,6 +924,7 @@ impl Validator<'_> {
                 policy: Arc::new(policy),
                 targets,
                 webhook,
+                siem,
             });
         }
         Ok(Config {

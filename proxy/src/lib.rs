@@ -19,6 +19,7 @@ pub mod init;
 pub mod limiter;
 pub mod live;
 pub mod relay;
+pub mod siem;
 pub mod store;
 pub mod tunnel;
 pub mod webhook;

@@ -559,6 +559,7 @@ pub struct AuditLog {
 pub struct Health {
     failures: std::sync::atomic::AtomicU64,
     failed: tokio::sync::Notify,
+    appended: tokio::sync::Notify,
 }
 
 impl Health {
@@ -576,6 +577,11 @@ impl Health {
     /// Resolves at the next write failure.
     pub async fn failed(&self) {
         self.failed.notified().await;
+    }
+
+    /// Resolves when records were next appended (SIEM forwarders wait on it).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
     }
 }
 
@@ -734,6 +740,7 @@ fn writer(
             });
             match result {
                 Ok(done) => {
+                    health.appended.notify_waiters();
                     for (job, (seq, hash)) in jobs.into_iter().zip(done) {
                         let _ = job.ack.send(Ok(Appended {
                             chain: name.clone(),

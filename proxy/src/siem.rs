@@ -1,0 +1,444 @@
+//! Forwarding each customer's audit trail into that customer's own SIEM, asynchronously, so it never
+//! holds up a session. Each sink has an on-disk cursor (`<data_dir>/siem/<customer>.<n>.cursor`, the
+//! last seq confirmed delivered); while the SIEM is down records wait in the chain itself, and when it
+//! returns delivery resumes from the cursor. Delivery is at least once: a batch whose delivery was
+//! not confirmed is sent again, and receivers dedupe or detect gaps by each record's `seq`.
+//!
+//! Sinks:
+//! - `syslog`: RFC 5424 messages over TCP with RFC 6587 octet counting.
+//! - `syslog-tls`: the same over TLS (RFC 5425).
+//! - `https`: `POST` of the records as JSON lines (`application/x-ndjson`), with an optional bearer
+//!   token; any 2xx confirms.
+//!
+//! Syslog has no acknowledgement, so each batch goes over its own connection, which is then closed
+//! from our side; the batch counts as delivered once the receiver has read everything and closed its
+//! side too. A receiver that dies mid-batch leaves it unconfirmed, and it is sent again.
+//!
+//! A syslog message: `<110>1 TIME HOST sallyport - EVENT [sallyport@32473 customer="C" seq="N"] RECORD`,
+//! facility 13 (log audit), severity 6 (informational) or 4 (warning) for denials and failures; the
+//! message is the record line exactly as stored, so it can still be verified.
+
+use std::io::{BufRead, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Uri;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Health;
+
+/// Most records per batch.
+const BATCH: usize = 500;
+/// Connect, send and confirm must finish within this.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where a customer's records go.
+#[derive(Clone)]
+pub enum SinkKind {
+    /// RFC 5424 over TCP.
+    Syslog {
+        /// `host:port`.
+        address: String,
+    },
+    /// RFC 5424 over TLS (RFC 5425).
+    SyslogTls {
+        /// `host:port`.
+        address: String,
+        /// Trust anchors for the receiver's certificate.
+        tls: Arc<rustls::ClientConfig>,
+    },
+    /// JSON lines over HTTPS.
+    Https {
+        /// The endpoint.
+        url: Uri,
+        /// Bearer token, if the receiver wants one.
+        token: Option<String>,
+        /// Trust anchors for the receiver's certificate.
+        tls: Arc<rustls::ClientConfig>,
+    },
+}
+
+impl std::fmt::Debug for SinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkKind::Syslog { address } => write!(f, "syslog://{address}"),
+            SinkKind::SyslogTls { address, .. } => write!(f, "syslog-tls://{address}"),
+            SinkKind::Https { url, .. } => write!(
+                f,
+                "https://{}",
+                url.authority().map(|a| a.as_str()).unwrap_or("")
+            ),
+        }
+    }
+}
+
+/// One customer's SIEM sink.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    /// The customer whose chain it forwards.
+    pub customer: String,
+    /// Its index among the customer's sinks (names the cursor file).
+    pub index: usize,
+    /// Where to.
+    pub kind: SinkKind,
+}
+
+/// Where a sink stands: the last seq delivered, and the byte offset after it in the chain file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// Last seq confirmed delivered.
+    pub seq: u64,
+    /// Offset of the line after it.
+    pub offset: u64,
+}
+
+fn read_cursor(path: &Path) -> Cursor {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn write_cursor(path: &Path, c: Cursor) -> std::io::Result<()> {
+    let tmp = path.with_extension("cursor.tmp");
+    let text = serde_json::to_string(&c).map_err(std::io::Error::other)?;
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Complete records after `cursor`: `(seq, line, offset after it)`, at most `max`. Reads from the
+/// cursor's offset when it still points at the next record, else from the start.
+pub fn pending(
+    chain: &Path,
+    cursor: Cursor,
+    max: usize,
+) -> std::io::Result<Vec<(u64, String, u64)>> {
+    let mut f = match std::fs::File::open(chain) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let start = if cursor.offset <= len {
+        cursor.offset
+    } else {
+        0
+    };
+    let out = scan(&mut f, start, cursor.seq, max)?;
+    if start > 0 && out.first().is_some_and(|(s, _, _)| *s != cursor.seq + 1) {
+        // The file is not what the cursor remembers (rotated or rewritten): find the seq again.
+        return scan(&mut f, 0, cursor.seq, max);
+    }
+    Ok(out)
+}
+
+fn scan(
+    f: &mut std::fs::File,
+    start: u64,
+    after: u64,
+    max: usize,
+) -> std::io::Result<Vec<(u64, String, u64)>> {
+    f.seek(SeekFrom::Start(start))?;
+    let mut reader = std::io::BufReader::new(f);
+    let mut offset = start;
+    let mut out = Vec::new();
+    let mut line = String::new();
+    while out.len() < max {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            break; // the end, or a torn last line (not a record yet)
+        }
+        offset += n as u64;
+        let text = line.trim_end_matches('\n');
+        let Some(seq) = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v["seq"].as_u64())
+        else {
+            continue;
+        };
+        if seq > after {
+            out.push((seq, text.to_owned(), offset));
+        }
+    }
+    Ok(out)
+}
+
+/// The RFC 5424 message for one record line, octet-counted (RFC 6587).
+pub fn syslog_frame(customer: &str, seq: u64, line: &str, host: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    let bad = matches!(v["outcome"].as_str(), Some("deny" | "failure"));
+    let pri = 13 * 8 + if bad { 4 } else { 6 };
+    let time = v["time"].as_str().unwrap_or("-");
+    let event = v["event"].as_str().unwrap_or("-");
+    let msg = format!(
+        "<{pri}>1 {time} {host} sallyport - {event} [sallyport@32473 customer=\"{customer}\" seq=\"{seq}\"] {line}"
+    );
+    format!("{} {msg}", msg.len())
+}
+
+/// Starts one delivery task per sink; they stop when `shutdown` is cancelled.
+pub fn start(
+    sinks: Vec<Sink>,
+    audit_dir: PathBuf,
+    cursor_dir: PathBuf,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> std::io::Result<()> {
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&cursor_dir)?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "-".into());
+    for sink in sinks {
+        let chain = audit_dir.join(format!("{}.jsonl", sink.customer));
+        let cursor = cursor_dir.join(format!("{}.{}.cursor", sink.customer, sink.index));
+        tasks.spawn(run(
+            sink,
+            chain,
+            cursor,
+            host.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+    Ok(())
+}
+
+async fn run(
+    sink: Sink,
+    chain: PathBuf,
+    cursor_path: PathBuf,
+    host: String,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    let mut cursor = read_cursor(&cursor_path);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let (c, path) = (cursor, chain.clone());
+        let batch = tokio::task::spawn_blocking(move || pending(&path, c, BATCH)).await;
+        let batch = match batch {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!(customer = %sink.customer, error = %e, "cannot read the chain for SIEM delivery");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = health.appended() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        let delivered = tokio::time::timeout(DELIVERY_TIMEOUT, deliver(&sink, &batch, &host)).await;
+        match delivered {
+            Ok(Ok(())) => {
+                if let Some((seq, _, offset)) = batch.last() {
+                    cursor = Cursor {
+                        seq: *seq,
+                        offset: *offset,
+                    };
+                    if let Err(e) = write_cursor(&cursor_path, cursor) {
+                        tracing::warn!(path = %cursor_path.display(), error = %e, "cannot save the SIEM cursor (records may be sent again)");
+                    }
+                }
+                tracing::debug!(customer = %sink.customer, sink = ?sink.kind, records = batch.len(), up_to = cursor.seq, "delivered to the SIEM");
+                backoff = Duration::from_millis(200);
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                tracing::warn!(customer = %sink.customer, sink = ?sink.kind, error = %why, retry_in = ?backoff, waiting = batch.len(), "SIEM delivery failed; records wait on disk");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn deliver(sink: &Sink, batch: &[(u64, String, u64)], host: &str) -> std::io::Result<()> {
+    let frames = || {
+        batch
+            .iter()
+            .map(|(seq, line, _)| syslog_frame(&sink.customer, *seq, line, host))
+            .collect::<String>()
+    };
+    match &sink.kind {
+        SinkKind::Syslog { address } => {
+            let tcp = TcpStream::connect(address).await?;
+            send_and_confirm(tcp, frames().as_bytes()).await
+        }
+        SinkKind::SyslogTls { address, tls } => {
+            let tcp = TcpStream::connect(address).await?;
+            let tls = TlsConnector::from(tls.clone())
+                .connect(server_name(address)?, tcp)
+                .await?;
+            send_and_confirm(tls, frames().as_bytes()).await
+        }
+        SinkKind::Https { url, token, tls } => post(url, token.as_deref(), tls, batch).await,
+    }
+}
+
+fn server_name(address: &str) -> std::io::Result<ServerName<'static>> {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)
+}
+
+/// Writes everything, closes our side, and waits for the receiver to close its side: it has then
+/// read all of it.
+async fn send_and_confirm<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    s.write_all(bytes).await?;
+    s.flush().await?;
+    s.shutdown().await?;
+    let mut sink = [0u8; 1024];
+    loop {
+        match s.read(&mut sink).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn post(
+    url: &Uri,
+    token: Option<&str>,
+    tls: &Arc<rustls::ClientConfig>,
+    batch: &[(u64, String, u64)],
+) -> std::io::Result<()> {
+    let host = url
+        .host()
+        .ok_or_else(|| std::io::Error::other("URL without a host"))?;
+    let https = url.scheme_str() == Some("https");
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = TcpStream::connect((host, port)).await?;
+    let mut body = String::new();
+    for (_, line, _) in batch {
+        body.push_str(line);
+        body.push('\n');
+    }
+    let mut req = hyper::Request::post(url.path_and_query().map_or("/", |p| p.as_str()))
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("sallyport/", env!("CARGO_PKG_VERSION")),
+        );
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(std::io::Error::other)?;
+    let status = if https {
+        let mut cfg = (**tls).clone();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let stream = TlsConnector::from(Arc::new(cfg))
+            .connect(server_name(host)?, tcp)
+            .await?;
+        send(stream, req).await?
+    } else {
+        send(tcp, req).await?
+    };
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("the SIEM answered {status}")))
+    }
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    req: hyper::Request<Full<Bytes>>,
+) -> std::io::Result<hyper::StatusCode> {
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(std::io::Error::other)?;
+    let status = resp.status();
+    // Drain a bounded answer so the connection ends cleanly.
+    let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_octet_counted_rfc_5424() {
+        let line =
+            r#"{"seq":7,"time":"2026-01-01T00:00:00.000001Z","event":"decision","outcome":"deny"}"#;
+        let f = syslog_frame("acme", 7, line, "broker1");
+        let (len, msg) = f.split_once(' ').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), msg.len());
+        assert!(msg.starts_with("<108>1 2026-01-01T00:00:00.000001Z broker1 sallyport - decision [sallyport@32473 customer=\"acme\" seq=\"7\"] {"), "{msg}");
+        assert!(msg.ends_with(line));
+    }
+
+    #[test]
+    fn pending_reads_after_the_cursor_and_skips_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = dir.path().join("acme.jsonl");
+        let mut text = String::new();
+        for seq in 1..=5 {
+            text.push_str(&format!("{{\"seq\":{seq}}}\n"));
+        }
+        text.push_str("{\"seq\":6,");
+        std::fs::write(&chain, &text).unwrap();
+        let all = pending(&chain, Cursor::default(), 10).unwrap();
+        assert_eq!(all.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        let c = Cursor {
+            seq: all[1].0,
+            offset: all[1].2,
+        };
+        let rest = pending(&chain, c, 2).unwrap();
+        assert_eq!(rest.iter().map(|r| r.0).collect::<Vec<_>>(), [3, 4]);
+        // A cursor whose offset no longer fits the file falls back to a scan.
+        let stale = Cursor { seq: 3, offset: 2 };
+        assert_eq!(pending(&chain, stale, 10).unwrap()[0].0, 4);
+        let path = dir.path().join("acme.0.cursor");
+        write_cursor(&path, c).unwrap();
+        assert_eq!(read_cursor(&path), c);
+    }
+}
