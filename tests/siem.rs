@@ -20,14 +20,36 @@ struct Rsyslog {
 
 impl Rsyslog {
     fn start(dir: &Path, port: u16, out: &Path) -> Rsyslog {
+        Self::start_with(dir, port, out, None)
+    }
+
+    /// With `tls = Some((cert, key))`, the receiver speaks RFC 5425 (TLS) with that certificate.
+    fn start_with(
+        dir: &Path,
+        port: u16,
+        out: &Path,
+        tls: Option<(&Path, &Path, &Path)>,
+    ) -> Rsyslog {
         let work = dir.join("work");
         std::fs::create_dir_all(&work).unwrap();
         let conf = dir.join("rsyslog.conf");
+        let (global, module) = match tls {
+            None => (String::new(), r#"module(load="imtcp")"#.to_owned()),
+            Some((ca, cert, key)) => (
+                format!(
+                    r#" defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile="{}" defaultNetstreamDriverCertFile="{}" defaultNetstreamDriverKeyFile="{}""#,
+                    ca.display(),
+                    cert.display(),
+                    key.display()
+                ),
+                r#"module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")"#.to_owned(),
+            ),
+        };
         std::fs::write(
             &conf,
             format!(
-                r#"global(workDirectory="{work}")
-module(load="imtcp")
+                r#"global(workDirectory="{work}"{global})
+{module}
 template(name="msgonly" type="string" string="%msg%\n")
 ruleset(name="sallyport") {{
   action(type="omfile" file="{out}" template="msgonly")
@@ -173,5 +195,98 @@ async fn a_real_syslog_receiver_gets_every_record_in_order_across_a_restart() {
         "out of order: {firsts:?}"
     );
     assert!(firsts.iter().all(|s| *s <= chain_len()), "{firsts:?}");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_over_tls_reaches_a_real_receiver_that_the_broker_authenticates() {
+    let (s, port) = Setup::with_echo_target(BIN, "");
+    let dir: PathBuf = s.root.join("rsyslog");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The SIEM's certificate, from a CA the sink is told to trust.
+    let issued = s
+        .ca()
+        .issue_server(&["localhost".into()], sallyport_testkit::valid_for(3600))
+        .unwrap();
+    let (cert, key) = (dir.join("siem.pem"), dir.join("siem.key"));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    let ca = s.root.join("pki/ca.pem");
+    let syslog_port = free_port();
+    s.append_config(&format!(
+        "[[customers.siem]]\nkind = \"syslog-tls\"\naddress = \"localhost:{syslog_port}\"\nca = \"pki/ca.pem\"\n"
+    ));
+    let out = dir.join("acme.log");
+    let _rsyslog = Rsyslog::start_with(&dir, syslog_port, &out, Some((&ca, &cert, &key)));
+    let (token, _) = s.break_glass(30);
+    let b = Broker::start(&s);
+    tunnels(&s, b.addr, port, &token, 2).await;
+    let n = eventually(10, "the tunnels' closes to be recorded", || {
+        let records = s.audit("acme");
+        (records
+            .iter()
+            .filter(|r| r["event"] == "tunnel_close")
+            .count()
+            >= 2)
+            .then_some(records.len() as u64)
+    });
+    let got = eventually(20, "the records to reach rsyslog over TLS", || {
+        let got = received(&out);
+        let set: BTreeSet<u64> = got.iter().copied().collect();
+        (1..=n).all(|s| set.contains(&s)).then_some(got)
+    });
+    assert_eq!(got.first(), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_sink_gets_json_lines_with_its_bearer_token() {
+    let (s, port) = Setup::with_echo_target(BIN, "");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Read, Write};
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut r = std::io::BufReader::new(conn);
+            let (mut auth, mut len, mut line) = (String::new(), 0usize, String::new());
+            r.read_line(&mut line).unwrap();
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                let (k, v) = line.split_once(':').unwrap();
+                match k.to_ascii_lowercase().as_str() {
+                    "authorization" => auth = v.trim().to_owned(),
+                    "content-length" => len = v.trim().parse().unwrap(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            r.get_mut()
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let _ = tx.send((auth, String::from_utf8(body).unwrap()));
+        }
+    });
+    std::fs::write(s.root.join("siem-token"), "t0ken-for-the-intake\n").unwrap();
+    s.append_config(&format!(
+        "[[customers.siem]]\nkind = \"https\"\nurl = \"http://{addr}/ingest\"\ntoken_file = \"siem-token\"\n"
+    ));
+    let (token, _) = s.break_glass(30);
+    let b = Broker::start(&s);
+    tunnels(&s, b.addr, port, &token, 1).await;
+    let mut seqs = BTreeSet::new();
+    while seqs.len() < 4 {
+        let (auth, body) = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+        assert_eq!(auth, "Bearer t0ken-for-the-intake");
+        for l in body.lines() {
+            seqs.insert(sallyport_proxy::audit::check_line(l).unwrap().0);
+        }
+    }
+    assert_eq!(seqs.into_iter().take(4).collect::<Vec<_>>(), [1, 2, 3, 4]);
     drop(b);
 }
