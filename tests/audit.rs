@@ -484,3 +484,88 @@ permit (principal is Sallyport::Approver in Sallyport::Customer::"acme",
         assert!(!ok && out.contains(needle), "{needle}: {out}");
     }
 }
+
+#[test]
+fn a_recorded_session_is_captured_covered_by_the_chain_and_extracted() {
+    let (s, port) = Setup::with_echo_target(BIN, "");
+    // The target table is the config's last: mark it recorded.
+    s.append_config("record = true\n");
+    let b = Broker::start(&s);
+    let (token, _) = s.break_glass(5);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let session = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let alice = connector(&s.identity("technician"));
+        let mut a =
+            sallyport_testkit::connect(b.addr, &alice, &format!("db01.acme:{port}"), Some(&token))
+                .await
+                .unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.stream.write_all(b"SELECT secret;").await.unwrap();
+        let mut back = [0u8; 14];
+        a.stream.read_exact(&mut back).await.unwrap();
+        a.stream.shutdown().await.unwrap();
+        a.header("sallyport-session").unwrap().to_owned()
+    });
+    let close = s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    assert_eq!(close["session_id"], session.as_str());
+    let sha = close["capture_sha256"]
+        .as_str()
+        .expect("the close covers the capture");
+    let file = s.root.join(format!("data/captures/acme/{session}.cap"));
+    let bytes = std::fs::read(&file).unwrap();
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), sha);
+
+    let extract = |id: &str| {
+        Command::new(BIN)
+            .args(["audit", "capture", id, "--out"])
+            .arg(s.root.join("session.jsonl"))
+            .arg("--data")
+            .arg(s.root.join("data"))
+            .output()
+            .unwrap()
+    };
+    let out = extract(&session);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames: Vec<serde_json::Value> = std::fs::read_to_string(s.root.join("session.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    use base64::Engine;
+    let decode = |f: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(f["data"].as_str().unwrap())
+            .unwrap()
+    };
+    let up: Vec<u8> = frames
+        .iter()
+        .filter(|f| f["dir"] == "up")
+        .flat_map(decode)
+        .collect();
+    let down: Vec<u8> = frames
+        .iter()
+        .filter(|f| f["dir"] == "down")
+        .flat_map(decode)
+        .collect();
+    assert_eq!(
+        (up.as_slice(), down.as_slice()),
+        (&b"SELECT secret;"[..], &b"SELECT secret;"[..])
+    );
+
+    // An altered capture no longer matches its record.
+    let mut altered = bytes.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 0x20;
+    std::fs::write(&file, altered).unwrap();
+    let out = extract(&session);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the capture was altered"));
+    let out = extract("s-none");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no capture of session `s-none`"));
+}

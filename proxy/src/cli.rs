@@ -242,6 +242,19 @@ enum AuditCommand {
         #[arg(long, default_value = "sallyport-data/data")]
         data: PathBuf,
     },
+    /// Extract a recorded session (targets with `record = true`) after checking the capture file
+    /// against the SHA-256 its `tunnel_close` record holds. Writes one JSON object per frame:
+    /// `{"t_us", "dir" ("up" technician -> target, "down"), "data" (base64)}`.
+    Capture {
+        /// The session id (`session_id` in the trail, `Sallyport-Session` on the tunnel's 200).
+        session: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The broker's data directory (holding captures/ and audit/).
+        #[arg(long, default_value = "sallyport-data/data")]
+        data: PathBuf,
+    },
     /// Write a customer's records to stdout, oldest first: as stored (JSON lines, still verifiable)
     /// or as OCSF events for a SIEM.
     Export {
@@ -426,6 +439,9 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Bundle { request, out, data },
         } => make_bundle(&data, &request, &out),
+        Command::Audit {
+            command: AuditCommand::Capture { session, out, data },
+        } => extract_capture(&data, &session, &out),
         Command::Audit {
             command:
                 AuditCommand::Export {
@@ -648,6 +664,76 @@ fn audit_dir(data: &Path) -> PathBuf {
     } else {
         data.to_owned()
     }
+}
+
+fn extract_capture(data: &Path, session: &str, out: &Path) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let captures = data.join("captures");
+    let found = std::fs::read_dir(&captures)
+        .with_context(|| {
+            format!(
+                "reading {} (pass the broker's data directory with --data)",
+                captures.display()
+            )
+        })?
+        .filter_map(Result::ok)
+        .map(|customer| {
+            (
+                customer.file_name().to_string_lossy().into_owned(),
+                customer.path().join(format!("{session}.cap")),
+            )
+        })
+        .find(|(_, p)| p.exists());
+    let Some((customer, path)) = found else {
+        return Err(anyhow!(
+            "no capture of session `{session}` in {} (only targets with `record = true` are captured)",
+            captures.display()
+        ));
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let chain = data.join("audit").join(format!("{customer}.jsonl"));
+    let close = std::fs::read_to_string(&chain)
+        .with_context(|| format!("reading {}", chain.display()))?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["event"] == "tunnel_close" && r["session_id"] == session)
+        .ok_or_else(|| {
+            anyhow!("session `{session}` has no tunnel_close record yet (is it still live?)")
+        })?;
+    if close["capture_sha256"] != sha.as_str() {
+        return Err(anyhow!(
+            "{}: the capture was altered: its SHA-256 is {sha}, but the tunnel_close record (seq {}) holds {}",
+            path.display(),
+            close["seq"],
+            close["capture_sha256"]
+        ));
+    }
+    let (header, frames) =
+        crate::capture::parse(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(out).with_context(|| format!("writing {}", out.display()))?,
+    );
+    for f in &frames {
+        let line = serde_json::json!({
+            "t_us": f.micros,
+            "dir": if f.up { "up" } else { "down" },
+            "data": base64::engine::general_purpose::STANDARD.encode(&f.data),
+        });
+        writeln!(w, "{line}")?;
+    }
+    w.flush()?;
+    println!(
+        "wrote {}: session {session} of {}/{} by {}, {} frame(s); the capture matches the SHA-256 in its tunnel_close record (seq {})",
+        out.display(),
+        customer,
+        header["target"].as_str().unwrap_or("?"),
+        header["technician"].as_str().unwrap_or("?"),
+        frames.len(),
+        close["seq"]
+    );
+    Ok(())
 }
 
 fn make_bundle(data: &Path, request_id: &str, out: &Path) -> anyhow::Result<()> {

@@ -242,6 +242,8 @@ struct FileTarget {
     protocol: String,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    record: bool,
 }
 
 fn d_protocol() -> String {
@@ -340,6 +342,8 @@ pub struct Target {
     pub protocol: String,
     /// Tags visible to policies.
     pub tags: Vec<String>,
+    /// Capture every session's bytes (see [`crate::capture`]).
+    pub record: bool,
 }
 
 /// One customer (tenant).
@@ -915,6 +919,7 @@ impl Validator<'_> {
                     port,
                     protocol: t.protocol.clone(),
                     tags: t.tags.clone(),
+                    record: t.record,
                 });
             }
             customers.push(Customer {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod breakglass;
 pub mod broker;
+pub mod capture;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -57,6 +57,7 @@ pub struct RelayOutcome {
 /// Counts bytes written into a stream (delivered, not merely read) and notes when bytes last moved.
 struct Metered<S> {
     inner: S,
+    capture: Option<Arc<crate::capture::Capture>>,
     counters: Arc<Counters>,
     /// Writes into this stream go technician -> target.
     up: bool,
@@ -100,6 +101,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
                 &self.counters.down
             };
             c.fetch_add(n as u64, Ordering::Relaxed);
+            if let Some(cap) = &self.capture {
+                cap.record(self.up, &buf[..n]);
+            }
             self.touch();
         }
         res
@@ -112,25 +116,47 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     }
 }
 
-/// Relays between `client` and `upstream` until done; never longer than `deadline`. Bytes are
-/// counted into `counters` as they are delivered, so they can be read while the tunnel lives.
+/// What ends a relay besides its peers.
+#[derive(Debug, Clone)]
+pub struct Ends {
+    /// The grant's (or certificate's) end.
+    pub deadline: Instant,
+    /// No bytes either way for this long.
+    pub idle: Duration,
+    /// The broker shuts down.
+    pub shutdown: CancellationToken,
+    /// Ended from outside (revocation, the API).
+    pub stop: CancellationToken,
+}
+
+/// Relays between `client` and `upstream` until done; never longer than `ends.deadline`. Bytes are
+/// counted into `counters` as they are delivered, so they can be read while the tunnel lives, and
+/// copied into `capture` when the session is recorded.
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
-    deadline: Instant,
-    idle: Duration,
-    cancel: CancellationToken,
-    stop: CancellationToken,
+    ends: Ends,
     counters: Arc<Counters>,
+    capture: Option<Arc<crate::capture::Capture>>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let Ends {
+        deadline,
+        idle,
+        shutdown: cancel,
+        stop,
+    } = ends;
     let epoch = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
+    let capture_failed = capture
+        .as_ref()
+        .map_or_else(CancellationToken::new, |c| c.failed.clone());
     let mut client = Metered {
         inner: client,
+        capture: capture.clone(),
         counters: counters.clone(),
         up: false,
         activity: activity.clone(),
@@ -138,6 +164,7 @@ where
     };
     let mut upstream = Metered {
         inner: upstream,
+        capture,
         counters: counters.clone(),
         up: true,
         activity: activity.clone(),
@@ -161,6 +188,7 @@ where
         _ = idle_watch => CloseReason::Idle,
         _ = cancel.cancelled() => CloseReason::Shutdown,
         _ = stop.cancelled() => CloseReason::Stopped,
+        _ = capture_failed.cancelled() => CloseReason::Error("session capture failed".into()),
     };
     RelayOutcome {
         bytes_up: counters.up.load(Ordering::Relaxed),
@@ -182,11 +210,14 @@ mod tests {
         let task = tokio::spawn(relay(
             c_end,
             u_end,
-            deadline,
-            Duration::from_secs(60),
-            CancellationToken::new(),
-            CancellationToken::new(),
+            Ends {
+                deadline,
+                idle: Duration::from_secs(60),
+                shutdown: CancellationToken::new(),
+                stop: CancellationToken::new(),
+            },
             Arc::default(),
+            None,
         ));
         client.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
@@ -208,11 +239,14 @@ mod tests {
         let out = relay(
             c_end,
             u_end,
-            far,
-            Duration::from_millis(50),
-            CancellationToken::new(),
-            CancellationToken::new(),
+            Ends {
+                deadline: far,
+                idle: Duration::from_millis(50),
+                shutdown: CancellationToken::new(),
+                stop: CancellationToken::new(),
+            },
             Arc::default(),
+            None,
         )
         .await;
         assert_eq!(out.reason, CloseReason::Idle);
@@ -224,11 +258,14 @@ mod tests {
         let out = relay(
             c_end,
             u_end,
-            far,
-            Duration::from_secs(60),
-            cancel,
-            CancellationToken::new(),
+            Ends {
+                deadline: far,
+                idle: Duration::from_secs(60),
+                shutdown: cancel,
+                stop: CancellationToken::new(),
+            },
             Arc::default(),
+            None,
         )
         .await;
         assert_eq!(out.reason, CloseReason::Shutdown);

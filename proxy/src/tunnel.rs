@@ -186,6 +186,34 @@ pub async fn connect(
         }
     };
     let _ = upstream.set_nodelay(true);
+    // A recorded target's session is captured; no capture, no session.
+    let capture = if target.record {
+        let path = crate::capture::path_of(&b.cfg.data_dir, customer.id.as_str(), &session_id);
+        let header = serde_json::json!({
+            "session": session_id, "customer": customer.id.as_str(), "target": target.id.as_str(),
+            "technician": actor, "grant_id": claims.gid.as_str(), "opened": crate::api::rfc3339(jiff::Timestamp::now().as_second()),
+        });
+        match crate::capture::Capture::start(path, &header) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the session capture; refusing the tunnel");
+                let ev = base(
+                    EventKind::TunnelFailed,
+                    Outcome::Failure,
+                    format!("session capture unavailable: {e}"),
+                );
+                if let Err(e) = b.audit.append(ev).await {
+                    tracing::error!(error = %e, "could not audit a failed capture");
+                }
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session capture unavailable",
+                );
+            }
+        }
+    } else {
+        None
+    };
     if let Err(e) = b
         .audit
         .append(base(
@@ -221,11 +249,14 @@ pub async fn connect(
                 relay::relay(
                     TokioIo::new(up),
                     upstream,
-                    deadline,
-                    idle,
-                    cancel,
-                    live.stop.clone(),
+                    relay::Ends {
+                        deadline,
+                        idle,
+                        shutdown: cancel,
+                        stop: live.stop.clone(),
+                    },
                     live.counters.clone(),
+                    capture.as_ref().map(|(c, _)| c.clone()),
                 )
                 .await
             }
@@ -238,6 +269,18 @@ pub async fn connect(
         let mut ev = close;
         if matches!(outcome.reason, relay::CloseReason::Error(_)) {
             ev.outcome = Outcome::Failure;
+        }
+        // The capture's hash goes on the chain with the close.
+        if let Some((cap, writer)) = capture {
+            drop(cap);
+            match writer.await {
+                Ok(Ok(w)) => ev.capture_sha256 = Some(w.sha256),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "session capture failed");
+                    ev.outcome = Outcome::Failure;
+                }
+                Err(e) => tracing::error!(error = %e, "session capture task failed"),
+            }
         }
         ev.reason = match &outcome.reason {
             relay::CloseReason::Stopped => registration

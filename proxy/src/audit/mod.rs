@@ -151,6 +151,8 @@ pub struct AuditEvent {
     pub duration_ms: Option<u64>,
     /// Grant expiry (grant and decision records), RFC 3339.
     pub expires_at: Option<String>,
+    /// SHA-256 of the session's capture file (closes of recorded targets).
+    pub capture_sha256: Option<String>,
 }
 
 impl AuditEvent {
@@ -173,6 +175,7 @@ impl AuditEvent {
             bytes_down: None,
             duration_ms: None,
             expires_at: None,
+            capture_sha256: None,
         }
     }
 }
@@ -203,6 +206,8 @@ struct Body<'a> {
     duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capture_sha256: Option<&'a str>,
     prev_hash: &'a str,
 }
 
@@ -238,6 +243,7 @@ pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String
         bytes_down: ev.bytes_down,
         duration_ms: ev.duration_ms,
         expires_at: ev.expires_at.as_deref(),
+        capture_sha256: ev.capture_sha256.as_deref(),
         prev_hash,
     };
     // Serializing a struct of strings, numbers and addresses cannot fail.
