@@ -101,7 +101,7 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
         out.contains("acme.jsonl:1: seq 1: edited"),
         "the report names file, line, seq and kind: {out}"
     );
-    assert!(out.contains("1 chain(s) with problems"), "{out}");
+    assert!(out.contains("1 problem(s)"), "{out}");
     // A truncated tail, past the checkpoint signed at shutdown.
     let two: String = original.lines().take(2).map(|l| format!("{l}\n")).collect();
     std::fs::write(&chain, two).unwrap();
@@ -123,12 +123,38 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
     let (ok, out, _) = verify(&data, &["--key", foreign.to_str().unwrap()]);
     assert!(!ok);
     assert!(out.contains("forged checkpoint"), "{out}");
+    // Cut back consistently, chain and checkpoints together: only a checkpoint kept elsewhere shows it.
+    let cps = data.join("audit/acme.checkpoints.jsonl");
+    let saved = std::fs::read_to_string(&cps).unwrap();
+    let kept = s.root.join("kept-checkpoints.jsonl");
+    std::fs::write(&kept, &saved).unwrap();
+    let two_cps: String = saved.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&cps, two_cps).unwrap();
+    let two: String = original.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&chain, two).unwrap();
+    let (ok, out, _) = verify(&data, &["--key", key_arg]);
+    assert!(
+        ok,
+        "a consistent cut is invisible without an outside anchor: {out}"
+    );
+    let (ok, out, _) = verify(
+        &data,
+        &[
+            "--key",
+            key_arg,
+            "--expect-checkpoints",
+            kept.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && out.contains("truncated"), "{out}");
+    std::fs::write(&cps, &saved).unwrap();
+    std::fs::write(&chain, &original).unwrap();
+    // Without any key there is nothing to check the checkpoints with: that is a failure.
     std::fs::remove_file(data.join("audit/audit-key.pub")).unwrap();
-    let (ok, out, err) = verify(&data, &[]);
-    assert!(ok, "{out}{err}");
-    assert!(err.contains("not checked"), "{err}");
+    let (ok, _, err) = verify(&data, &[]);
+    assert!(!ok && err.contains("no audit key"), "{err}");
     // Unknown customer: a clear error.
-    let (ok, _, err) = verify(&data, &["--customer", "nope"]);
+    let (ok, _, err) = verify(&data, &["--customer", "nope", "--key", key_arg]);
     assert!(!ok && err.contains("no chain for customer `nope`"), "{err}");
 }
 

@@ -170,9 +170,14 @@ async fn a_real_syslog_receiver_gets_every_record_in_order_across_a_restart() {
         "out of order: {first:?}"
     );
 
-    // The receiver goes away mid-stream; the broker goes on, and records wait on disk.
-    rsyslog.stop();
-    tunnels(&s, b.addr, port, &token, 3).await;
+    // The receiver goes away mid-stream, while records are being written; the broker goes on, and
+    // records wait on disk.
+    let more = {
+        let (addr, token) = (b.addr, token.clone());
+        let s = &s;
+        async move { tunnels(s, addr, port, &token, 3).await }
+    };
+    let (_, ()) = tokio::join!(async { rsyslog.stop() }, more);
     closes(6);
     let total = chain_len();
     assert!(total > n);
@@ -213,8 +218,15 @@ async fn syslog_over_tls_reaches_a_real_receiver_that_the_broker_authenticates()
     std::fs::write(&key, &issued.key_pem).unwrap();
     let ca = s.root.join("pki/ca.pem");
     let syslog_port = free_port();
+    // A second sink trusts another CA: it must never deliver to this receiver.
+    let other = Setup::init(BIN);
+    std::fs::copy(
+        other.root.join("pki/ca.pem"),
+        s.root.join("pki/foreign-ca.pem"),
+    )
+    .unwrap();
     s.append_config(&format!(
-        "[[customers.siem]]\nkind = \"syslog-tls\"\naddress = \"localhost:{syslog_port}\"\nca = \"pki/ca.pem\"\n"
+        "[[customers.siem]]\nkind = \"syslog-tls\"\naddress = \"localhost:{syslog_port}\"\nca = \"pki/ca.pem\"\n\n[[customers.siem]]\nkind = \"syslog-tls\"\naddress = \"localhost:{syslog_port}\"\nca = \"pki/foreign-ca.pem\"\n"
     ));
     let out = dir.join("acme.log");
     let _rsyslog = Rsyslog::start_with(&dir, syslog_port, &out, Some((&ca, &cert, &key)));
@@ -236,6 +248,10 @@ async fn syslog_over_tls_reaches_a_real_receiver_that_the_broker_authenticates()
         (1..=n).all(|s| set.contains(&s)).then_some(got)
     });
     assert_eq!(got.first(), Some(&1));
+    assert!(
+        !s.root.join("data/siem/acme.1.cursor").exists(),
+        "a sink delivered to a receiver whose certificate it must not trust"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

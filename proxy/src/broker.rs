@@ -199,11 +199,12 @@ impl Broker {
             GrantVerifier::new(&cfg.grants.issuer, &cfg.grants.audience, cfg.grants.leeway)
                 .trust(signer.public_key());
         let chains: Vec<&str> = cfg.customers.iter().map(|c| c.id.as_str()).collect();
+        // First: a second broker on this data directory must not touch its trail or store.
+        let lock = lock_data_dir(&cfg)?;
         let checkpoints = load_checkpoints(&cfg)?;
         let audit_key = crate::audit::checkpoint::public_key_json(&checkpoints.signer);
         let (audit, writer) =
             AuditLog::open(&cfg.data_dir.join("audit"), &chains, Some(checkpoints))?;
-        let lock = lock_data_dir(&cfg)?;
         let store = open_store(&cfg)?;
         // Tunnels that were live when a previous broker stopped died with it.
         let orphans = store.close_orphaned_sessions(

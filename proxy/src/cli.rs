@@ -227,6 +227,11 @@ enum AuditCommand {
         /// Default: audit-key.pub in the audit folder, which whoever controls the folder could swap.
         #[arg(long)]
         key: Option<String>,
+        /// A file of signed checkpoint lines kept elsewhere (for example from an earlier export or
+        /// the SIEM): each must verify and match the chain, which catches a chain cut back together
+        /// with its checkpoint file.
+        #[arg(long, value_name = "FILE")]
+        expect_checkpoints: Option<PathBuf>,
     },
     /// Write one evidence file for an access request: the request and its approvals, the grant, every
     /// session it opened (bytes and times), and the chain records and signed checkpoint that prove
@@ -430,10 +435,16 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     bundle,
                     customer,
                     key,
+                    expect_checkpoints,
                 },
         } => match (bundle, data) {
             (Some(file), _) => verify_bundle(&file, key.as_deref()),
-            (None, Some(data)) => audit_verify(&data, customer.as_deref(), key.as_deref()),
+            (None, Some(data)) => audit_verify(
+                &data,
+                customer.as_deref(),
+                key.as_deref(),
+                expect_checkpoints.as_deref(),
+            ),
             (None, None) => Err(anyhow!("pass --data DIR or --bundle FILE")),
         },
         Command::Audit {
@@ -891,30 +902,30 @@ fn audit_export(
     Ok(())
 }
 
-fn audit_verify(data: &Path, customer: Option<&str>, key: Option<&str>) -> anyhow::Result<()> {
+fn audit_verify(
+    data: &Path,
+    customer: Option<&str>,
+    key: Option<&str>,
+    expected: Option<&Path>,
+) -> anyhow::Result<()> {
     use crate::audit::{checkpoint, verify};
     let dir = audit_dir(data);
     let key = match key {
-        Some(k) => Some(checkpoint::read_public_key(k).map_err(|e| anyhow!("--key: {e}"))?),
+        Some(k) => checkpoint::read_public_key(k).map_err(|e| anyhow!("--key: {e}"))?,
         None => {
             let local = dir.join(checkpoint::KEY_FILE);
-            match checkpoint::read_public_key(&local.display().to_string()) {
-                Ok(k) => {
-                    eprintln!(
-                        "note: checking checkpoints with {}, next to the trail; pass --key with the key from GET /v1/audit/key to rule out a swapped key",
-                        local.display()
-                    );
-                    Some(k)
-                }
-                Err(_) => {
-                    eprintln!(
-                        "warning: no audit key (pass --key): checkpoint signatures are not checked"
-                    );
-                    None
-                }
-            }
+            let k = checkpoint::read_public_key(&local.display().to_string()).map_err(|e| {
+                anyhow!("no audit key to check the checkpoints with ({e}); pass --key with the key from GET /v1/audit/key")
+            })?;
+            eprintln!(
+                "note: checking checkpoints with {} (key id {}), next to the trail; pass --key with the key from GET /v1/audit/key to rule out a swapped key",
+                local.display(),
+                sallyport_certs::grant::ed25519_kid(&k)
+            );
+            k
         }
     };
+    let key = Some(key);
     let mut chains = verify::chains(&dir)
         .with_context(|| format!("reading the audit folder {}", dir.display()))?;
     if let Some(c) = customer {
@@ -945,13 +956,48 @@ fn audit_verify(data: &Path, customer: Option<&str>, key: Option<&str>) -> anyho
             }
         }
     }
+    if let Some(file) = expected {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            let at = format!("{}:{}", file.display(), i + 1);
+            let problem = match checkpoint::check(line, key.as_deref()) {
+                Err(e) => Some(format!("{at}: forged checkpoint: {e}")),
+                Ok(cp) => {
+                    let chain = dir.join(format!("{}.jsonl", cp.chain));
+                    let record = std::fs::read_to_string(&chain).ok().and_then(|t| {
+                        t.lines()
+                            .filter_map(|l| crate::audit::check_line(l).ok())
+                            .find(|(seq, _, _)| *seq == cp.seq)
+                    });
+                    match record {
+                        None => Some(format!(
+                            "{}: seq {}: truncated: the chain no longer holds the record the expected checkpoint {at} signed",
+                            chain.display(),
+                            cp.seq
+                        )),
+                        Some((_, _, hash)) if hash != cp.hash => Some(format!(
+                            "{}: seq {}: rewritten: the record differs from the one the expected checkpoint {at} signed",
+                            chain.display(),
+                            cp.seq
+                        )),
+                        Some(_) => None,
+                    }
+                }
+            };
+            if let Some(p) = problem {
+                bad += 1;
+                println!("{p}");
+            }
+        }
+    }
     let n = chains.len();
     if bad == 0 {
         println!("verified {n} chain(s), {records} records, {checkpoints} checkpoints: all intact");
         Ok(())
     } else {
         println!(
-            "verified {n} chain(s), {records} records, {checkpoints} checkpoints: {bad} chain(s) with problems"
+            "verified {n} chain(s), {records} records, {checkpoints} checkpoints: {bad} problem(s)"
         );
         Err(anyhow!("the audit trail is not intact"))
     }

@@ -12,7 +12,10 @@
 //!
 //! Syslog has no acknowledgement, so each batch goes over its own connection, which is then closed
 //! from our side; the batch counts as delivered once the receiver has read everything and closed its
-//! side too. A receiver that dies mid-batch leaves it unconfirmed, and it is sent again.
+//! side too. A receiver that dies mid-batch leaves it
+//! unconfirmed, and it is sent again. This is as strong as plain syslog allows: a receiver that
+//! closes without having read what it was sent looks the same as one that read it. Where that
+//! matters, use the `https` sink, whose 2xx is an explicit acknowledgement.
 //!
 //! A syslog message: `<110>1 TIME HOST sallyport - EVENT [sallyport@32473 customer="C" seq="N"] RECORD`,
 //! facility 13 (log audit), severity 6 (informational) or 4 (warning) for denials and failures; the
@@ -323,6 +326,8 @@ async fn send_and_confirm<S: AsyncRead + AsyncWrite + Unpin>(
     s.flush().await?;
     s.shutdown().await?;
     let mut sink = [0u8; 1024];
+    // Some TLS receivers (rsyslog's gtls) close the TCP connection after our close_notify without
+    // sending their own: once all of ours is written, that close is the confirmation too.
     loop {
         match s.read(&mut sink).await {
             Ok(0) => return Ok(()),

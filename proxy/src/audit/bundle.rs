@@ -179,24 +179,64 @@ pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, String> {
             cp.seq, seqs.1
         ));
     }
-    // The summaries agree with the records.
+    // What the bundle is about is recomputed from the signed records, never taken from its summaries:
+    // the request's records, its grant (named by its approval), and every tunnel that grant opened.
+    let rid = b.request["id"].as_str().unwrap_or_default();
+    let gid = parsed
+        .iter()
+        .find(|(_, _, v)| v["event"] == "request_approved" && v["request_id"] == rid)
+        .and_then(|(_, _, v)| v["grant_id"].as_str().map(str::to_owned));
+    let opened: HashSet<String> = parsed
+        .iter()
+        .filter(|(_, _, v)| {
+            v["event"] == "tunnel_open" && gid.as_deref().is_some_and(|g| v["grant_id"] == g)
+        })
+        .filter_map(|(_, _, v)| v["session_id"].as_str().map(str::to_owned))
+        .collect();
+    let subject = Subject {
+        request_id: rid.to_owned(),
+        grant_id: gid.clone(),
+        sessions: opened.clone(),
+    };
+    let relevant: Vec<u64> = parsed
+        .iter()
+        .filter(|(_, _, v)| subject.concerns(v))
+        .map(|(seq, _, _)| *seq)
+        .collect();
+    if relevant != b.relevant {
+        return Err(
+            "the bundle's list of records about the request differs from what its records show"
+                .into(),
+        );
+    }
     let about: Vec<&serde_json::Value> = parsed
         .iter()
-        .filter(|(s, _, _)| b.relevant.contains(s))
+        .filter(|(s, _, _)| relevant.contains(s))
         .map(|(_, _, v)| v)
         .collect();
-    if about.len() != b.relevant.len() {
-        return Err("the bundle lists records it does not hold".into());
-    }
     if about.iter().any(|v| v["customer"] != b.customer.as_str()) {
         return Err("a record belongs to another customer".into());
     }
-    let rid = &b.request["id"];
     if !about
         .iter()
-        .any(|v| v["event"] == "request_filed" && v["request_id"] == *rid)
+        .any(|v| v["event"] == "request_filed" && v["request_id"] == rid)
     {
         return Err(format!("no `request_filed` record for request {rid}"));
+    }
+    if b.grant.as_ref().and_then(|g| g["id"].as_str()) != gid.as_deref() {
+        return Err("the bundle's grant is not the one the approval record names".into());
+    }
+    let listed: HashSet<String> = b
+        .sessions
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .collect();
+    if listed != opened {
+        return Err(format!(
+            "the bundle lists {} session(s), but the records show {} tunnel(s) opened under the grant",
+            listed.len(),
+            opened.len()
+        ));
     }
     for s in &b.sessions {
         let close = about
@@ -215,12 +255,6 @@ pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, String> {
                 return Err(format!("session {}: no `tunnel_close` record", s["id"]));
             }
             (_, true) => {}
-        }
-        if !about
-            .iter()
-            .any(|v| v["event"] == "tunnel_open" && v["session_id"] == s["id"])
-        {
-            return Err(format!("session {}: no `tunnel_open` record", s["id"]));
         }
     }
     Ok(Proven {

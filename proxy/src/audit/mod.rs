@@ -333,7 +333,8 @@ impl Chain {
                 .and_then(|d| d.sync_all())
                 .map_err(io_err(dir))?;
         }
-        let checkpointed = last_checkpoint_seq(&checkpoint::file_of(&path));
+        // Learned (and checked against the key) when this writer first signs.
+        let checkpointed = 0;
         let mut chain = Chain {
             name: name.to_owned(),
             path,
@@ -354,6 +355,25 @@ impl Chain {
         });
         let _ = chain.file.unlock();
         loaded?;
+        Ok(chain)
+    }
+
+    /// Opens a chain and, when a torn tail had to be moved aside, records that on the chain itself.
+    fn open_recorded(dir: &Path, name: &str) -> Result<Chain, AuditError> {
+        let mut chain = Chain::open(dir, name)?;
+        if let Some((aside, bytes)) = chain.quarantined.take() {
+            let mut ev = AuditEvent::new(
+                EventKind::TornTailQuarantined,
+                Outcome::Failure,
+                format!(
+                    "the chain ended in a torn write ({bytes} bytes, cut short before it was acknowledged); moved to {}",
+                    aside.display()
+                ),
+            );
+            ev.customer = (name != BROKER_CHAIN).then(|| name.to_owned());
+            ev.actor = Some("broker".into());
+            chain.append_batch(&[&ev])?;
+        }
         Ok(chain)
     }
 
@@ -446,8 +466,11 @@ impl Chain {
         }
         self.checkpointed_at = std::time::Instant::now();
         let cp_path = checkpoint::file_of(&path);
-        // Another process (the CLI) may have signed the same head meanwhile.
-        self.checkpointed = self.checkpointed.max(last_checkpoint_seq(&cp_path));
+        // Another process (the CLI) may have signed the same head meanwhile. Only lines that verify
+        // with our own key count: a planted line cannot stop the signing.
+        self.checkpointed = self
+            .checkpointed
+            .max(last_checkpoint_seq(&cp_path, cps.signer.public_key()));
         if self.seq <= self.checkpointed {
             return Ok(());
         }
@@ -467,9 +490,12 @@ impl Chain {
             .create(true)
             .open(&cp_path)
             .map_err(io_err(&cp_path))?;
-        f.write_all(line.as_bytes())
-            .and_then(|_| f.sync_data())
-            .map_err(io_err(&cp_path))?;
+        let before = f.metadata().map_err(io_err(&cp_path))?.len();
+        if let Err(e) = f.write_all(line.as_bytes()).and_then(|_| f.sync_data()) {
+            // Never leave half a checkpoint for the next one to be appended to.
+            let _ = f.set_len(before);
+            return Err(io_err(&cp_path)(e));
+        }
         self.checkpointed = self.seq;
         Ok(())
     }
@@ -515,9 +541,9 @@ impl Chain {
     }
 }
 
-/// The seq of the last checkpoint in a checkpoint file (0 when there is none or it is unreadable).
-/// Reads only the file's tail.
-fn last_checkpoint_seq(path: &Path) -> u64 {
+/// The seq of the last checkpoint in a checkpoint file that verifies with `key` (0 when there is
+/// none). Reads only the file's tail.
+fn last_checkpoint_seq(path: &Path, key: &[u8]) -> u64 {
     let Ok(mut f) = File::open(path) else {
         return 0;
     };
@@ -531,7 +557,13 @@ fn last_checkpoint_seq(path: &Path) -> u64 {
     String::from_utf8_lossy(&tail)
         .lines()
         .rev()
-        .find_map(|l| checkpoint::check(l, None).ok())
+        .find_map(|l| match checkpoint::check(l, Some(key)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "a checkpoint line does not verify with the audit key");
+                None
+            }
+        })
         .map_or(0, |c| c.seq)
 }
 
@@ -620,21 +652,7 @@ impl AuditLog {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut open: HashMap<String, Chain> = HashMap::new();
         for name in chains.iter().chain(std::iter::once(&BROKER_CHAIN)) {
-            let mut chain = Chain::open(dir, name)?;
-            if let Some((aside, bytes)) = chain.quarantined.take() {
-                let mut ev = AuditEvent::new(
-                    EventKind::TornTailQuarantined,
-                    Outcome::Failure,
-                    format!(
-                        "the chain ended in a torn write ({bytes} bytes, cut short by a crash before it was acknowledged); moved to {}",
-                        aside.display()
-                    ),
-                );
-                ev.customer = (*name != BROKER_CHAIN).then(|| (*name).to_owned());
-                ev.actor = Some("broker".into());
-                chain.append_batch(&[&ev])?;
-            }
-            open.insert((*name).to_owned(), chain);
+            open.insert((*name).to_owned(), Chain::open_recorded(dir, name)?);
         }
         if let Some(cps) = &checkpoints {
             let key = dir.join(checkpoint::KEY_FILE);
@@ -738,7 +756,8 @@ fn writer(
         for (name, jobs) in by_chain {
             let result = match chains.get_mut(&name) {
                 Some(c) => Ok(c),
-                None => Chain::open(&dir, &name).map(|c| chains.entry(name.clone()).or_insert(c)),
+                None => Chain::open_recorded(&dir, &name)
+                    .map(|c| chains.entry(name.clone()).or_insert(c)),
             }
             .and_then(|chain| {
                 let events: Vec<&AuditEvent> = jobs.iter().map(|j| &j.event).collect();

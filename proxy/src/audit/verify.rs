@@ -31,6 +31,8 @@ pub enum Kind {
     ForgedCheckpoint,
     /// The last line is incomplete.
     TornTail,
+    /// Records exist but no checkpoint was ever signed for them (the checkpoint file is gone).
+    Unsigned,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Rewritten => "rewritten",
             Kind::ForgedCheckpoint => "forged checkpoint",
             Kind::TornTail => "torn tail",
+            Kind::Unsigned => "unsigned",
         }
     }
 }
@@ -89,7 +92,8 @@ pub struct Report {
     pub problem: Option<Problem>,
 }
 
-/// The chains in an audit folder: `(name, path)`, sorted by name.
+/// The chains in an audit folder: `(name, path)`, sorted by name. A chain whose file is gone but
+/// whose checkpoints remain is listed too (its path does not exist), so it is reported as deleted.
 pub fn chains(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -97,10 +101,16 @@ pub fn chains(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if let Some(chain) = name.strip_suffix(".jsonl")
-            && !chain.ends_with(".checkpoints")
-        {
-            out.push((chain.to_owned(), path));
+        let chain = match name.strip_suffix(".checkpoints.jsonl") {
+            Some(c) => c,
+            None => match name.strip_suffix(".jsonl") {
+                Some(c) => c,
+                None => continue,
+            },
+        };
+        let file = dir.join(format!("{chain}.jsonl"));
+        if !out.iter().any(|(n, _)| n == chain) {
+            out.push((chain.to_owned(), file));
         }
     }
     out.sort();
@@ -119,12 +129,17 @@ pub fn verify(chain: &str, path: &Path, key: Option<&[u8]>) -> Report {
     let text = match std::fs::read(path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) => {
+            let gone = e.kind() == std::io::ErrorKind::NotFound;
             report.problem = Some(Problem {
                 file: path.to_owned(),
                 line: 0,
                 seq: None,
-                kind: Kind::Truncated,
-                detail: format!("unreadable: {e}"),
+                kind: if gone { Kind::Deleted } else { Kind::Truncated },
+                detail: if gone {
+                    "the chain file is gone, but its signed checkpoints remain".into()
+                } else {
+                    format!("unreadable: {e}")
+                },
             });
             return report;
         }
@@ -267,6 +282,19 @@ pub fn verify(chain: &str, path: &Path, key: Option<&[u8]>) -> Report {
         }
     }
     report.unsigned = report.records.saturating_sub(last);
+    if key.is_some() && report.checkpoints == 0 && report.records > 0 {
+        report.problem = Some(Problem {
+            file: cp_path.clone(),
+            line: 0,
+            seq: None,
+            kind: Kind::Unsigned,
+            detail: format!(
+                "{} records, but no signed checkpoint: the checkpoint file is missing or empty (a broker signs one within audit.checkpoint_every_seconds, and when it stops)",
+                report.records
+            ),
+        });
+        return report;
+    }
     if torn {
         report.problem = Some(problem(
             lines.len(),
@@ -443,6 +471,20 @@ mod tests {
         drop(signer);
         std::fs::write(&cp, other_cp).unwrap();
         assert_eq!(check(dir.path(), &key).kind, Kind::ForgedCheckpoint);
+    }
+
+    #[test]
+    fn a_deleted_checkpoint_file_or_chain_is_named() {
+        let (dir, key, _) = trail(7);
+        let cp = dir.path().join("acme.checkpoints.jsonl");
+        let saved = std::fs::read_to_string(&cp).unwrap();
+        std::fs::remove_file(&cp).unwrap();
+        assert_eq!(check(dir.path(), &key).kind, Kind::Unsigned);
+        std::fs::write(&cp, saved).unwrap();
+        std::fs::remove_file(dir.path().join("acme.jsonl")).unwrap();
+        let listed = chains(dir.path()).unwrap();
+        assert!(listed.iter().any(|(n, _)| n == "acme"), "{listed:?}");
+        assert_eq!(check(dir.path(), &key).kind, Kind::Deleted);
     }
 
     #[test]
