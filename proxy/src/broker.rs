@@ -60,6 +60,9 @@ pub struct Broker {
     pub notifier: Notifier,
     /// The audit checkpoint key, as published (`GET /v1/audit/key`).
     pub audit_key: serde_json::Value,
+    /// Records of things already over (tunnel closes) that could not be written while the trail
+    /// failed; written as soon as it takes records again.
+    pub unwritten: std::sync::Mutex<Vec<AuditEvent>>,
     /// API calls per identity.
     pub api_calls: CallLimiter,
     /// Request filings per technician.
@@ -235,6 +238,7 @@ impl Broker {
                 signer,
                 notifier,
                 audit_key,
+                unwritten: std::sync::Mutex::new(Vec::new()),
                 api_calls: CallLimiter::new(
                     cfg.limits.api_calls_per_minute,
                     cfg.limits.api_call_burst,
@@ -249,6 +253,38 @@ impl Broker {
             }),
             writer,
         ))
+    }
+
+    /// Keeps a record of something already over that could not be written (at most 100,000).
+    pub fn keep_unwritten(&self, ev: AuditEvent) {
+        let mut list = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() < 100_000 {
+            list.push(ev);
+        } else {
+            tracing::error!("too many unwritten audit records; dropping one");
+        }
+    }
+
+    /// Writes the records kept while the trail failed, now that it may take them again.
+    async fn write_unwritten(&self) {
+        let pending =
+            std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut left = Vec::new();
+        for mut ev in pending {
+            if !ev.reason.ends_with(LATE) {
+                ev.reason.push_str(LATE);
+            }
+            if let Err(e) = self.audit.append(ev.clone()).await {
+                tracing::debug!(error = %e, "the audit trail still fails");
+                left.push(ev);
+            }
+        }
+        if !left.is_empty() {
+            self.unwritten
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(left);
+        }
     }
 
     /// Runs a store call on the blocking pool: SQLite may wait on a lock held by another process.
@@ -312,6 +348,9 @@ fn start_notifier(cfg: &Config, audit: AuditLog, shutdown: CancellationToken) ->
     )
 }
 
+/// Marks a record written after the trail recovered.
+const LATE: &str = " (recorded after the audit trail recovered)";
+
 /// On every audit write failure: with `audit.on_failure = "end_sessions"` (the default), ends every
 /// live tunnel, since nothing may go on that cannot be recorded. New tunnels and grants are refused
 /// (503) by their own failing records until the disk takes writes again.
@@ -321,6 +360,14 @@ async fn watch_audit(b: Arc<Broker>) {
         tokio::select! {
             _ = b.shutdown.cancelled() => return,
             _ = health.failed() => {}
+            _ = health.appended() => {
+                b.write_unwritten().await;
+                continue;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                b.write_unwritten().await;
+                continue;
+            }
         }
         tracing::error!(
             failures = health.failures(),

@@ -881,24 +881,21 @@ fn audit_export(
             dir.display()
         ));
     }
-    let (lines, _) = crate::audit::query::read(&path, filter, usize::MAX)
-        .with_context(|| format!("reading {}", path.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for line in &lines {
-        match format {
-            ExportFormat::Jsonl => writeln!(out, "{line}")?,
-            ExportFormat::Ocsf => {
-                let v: serde_json::Value = serde_json::from_str(line)?;
-                writeln!(
-                    out,
-                    "{}",
-                    crate::audit::ocsf::to_ocsf(&v, env!("CARGO_PKG_VERSION"))
-                )?;
-            }
+    let n = crate::audit::query::each(&path, filter, |line| match format {
+        ExportFormat::Jsonl => writeln!(out, "{line}"),
+        ExportFormat::Ocsf => {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            writeln!(
+                out,
+                "{}",
+                crate::audit::ocsf::to_ocsf(&v, env!("CARGO_PKG_VERSION"))
+            )
         }
-    }
+    })
+    .with_context(|| format!("reading {}", path.display()))?;
     out.flush()?;
-    eprintln!("exported {} record(s) of {customer}", lines.len());
+    eprintln!("exported {n} record(s) of {customer}");
     Ok(())
 }
 

@@ -301,8 +301,9 @@ pub async fn connect(
             bytes_down = outcome.bytes_down,
             "tunnel closed"
         );
-        if let Err(e) = broker.audit.append(ev).await {
-            tracing::error!(error = %e, "could not audit a tunnel close");
+        if let Err(e) = broker.audit.append(ev.clone()).await {
+            tracing::error!(error = %e, "could not audit a tunnel close; it is written when the trail recovers");
+            broker.keep_unwritten(ev);
         }
     });
     // The session id lets the technician (or an approver) find and end this session through the API.

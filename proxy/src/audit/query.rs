@@ -91,6 +91,32 @@ pub fn read(path: &Path, filter: &Filter, limit: usize) -> std::io::Result<(Vec<
     Ok((out, false))
 }
 
+/// Calls `f` with every matching line of a chain file, oldest first, without holding the file in
+/// memory; returns how many matched. A missing file has no records.
+pub fn each(
+    path: &Path,
+    filter: &Filter,
+    mut f: impl FnMut(&str) -> std::io::Result<()>,
+) -> std::io::Result<usize> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if filter.matches(&v) {
+            f(&line)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Parses `--since`/`--until` values: RFC 3339 (`2026-01-31T00:00:00Z`) or a date (`2026-01-31`, UTC).
 pub fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
