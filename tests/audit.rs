@@ -584,6 +584,57 @@ fn a_recorded_session_is_captured_covered_by_the_chain_and_extracted() {
         (&b"SELECT secret;"[..], &b"SELECT secret;"[..])
     );
 
+    // A bulk session is captured whole: the tunnel waits for the capture, it never loses bytes.
+    let big = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let alice = connector(&s.identity("technician"));
+        let a =
+            sallyport_testkit::connect(b.addr, &alice, &format!("db01.acme:{port}"), Some(&token))
+                .await
+                .unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        let id = a.header("sallyport-session").unwrap().to_owned();
+        let (mut rd, mut wr) = tokio::io::split(a.stream);
+        let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            wr.write_all(&sent).await.unwrap();
+            wr.shutdown().await.unwrap();
+        });
+        let mut back = vec![0u8; payload.len()];
+        rd.read_exact(&mut back).await.unwrap();
+        writer.await.unwrap();
+        assert!(back == payload, "the echo differs");
+        id
+    });
+    s.wait_for_audit("acme", |r| {
+        r["event"] == "tunnel_close"
+            && r["session_id"] == big.as_str()
+            && r["capture_sha256"].is_string()
+    });
+    let out = extract(&big);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames: Vec<serde_json::Value> = std::fs::read_to_string(s.root.join("session.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let total = |dir: &str| -> usize {
+        frames
+            .iter()
+            .filter(|f| f["dir"] == dir)
+            .map(|f| decode(f).len())
+            .sum()
+    };
+    assert_eq!(
+        (total("up"), total("down")),
+        (4 * 1024 * 1024, 4 * 1024 * 1024)
+    );
+
     // An altered capture no longer matches its record.
     let mut altered = bytes.clone();
     let last = altered.len() - 1;

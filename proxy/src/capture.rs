@@ -7,8 +7,9 @@
 //! opened), then frames: 1 byte direction (`0` technician -> target, `1` target -> technician), 8 bytes
 //! big-endian microseconds since the tunnel opened, 4 bytes big-endian length, the bytes.
 //!
-//! Capture is fail-closed: a capture that cannot be created refuses the tunnel, and one that cannot
-//! keep up or be written ends it.
+//! Capture is fail-closed and lossless: a capture that cannot be created refuses the tunnel, one that
+//! cannot be written ends it, and one that falls behind slows the tunnel down (bytes are delivered
+//! only once the capture has room for them).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The header line's magic.
 pub const MAGIC: &str = "SALLYPORT-CAPTURE/1";
-/// Frames waiting for the writer before the session is ended for capture overload.
-const QUEUE: usize = 4096;
+/// Frames waiting for the writer; past it the tunnel waits (at most about 64 x 8 KiB per session).
+const QUEUE: usize = 64;
 
 struct Frame {
     up: bool,
@@ -124,21 +125,65 @@ impl Capture {
         ))
     }
 
-    /// Records bytes delivered in one direction; a capture that cannot keep up fails (ending the
-    /// tunnel) rather than losing bytes.
-    pub fn record(&self, up: bool, data: &[u8]) {
-        if data.is_empty() || self.failed.is_cancelled() {
-            return;
+    /// Records bytes delivered in one direction, waiting for room (tests and simple callers).
+    pub async fn record(&self, up: bool, data: &[u8]) {
+        let mut sink = self.sink(up);
+        if std::future::poll_fn(|cx| sink.poll_reserve(cx))
+            .await
+            .is_ok()
+        {
+            sink.send(data);
         }
-        let frame = Frame {
+    }
+
+    /// One direction's writer side, for a stream that must wait until the capture has room.
+    pub fn sink(&self, up: bool) -> CaptureSink {
+        CaptureSink {
+            tx: tokio_util::sync::PollSender::new(self.tx.clone()),
             up,
+            epoch: self.epoch,
+            failed: self.failed.clone(),
+        }
+    }
+}
+
+/// One direction of a capture: reserve room first, then deliver the bytes and record them.
+#[derive(Debug)]
+pub struct CaptureSink {
+    tx: tokio_util::sync::PollSender<Frame>,
+    up: bool,
+    epoch: std::time::Instant,
+    failed: CancellationToken,
+}
+
+impl CaptureSink {
+    /// Ready once the capture has room for one more frame; an error once the capture has failed.
+    pub fn poll_reserve(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), ()>> {
+        self.tx.poll_reserve(cx).map(|r| {
+            r.map_err(|_| {
+                self.failed.cancel();
+            })
+        })
+    }
+
+    /// Records bytes just delivered, into the room reserved before.
+    pub fn send(&mut self, data: &[u8]) {
+        let frame = Frame {
+            up: self.up,
             micros: self.epoch.elapsed().as_micros() as u64,
             data: data.to_vec(),
         };
-        if self.tx.try_send(frame).is_err() {
-            tracing::error!("session capture could not keep up; ending the session");
+        if self.tx.send_item(frame).is_err() {
             self.failed.cancel();
         }
+    }
+
+    /// Gives back reserved room when nothing was delivered.
+    pub fn release(&mut self) {
+        self.tx.abort_send();
     }
 }
 
@@ -196,9 +241,12 @@ mod tests {
         let path = path_of(dir.path(), "acme", "s-1");
         let (cap, writer) =
             Capture::start(path.clone(), &serde_json::json!({"session": "s-1"})).unwrap();
-        cap.record(true, b"GET / HTTP/1.1\r\n\r\n");
-        cap.record(false, b"HTTP/1.1 200 OK\r\n\r\n");
-        cap.record(true, b"");
+        // Far more frames than the queue holds: the writer keeps up, nothing is lost.
+        for _ in 0..QUEUE * 4 {
+            cap.record(true, b"x").await;
+        }
+        cap.record(true, b"GET / HTTP/1.1\r\n\r\n").await;
+        cap.record(false, b"HTTP/1.1 200 OK\r\n\r\n").await;
         drop(cap);
         let w = writer.await.unwrap().unwrap();
         let bytes = std::fs::read(&path).unwrap();
@@ -206,10 +254,11 @@ mod tests {
         assert_eq!(w.bytes, bytes.len() as u64);
         let (header, frames) = parse(&bytes).unwrap();
         assert_eq!(header["session"], "s-1");
-        assert_eq!(frames.len(), 2);
-        assert!(frames[0].up && !frames[1].up);
-        assert_eq!(frames[1].data, b"HTTP/1.1 200 OK\r\n\r\n");
-        assert!(frames[0].micros <= frames[1].micros);
+        assert_eq!(frames.len(), QUEUE * 4 + 2);
+        let last = &frames[frames.len() - 2..];
+        assert!(last[0].up && !last[1].up);
+        assert_eq!(last[1].data, b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(frames.windows(2).all(|w| w[0].micros <= w[1].micros));
         // Never overwritten.
         assert!(Capture::start(path, &serde_json::json!({})).is_err());
         assert!(parse(&bytes[..bytes.len() - 3]).is_err());

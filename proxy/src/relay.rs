@@ -57,7 +57,8 @@ pub struct RelayOutcome {
 /// Counts bytes written into a stream (delivered, not merely read) and notes when bytes last moved.
 struct Metered<S> {
     inner: S,
-    capture: Option<Arc<crate::capture::Capture>>,
+    /// When recorded: bytes go in only once the capture has room for them.
+    capture: Option<crate::capture::CaptureSink>,
     counters: Arc<Counters>,
     /// Writes into this stream go technician -> target.
     up: bool,
@@ -93,7 +94,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(cap) = &mut self.capture {
+            match cap.poll_reserve(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(())) => {
+                    return Poll::Ready(Err(std::io::Error::other("session capture failed")));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+        }
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Err(_)), Some(cap)) = (&res, &mut self.capture) {
+            cap.release();
+        }
         if let Poll::Ready(Ok(n)) = res {
             let c = if self.up {
                 &self.counters.up
@@ -101,8 +114,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
                 &self.counters.down
             };
             c.fetch_add(n as u64, Ordering::Relaxed);
-            if let Some(cap) = &self.capture {
-                cap.record(self.up, &buf[..n]);
+            if let Some(cap) = &mut self.capture {
+                if n > 0 {
+                    cap.send(&buf[..n]);
+                } else {
+                    cap.release();
+                }
             }
             self.touch();
         }
@@ -156,7 +173,7 @@ where
         .map_or_else(CancellationToken::new, |c| c.failed.clone());
     let mut client = Metered {
         inner: client,
-        capture: capture.clone(),
+        capture: capture.as_ref().map(|c| c.sink(false)),
         counters: counters.clone(),
         up: false,
         activity: activity.clone(),
@@ -164,7 +181,7 @@ where
     };
     let mut upstream = Metered {
         inner: upstream,
-        capture,
+        capture: capture.as_ref().map(|c| c.sink(true)),
         counters: counters.clone(),
         up: true,
         activity: activity.clone(),
