@@ -118,7 +118,7 @@ mod tests {
         let dir = tmp.path().join("alice");
         let issued = Issued {
             cert_pem: "C".into(),
-            key_pem: "K".into(),
+            key_pem: "SECRET-KEY-MATERIAL".into(),
         };
         IdentityDir::write(&dir, &issued, "CA", "localhost:8443").unwrap();
         let mode = std::fs::metadata(dir.join("key.pem"))
@@ -128,9 +128,10 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let back = IdentityDir::read(&dir).unwrap();
         assert_eq!(back.broker, "localhost:8443");
-        assert_eq!(back.key_pem, "K");
+        assert_eq!(back.key_pem, "SECRET-KEY-MATERIAL");
+        // A distinctive value: the folder's random temporary name may contain any single letter.
         assert!(
-            !format!("{back:?}").contains('K'),
+            !format!("{back:?}").contains("SECRET-KEY"),
             "debug output leaks the key"
         );
     }

@@ -356,32 +356,36 @@ const LATE: &str = " (recorded after the audit trail recovered)";
 /// (503) by their own failing records until the disk takes writes again.
 async fn watch_audit(b: Arc<Broker>) {
     let health = b.audit.health().clone();
+    // Failures are read from the counter, so one that lands while this task is busy is not missed.
+    let mut seen = health.failures();
     loop {
         tokio::select! {
             _ = b.shutdown.cancelled() => return,
             _ = health.failed() => {}
-            _ = health.appended() => {
-                b.write_unwritten().await;
-                continue;
-            }
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                b.write_unwritten().await;
-                continue;
-            }
+            _ = health.appended() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        tracing::error!(
-            failures = health.failures(),
-            "the audit trail is not writable: new sessions and grants are refused until it recovers"
-        );
-        if b.cfg.audit.on_failure == crate::config::OnAuditFailure::EndSessions {
-            let ended = b.sessions.end_all("audit trail not writable");
-            if ended > 0 {
-                tracing::error!(
-                    sessions = ended,
-                    "ended live sessions: the audit trail is not writable"
-                );
+        let failures = health.failures();
+        if failures > seen {
+            seen = failures;
+            tracing::error!(
+                failures,
+                "the audit trail is not writable: new sessions and grants are refused until it recovers"
+            );
+            if b.cfg.audit.on_failure == crate::config::OnAuditFailure::EndSessions {
+                let ended = b.sessions.end_all("audit trail not writable");
+                if ended > 0 {
+                    tracing::error!(
+                        sessions = ended,
+                        "ended live sessions: the audit trail is not writable"
+                    );
+                }
             }
+            continue;
         }
+        b.write_unwritten().await;
+        // Retries that failed again are not news.
+        seen = seen.max(health.failures());
     }
 }
 
