@@ -1,7 +1,7 @@
 //! The crash harness: the real broker under a load of tunnels is killed with SIGKILL at random
 //! moments, again and again. After each restart every acknowledged record (a tunnel whose client got
 //! its 200) is on disk and the whole trail verifies; the harness also proves that kills landed while
-//! records were in flight (written but not yet acknowledged, or torn mid-line and quarantined).
+//! records were in flight: written by that round, but never acknowledged to any client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
