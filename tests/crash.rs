@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -110,16 +109,7 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
     // One more start quarantines a torn tail, if the last kill left one; then everything verifies.
     let mut b = Broker::start(&s);
     assert!(b.terminate().success());
-    let out = Command::new(BIN)
-        .args(["audit", "verify", "--data"])
-        .arg(s.root.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    s.assert_trail_verifies();
     let records = s.audit("acme");
     let opened: HashSet<&str> = records
         .iter()

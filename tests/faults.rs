@@ -94,14 +94,5 @@ async fn a_full_disk_fails_closed_and_the_broker_resumes_by_itself() {
     drop(back);
     let mut b = b;
     assert!(b.terminate().success());
-    let out = Command::new(BIN)
-        .args(["audit", "verify", "--data"])
-        .arg(s.root.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    s.assert_trail_verifies();
 }

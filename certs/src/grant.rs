@@ -161,6 +161,20 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
+/// Loads an Ed25519 PKCS#8 PEM private key: the signing key and the raw 32-byte public key.
+pub(crate) fn load_ed25519(pem: &str) -> Result<(EncodingKey, Vec<u8>), GrantError> {
+    let pair = rcgen::KeyPair::from_pem(pem)
+        .map_err(|e| GrantError::Key(format!("not a PKCS#8 PEM private key: {e}")))?;
+    if pair.algorithm() != &rcgen::PKCS_ED25519 {
+        return Err(GrantError::Key(
+            "not an Ed25519 key; create one with `openssl genpkey -algorithm ed25519`".into(),
+        ));
+    }
+    let key = EncodingKey::from_ed_pem(pem.as_bytes())
+        .map_err(|e| GrantError::Key(format!("unusable Ed25519 key: {e}")))?;
+    Ok((key, pair.public_key_raw().to_vec()))
+}
+
 /// Signs grants with the broker's Ed25519 key.
 pub struct GrantSigner {
     key: EncodingKey,
@@ -181,16 +195,7 @@ impl std::fmt::Debug for GrantSigner {
 impl GrantSigner {
     /// Loads an Ed25519 PKCS#8 PEM key.
     pub fn from_pkcs8_pem(pem: &str, issuer: &str, audience: &str) -> Result<Self, GrantError> {
-        let pair = rcgen::KeyPair::from_pem(pem)
-            .map_err(|e| GrantError::Key(format!("not a PKCS#8 PEM private key: {e}")))?;
-        if pair.algorithm() != &rcgen::PKCS_ED25519 {
-            return Err(GrantError::Key(
-                "not an Ed25519 key; create one with `openssl genpkey -algorithm ed25519`".into(),
-            ));
-        }
-        let key = EncodingKey::from_ed_pem(pem.as_bytes())
-            .map_err(|e| GrantError::Key(format!("unusable Ed25519 key: {e}")))?;
-        let public_key = pair.public_key_raw().to_vec();
+        let (key, public_key) = load_ed25519(pem)?;
         Ok(Self {
             kid: ed25519_kid(&public_key),
             key,

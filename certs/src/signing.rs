@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
-use crate::grant::{GrantError, ed25519_kid};
+use crate::grant::{GrantError, ed25519_kid, load_ed25519};
 
 /// Signs byte strings with an Ed25519 key.
 pub struct Ed25519Signer {
@@ -26,16 +26,7 @@ impl std::fmt::Debug for Ed25519Signer {
 impl Ed25519Signer {
     /// Loads an Ed25519 PKCS#8 PEM key.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, GrantError> {
-        let pair = rcgen::KeyPair::from_pem(pem)
-            .map_err(|e| GrantError::Key(format!("not a PKCS#8 PEM private key: {e}")))?;
-        if pair.algorithm() != &rcgen::PKCS_ED25519 {
-            return Err(GrantError::Key(
-                "not an Ed25519 key; create one with `openssl genpkey -algorithm ed25519`".into(),
-            ));
-        }
-        let key = EncodingKey::from_ed_pem(pem.as_bytes())
-            .map_err(|e| GrantError::Key(format!("unusable Ed25519 key: {e}")))?;
-        let public_key = pair.public_key_raw().to_vec();
+        let (key, public_key) = load_ed25519(pem)?;
         Ok(Self {
             kid: ed25519_kid(&public_key),
             key,

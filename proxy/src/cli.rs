@@ -1052,15 +1052,36 @@ fn s(v: &serde_json::Value) -> String {
     }
 }
 
-fn print_requests(v: &serde_json::Value) {
-    let list = v["requests"].as_array().cloned().unwrap_or_default();
+/// Prints `v[key]` as a table with one row per item, or `no {key}` when there is none.
+fn print_list(
+    v: &serde_json::Value,
+    key: &str,
+    header: &[&str],
+    row: impl Fn(&serde_json::Value) -> Vec<String>,
+) {
+    let list = v[key].as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        println!("no requests");
+        println!("no {key}");
         return;
     }
-    let rows = list
-        .iter()
-        .map(|r| {
+    table(header, list.iter().map(row).collect());
+}
+
+fn print_requests(v: &serde_json::Value) {
+    print_list(
+        v,
+        "requests",
+        &[
+            "ID",
+            "STATUS",
+            "TARGET",
+            "TECHNICIAN",
+            "MINUTES",
+            "APPROVALS",
+            "CREATED",
+            "REASON",
+        ],
+        |r| {
             vec![
                 s(&r["id"]),
                 s(&r["status"]),
@@ -1075,50 +1096,14 @@ fn print_requests(v: &serde_json::Value) {
                 s(&r["created_at"]),
                 s(&r["reason"]),
             ]
-        })
-        .collect();
-    table(
-        &[
-            "ID",
-            "STATUS",
-            "TARGET",
-            "TECHNICIAN",
-            "MINUTES",
-            "APPROVALS",
-            "CREATED",
-            "REASON",
-        ],
-        rows,
+        },
     );
 }
 
 fn print_sessions(v: &serde_json::Value) {
-    let list = v["sessions"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
-        println!("no sessions");
-        return;
-    }
-    let rows = list
-        .iter()
-        .map(|r| {
-            vec![
-                s(&r["id"]),
-                if r["live"] == true {
-                    "live".into()
-                } else {
-                    "closed".into()
-                },
-                format!("{}/{}", s(&r["customer"]), s(&r["target"])),
-                crate::api::who(&s(&r["technician"])),
-                s(&r["opened_at"]),
-                format!("{}s", s(&r["duration_seconds"])),
-                s(&r["bytes_up"]),
-                s(&r["bytes_down"]),
-                s(&r["close_reason"]),
-            ]
-        })
-        .collect();
-    table(
+    print_list(
+        v,
+        "sessions",
         &[
             "ID",
             "STATE",
@@ -1130,11 +1115,22 @@ fn print_sessions(v: &serde_json::Value) {
             "BYTES DOWN",
             "CLOSED BECAUSE",
         ],
-        rows,
+        |r| {
+            vec![
+                s(&r["id"]),
+                if r["live"] == true { "live" } else { "closed" }.into(),
+                format!("{}/{}", s(&r["customer"]), s(&r["target"])),
+                crate::api::who(&s(&r["technician"])),
+                s(&r["opened_at"]),
+                format!("{}s", s(&r["duration_seconds"])),
+                s(&r["bytes_up"]),
+                s(&r["bytes_down"]),
+                s(&r["close_reason"]),
+            ]
+        },
     );
 }
 
-/// Who runs this command: the login name, else the process owner's uid.
 fn operator() -> String {
     use std::os::unix::fs::MetadataExt;
     std::env::var("USER")

@@ -196,6 +196,21 @@ impl Setup {
         self.root.join("identities").join(which)
     }
 
+    /// Runs the real `sallyport audit verify` on this broker's data and asserts the trail is intact.
+    pub fn assert_trail_verifies(&self) {
+        let out = Command::new(&self.bin)
+            .args(["audit", "verify", "--data"])
+            .arg(self.root.join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The config file.
     pub fn config(&self) -> PathBuf {
         self.root.join("sallyport.toml")
