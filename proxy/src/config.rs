@@ -1143,4 +1143,59 @@ mod tests {
             "the secret leaks via Debug"
         );
     }
+
+    #[test]
+    fn siem_sinks_are_checked_and_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("acme.cedar"), "").unwrap();
+        let cfg = dir.path().join("sallyport.toml");
+        let base = "[server]\nlisten = \"127.0.0.1:1\"\n[[customers]]\nid = \"acme\"\npolicy = \"acme.cedar\"\n[[customers.siem]]\n";
+        for (sink, field, needle) in [
+            (
+                "kind = \"kafka\"\n",
+                "customers[0].siem[0].kind",
+                "unknown sink kind `kafka`",
+            ),
+            (
+                "kind = \"syslog\"\n",
+                "customers[0].siem[0].address",
+                "needs `address`",
+            ),
+            (
+                "kind = \"syslog\"\naddress = \"siem\"\n",
+                "customers[0].siem[0].address",
+                "not HOST:PORT",
+            ),
+            (
+                "kind = \"https\"\n",
+                "customers[0].siem[0].url",
+                "needs `url`",
+            ),
+            (
+                "kind = \"https\"\nurl = \"http://siem.example/in\"\n",
+                "customers[0].siem[0].url",
+                "http",
+            ),
+            (
+                "kind = \"syslog-tls\"\naddress = \"siem:6514\"\nca = \"none.pem\"\n",
+                "customers[0].siem[0].ca",
+                "cannot read",
+            ),
+            (
+                "kind = \"https\"\nurl = \"https://siem.example/in\"\ntoken_file = \"none\"\n",
+                "customers[0].siem[0].token_file",
+                "cannot read",
+            ),
+        ] {
+            let err = Config::parse(&cfg, &format!("{base}{sink}")).unwrap_err();
+            assert_eq!(err.field, field, "{sink}: {err}");
+            assert!(err.message.contains(needle), "{sink}: {err}");
+        }
+        let ok = Config::parse(
+            &cfg,
+            &format!("{base}kind = \"syslog-tls\"\naddress = \"siem.example:6514\"\n"),
+        )
+        .unwrap();
+        assert_eq!(ok.customers[0].siem.len(), 1);
+    }
 }
