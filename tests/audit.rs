@@ -1,6 +1,7 @@
 //! End-to-end tests of the audit trail with the real binary: signed checkpoints from a running broker,
 //! `sallyport audit verify` on intact and tampered trails, the published key, and a torn tail left by
-//! a crash being quarantined at the next start.
+//! a crash being quarantined at the next start, daily segments and retention, export, bundles and
+//! session captures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -89,7 +90,8 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
     );
     assert!(out.contains("all intact"), "{out}");
 
-    let chain = data.join("audit/acme.jsonl");
+    let chain = s.segment("acme");
+    let name = chain.file_name().unwrap().to_string_lossy().into_owned();
     let original = std::fs::read_to_string(&chain).unwrap();
     // An edited record.
     let edited = original.replacen("for 5 minutes", "for 50 minutes", 1);
@@ -98,7 +100,7 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
     let (ok, out, _) = verify(&data, &["--key", key_arg, "--customer", "acme"]);
     assert!(!ok);
     assert!(
-        out.contains("acme.jsonl:1: seq 1: edited"),
+        out.contains(&format!("acme/{name}:1: seq 1: edited")),
         "the report names file, line, seq and kind: {out}"
     );
     assert!(out.contains("1 problem(s)"), "{out}");
@@ -124,7 +126,7 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
     assert!(!ok);
     assert!(out.contains("forged checkpoint"), "{out}");
     // Cut back consistently, chain and checkpoints together: only a checkpoint kept elsewhere shows it.
-    let cps = data.join("audit/acme.checkpoints.jsonl");
+    let cps = data.join("audit/acme/checkpoints.jsonl");
     let saved = std::fs::read_to_string(&cps).unwrap();
     let kept = s.root.join("kept-checkpoints.jsonl");
     std::fs::write(&kept, &saved).unwrap();
@@ -162,7 +164,8 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
 fn a_torn_tail_left_by_a_crash_is_quarantined_at_the_next_start() {
     let (s, _) = Setup::with_echo_target(BIN, "");
     let key = trail(&s);
-    let chain = s.root.join("data/audit/acme.jsonl");
+    let chain = s.segment("acme");
+    let name = chain.file_name().unwrap().to_string_lossy().into_owned();
     let mut text = std::fs::read_to_string(&chain).unwrap();
     text.push_str("{\"seq\":4,\"time\":\"2026-");
     std::fs::write(&chain, text).unwrap();
@@ -175,18 +178,21 @@ fn a_torn_tail_left_by_a_crash_is_quarantined_at_the_next_start() {
     let q = records.last().unwrap();
     assert_eq!(q["event"], "torn_tail_quarantined");
     assert!(
-        q["reason"].as_str().unwrap().contains("acme.jsonl.torn-"),
+        q["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{name}.torn-")),
         "{q}"
     );
     let (ok, out, err) = verify(&s.root.join("data"), &["--key", key.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
-    let aside = std::fs::read_dir(s.root.join("data/audit"))
+    let aside = std::fs::read_dir(s.root.join("data/audit/acme"))
         .unwrap()
         .filter_map(Result::ok)
         .find(|e| {
             e.file_name()
                 .to_string_lossy()
-                .starts_with("acme.jsonl.torn-")
+                .starts_with(&format!("{name}.torn-"))
         })
         .unwrap();
     assert_eq!(
@@ -199,7 +205,7 @@ fn a_torn_tail_left_by_a_crash_is_quarantined_at_the_next_start() {
 fn a_broker_does_not_start_on_a_chain_whose_last_record_was_altered() {
     let (s, _) = Setup::with_echo_target(BIN, "");
     trail(&s);
-    let chain = s.root.join("data/audit/acme.jsonl");
+    let chain = s.segment("acme");
     let text = std::fs::read_to_string(&chain).unwrap();
     let last = text.lines().last().unwrap().to_owned();
     std::fs::write(
@@ -311,7 +317,7 @@ fn auditors_query_and_export_their_customers_records() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stored = std::fs::read_to_string(s.root.join("data/audit/acme.jsonl")).unwrap();
+    let stored = sallyport_testkit::trail_text(&s.root.join("data"), "acme");
     assert_eq!(String::from_utf8(out.stdout).unwrap(), stored);
     // The OCSF export validates against the official OCSF schema of each event's class.
     let ocsf = Command::new(BIN)
@@ -645,4 +651,111 @@ fn a_recorded_session_is_captured_covered_by_the_chain_and_extracted() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("the capture was altered"));
     let out = extract("s-none");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no capture of session `s-none`"));
+}
+
+/// Writes `n` valid records per `(days ago, n)` into segments of those dates, as an older broker
+/// would have; returns the hashes by seq - 1.
+fn old_segments(data: &Path, days: &[(i64, u64)]) -> Vec<String> {
+    use sallyport_proxy::audit::{AuditEvent, EventKind, GENESIS, Outcome, render};
+    let dir = data.join("audit/acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    let (mut seq, mut head, mut hashes) = (0, GENESIS.to_owned(), Vec::new());
+    for (ago, n) in days {
+        let date = today.checked_sub(jiff::Span::new().days(*ago)).unwrap();
+        let mut text = String::new();
+        for _ in 0..*n {
+            seq += 1;
+            let mut e = AuditEvent::new(EventKind::Decision, Outcome::Deny, "old traffic");
+            e.customer = Some("acme".into());
+            let (line, hash) = render(&e, seq, &format!("{date}T12:00:00.000000Z"), &head);
+            text.push_str(&line);
+            hashes.push(hash.clone());
+            head = hash;
+        }
+        std::fs::write(dir.join(format!("{date}.jsonl")), text).unwrap();
+    }
+    hashes
+}
+
+#[test]
+fn daily_segments_past_retention_are_retired_and_the_trail_still_verifies() {
+    let (s, _) = Setup::with_echo_target(BIN, "");
+    let data = s.root.join("data");
+    // 400 and 380 days ago, and the day before yesterday; the default retention is 365 days.
+    let hashes = old_segments(&data, &[(400, 3), (380, 2), (2, 2)]);
+    let before = sallyport_testkit::segments(&data, "acme");
+    let mut b = Broker::start(&s);
+    // A CLI command appends to the same chain while the broker runs: today's segment.
+    let (_, gid) = s.break_glass(5);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = |query: &str| {
+        let head = format!("GET /v1/audit{query} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let a = rt
+            .block_on(request(b.addr, &connector(&s.identity("approver")), &head))
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        serde_json::from_str::<serde_json::Value>(&a.body).unwrap()
+    };
+    // Paging across segments starts in the segment that holds the record after `after_seq`.
+    let page = get("?after_seq=5&limit=2");
+    let seqs: Vec<u64> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (seqs, &page["more"]),
+        (vec![6, 7], &serde_json::json!(true))
+    );
+    let recent = get(&format!(
+        "?since={}",
+        jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_hours(24 * 3))
+            .unwrap()
+    ));
+    assert_eq!(recent["records"][0]["seq"], 6, "{recent}");
+    assert!(b.terminate().success());
+
+    // The oldest segment went; the others stay, and today's was added.
+    let after = sallyport_testkit::segments(&data, "acme");
+    assert!(!after.contains(&before[0]), "{after:?}");
+    assert_eq!(&after[..2], &before[1..]);
+    assert_eq!(after.len(), 3, "{after:?}");
+    let records = s.audit("acme");
+    assert_eq!(records[0]["seq"], 4);
+    let retired = records
+        .iter()
+        .find(|r| r["event"] == "segments_retired")
+        .expect("the retirement is recorded");
+    assert_eq!(retired["retired"][0]["last_seq"], 3);
+    assert_eq!(retired["retired"][0]["last_hash"], hashes[2].as_str());
+    assert_eq!(retired["actor"], "broker");
+    assert!(records.iter().any(|r| r["grant_id"] == gid.as_str()));
+
+    let key = s.root.join("data/audit/audit-key.pub");
+    let key = key.to_str().unwrap();
+    let (ok, out, err) = verify(&data, &["--key", key, "--customer", "acme"]);
+    assert!(ok, "{out}{err}");
+    let n = records.len();
+    assert!(out.contains(&format!("acme: intact: {n} records")), "{out}");
+    // An export reads across segments.
+    let out = Command::new(BIN)
+        .args(["audit", "export", "--customer", "acme", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), n);
+    // A segment removed by hand (not by retention) leaves an unexplained gap.
+    std::fs::remove_file(&after[0]).unwrap();
+    let (ok, out, _) = verify(&data, &["--key", key, "--customer", "acme"]);
+    assert!(!ok);
+    assert!(
+        out.contains("seq 6: deleted") && out.contains("no segments_retired record"),
+        "{out}"
+    );
 }

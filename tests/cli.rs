@@ -424,8 +424,7 @@ fn serve_on_embedded_defaults_prints_a_session_that_works() {
         String::from_utf8_lossy(&grant.stderr)
     );
     assert!(tmp.path().join("grant.jwt").metadata().unwrap().len() > 100);
-    let audit =
-        std::fs::read_to_string(tmp.path().join("sallyport-data/data/audit/acme.jsonl")).unwrap();
+    let audit = sallyport_testkit::trail_text(&tmp.path().join("sallyport-data/data"), "acme");
     for event in [
         "request_filed",
         "request_approved",
@@ -600,8 +599,7 @@ fn break_glass_refuses_bad_input_and_records_nothing() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args}: {err}");
     }
-    let trail = s.root.join("data/audit/acme.jsonl");
-    let recorded = std::fs::read_to_string(&trail).unwrap_or_default();
+    let recorded = sallyport_testkit::trail_text(&s.root.join("data"), "acme");
     assert!(
         !recorded.contains("grant_minted"),
         "a refused grant was recorded"

@@ -25,8 +25,7 @@ fn prlimit(pid: u32, fsize: &str) {
 async fn a_full_disk_fails_closed_and_the_broker_resumes_by_itself() {
     let (s, port) = Setup::with_echo_target(BIN, "");
     // A long, valid chain, so the audit file is the broker's largest and the first to hit the limit.
-    let chain = s.root.join("data/audit/acme.jsonl");
-    std::fs::create_dir_all(chain.parent().unwrap()).unwrap();
+    let chain = s.segment("acme");
     let mut text = String::new();
     let mut prev = GENESIS.to_owned();
     for seq in 1..=4000 {

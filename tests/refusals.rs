@@ -528,8 +528,7 @@ async fn an_unwritable_audit_trail_means_503_and_no_tunnel() {
         "",
     );
     // Every write to acme's chain fails with ENOSPC.
-    std::fs::create_dir_all(s.root.join("data/audit")).unwrap();
-    std::os::unix::fs::symlink("/dev/full", s.root.join("data/audit/acme.jsonl")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", s.segment("acme")).unwrap();
     let b = Broker::start(&s);
     let alice = s.identity("technician");
     let (nbf, exp) = window();

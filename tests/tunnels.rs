@@ -204,8 +204,7 @@ async fn the_audit_chain_recomputes_from_the_records() {
 
     // Recompute independently of the broker's code: hash = sha256(line without the trailing hash member).
     for chain in ["acme", "_broker"] {
-        let text =
-            std::fs::read_to_string(s.root.join(format!("data/audit/{chain}.jsonl"))).unwrap();
+        let text = sallyport_testkit::trail_text(&s.root.join("data"), chain);
         let mut prev = "0".repeat(64);
         let mut n = 0;
         for (i, line) in text.lines().enumerate() {
@@ -246,7 +245,7 @@ async fn the_audit_chain_recomputes_from_the_records() {
         assert!(n >= 1, "{chain} is empty");
     }
     // And an edit is caught by the same recomputation.
-    let path = s.root.join("data/audit/acme.jsonl");
+    let path = s.segment("acme");
     let text = std::fs::read_to_string(&path).unwrap();
     let edited = text.replacen("\"outcome\":\"deny\"", "\"outcome\":\"allow\"", 1);
     assert_ne!(edited, text);

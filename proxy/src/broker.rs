@@ -206,8 +206,12 @@ impl Broker {
         let lock = lock_data_dir(&cfg)?;
         let checkpoints = load_checkpoints(&cfg)?;
         let audit_key = crate::audit::checkpoint::public_key_json(&checkpoints.signer);
-        let (audit, writer) =
-            AuditLog::open(&cfg.data_dir.join("audit"), &chains, Some(checkpoints))?;
+        let (audit, writer) = AuditLog::open_with(
+            &cfg.data_dir.join("audit"),
+            &chains,
+            Some(checkpoints),
+            cfg.audit.retention_days,
+        )?;
         let store = open_store(&cfg)?;
         // Tunnels that were live when a previous broker stopped died with it.
         let orphans = store.close_orphaned_sessions(

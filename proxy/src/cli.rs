@@ -704,15 +704,25 @@ fn extract_capture(data: &Path, session: &str, out: &Path) -> anyhow::Result<()>
     };
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let sha = hex::encode(sha2::Sha256::digest(&bytes));
-    let chain = data.join("audit").join(format!("{customer}.jsonl"));
-    let close = std::fs::read_to_string(&chain)
-        .with_context(|| format!("reading {}", chain.display()))?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|r| r["event"] == "tunnel_close" && r["session_id"] == session)
-        .ok_or_else(|| {
-            anyhow!("session `{session}` has no tunnel_close record yet (is it still live?)")
-        })?;
+    let chain = crate::audit::segment::chain_dir(&data.join("audit"), &customer);
+    let closes = crate::audit::query::Filter {
+        event: Some("tunnel_close".into()),
+        ..Default::default()
+    };
+    let mut close = None;
+    crate::audit::query::each(&chain, &closes, |line| {
+        if close.is_none()
+            && let Ok(r) = serde_json::from_str::<serde_json::Value>(line)
+            && r["session_id"] == session
+        {
+            close = Some(r);
+        }
+        Ok(())
+    })
+    .with_context(|| format!("reading {}", chain.display()))?;
+    let close = close.ok_or_else(|| {
+        anyhow!("session `{session}` has no tunnel_close record yet (is it still live?)")
+    })?;
     if close["capture_sha256"] != sha.as_str() {
         return Err(anyhow!(
             "{}: the capture was altered: its SHA-256 is {sha}, but the tunnel_close record (seq {}) holds {}",
@@ -775,7 +785,7 @@ fn make_bundle(data: &Path, request_id: &str, out: &Path) -> anyhow::Result<()> 
         sessions: sessions.iter().map(|s| s.id.clone()).collect(),
     };
     let dir = data.join("audit");
-    let chain = dir.join(format!("{customer}.jsonl"));
+    let chain = crate::audit::segment::chain_dir(&dir, &customer);
     let (relevant, records, checkpoint) = bundle::collect(&chain, &subject)
         .with_context(|| format!("reading {}", chain.display()))?;
     let key_file = dir.join(crate::audit::checkpoint::KEY_FILE);
@@ -874,8 +884,8 @@ fn audit_export(
     filter: &crate::audit::query::Filter,
 ) -> anyhow::Result<()> {
     let dir = audit_dir(data);
-    let path = dir.join(format!("{customer}.jsonl"));
-    if !path.exists() {
+    let path = crate::audit::segment::chain_dir(&dir, customer);
+    if !path.is_dir() {
         return Err(anyhow!(
             "no chain for customer `{customer}` in {} (pass the broker's data directory with --data)",
             dir.display()
@@ -923,10 +933,40 @@ fn audit_verify(
         }
     };
     let key = Some(key);
-    let mut chains = verify::chains(&dir)
+    let mut chains = crate::audit::segment::chains(&dir)
         .with_context(|| format!("reading the audit folder {}", dir.display()))?;
+    // Checkpoints an auditor kept: each must verify, and its chain is checked against it (a chain
+    // gone from the folder entirely is caught this way).
+    let (mut records, mut checkpoints, mut bad) = (0, 0, 0);
+    let mut kept: Vec<verify::Pin> = Vec::new();
+    if let Some(file) = expected {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match checkpoint::check(line, key.as_deref()) {
+                Err(e) => {
+                    bad += 1;
+                    println!("{}:{}: forged checkpoint: {e}", file.display(), i + 1);
+                }
+                Ok(cp) => {
+                    if !chains.contains(&cp.chain) {
+                        chains.push(cp.chain.clone());
+                    }
+                    kept.push(verify::Pin {
+                        file: file.to_owned(),
+                        line: i + 1,
+                        cp,
+                    });
+                }
+            }
+        }
+        chains.sort();
+    }
     if let Some(c) = customer {
-        chains.retain(|(name, _)| name == c);
+        chains.retain(|name| name == c);
         if chains.is_empty() {
             return Err(anyhow!("no chain for customer `{c}` in {}", dir.display()));
         }
@@ -937,9 +977,13 @@ fn audit_verify(
             dir.display()
         ));
     }
-    let (mut records, mut checkpoints, mut bad) = (0, 0, 0);
-    for (name, path) in &chains {
-        let r = verify::verify(name, path, key.as_deref());
+    for name in &chains {
+        let extra: Vec<verify::Pin> = kept
+            .iter()
+            .filter(|p| p.cp.chain == *name)
+            .cloned()
+            .collect();
+        let r = verify::verify(&dir, name, key.as_deref(), &extra);
         records += r.records;
         checkpoints += r.checkpoints;
         match &r.problem {
@@ -950,41 +994,6 @@ fn audit_verify(
             Some(p) => {
                 bad += 1;
                 println!("{name}: {p}");
-            }
-        }
-    }
-    if let Some(file) = expected {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
-            let at = format!("{}:{}", file.display(), i + 1);
-            let problem = match checkpoint::check(line, key.as_deref()) {
-                Err(e) => Some(format!("{at}: forged checkpoint: {e}")),
-                Ok(cp) => {
-                    let chain = dir.join(format!("{}.jsonl", cp.chain));
-                    let record = std::fs::read_to_string(&chain).ok().and_then(|t| {
-                        t.lines()
-                            .filter_map(|l| crate::audit::check_line(l).ok())
-                            .find(|(seq, _, _)| *seq == cp.seq)
-                    });
-                    match record {
-                        None => Some(format!(
-                            "{}: seq {}: truncated: the chain no longer holds the record the expected checkpoint {at} signed",
-                            chain.display(),
-                            cp.seq
-                        )),
-                        Some((_, _, hash)) if hash != cp.hash => Some(format!(
-                            "{}: seq {}: rewritten: the record differs from the one the expected checkpoint {at} signed",
-                            chain.display(),
-                            cp.seq
-                        )),
-                        Some(_) => None,
-                    }
-                }
-            };
-            if let Some(p) = problem {
-                bad += 1;
-                println!("{p}");
             }
         }
     }
@@ -1361,8 +1370,8 @@ fn print_demo(addr: SocketAddr, cfg: &Config) {
     );
     println!();
     println!(
-        "Every request, decision and tunnel is on the audit trail: {}",
-        rel(&cfg.data_dir.join("audit").join("acme.jsonl"))
+        "Every request, decision and tunnel is on the audit trail, in daily segments under {}/",
+        rel(&cfg.data_dir.join("audit").join("acme"))
     );
 }
 

@@ -52,6 +52,7 @@ struct FileAudit {
     checkpoint_every_records: u64,
     checkpoint_every_seconds: u64,
     on_failure: OnAuditFailure,
+    retention_days: u32,
 }
 
 /// What happens to live tunnels when the audit trail cannot be written.
@@ -71,6 +72,7 @@ impl Default for FileAudit {
             checkpoint_every_records: 1000,
             checkpoint_every_seconds: 60,
             on_failure: OnAuditFailure::EndSessions,
+            retention_days: 365,
         }
     }
 }
@@ -318,6 +320,8 @@ pub struct AuditSettings {
     pub checkpoint_every: Duration,
     /// What happens to live tunnels when a record cannot be written.
     pub on_failure: OnAuditFailure,
+    /// Daily segments older than this many days are retired (`None`: kept forever).
+    pub retention_days: Option<u32>,
 }
 
 /// The access-request workflow.
@@ -807,6 +811,14 @@ impl Validator<'_> {
                 fix: "use 1 to 86400; the default is 60".into(),
             });
         }
+        if a.retention_days > 36_500 {
+            return Err(ConfigError {
+                location: self.loc(None),
+                field: "audit.retention_days".into(),
+                message: format!("{} is out of range", a.retention_days),
+                fix: "use 1 to 36500 days, or 0 to keep every segment; the default is 365".into(),
+            });
+        }
         let mut customers: Vec<Customer> = Vec::new();
         for (ci, c) in f.customers.iter().enumerate() {
             let field = |k: &str| format!("customers[{ci}].{k}");
@@ -974,6 +986,7 @@ impl Validator<'_> {
                 checkpoint_every_records: a.checkpoint_every_records,
                 checkpoint_every: Duration::from_secs(a.checkpoint_every_seconds),
                 on_failure: a.on_failure,
+                retention_days: (a.retention_days > 0).then_some(a.retention_days),
             },
             customers,
         })

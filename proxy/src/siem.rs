@@ -21,7 +21,6 @@
 //! facility 13 (log audit), severity 6 (informational) or 4 (warning) for denials and failures; the
 //! message is the record line exactly as stored, so it can still be verified.
 
-use std::io::{BufRead, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::Health;
+use crate::audit::{Health, segment};
 
 /// Most records per batch.
 const BATCH: usize = 500;
@@ -93,14 +92,20 @@ pub struct Sink {
     pub kind: SinkKind,
 }
 
-/// Where a sink stands: the last seq delivered, and the byte offset after it in the chain file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Where a sink stands: the last seq delivered, and where the line after it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cursor {
     /// Last seq confirmed delivered.
     pub seq: u64,
-    /// Offset of the line after it.
+    /// The segment (`YYYY-MM-DD`) that record is in.
+    #[serde(default)]
+    pub segment: Option<String>,
+    /// Offset of the line after it in that segment.
     pub offset: u64,
 }
+
+/// One record waiting for delivery: its seq, its line, and the cursor once it is delivered.
+pub type Pending = (u64, String, Cursor);
 
 fn read_cursor(path: &Path) -> Cursor {
     std::fs::read_to_string(path)
@@ -109,9 +114,9 @@ fn read_cursor(path: &Path) -> Cursor {
         .unwrap_or_default()
 }
 
-fn write_cursor(path: &Path, c: Cursor) -> std::io::Result<()> {
+fn write_cursor(path: &Path, c: &Cursor) -> std::io::Result<()> {
     let tmp = path.with_extension("cursor.tmp");
-    let text = serde_json::to_string(&c).map_err(std::io::Error::other)?;
+    let text = serde_json::to_string(c).map_err(std::io::Error::other)?;
     {
         let mut f = std::fs::File::create(&tmp)?;
         std::io::Write::write_all(&mut f, text.as_bytes())?;
@@ -120,59 +125,51 @@ fn write_cursor(path: &Path, c: Cursor) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Complete records after `cursor`: `(seq, line, offset after it)`, at most `max`. Reads from the
-/// cursor's offset when it still points at the next record, else from the start.
-pub fn pending(
-    chain: &Path,
-    cursor: Cursor,
-    max: usize,
-) -> std::io::Result<Vec<(u64, String, u64)>> {
-    let mut f = match std::fs::File::open(chain) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    let start = if cursor.offset <= len {
-        cursor.offset
-    } else {
-        0
-    };
-    let out = scan(&mut f, start, cursor.seq, max)?;
-    if start > 0 && out.first().is_some_and(|(s, _, _)| *s != cursor.seq + 1) {
-        // The file is not what the cursor remembers (rotated or rewritten): find the seq again.
-        return scan(&mut f, 0, cursor.seq, max);
+/// Complete records of the chain folder `chain` after `cursor`, at most `max`. Reads on from the
+/// cursor's segment and offset when they still point at the next record, else finds the seq again.
+pub fn pending(chain: &Path, cursor: &Cursor, max: usize) -> std::io::Result<Vec<Pending>> {
+    let at = cursor
+        .segment
+        .as_deref()
+        .and_then(|d| d.parse::<jiff::civil::Date>().ok());
+    if let Some(date) = at {
+        match segment::Reader::open(chain, segment::Start::At(date, cursor.offset), None) {
+            Ok(reader) => {
+                let out = scan(reader, cursor.seq, max)?;
+                if out.first().is_none_or(|(s, _, _)| *s == cursor.seq + 1) {
+                    return Ok(out);
+                }
+                // The segment is not what the cursor remembers: find the seq again.
+            }
+            // Retired by retention: go on from the oldest segment kept.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
-    Ok(out)
+    let reader = segment::Reader::open(chain, segment::Start::AfterSeq(cursor.seq), None)?;
+    scan(reader, cursor.seq, max)
 }
 
-fn scan(
-    f: &mut std::fs::File,
-    start: u64,
-    after: u64,
-    max: usize,
-) -> std::io::Result<Vec<(u64, String, u64)>> {
-    f.seek(SeekFrom::Start(start))?;
-    let mut reader = std::io::BufReader::new(f);
-    let mut offset = start;
+fn scan(reader: segment::Reader, after: u64, max: usize) -> std::io::Result<Vec<Pending>> {
     let mut out = Vec::new();
-    let mut line = String::new();
-    while out.len() < max {
-        line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 || !line.ends_with('\n') {
-            break; // the end, or a torn last line (not a record yet)
+    for line in reader {
+        let line = line?;
+        if out.len() == max || !line.complete {
+            break; // enough, or a torn last line (not a record yet)
         }
-        offset += n as u64;
-        let text = line.trim_end_matches('\n');
-        let Some(seq) = serde_json::from_str::<serde_json::Value>(text)
+        let Some(seq) = serde_json::from_str::<serde_json::Value>(&line.text)
             .ok()
             .and_then(|v| v["seq"].as_u64())
         else {
             continue;
         };
         if seq > after {
-            out.push((seq, text.to_owned(), offset));
+            let cursor = Cursor {
+                seq,
+                segment: Some(line.date.to_string()),
+                offset: line.end,
+            };
+            out.push((seq, line.text, cursor));
         }
     }
     Ok(out)
@@ -210,7 +207,7 @@ pub fn start(
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "-".into());
     for sink in sinks {
-        let chain = audit_dir.join(format!("{}.jsonl", sink.customer));
+        let chain = segment::chain_dir(&audit_dir, &sink.customer);
         let cursor = cursor_dir.join(format!("{}.{}.cursor", sink.customer, sink.index));
         tasks.spawn(run(
             sink,
@@ -235,8 +232,8 @@ async fn run(
     let mut cursor = read_cursor(&cursor_path);
     let mut backoff = Duration::from_millis(200);
     loop {
-        let (c, path) = (cursor, chain.clone());
-        let batch = tokio::task::spawn_blocking(move || pending(&path, c, BATCH)).await;
+        let (c, path) = (cursor.clone(), chain.clone());
+        let batch = tokio::task::spawn_blocking(move || pending(&path, &c, BATCH)).await;
         let batch = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -256,12 +253,14 @@ async fn run(
         let delivered = tokio::time::timeout(DELIVERY_TIMEOUT, deliver(&sink, &batch, &host)).await;
         match delivered {
             Ok(Ok(())) => {
-                if let Some((seq, _, offset)) = batch.last() {
-                    cursor = Cursor {
-                        seq: *seq,
-                        offset: *offset,
-                    };
-                    if let Err(e) = write_cursor(&cursor_path, cursor) {
+                if let Some(first) = batch.first()
+                    && first.0 > cursor.seq + 1
+                {
+                    tracing::error!(customer = %sink.customer, sink = ?sink.kind, missing_from = cursor.seq + 1, missing_to = first.0 - 1, "records were retired by audit retention before the SIEM took them");
+                }
+                if let Some((_, _, next)) = batch.last() {
+                    cursor = next.clone();
+                    if let Err(e) = write_cursor(&cursor_path, &cursor) {
                         tracing::warn!(path = %cursor_path.display(), error = %e, "cannot save the SIEM cursor (records may be sent again)");
                     }
                 }
@@ -284,7 +283,7 @@ async fn run(
     }
 }
 
-async fn deliver(sink: &Sink, batch: &[(u64, String, u64)], host: &str) -> std::io::Result<()> {
+async fn deliver(sink: &Sink, batch: &[Pending], host: &str) -> std::io::Result<()> {
     let frames = || {
         batch
             .iter()
@@ -342,7 +341,7 @@ async fn post(
     url: &Uri,
     token: Option<&str>,
     tls: &Arc<rustls::ClientConfig>,
-    batch: &[(u64, String, u64)],
+    batch: &[Pending],
 ) -> std::io::Result<()> {
     let host = url
         .host()
@@ -424,26 +423,35 @@ mod tests {
     #[test]
     fn pending_reads_after_the_cursor_and_skips_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let chain = dir.path().join("acme.jsonl");
-        let mut text = String::new();
-        for seq in 1..=5 {
-            text.push_str(&format!("{{\"seq\":{seq}}}\n"));
-        }
-        text.push_str("{\"seq\":6,");
-        std::fs::write(&chain, &text).unwrap();
-        let all = pending(&chain, Cursor::default(), 10).unwrap();
-        assert_eq!(all.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
-        let c = Cursor {
-            seq: all[1].0,
-            offset: all[1].2,
+        let chain = dir.path().join("acme");
+        std::fs::create_dir(&chain).unwrap();
+        let lines = |seqs: std::ops::RangeInclusive<u64>| -> String {
+            seqs.map(|seq| format!("{{\"seq\":{seq}}}\n")).collect()
         };
-        let rest = pending(&chain, c, 2).unwrap();
-        assert_eq!(rest.iter().map(|r| r.0).collect::<Vec<_>>(), [3, 4]);
+        std::fs::write(chain.join("2026-03-01.jsonl"), lines(1..=3)).unwrap();
+        std::fs::write(chain.join("2026-03-02.jsonl"), lines(4..=5) + "{\"seq\":6,").unwrap();
+        let seqs = |p: Vec<Pending>| p.iter().map(|r| r.0).collect::<Vec<_>>();
+        let all = pending(&chain, &Cursor::default(), 10).unwrap();
+        assert_eq!(all[4].2.segment.as_deref(), Some("2026-03-02"));
+        assert_eq!(seqs(all.clone()), [1, 2, 3, 4, 5]);
+        let c = all[1].2.clone();
+        assert_eq!(seqs(pending(&chain, &c, 2).unwrap()), [3, 4]);
+        // Across the segment boundary.
+        assert_eq!(seqs(pending(&chain, &all[2].2, 10).unwrap()), [4, 5]);
         // A cursor whose offset no longer fits the file falls back to a scan.
-        let stale = Cursor { seq: 3, offset: 2 };
-        assert_eq!(pending(&chain, stale, 10).unwrap()[0].0, 4);
+        let stale = Cursor {
+            seq: 3,
+            segment: Some("2026-03-01".into()),
+            offset: 2,
+        };
+        assert_eq!(pending(&chain, &stale, 10).unwrap()[0].0, 4);
+        // A cursor of an earlier version (no segment), and one whose segment was retired.
+        let old: Cursor = serde_json::from_str(r#"{"seq":4,"offset":99}"#).unwrap();
+        assert_eq!(seqs(pending(&chain, &old, 10).unwrap()), [5]);
+        std::fs::remove_file(chain.join("2026-03-01.jsonl")).unwrap();
+        assert_eq!(seqs(pending(&chain, &c, 10).unwrap()), [4, 5]);
         let path = dir.path().join("acme.0.cursor");
-        write_cursor(&path, c).unwrap();
+        write_cursor(&path, &c).unwrap();
         assert_eq!(read_cursor(&path), c);
     }
 }

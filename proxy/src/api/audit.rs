@@ -90,11 +90,7 @@ pub async fn list(b: &Arc<Broker>, conn: &Conn, q: Option<&str>) -> Response<Bod
         technician: q.technician,
         after_seq: q.after_seq,
     };
-    let path = b
-        .cfg
-        .data_dir
-        .join("audit")
-        .join(format!("{customer}.jsonl"));
+    let path = crate::audit::segment::chain_dir(&b.cfg.data_dir.join("audit"), &customer);
     let found = tokio::task::spawn_blocking(move || read(&path, &filter, limit)).await;
     let (lines, more) = match found {
         Ok(Ok(v)) => v,

@@ -8,12 +8,11 @@
 //! summaries (request, grant, sessions) agree with the records.
 
 use std::collections::HashSet;
-use std::io::BufRead;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_line, checkpoint};
+use super::{check_line, checkpoint, segment};
 
 /// The bundle format's name and version.
 pub const FORMAT: &str = "sallyport-evidence-bundle/1";
@@ -64,18 +63,30 @@ impl Subject {
     }
 }
 
-/// Collects the records of `subject` from `chain` and the checkpoint that covers them.
-/// Returns `(relevant seqs, lines, checkpoint line)`; without a covering checkpoint the run goes to
-/// the chain's end and the checkpoint is `None`.
+/// The whole lines of a chain, from the segment holding the record after `after`.
+fn lines(
+    chain: &Path,
+    after: u64,
+) -> std::io::Result<impl Iterator<Item = std::io::Result<String>>> {
+    let start = segment::Start::AfterSeq(after);
+    Ok(
+        segment::Reader::open(chain, start, None)?.filter_map(|l| match l {
+            Ok(l) if l.complete => Some(Ok(l.text)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }),
+    )
+}
+
+/// Collects the records of `subject` from the chain folder `chain` and the checkpoint that covers
+/// them. Returns `(relevant seqs, lines, checkpoint line)`; without a covering checkpoint the run
+/// goes to the chain's end and the checkpoint is `None`.
 pub fn collect(
     chain: &Path,
     subject: &Subject,
 ) -> std::io::Result<(Vec<u64>, Vec<String>, Option<String>)> {
-    let lines = || -> std::io::Result<_> {
-        Ok(std::io::BufReader::new(std::fs::File::open(chain)?).lines())
-    };
     let mut relevant = Vec::new();
-    for line in lines()? {
+    for line in lines(chain, 0)? {
         let line = line?;
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
             && subject.concerns(&v)
@@ -87,7 +98,7 @@ pub fn collect(
     let (Some(&first), Some(&last)) = (relevant.first(), relevant.last()) else {
         return Ok((relevant, Vec::new(), None));
     };
-    let cp = std::fs::read_to_string(checkpoint::file_of(chain))
+    let cp = std::fs::read_to_string(segment::checkpoints_path(chain))
         .ok()
         .and_then(|t| {
             t.lines()
@@ -99,7 +110,7 @@ pub fn collect(
         .and_then(|l| checkpoint::check(l, None).ok())
         .map_or(u64::MAX, |c| c.seq);
     let mut run = Vec::new();
-    for line in lines()? {
+    for line in lines(chain, first - 1)? {
         let line = line?;
         let Some(seq) = serde_json::from_str::<serde_json::Value>(&line)
             .ok()

@@ -1,6 +1,6 @@
 //! Signed checkpoints of the audit chains. Every N records or T seconds, and when the writer stops,
 //! the broker signs `{customer, seq, hash, time, key_id}` of each chain that moved with its Ed25519
-//! audit key, and appends the line to `<chain>.checkpoints.jsonl` next to the chain. The signature
+//! audit key, and appends the line to `checkpoints.jsonl` in the chain's folder. The signature
 //! (`sig`, base64url) covers the line's bytes with the trailing `,"sig":"…"` member removed, the same
 //! convention as a record's `hash`, so any verifier can check it without canonical JSON.
 //!
@@ -9,7 +9,6 @@
 //! to `audit-key.pub` in the audit folder and served at `GET /v1/audit/key`; auditors should take it
 //! from the API (or the operator), not from a folder the operator controls.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,11 +27,6 @@ pub struct Checkpoints {
     pub every_records: u64,
     /// And at least this often while a chain has new records.
     pub every: Duration,
-}
-
-/// The checkpoint file of a chain file `<name>.jsonl`.
-pub fn file_of(chain_file: &Path) -> std::path::PathBuf {
-    chain_file.with_extension("checkpoints.jsonl")
 }
 
 #[derive(Serialize)]

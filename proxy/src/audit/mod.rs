@@ -1,21 +1,22 @@
-//! The audit trail, first version: one JSON object per line, a SHA-256 hash chain per customer, every
-//! record fsync'ed before the action it records goes ahead.
+//! The audit trail: one JSON object per line, a SHA-256 hash chain per customer, every record
+//! fsync'ed before the action it records goes ahead.
 //!
-//! Files: `<data_dir>/audit/<customer>.jsonl`, and `<data_dir>/audit/_broker.jsonl` for events that
-//! belong to no customer (a handshake without a valid certificate, an unreadable grant). `_` cannot
-//! start a customer id, so the names never collide.
+//! Files (see [`segment`]): `<data_dir>/audit/<customer>/<YYYY-MM-DD>.jsonl`, daily segments of one
+//! chain, and `<data_dir>/audit/_broker/` for events that belong to no customer (a handshake without a
+//! valid certificate, an unreadable grant). `_` cannot start a customer id, so the names never collide.
 //!
 //! Record: `seq`, `time` (RFC 3339 UTC), `customer`, `event`, `actor`, `target`, (`subject`), `grant_id`,
 //! `session_id`, `source_ip`, `outcome`, `reason`, `policy_ids`, for closes `bytes_up`, `bytes_down`,
 //! `duration_ms`, then `prev_hash` and `hash` last. `hash` is the lowercase hex SHA-256 of the line's
 //! bytes with the `,"hash":"…"` member removed (the object then ends right after `prev_hash`), and
 //! `prev_hash` is the previous record's `hash` (64 zeros for the first). Anyone can recompute it from the
-//! file without a canonical-JSON library.
+//! file without a canonical-JSON library. `docs/audit-format.md` is the full specification.
 //!
 //! Writes go through one writer thread that takes every record waiting, appends them, and issues one
-//! fsync per touched file for the whole batch (group commit). Each file is locked (`flock`) while a batch
-//! is appended, and the writer re-reads the chain head when the file changed under it, so a CLI command
-//! (`sallyport grant`) can append to the same chain while the broker runs.
+//! fsync per touched chain for the whole batch (group commit). A chain's lock file is held (`flock`)
+//! while a batch is appended, and the writer re-reads the chain head when the files changed under it,
+//! so a CLI command (`sallyport grant`) can append to the same chain while the broker runs. The writer
+//! moves to a new segment when the UTC date changes, and retires segments past the retention period.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -32,6 +33,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod ocsf;
 pub mod query;
+pub mod segment;
 pub mod verify;
 
 pub use checkpoint::Checkpoints;
@@ -100,6 +102,8 @@ pub enum EventKind {
     WebhookFailed,
     /// A torn last line of the chain (a write cut short by a crash) was moved aside at start-up.
     TornTailQuarantined,
+    /// Segments older than the retention period were retired (deleted) from the chain.
+    SegmentsRetired,
 }
 
 /// How it ended.
@@ -153,6 +157,8 @@ pub struct AuditEvent {
     pub expires_at: Option<String>,
     /// SHA-256 of the session's capture file (closes of recorded targets).
     pub capture_sha256: Option<String>,
+    /// The segments retired (`segments_retired` records).
+    pub retired: Vec<Retired>,
 }
 
 impl AuditEvent {
@@ -176,6 +182,7 @@ impl AuditEvent {
             duration_ms: None,
             expires_at: None,
             capture_sha256: None,
+            retired: Vec::new(),
         }
     }
 }
@@ -208,6 +215,8 @@ struct Body<'a> {
     expires_at: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     capture_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[Retired]>::is_empty")]
+    retired: &'a [Retired],
     prev_hash: &'a str,
 }
 
@@ -244,6 +253,7 @@ pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String
         duration_ms: ev.duration_ms,
         expires_at: ev.expires_at.as_deref(),
         capture_sha256: ev.capture_sha256.as_deref(),
+        retired: &ev.retired,
         prev_hash,
     };
     // Serializing a struct of strings, numbers and addresses cannot fail.
@@ -275,31 +285,59 @@ pub fn check_line(line: &str) -> Result<(u64, String, String), String> {
     Ok((seq, prev, hash))
 }
 
-/// Recomputes a whole chain file; returns the number of records.
-pub fn verify_chain(path: &Path) -> Result<u64, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut prev = GENESIS.to_owned();
-    let mut expected_seq = 1;
-    for (i, line) in text.lines().enumerate() {
-        let (seq, p, h) =
-            check_line(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-        if seq != expected_seq || p != prev {
+/// Recomputes a chain across its segments in the audit folder `audit`; returns the number of
+/// records. The first record kept is taken as it is (anchoring it is [`verify`]'s job).
+pub fn verify_chain(audit: &Path, chain: &str) -> Result<u64, String> {
+    let dir = segment::chain_dir(audit, chain);
+    let reader = segment::Reader::open(&dir, segment::Start::Oldest, None)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut last: Option<(u64, String)> = None;
+    let mut n = 0;
+    for line in reader {
+        let line = line.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let at = format!("{}:{}", line.file.display(), line.line);
+        let (seq, p, h) = check_line(&line.text).map_err(|e| format!("{at}: {e}"))?;
+        if let Some((s, head)) = &last
+            && (seq != s + 1 || p != *head)
+        {
             return Err(format!(
-                "{}:{}: chain broken at seq {seq} (expected seq {expected_seq})",
-                path.display(),
-                i + 1
+                "{at}: chain broken at seq {seq} (expected seq {})",
+                s + 1
             ));
         }
-        prev = h;
-        expected_seq += 1;
+        if last.is_none() && seq == 1 && p != GENESIS {
+            return Err(format!(
+                "{at}: the first record does not start from the genesis hash"
+            ));
+        }
+        last = Some((seq, h));
+        n += 1;
     }
-    Ok(expected_seq - 1)
+    Ok(n)
+}
+
+/// A segment retired by retention, as its `segments_retired` record names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Retired {
+    /// The segment's file name (`2026-01-31.jsonl`).
+    pub segment: String,
+    /// Its first record's seq.
+    pub first_seq: u64,
+    /// Its last record's seq.
+    pub last_seq: u64,
+    /// Its last record's hash: the `prev_hash` of the record after it.
+    pub last_hash: String,
 }
 
 struct Chain {
     name: String,
-    path: PathBuf,
-    file: File,
+    /// The chain's folder.
+    dir: PathBuf,
+    /// Its lock file, held while appending.
+    lock: File,
+    /// The segment appended to: its date, path and file (`None` until the chain has a segment).
+    active: Option<(jiff::civil::Date, PathBuf, File)>,
+    /// The active segment's length as last seen.
     len: u64,
     seq: u64,
     head: String,
@@ -318,49 +356,73 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
     }
 }
 
+fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
 impl Chain {
-    fn open(dir: &Path, name: &str) -> Result<Chain, AuditError> {
-        let path = dir.join(format!("{name}.jsonl"));
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        if !existed {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(dir))?;
+    fn open(audit: &Path, name: &str) -> Result<Chain, AuditError> {
+        let dir = segment::chain_dir(audit, name);
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            sync_dir(audit)?;
         }
-        // Learned (and checked against the key) when this writer first signs.
-        let checkpointed = 0;
+        segment::migrate_flat(audit, name).map_err(io_err(&dir))?;
+        let lock_path = dir.join(segment::LOCK);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
         let mut chain = Chain {
             name: name.to_owned(),
-            path,
-            file,
+            dir,
+            lock,
+            active: None,
             len: 0,
             seq: 0,
             head: GENESIS.to_owned(),
-            checkpointed,
+            // Learned (and checked against the key) when this writer first signs.
+            checkpointed: 0,
             checkpointed_at: std::time::Instant::now(),
             quarantined: None,
         };
         // Under the lock: another process may be mid-append.
-        let path = chain.path.clone();
-        chain.file.lock().map_err(io_err(&path))?;
-        let loaded = chain.quarantine_torn_tail().and_then(|q| {
-            chain.quarantined = q;
-            chain.reload()
-        });
-        let _ = chain.file.unlock();
-        loaded?;
+        chain.locked(|c| {
+            c.quarantined = c.quarantine_torn_tail()?;
+            let segs = segment::segments(&c.dir).map_err(io_err(&c.dir))?;
+            if let Some(last) = segs.last() {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(&last.path)
+                    .map_err(io_err(&last.path))?;
+                c.active = Some((last.date, last.path.clone(), file));
+            }
+            c.reload()
+        })?;
         Ok(chain)
     }
 
+    /// Runs `f` holding the chain's lock.
+    fn locked<T>(
+        &mut self,
+        f: impl FnOnce(&mut Chain) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let lock_path = self.dir.join(segment::LOCK);
+        self.lock.lock().map_err(io_err(&lock_path))?;
+        let result = f(self);
+        let _ = self.lock.unlock();
+        result
+    }
+
     /// Opens a chain and, when a torn tail had to be moved aside, records that on the chain itself.
-    fn open_recorded(dir: &Path, name: &str) -> Result<Chain, AuditError> {
-        let mut chain = Chain::open(dir, name)?;
+    fn open_recorded(audit: &Path, name: &str) -> Result<Chain, AuditError> {
+        let mut chain = Chain::open(audit, name)?;
         if let Some((aside, bytes)) = chain.quarantined.take() {
             let mut ev = AuditEvent::new(
                 EventKind::TornTailQuarantined,
@@ -377,21 +439,34 @@ impl Chain {
         Ok(chain)
     }
 
-    /// A crash can cut the last write short, leaving bytes after the last newline. Those bytes are
-    /// moved to `<chain>.jsonl.torn-<time>` (never silently dropped) and the chain is cut back to its
-    /// last whole record, so it can go on; the caller records the quarantine on the chain.
+    /// A crash can cut the last write short, leaving bytes after the last newline of the newest
+    /// segment holding records. Those bytes are moved to `<segment>.jsonl.torn-<time>` (never
+    /// silently dropped) and the segment is cut back to its last whole record, so the chain can go
+    /// on; the caller records the quarantine on the chain.
     fn quarantine_torn_tail(&mut self) -> Result<Option<(PathBuf, usize)>, AuditError> {
-        let path = self.path.clone();
-        let len = self.file.metadata().map_err(io_err(&path))?.len();
-        if len == 0 {
-            return Ok(None);
+        let segs = segment::segments(&self.dir).map_err(io_err(&self.dir))?;
+        let mut newest = None;
+        for seg in segs.iter().rev() {
+            let len = std::fs::metadata(&seg.path)
+                .map_err(io_err(&seg.path))?
+                .len();
+            if len > 0 {
+                newest = Some((seg.path.clone(), len));
+                break;
+            }
         }
-        let start = len.saturating_sub(64 * 1024);
-        self.file
-            .seek(SeekFrom::Start(start))
+        let Some((path, len)) = newest else {
+            return Ok(None);
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
             .map_err(io_err(&path))?;
+        let start = len.saturating_sub(64 * 1024);
+        file.seek(SeekFrom::Start(start)).map_err(io_err(&path))?;
         let mut tail = Vec::new();
-        self.file.read_to_end(&mut tail).map_err(io_err(&path))?;
+        file.read_to_end(&mut tail).map_err(io_err(&path))?;
         if tail.ends_with(b"\n") {
             return Ok(None);
         }
@@ -411,61 +486,79 @@ impl Chain {
         f.write_all(torn)
             .and_then(|_| f.sync_all())
             .map_err(io_err(&aside))?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(dir))?;
-        }
-        self.file.set_len(keep).map_err(io_err(&path))?;
-        self.file.sync_all().map_err(io_err(&path))?;
-        tracing::error!(chain = %path.display(), quarantined = %aside.display(), bytes = torn.len(), "the audit chain ended in a torn write; moved it aside");
+        sync_dir(&self.dir)?;
+        file.set_len(keep).map_err(io_err(&path))?;
+        file.sync_all().map_err(io_err(&path))?;
+        tracing::error!(segment = %path.display(), quarantined = %aside.display(), bytes = torn.len(), "the audit chain ended in a torn write; moved it aside");
         Ok(Some((aside, torn.len())))
     }
 
-    /// Re-reads the chain head from the end of the file.
+    /// Re-reads the chain head: the last record of the newest segment holding records.
     fn reload(&mut self) -> Result<(), AuditError> {
-        let path = self.path.clone();
-        let len = self.file.metadata().map_err(io_err(&path))?.len();
-        if len == 0 {
-            self.len = 0;
-            self.seq = 0;
-            self.head = GENESIS.to_owned();
+        self.len = match &self.active {
+            Some((_, path, file)) => file.metadata().map_err(io_err(path))?.len(),
+            None => 0,
+        };
+        let segs = segment::segments(&self.dir).map_err(io_err(&self.dir))?;
+        for seg in segs.iter().rev() {
+            let path = &seg.path;
+            if std::fs::metadata(path).map_err(io_err(path))?.len() == 0 {
+                continue;
+            }
+            let corrupt = || AuditError::Corrupt { path: path.clone() };
+            let last = segment::last_line(path)
+                .map_err(io_err(path))?
+                .ok_or_else(corrupt)?;
+            let (seq, _, hash) = check_line(&last).map_err(|_| corrupt())?;
+            self.seq = seq;
+            self.head = hash;
             return Ok(());
         }
-        let start = len.saturating_sub(64 * 1024);
-        self.file
-            .seek(SeekFrom::Start(start))
-            .map_err(io_err(&path))?;
-        let mut tail = Vec::new();
-        self.file.read_to_end(&mut tail).map_err(io_err(&path))?;
-        let text = String::from_utf8_lossy(&tail);
-        let torn = || AuditError::Corrupt { path: path.clone() };
-        let body = text.strip_suffix('\n').ok_or_else(torn)?;
-        let last = body.rsplit('\n').next().ok_or_else(torn)?;
-        let (seq, _, hash) = check_line(last).map_err(|_| torn())?;
-        self.len = len;
-        self.seq = seq;
-        self.head = hash;
+        self.seq = 0;
+        self.head = GENESIS.to_owned();
+        Ok(())
+    }
+
+    /// Catches up with the files (under the lock): moves to `today`'s segment when this one is
+    /// older (creating it when `create`), and re-reads the head when another process appended.
+    fn refresh(&mut self, today: jiff::civil::Date, create: bool) -> Result<(), AuditError> {
+        let stale = self.active.as_ref().is_none_or(|(d, _, _)| *d < today);
+        if stale {
+            let path = segment::segment_path(&self.dir, today);
+            let existed = path.exists();
+            if create || existed {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                if !existed {
+                    // The new segment's name must survive a crash before its records are acked.
+                    sync_dir(&self.dir)?;
+                }
+                self.active = Some((today, path, file));
+                // Another process may have appended to the segment before.
+                return self.reload();
+            }
+        }
+        if let Some((_, path, file)) = &self.active
+            && file.metadata().map_err(io_err(path))?.len() != self.len
+        {
+            self.reload()?;
+        }
         Ok(())
     }
 
     /// Signs a checkpoint of the chain head if records came since the last one.
     fn checkpoint(&mut self, cps: &Checkpoints) -> Result<(), AuditError> {
-        let path = self.path.clone();
-        self.file.lock().map_err(io_err(&path))?;
-        let result = self.checkpoint_locked(cps);
-        let _ = self.file.unlock();
-        result
+        self.locked(|c| c.checkpoint_locked(cps))
     }
 
     fn checkpoint_locked(&mut self, cps: &Checkpoints) -> Result<(), AuditError> {
-        let path = self.path.clone();
-        let len = self.file.metadata().map_err(io_err(&path))?.len();
-        if len != self.len {
-            self.reload()?;
-        }
+        self.refresh(segment::date_of(jiff::Timestamp::now()), false)?;
         self.checkpointed_at = std::time::Instant::now();
-        let cp_path = checkpoint::file_of(&path);
+        let cp_path = segment::checkpoints_path(&self.dir);
         // Another process (the CLI) may have signed the same head meanwhile. Only lines that verify
         // with our own key count: a planted line cannot stop the signing.
         self.checkpointed = self
@@ -501,20 +594,13 @@ impl Chain {
     }
 
     fn append_batch(&mut self, events: &[&AuditEvent]) -> Result<Vec<(u64, String)>, AuditError> {
-        let path = self.path.clone();
-        self.file.lock().map_err(io_err(&path))?;
-        let result = self.append_locked(events);
-        let _ = self.file.unlock();
-        result
+        self.locked(|c| c.append_locked(events))
     }
 
     fn append_locked(&mut self, events: &[&AuditEvent]) -> Result<Vec<(u64, String)>, AuditError> {
-        let path = self.path.clone();
-        let len = self.file.metadata().map_err(io_err(&path))?.len();
-        if len != self.len {
-            self.reload()?;
-        }
-        let time = now_rfc3339();
+        let now = jiff::Timestamp::now();
+        self.refresh(segment::date_of(now), true)?;
+        let time = format!("{now:.6}");
         let mut buf = String::new();
         let mut out = Vec::with_capacity(events.len());
         let (mut seq, mut head) = (self.seq, self.head.clone());
@@ -525,19 +611,139 @@ impl Chain {
             out.push((seq, hash.clone()));
             head = hash;
         }
-        let written = self
-            .file
+        let Some((_, path, file)) = &mut self.active else {
+            return Err(AuditError::Closed);
+        };
+        let written = file
             .write_all(buf.as_bytes())
-            .and_then(|_| self.file.sync_data());
+            .and_then(|_| file.sync_data());
         if let Err(e) = written {
             // Cut off whatever part of the batch reached the file so the chain stays whole.
-            let _ = self.file.set_len(self.len);
-            return Err(io_err(&path)(e));
+            let _ = file.set_len(self.len);
+            return Err(io_err(path)(e));
         }
         self.len += buf.len() as u64;
         self.seq = seq;
         self.head = head;
         Ok(out)
+    }
+
+    /// Retires the segments whose every record is older than `keep_days` days before `today`:
+    /// records which segments go (with each one's last seq and hash, the anchor of what is kept),
+    /// then deletes them and trims the checkpoints before the anchor. The newest segment holding
+    /// records is never retired: it carries the chain head. Returns how many segments went.
+    fn retire(&mut self, keep_days: u32, today: jiff::civil::Date) -> Result<usize, AuditError> {
+        self.locked(|c| c.retire_locked(keep_days, today))
+    }
+
+    fn retire_locked(
+        &mut self,
+        keep_days: u32,
+        today: jiff::civil::Date,
+    ) -> Result<usize, AuditError> {
+        self.refresh(today, false)?;
+        let cutoff = today
+            .checked_sub(jiff::Span::new().days(i64::from(keep_days)))
+            .unwrap_or(jiff::civil::Date::MIN);
+        let segs = segment::segments(&self.dir).map_err(io_err(&self.dir))?;
+        let mut sizes = Vec::with_capacity(segs.len());
+        for seg in &segs {
+            sizes.push(
+                std::fs::metadata(&seg.path)
+                    .map_err(io_err(&seg.path))?
+                    .len(),
+            );
+        }
+        let Some(newest) = sizes.iter().rposition(|len| *len > 0) else {
+            return Ok(0);
+        };
+        let mut gone = Vec::new();
+        let mut retired = Vec::new();
+        for i in 0..newest {
+            // Every record of segment i is older than the next segment's date.
+            if segs[i + 1].date > cutoff {
+                break;
+            }
+            let path = &segs[i].path;
+            gone.push(path.clone());
+            if sizes[i] == 0 {
+                continue;
+            }
+            let corrupt = || AuditError::Corrupt { path: path.clone() };
+            let first = segment::first_line(path)
+                .map_err(io_err(path))?
+                .ok_or_else(corrupt)?;
+            let last = segment::last_line(path)
+                .map_err(io_err(path))?
+                .ok_or_else(corrupt)?;
+            let (first_seq, _, _) = check_line(&first).map_err(|_| corrupt())?;
+            let (last_seq, _, last_hash) = check_line(&last).map_err(|_| corrupt())?;
+            retired.push(Retired {
+                segment: format!("{}.jsonl", segs[i].date),
+                first_seq,
+                last_seq,
+                last_hash,
+            });
+        }
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        if let (Some(first), Some(last)) = (retired.first(), retired.last()) {
+            let mut ev = AuditEvent::new(
+                EventKind::SegmentsRetired,
+                Outcome::Success,
+                format!(
+                    "retention of {keep_days} days: retired {} segment(s), {} to {}, seq {} to {}",
+                    retired.len(),
+                    first.segment,
+                    last.segment,
+                    first.first_seq,
+                    last.last_seq
+                ),
+            );
+            ev.customer = (self.name != BROKER_CHAIN).then(|| self.name.clone());
+            ev.actor = Some("broker".into());
+            ev.retired = retired.clone();
+            // Recorded before anything is deleted: a gap is never unexplained.
+            self.append_locked(&[&ev])?;
+        }
+        for path in &gone {
+            std::fs::remove_file(path).map_err(io_err(path))?;
+        }
+        sync_dir(&self.dir)?;
+        if let Some(anchor) = retired.last() {
+            self.trim_checkpoints(anchor.last_seq)?;
+        }
+        tracing::info!(chain = %self.name, segments = gone.len(), keep_days, "retired audit segments past retention");
+        Ok(gone.len())
+    }
+
+    /// Drops the checkpoints of retired records (those before `anchor`), atomically.
+    fn trim_checkpoints(&self, anchor: u64) -> Result<(), AuditError> {
+        let path = segment::checkpoints_path(&self.dir);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                    .is_none_or(|seq| seq >= anchor)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept.len() == text.len() {
+            return Ok(());
+        }
+        let tmp = self.dir.join("checkpoints.jsonl.tmp");
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(kept.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(&self.dir)
     }
 }
 
@@ -649,6 +855,17 @@ impl AuditLog {
         chains: &[&str],
         checkpoints: Option<Checkpoints>,
     ) -> Result<(AuditLog, AuditWriter), AuditError> {
+        AuditLog::open_with(dir, chains, checkpoints, None)
+    }
+
+    /// [`AuditLog::open`], retiring segments older than `retention_days` (checked at start and
+    /// whenever the UTC date changes) when that is given.
+    pub fn open_with(
+        dir: &Path,
+        chains: &[&str],
+        checkpoints: Option<Checkpoints>,
+        retention_days: Option<u32>,
+    ) -> Result<(AuditLog, AuditWriter), AuditError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut open: HashMap<String, Chain> = HashMap::new();
         for name in chains.iter().chain(std::iter::once(&BROKER_CHAIN)) {
@@ -687,7 +904,18 @@ impl AuditLog {
         let writer_health = health.clone();
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer(dir, open, rx, checkpoints, &writer_health))
+            .spawn(move || {
+                writer(
+                    dir,
+                    open,
+                    rx,
+                    Duties {
+                        checkpoints,
+                        retention_days,
+                    },
+                    &writer_health,
+                )
+            })
             .map_err(|e| AuditError::Io {
                 path: PathBuf::from("(audit writer thread)"),
                 message: e.to_string(),
@@ -720,13 +948,44 @@ impl AuditLog {
     }
 }
 
+/// What the writer does besides appending.
+struct Duties {
+    checkpoints: Option<Checkpoints>,
+    retention_days: Option<u32>,
+}
+
+/// Retires old segments of every open chain, once per UTC date.
+fn retire_due(
+    chains: &mut HashMap<String, Chain>,
+    days: Option<u32>,
+    done_on: &mut Option<jiff::civil::Date>,
+) {
+    let Some(days) = days else { return };
+    let today = segment::date_of(jiff::Timestamp::now());
+    if *done_on == Some(today) {
+        return;
+    }
+    *done_on = Some(today);
+    for chain in chains.values_mut() {
+        if let Err(e) = chain.retire(days, today) {
+            tracing::error!(chain = %chain.name, error = %e, "could not retire audit segments past retention");
+        }
+    }
+}
+
 fn writer(
     dir: PathBuf,
     mut chains: HashMap<String, Chain>,
     mut rx: mpsc::Receiver<Msg>,
-    checkpoints: Option<Checkpoints>,
+    duties: Duties,
     health: &Health,
 ) {
+    let Duties {
+        checkpoints,
+        retention_days,
+    } = duties;
+    let mut retired_on = None;
+    retire_due(&mut chains, retention_days, &mut retired_on);
     let mut batch: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut tick = false;
@@ -789,6 +1048,7 @@ fn writer(
         if let Some(cps) = &checkpoints {
             sign_due(&mut chains, cps, tick);
         }
+        retire_due(&mut chains, retention_days, &mut retired_on);
     }
     // Stopping: every chain that moved gets a final checkpoint.
     if let Some(cps) = &checkpoints {
@@ -815,6 +1075,22 @@ fn sign_due(chains: &mut HashMap<String, Chain>, cps: &Checkpoints, tick: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The newest segment of a chain.
+    fn newest(audit: &Path, chain: &str) -> PathBuf {
+        segment::segments(&audit.join(chain))
+            .unwrap()
+            .pop()
+            .expect("the chain has a segment")
+            .path
+    }
+
+    /// Today's segment of a chain, its folder created.
+    fn today(audit: &Path, chain: &str) -> PathBuf {
+        let dir = audit.join(chain);
+        std::fs::create_dir_all(&dir).unwrap();
+        segment::segment_path(&dir, segment::date_of(jiff::Timestamp::now()))
+    }
 
     fn ev(customer: Option<&str>, reason: &str) -> AuditEvent {
         let mut e = AuditEvent::new(EventKind::Decision, Outcome::Allow, reason);
@@ -851,9 +1127,9 @@ mod tests {
         });
         drop(log);
         w.join();
-        assert_eq!(verify_chain(&dir.path().join("acme.jsonl")).unwrap(), 5);
-        assert_eq!(verify_chain(&dir.path().join("_broker.jsonl")).unwrap(), 1);
-        assert_eq!(verify_chain(&dir.path().join("globex.jsonl")).unwrap(), 1);
+        assert_eq!(verify_chain(dir.path(), "acme").unwrap(), 5);
+        assert_eq!(verify_chain(dir.path(), "_broker").unwrap(), 1);
+        assert_eq!(verify_chain(dir.path(), "globex").unwrap(), 1);
     }
 
     #[test]
@@ -867,15 +1143,15 @@ mod tests {
             drop(log);
             w.join();
         }
-        let path = dir.path().join("acme.jsonl");
-        assert_eq!(verify_chain(&path).unwrap(), 6);
+        let path = newest(dir.path(), "acme");
+        assert_eq!(verify_chain(dir.path(), "acme").unwrap(), 6);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(
             &path,
             text.replacen("\"reason\":\"x\"", "\"reason\":\"y\"", 1),
         )
         .unwrap();
-        let err = verify_chain(&path).unwrap_err();
+        let err = verify_chain(dir.path(), "acme").unwrap_err();
         assert!(err.contains(":1: hash mismatch"), "{err}");
     }
 
@@ -894,7 +1170,7 @@ mod tests {
         drop((a, b));
         wa.join();
         wb.join();
-        assert_eq!(verify_chain(&dir.path().join("acme.jsonl")).unwrap(), 10);
+        assert_eq!(verify_chain(dir.path(), "acme").unwrap(), 10);
     }
 
     #[test]
@@ -906,7 +1182,7 @@ mod tests {
         }
         drop(log);
         w.join();
-        let path = dir.path().join("acme.jsonl");
+        let path = newest(dir.path(), "acme");
         let whole = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("{whole}{{\"seq\":4,\"tim")).unwrap();
 
@@ -914,17 +1190,18 @@ mod tests {
         log.append_blocking(ev(Some("acme"), "after")).unwrap();
         drop(log);
         w.join();
-        assert_eq!(verify_chain(&path).unwrap(), 5);
+        assert_eq!(verify_chain(dir.path(), "acme").unwrap(), 5);
         let text = std::fs::read_to_string(&path).unwrap();
         let record: serde_json::Value = serde_json::from_str(text.lines().nth(3).unwrap()).unwrap();
         assert_eq!(record["event"], "torn_tail_quarantined");
-        let aside: Vec<_> = std::fs::read_dir(dir.path())
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let aside: Vec<_> = std::fs::read_dir(dir.path().join("acme"))
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| {
                 e.file_name()
                     .to_string_lossy()
-                    .starts_with("acme.jsonl.torn-")
+                    .starts_with(&format!("{name}.torn-"))
             })
             .collect();
         assert_eq!(aside.len(), 1);
@@ -938,7 +1215,7 @@ mod tests {
     #[test]
     fn a_full_disk_fails_closed_and_the_trail_resumes_when_it_recovers() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("acme.jsonl");
+        let path = today(dir.path(), "acme");
         // The chain file is /dev/full: every write fails with ENOSPC, as on a full disk.
         std::os::unix::fs::symlink("/dev/full", &path).unwrap();
         let (log, w) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
@@ -955,19 +1232,124 @@ mod tests {
         assert_eq!(log.health().failures(), 1);
         drop(log);
         w.join();
-        assert_eq!(verify_chain(&path).unwrap(), 1);
+        assert_eq!(verify_chain(dir.path(), "acme").unwrap(), 1);
     }
 
     #[test]
     fn a_corrupt_last_record_stops_the_writer_from_starting() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("acme.jsonl"),
-            "{\"seq\":1,\"hash\":\"00\"}\n",
-        )
-        .unwrap();
+        std::fs::write(today(dir.path(), "acme"), "{\"seq\":1,\"hash\":\"00\"}\n").unwrap();
         let err = AuditLog::open(dir.path(), &["acme"], None).unwrap_err();
         assert!(matches!(err, AuditError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("sallyport audit verify"), "{err}");
+    }
+
+    /// Writes a chain by hand: for each `(days ago, records)`, a segment of that date. Returns the
+    /// hash of every record, by seq - 1.
+    pub(crate) fn fabricate(audit: &Path, chain: &str, days: &[(i64, u64)]) -> Vec<String> {
+        let dir = audit.join(chain);
+        std::fs::create_dir_all(&dir).unwrap();
+        let today = segment::date_of(jiff::Timestamp::now());
+        let (mut seq, mut head, mut hashes) = (0, GENESIS.to_owned(), Vec::new());
+        for (ago, n) in days {
+            let date = today.checked_sub(jiff::Span::new().days(*ago)).unwrap();
+            let time = format!("{date}T12:00:00.000000Z");
+            let mut text = String::new();
+            for _ in 0..*n {
+                seq += 1;
+                let (line, hash) = render(&ev(Some(chain), "old"), seq, &time, &head);
+                text.push_str(&line);
+                hashes.push(hash.clone());
+                head = hash;
+            }
+            std::fs::write(segment::segment_path(&dir, date), text).unwrap();
+        }
+        hashes
+    }
+
+    #[test]
+    fn a_new_day_starts_a_segment_and_the_chain_runs_on_for_every_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let hashes = fabricate(dir.path(), "acme", &[(3, 3)]);
+        // Two writers (the broker and a CLI command), both opened on the old segment.
+        let (a, wa) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
+        let (b, wb) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
+        let first = a.append_blocking(ev(Some("acme"), "today")).unwrap();
+        assert_eq!(first.seq, 4);
+        assert_eq!(b.append_blocking(ev(Some("acme"), "today")).unwrap().seq, 5);
+        assert_eq!(a.append_blocking(ev(Some("acme"), "today")).unwrap().seq, 6);
+        drop((a, b));
+        wa.join();
+        wb.join();
+        let segs = segment::segments(&dir.path().join("acme")).unwrap();
+        assert_eq!(segs.len(), 2);
+        assert_eq!(segs[1].path, today(dir.path(), "acme"));
+        let first_today = segment::first_line(&segs[1].path).unwrap().unwrap();
+        let (seq, prev, _) = check_line(&first_today).unwrap();
+        assert_eq!((seq, prev.as_str()), (4, hashes[2].as_str()));
+        assert_eq!(verify_chain(dir.path(), "acme").unwrap(), 6);
+    }
+
+    #[test]
+    fn retention_retires_old_segments_after_recording_the_anchor() {
+        use sallyport_certs::grant::generate_signing_key_pem;
+        use sallyport_certs::signing::Ed25519Signer;
+        let dir = tempfile::tempdir().unwrap();
+        let hashes = fabricate(dir.path(), "acme", &[(40, 3), (35, 2), (10, 2)]);
+        let signer =
+            Arc::new(Ed25519Signer::from_pkcs8_pem(&generate_signing_key_pem().unwrap()).unwrap());
+        let chain_dir = dir.path().join("acme");
+        let cp_file = segment::checkpoints_path(&chain_dir);
+        let old_cps = [2u64, 5]
+            .iter()
+            .map(|seq| {
+                let h = &hashes[*seq as usize - 1];
+                checkpoint::render(&signer, "acme", *seq, h, "2026-01-01T00:00:00Z").unwrap()
+            })
+            .collect::<String>();
+        std::fs::write(&cp_file, old_cps).unwrap();
+        let cps = Checkpoints {
+            signer: signer.clone(),
+            every_records: 1000,
+            every: std::time::Duration::from_secs(3600),
+        };
+        let (log, w) = AuditLog::open_with(dir.path(), &["acme"], Some(cps), Some(30)).unwrap();
+        // Retention runs when the writer starts, before it takes any record.
+        let after = log.append_blocking(ev(Some("acme"), "after")).unwrap();
+        assert_eq!(after.seq, 9);
+        drop(log);
+        w.join();
+
+        // Only the segment whose every record is past 30 days went.
+        let segs = segment::segments(&chain_dir).unwrap();
+        assert_eq!(segs.len(), 3, "{segs:?}");
+        let records: Vec<serde_json::Value> =
+            segment::Reader::open(&chain_dir, segment::Start::Oldest, None)
+                .unwrap()
+                .map(|l| serde_json::from_str(&l.unwrap().text).unwrap())
+                .collect();
+        assert_eq!(records[0]["seq"], 4);
+        let retired = &records[records.len() - 2];
+        assert_eq!(retired["event"], "segments_retired");
+        assert_eq!(retired["retired"][0]["last_seq"], 3);
+        assert_eq!(retired["retired"][0]["last_hash"], hashes[2].as_str());
+        // The checkpoint of a retired record is trimmed; the later ones stay.
+        let kept = std::fs::read_to_string(&cp_file).unwrap();
+        assert!(
+            !kept.contains("\"seq\":2,") && kept.contains("\"seq\":5,"),
+            "{kept}"
+        );
+
+        // The chain, anchored by the record, verifies; removing the oldest kept segment by hand
+        // is caught.
+        let key = signer.public_key().to_vec();
+        let r = verify::verify(dir.path(), "acme", Some(&key), &[]);
+        assert_eq!(r.problem, None);
+        assert_eq!(r.records, 6);
+        std::fs::remove_file(&segs[0].path).unwrap();
+        let p = verify::verify(dir.path(), "acme", Some(&key), &[])
+            .problem
+            .unwrap();
+        assert_eq!((p.kind, p.seq), (verify::Kind::Deleted, Some(6)), "{p}");
     }
 }

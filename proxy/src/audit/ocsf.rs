@@ -19,6 +19,7 @@
 //! | `approval_recorded`, `request_approved`, `request_denied`, `request_expired` | API Activity (6003) | 3 Update | the request changes state |
 //! | `grant_revoked` | API Activity (6003) | 3 Update | the grant is marked revoked, not removed |
 //! | `session_ended` | API Activity (6003) | 4 Delete | `DELETE /v1/sessions/{id}` |
+//! | `segments_retired` | API Activity (6003) | 4 Delete | retention deleted old segments of the chain |
 //! | `webhook_failed`, `torn_tail_quarantined`, any other event | API Activity (6003) | 99 Other, `activity_name` = event | |
 //!
 //! Every event: `type_uid` = `class_uid` × 100 + `activity_id`; `time` = the record's `time` in epoch
@@ -255,7 +256,7 @@ fn api_activity(r: &Record<'_>, event: &str) -> Map<String, Value> {
         "request_filed" | "grant_minted" => Activity::new(1, "Create"),
         "approval_recorded" | "request_approved" | "request_denied" | "request_expired"
         | "grant_revoked" => Activity::new(3, "Update"),
-        "session_ended" => Activity::new(4, "Delete"),
+        "session_ended" | "segments_retired" => Activity::new(4, "Delete"),
         _ => Activity::new(OTHER, event),
     };
     let mut out = header(&API_ACTIVITY, &activity);
@@ -281,7 +282,7 @@ fn api_activity(r: &Record<'_>, event: &str) -> Map<String, Value> {
     if let Some(target) = target_name(r) {
         resources.push(json!({ "name": target, "type": "target" }));
     }
-    if event == "torn_tail_quarantined" {
+    if matches!(event, "torn_tail_quarantined" | "segments_retired") {
         resources.push(json!({ "name": r.chain(), "type": "audit_chain" }));
     }
     if !resources.is_empty() {
@@ -609,6 +610,7 @@ mod tests {
             ("request_expired", 3),
             ("grant_revoked", 3),
             ("session_ended", 4),
+            ("segments_retired", 4),
             ("webhook_failed", 99),
             ("torn_tail_quarantined", 99),
             ("something_new", 99),

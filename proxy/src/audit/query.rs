@@ -1,9 +1,11 @@
 //! Reading records back for auditors: filters by time, event, technician and sequence, over one
-//! chain file read line by line, with a bound on how many come back. Records are returned as the
+//! chain streamed across its segments (skipping segments that cannot match), with a bound on how many
+//! come back. Records are returned as the
 //! exact lines on disk, so an export stays verifiable.
 
-use std::io::BufRead;
 use std::path::Path;
+
+use super::segment;
 
 /// Which records.
 #[derive(Debug, Clone, Default)]
@@ -66,51 +68,66 @@ impl Filter {
     }
 }
 
-/// Matching lines of a chain file, oldest first, at most `limit`; the flag says whether more matched.
-/// A missing file has no records.
-pub fn read(path: &Path, filter: &Filter, limit: usize) -> std::io::Result<(Vec<String>, bool)> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
-        Err(e) => return Err(e),
+/// The segments of `chain_dir` that can hold records the filter matches, opened for reading.
+fn records(chain_dir: &Path, filter: &Filter) -> std::io::Result<segment::Reader> {
+    let start = match (filter.after_seq, filter.since) {
+        (Some(after), _) => segment::Start::AfterSeq(after),
+        (None, Some(since)) => segment::Start::Since(since),
+        (None, None) => segment::Start::Oldest,
     };
-    let mut out = Vec::new();
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line?;
-        // A torn last line is no record.
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if filter.matches(&v) {
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            out.push(line);
-        }
-    }
-    Ok((out, false))
+    segment::Reader::open(chain_dir, start, filter.until.map(segment::date_of))
 }
 
-/// Calls `f` with every matching line of a chain file, oldest first, without holding the file in
-/// memory; returns how many matched. A missing file has no records.
+/// Matching lines of a chain (its folder), oldest first, at most `limit`; the flag says whether
+/// more matched. A missing chain has no records.
+pub fn read(
+    chain_dir: &Path,
+    filter: &Filter,
+    limit: usize,
+) -> std::io::Result<(Vec<String>, bool)> {
+    let mut out = Vec::new();
+    let mut more = false;
+    each_until(chain_dir, filter, |line| {
+        if out.len() == limit {
+            more = true;
+            return Ok(false);
+        }
+        out.push(line.to_owned());
+        Ok(true)
+    })?;
+    Ok((out, more))
+}
+
+/// Calls `f` with every matching line of a chain (its folder), oldest first, without holding the
+/// chain in memory; returns how many matched. A missing chain has no records.
 pub fn each(
-    path: &Path,
+    chain_dir: &Path,
     filter: &Filter,
     mut f: impl FnMut(&str) -> std::io::Result<()>,
 ) -> std::io::Result<usize> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
+    each_until(chain_dir, filter, |line| f(line).map(|()| true))
+}
+
+/// [`each`], stopping when `f` returns `false` (that line does not count).
+fn each_until(
+    chain_dir: &Path,
+    filter: &Filter,
+    mut f: impl FnMut(&str) -> std::io::Result<bool>,
+) -> std::io::Result<usize> {
     let mut n = 0;
-    for line in std::io::BufReader::new(file).lines() {
+    for line in records(chain_dir, filter)? {
         let line = line?;
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+        // A torn last line is no record.
+        if !line.complete {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line.text) else {
             continue;
         };
         if filter.matches(&v) {
-            f(&line)?;
+            if !f(&line.text)? {
+                break;
+            }
             n += 1;
         }
     }
@@ -179,7 +196,9 @@ mod tests {
     #[test]
     fn reading_is_bounded_and_skips_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("acme.jsonl");
+        let chain = dir.path().join("acme");
+        std::fs::create_dir(&chain).unwrap();
+        let path = chain.join("2026-03-01.jsonl");
         let mut text = String::new();
         for i in 1..=5 {
             text.push_str(&rec(i, "2026-03-01T10:00:00Z", "decision", "x").to_string());
@@ -187,12 +206,14 @@ mod tests {
         }
         text.push_str("{\"seq\":6,");
         std::fs::write(&path, text).unwrap();
-        let (lines, more) = read(&path, &Filter::default(), 3).unwrap();
+        let (lines, more) = read(&chain, &Filter::default(), 3).unwrap();
         assert_eq!((lines.len(), more), (3, true));
-        let (lines, more) = read(&path, &Filter::default(), 10).unwrap();
+        let (lines, more) = read(&chain, &Filter::default(), 5).unwrap();
+        assert_eq!((lines.len(), more), (5, false));
+        let (lines, more) = read(&chain, &Filter::default(), 10).unwrap();
         assert_eq!((lines.len(), more), (5, false));
         assert_eq!(
-            read(&dir.path().join("none.jsonl"), &Filter::default(), 3)
+            read(&dir.path().join("none"), &Filter::default(), 3)
                 .unwrap()
                 .0
                 .len(),

@@ -7,10 +7,16 @@
 //! that repeats), `truncated` (the chain ends before a signed checkpoint), `rewritten` (the chain
 //! disagrees with a signed checkpoint: records were replaced and re-hashed), `forged checkpoint` (a
 //! checkpoint whose signature does not verify), `torn tail` (a last line cut short by a crash).
+//!
+//! A chain is read across its daily segments. The oldest record kept must be seq 1, or follow the
+//! last record of a segment that a `segments_retired` record names (retention), so deleting the oldest
+//! segments by hand is caught as `deleted`. Checkpoints of retired records are not checked.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{GENESIS, check_line, checkpoint};
+use super::checkpoint::{self, Checkpoint};
+use super::{GENESIS, Retired, check_line, segment};
 
 /// What is wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,33 +98,52 @@ pub struct Report {
     pub problem: Option<Problem>,
 }
 
-/// The chains in an audit folder: `(name, path)`, sorted by name. A chain whose file is gone but
-/// whose checkpoints remain is listed too (its path does not exist), so it is reported as deleted.
-pub fn chains(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let chain = match name.strip_suffix(".checkpoints.jsonl") {
-            Some(c) => c,
-            None => match name.strip_suffix(".jsonl") {
-                Some(c) => c,
-                None => continue,
-            },
-        };
-        let file = dir.join(format!("{chain}.jsonl"));
-        if !out.iter().any(|(n, _)| n == chain) {
-            out.push((chain.to_owned(), file));
-        }
-    }
-    out.sort();
-    Ok(out)
+/// A checkpoint the chain is held to, and where it was read (for the report).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The file it came from (the chain's checkpoint file, or an auditor's kept copy).
+    pub file: PathBuf,
+    /// Its 1-based line there.
+    pub line: usize,
+    /// The checkpoint.
+    pub cp: Checkpoint,
 }
 
-/// Verifies one chain file and its checkpoint file. Without `key`, checkpoints are not checked.
-pub fn verify(chain: &str, path: &Path, key: Option<&[u8]>) -> Report {
+impl Pin {
+    fn source(&self) -> String {
+        format!("checkpoint line {} of {}", self.line, self.file.display())
+    }
+}
+
+/// Whether a chain holds a record with `seq` anywhere (a second pass, only when reporting).
+fn holds(dir: &Path, seq: u64) -> bool {
+    segment::Reader::open(dir, segment::Start::Oldest, None).is_ok_and(|r| {
+        r.filter_map(Result::ok)
+            .any(|l| check_line(&l.text).is_ok_and(|(s, _, _)| s == seq))
+    })
+}
+
+/// What the segments retired so far anchor: last seq -> last hash of each retired segment.
+fn anchors_of(text: &str, anchors: &mut HashMap<u64, String>) {
+    if !text.contains("\"event\":\"segments_retired\"") {
+        return;
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    if let Ok(retired) = serde_json::from_value::<Vec<Retired>>(v["retired"].clone()) {
+        for r in retired {
+            anchors.insert(r.last_seq, r.last_hash);
+        }
+    }
+}
+
+/// Verifies the chain `chain` of the audit folder `audit` across its segments, with its checkpoint
+/// file and the `extra` checkpoints kept elsewhere (already checked and for this chain). Without
+/// `key`, the checkpoint file is not read. Streams the records: memory stays flat however long the
+/// chain is.
+pub fn verify(audit: &Path, chain: &str, key: Option<&[u8]>, extra: &[Pin]) -> Report {
+    let dir = segment::chain_dir(audit, chain);
     let mut report = Report {
         chain: chain.to_owned(),
         records: 0,
@@ -126,183 +151,249 @@ pub fn verify(chain: &str, path: &Path, key: Option<&[u8]>) -> Report {
         unsigned: 0,
         problem: None,
     };
-    let text = match std::fs::read(path) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) => {
-            let gone = e.kind() == std::io::ErrorKind::NotFound;
-            report.problem = Some(Problem {
-                file: path.to_owned(),
-                line: 0,
-                seq: None,
-                kind: if gone { Kind::Deleted } else { Kind::Truncated },
-                detail: if gone {
-                    "the chain file is gone, but its signed checkpoints remain".into()
-                } else {
-                    format!("unreadable: {e}")
-                },
-            });
-            return report;
-        }
+    let problem = |file: &Path, line: usize, seq: Option<u64>, kind: Kind, detail: String| {
+        Some(Problem {
+            file: file.to_owned(),
+            line,
+            seq,
+            kind,
+            detail,
+        })
     };
-    let problem = |line: usize, seq: Option<u64>, kind: Kind, detail: String| Problem {
-        file: path.to_owned(),
-        line,
-        seq,
-        kind,
-        detail,
-    };
-    let torn = !text.is_empty() && !text.ends_with('\n');
-    let lines: Vec<&str> = text.lines().collect();
-    let complete = if torn {
-        &lines[..lines.len() - 1]
-    } else {
-        &lines[..]
-    };
-    // Every line on its own first: its hash, and its seq for the order checks below.
-    let mut parsed = Vec::with_capacity(complete.len());
-    for (i, line) in complete.iter().enumerate() {
-        match check_line(line) {
-            Ok(p) => parsed.push(p),
-            Err(e) => {
-                let seq = serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["seq"].as_u64());
-                report.problem = Some(problem(i + 1, seq, Kind::Edited, e));
-                return report;
-            }
-        }
-    }
-    let mut head = GENESIS.to_owned();
-    let mut hashes = Vec::with_capacity(parsed.len());
-    for (i, (seq, prev, hash)) in parsed.iter().enumerate() {
-        let expected = i as u64 + 1;
-        let found = |s: u64| parsed.iter().any(|(q, _, _)| *q == s);
-        let issue = if *seq > expected {
-            Some(if found(expected) {
-                (
-                    Kind::Reordered,
-                    format!("seq {seq} where {expected} belongs"),
-                )
-            } else {
-                (
-                    Kind::Deleted,
-                    format!("seq {expected} to {} are missing", seq - 1),
-                )
-            })
-        } else if *seq < expected {
-            Some(if *seq + 1 == expected {
-                (
-                    Kind::Inserted,
-                    format!("seq {seq} repeats: a record was added before it"),
-                )
-            } else {
-                (
-                    Kind::Reordered,
-                    format!("seq {seq} where {expected} belongs"),
-                )
-            })
-        } else if *prev != head {
-            Some((
-                Kind::Edited,
-                "prev_hash does not match the record before it: that record was replaced".into(),
-            ))
-        } else {
-            None
-        };
-        if let Some((kind, detail)) = issue {
-            report.records = i as u64;
-            report.problem = Some(problem(i + 1, Some(*seq), kind, detail));
-            return report;
-        }
-        head = hash.clone();
-        hashes.push(hash.clone());
-    }
-    report.records = hashes.len() as u64;
-    // Checkpoints: signed by the key, and agreeing with the chain.
-    let cp_path = checkpoint::file_of(path);
-    let mut last = 0;
+    // Checkpoints first: signed by the key and for this chain.
+    let cp_path = segment::checkpoints_path(&dir);
+    let mut pins: Vec<Pin> = Vec::new();
     if let Some(key) = key
-        && let Ok(cps) = std::fs::read_to_string(&cp_path)
+        && let Ok(text) = std::fs::read_to_string(&cp_path)
     {
-        for (i, line) in cps.lines().enumerate() {
-            let cp_problem = |seq, kind, detail| Problem {
-                file: cp_path.clone(),
-                line: i + 1,
-                seq,
-                kind,
-                detail,
-            };
+        for (i, line) in text.lines().enumerate() {
             let cp = match checkpoint::check(line, Some(key)) {
                 Ok(cp) => cp,
                 Err(e) => {
-                    report.problem = Some(cp_problem(None, Kind::ForgedCheckpoint, e));
+                    report.problem = problem(&cp_path, i + 1, None, Kind::ForgedCheckpoint, e);
                     return report;
                 }
             };
-            report.checkpoints += 1;
             if cp.chain != chain {
-                report.problem = Some(cp_problem(
+                report.problem = problem(
+                    &cp_path,
+                    i + 1,
                     Some(cp.seq),
                     Kind::ForgedCheckpoint,
                     format!("signed for chain `{}`, found with `{chain}`", cp.chain),
-                ));
+                );
                 return report;
             }
-            match hashes.get((cp.seq as usize).wrapping_sub(1)) {
-                None if cp.seq > report.records => {
-                    report.problem = Some(problem(
-                        complete.len(),
-                        Some(report.records),
-                        Kind::Truncated,
-                        format!(
-                            "the chain ends at seq {}, but checkpoint line {} of {} signed seq {}",
-                            report.records,
-                            i + 1,
-                            cp_path.display(),
-                            cp.seq
-                        ),
-                    ));
-                    return report;
-                }
-                Some(h) if *h != cp.hash => {
-                    report.problem = Some(problem(
-                        cp.seq as usize,
-                        Some(cp.seq),
-                        Kind::Rewritten,
-                        format!(
-                            "the record differs from the one checkpoint line {} signed",
-                            i + 1
-                        ),
-                    ));
-                    return report;
-                }
-                _ => {}
-            }
-            last = last.max(cp.seq);
+            report.checkpoints += 1;
+            pins.push(Pin {
+                file: cp_path.clone(),
+                line: i + 1,
+                cp,
+            });
         }
     }
-    report.unsigned = report.records.saturating_sub(last);
+    let stored_max = pins.iter().map(|p| p.cp.seq).max().unwrap_or(0);
+    pins.extend(extra.iter().cloned());
+    let mut by_seq: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, pin) in pins.iter().enumerate() {
+        by_seq.entry(pin.cp.seq).or_default().push(i);
+    }
+
+    let reader = match segment::Reader::open(&dir, segment::Start::Oldest, None) {
+        Ok(r) => r,
+        Err(e) => {
+            report.problem = problem(&dir, 0, None, Kind::Truncated, format!("unreadable: {e}"));
+            return report;
+        }
+    };
+    // (seq, prev_hash, file, line) of the first record kept, anchored once the chain is read.
+    let mut first: Option<(u64, String, PathBuf, usize)> = None;
+    // (seq, hash, file, line) of the last record read.
+    let mut last: Option<(u64, String, PathBuf, usize)> = None;
+    let mut torn: Option<(PathBuf, usize)> = None;
+    let mut anchors = HashMap::new();
+    for line in reader {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                report.problem =
+                    problem(&dir, 0, None, Kind::Truncated, format!("unreadable: {e}"));
+                return report;
+            }
+        };
+        if let Some((file, at)) = &torn {
+            report.problem = problem(
+                file,
+                *at,
+                None,
+                Kind::Edited,
+                "a line cut short in the middle of the chain, not at its end".into(),
+            );
+            return report;
+        }
+        if !line.complete {
+            torn = Some((line.file, line.line));
+            continue;
+        }
+        let (seq, prev, hash) = match check_line(&line.text) {
+            Ok(p) => p,
+            Err(e) => {
+                let seq = serde_json::from_str::<serde_json::Value>(&line.text)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64());
+                report.problem = problem(&line.file, line.line, seq, Kind::Edited, e);
+                return report;
+            }
+        };
+        let issue = match &last {
+            None if seq == 1 && prev != GENESIS => Some((
+                Kind::Edited,
+                "the first record does not start from the genesis hash".to_owned(),
+            )),
+            None => {
+                first = Some((seq, prev.clone(), line.file.clone(), line.line));
+                None
+            }
+            Some((last_seq, last_hash, _, _)) => {
+                let expected = last_seq + 1;
+                if seq > expected {
+                    Some(if holds(&dir, expected) {
+                        (
+                            Kind::Reordered,
+                            format!("seq {seq} where {expected} belongs"),
+                        )
+                    } else {
+                        (
+                            Kind::Deleted,
+                            format!("seq {expected} to {} are missing", seq - 1),
+                        )
+                    })
+                } else if seq < expected {
+                    Some(if seq + 1 == expected {
+                        (
+                            Kind::Inserted,
+                            format!("seq {seq} repeats: a record was added before it"),
+                        )
+                    } else {
+                        (
+                            Kind::Reordered,
+                            format!("seq {seq} where {expected} belongs"),
+                        )
+                    })
+                } else if prev != *last_hash {
+                    Some((
+                        Kind::Edited,
+                        "prev_hash does not match the record before it: that record was replaced"
+                            .into(),
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some((kind, detail)) = issue {
+            report.problem = problem(&line.file, line.line, Some(seq), kind, detail);
+            return report;
+        }
+        for pin in by_seq.get(&seq).into_iter().flatten().map(|i| &pins[*i]) {
+            if pin.cp.hash != hash {
+                report.problem = problem(
+                    &line.file,
+                    line.line,
+                    Some(seq),
+                    Kind::Rewritten,
+                    format!("the record differs from the one {} signed", pin.source()),
+                );
+                return report;
+            }
+        }
+        anchors_of(&line.text, &mut anchors);
+        report.records += 1;
+        last = Some((seq, hash, line.file, line.line));
+    }
+
+    // The oldest record kept starts the chain, or follows a segment retention retired.
+    if let Some((seq, prev, file, at)) = &first
+        && *seq != 1
+        && anchors.get(&(seq - 1)) != Some(prev)
+    {
+        report.problem = if holds(&dir, 1) {
+            problem(
+                file,
+                *at,
+                Some(*seq),
+                Kind::Reordered,
+                format!("seq {seq} where 1 belongs"),
+            )
+        } else {
+            problem(
+                file,
+                *at,
+                Some(*seq),
+                Kind::Deleted,
+                format!(
+                    "seq 1 to {} are missing, and no segments_retired record accounts for them",
+                    seq - 1
+                ),
+            )
+        };
+        return report;
+    }
+    let last_seq = last.as_ref().map_or(0, |l| l.0);
+    if let Some(pin) = pins
+        .iter()
+        .filter(|p| p.cp.seq > last_seq)
+        .min_by_key(|p| p.cp.seq)
+    {
+        report.problem = match &last {
+            Some((seq, _, file, at)) => problem(
+                file,
+                *at,
+                Some(*seq),
+                Kind::Truncated,
+                format!(
+                    "the chain ends at seq {seq}, but {} signed seq {}",
+                    pin.source(),
+                    pin.cp.seq
+                ),
+            ),
+            None => problem(
+                &dir,
+                0,
+                None,
+                Kind::Deleted,
+                format!(
+                    "no records remain, but {} signed seq {}",
+                    pin.source(),
+                    pin.cp.seq
+                ),
+            ),
+        };
+        return report;
+    }
+    report.unsigned = last_seq.saturating_sub(stored_max);
     if key.is_some() && report.checkpoints == 0 && report.records > 0 {
-        report.problem = Some(Problem {
-            file: cp_path.clone(),
-            line: 0,
-            seq: None,
-            kind: Kind::Unsigned,
-            detail: format!(
+        report.problem = problem(
+            &cp_path,
+            0,
+            None,
+            Kind::Unsigned,
+            format!(
                 "{} records, but no signed checkpoint: the checkpoint file is missing or empty (a broker signs one within audit.checkpoint_every_seconds, and when it stops)",
                 report.records
             ),
-        });
+        );
         return report;
     }
-    if torn {
-        report.problem = Some(problem(
-            lines.len(),
+    if let Some((file, at)) = torn {
+        report.problem = problem(
+            &file,
+            at,
             None,
             Kind::TornTail,
             "the last line is incomplete (a write cut short); the broker quarantines it at start-up"
                 .into(),
-        ));
+        );
     }
     report
 }
@@ -338,8 +429,21 @@ mod tests {
         (dir, signer.public_key().to_vec(), signer)
     }
 
+    /// The one segment of the fixture chain.
+    fn seg(dir: &Path) -> PathBuf {
+        segment::segments(&dir.join("acme"))
+            .unwrap()
+            .pop()
+            .unwrap()
+            .path
+    }
+
+    fn cps(dir: &Path) -> PathBuf {
+        segment::checkpoints_path(&dir.join("acme"))
+    }
+
     fn lines(dir: &Path) -> Vec<String> {
-        std::fs::read_to_string(dir.join("acme.jsonl"))
+        std::fs::read_to_string(seg(dir))
             .unwrap()
             .lines()
             .map(str::to_owned)
@@ -347,11 +451,11 @@ mod tests {
     }
 
     fn write(dir: &Path, lines: &[String]) {
-        std::fs::write(dir.join("acme.jsonl"), lines.join("\n") + "\n").unwrap();
+        std::fs::write(seg(dir), lines.join("\n") + "\n").unwrap();
     }
 
     fn check(dir: &Path, key: &[u8]) -> Problem {
-        verify("acme", &dir.join("acme.jsonl"), Some(key))
+        verify(dir, "acme", Some(key), &[])
             .problem
             .expect("the change went unnoticed")
     }
@@ -359,7 +463,7 @@ mod tests {
     #[test]
     fn an_intact_trail_verifies_with_its_checkpoints() {
         let (dir, key, _) = trail(12);
-        let r = verify("acme", &dir.path().join("acme.jsonl"), Some(&key));
+        let r = verify(dir.path(), "acme", Some(&key), &[]);
         assert_eq!(r.problem, None);
         // Every 5 records, and a final one when the writer stopped.
         assert_eq!((r.records, r.checkpoints, r.unsigned), (12, 3, 0));
@@ -447,7 +551,7 @@ mod tests {
         }
         write(dir.path(), &out);
         assert_eq!(
-            verify("acme", &dir.path().join("acme.jsonl"), None).problem,
+            verify(dir.path(), "acme", None, &[]).problem,
             None,
             "hashes alone cannot tell"
         );
@@ -458,7 +562,7 @@ mod tests {
     #[test]
     fn a_forged_checkpoint_is_named() {
         let (dir, key, _) = trail(5);
-        let cp = dir.path().join("acme.checkpoints.jsonl");
+        let cp = cps(dir.path());
         let text = std::fs::read_to_string(&cp).unwrap();
         std::fs::write(&cp, text.replacen("\"seq\":5", "\"seq\":4", 1)).unwrap();
         let p = check(dir.path(), &key);
@@ -466,8 +570,7 @@ mod tests {
         assert_eq!(p.file, cp);
         // A checkpoint signed with another key is forged too.
         let (other, _, signer) = trail(5);
-        let other_cp =
-            std::fs::read_to_string(other.path().join("acme.checkpoints.jsonl")).unwrap();
+        let other_cp = std::fs::read_to_string(cps(other.path())).unwrap();
         drop(signer);
         std::fs::write(&cp, other_cp).unwrap();
         assert_eq!(check(dir.path(), &key).kind, Kind::ForgedCheckpoint);
@@ -476,23 +579,23 @@ mod tests {
     #[test]
     fn a_deleted_checkpoint_file_or_chain_is_named() {
         let (dir, key, _) = trail(7);
-        let cp = dir.path().join("acme.checkpoints.jsonl");
+        let cp = cps(dir.path());
         let saved = std::fs::read_to_string(&cp).unwrap();
         std::fs::remove_file(&cp).unwrap();
         assert_eq!(check(dir.path(), &key).kind, Kind::Unsigned);
         std::fs::write(&cp, saved).unwrap();
-        std::fs::remove_file(dir.path().join("acme.jsonl")).unwrap();
-        let listed = chains(dir.path()).unwrap();
-        assert!(listed.iter().any(|(n, _)| n == "acme"), "{listed:?}");
+        std::fs::remove_file(seg(dir.path())).unwrap();
+        let listed = segment::chains(dir.path()).unwrap();
+        assert!(listed.iter().any(|n| n == "acme"), "{listed:?}");
         assert_eq!(check(dir.path(), &key).kind, Kind::Deleted);
     }
 
     #[test]
     fn a_torn_tail_is_named() {
         let (dir, key, _) = trail(3);
-        let mut text = std::fs::read_to_string(dir.path().join("acme.jsonl")).unwrap();
+        let mut text = std::fs::read_to_string(seg(dir.path())).unwrap();
         text.push_str("{\"seq\":4,\"ti");
-        std::fs::write(dir.path().join("acme.jsonl"), text).unwrap();
+        std::fs::write(seg(dir.path()), text).unwrap();
         let p = check(dir.path(), &key);
         assert_eq!((p.kind, p.line), (Kind::TornTail, 4), "{p}");
     }

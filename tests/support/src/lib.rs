@@ -281,10 +281,7 @@ impl Setup {
     /// The audit records of `chain` (`acme`, `_broker`, ...), parsed. A torn last line (a write
     /// cut short by a kill) is no record and is skipped.
     pub fn audit(&self, chain: &str) -> Vec<serde_json::Value> {
-        let path = self.root.join("data/audit").join(format!("{chain}.jsonl"));
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return Vec::new();
-        };
+        let text = trail_text(&self.root.join("data"), chain);
         let complete = match text.rfind('\n') {
             Some(i) => &text[..=i],
             None => "",
@@ -293,6 +290,11 @@ impl Setup {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// The newest segment file of `chain` in this setup's data directory (see [`segment`]).
+    pub fn segment(&self, chain: &str) -> PathBuf {
+        segment(&self.root.join("data"), chain)
     }
 
     /// Waits (up to 10 s) for a record of `chain` matching `pred`: for records written after the
@@ -345,6 +347,46 @@ impl Cli {
         assert!(!self.ok, "command succeeded: {}", self.stdout);
         &self.stderr
     }
+}
+
+/// The segment files of `chain` (`acme`, `_broker`) under the data directory `data`, oldest first:
+/// `data/audit/<chain>/<YYYY-MM-DD>.jsonl`.
+pub fn segments(data: &Path, chain: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(data.join("audit").join(chain)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".jsonl"))
+                .is_some_and(|d| d.parse::<jiff::civil::Date>().is_ok())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The newest segment file of `chain`; today's (UTC), its folder created, when there is none yet.
+pub fn segment(data: &Path, chain: &str) -> PathBuf {
+    segments(data, chain).pop().unwrap_or_else(|| {
+        let dir = data.join("audit").join(chain);
+        std::fs::create_dir_all(&dir).unwrap();
+        let today = jiff::Timestamp::now()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date();
+        dir.join(format!("{today}.jsonl"))
+    })
+}
+
+/// A chain's stored text: its segments, oldest first, joined.
+pub fn trail_text(data: &Path, chain: &str) -> String {
+    segments(data, chain)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, for up to `secs` seconds: for outcomes the broker
