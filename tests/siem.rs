@@ -102,7 +102,8 @@ fn received(out: &Path) -> Vec<u64> {
         return Vec::new();
     };
     text.lines()
-        .filter(|l| !l.trim().is_empty())
+        // Signed checkpoints follow the records; the HTTPS test checks them.
+        .filter(|l| !l.trim().is_empty() && !l.contains("\"sig\":"))
         .map(|l| {
             let (seq, _, _) =
                 sallyport_proxy::audit::check_line(l.trim()).unwrap_or_else(|e| panic!("{e}: {l}"));
@@ -290,17 +291,31 @@ async fn an_https_sink_gets_json_lines_with_its_bearer_token() {
     });
     std::fs::write(s.root.join("siem-token"), "t0ken-for-the-intake\n").unwrap();
     s.append_config(&format!(
-        "[[customers.siem]]\nkind = \"https\"\nurl = \"http://{addr}/ingest\"\ntoken_file = \"siem-token\"\n"
+        "[[customers.siem]]\nkind = \"https\"\nurl = \"http://{addr}/ingest\"\ntoken_file = \"siem-token\"\n\n[audit]\ncheckpoint_every_records = 2\n"
     ));
     let (token, _) = s.break_glass(30);
     let b = Broker::start(&s);
     tunnels(&s, b.addr, port, &token, 1).await;
-    let mut seqs = BTreeSet::new();
-    while seqs.len() < 4 {
+    let key = sallyport_proxy::audit::checkpoint::read_public_key(
+        s.root.join("data/audit/audit-key.pub").to_str().unwrap(),
+    )
+    .unwrap();
+    // Every record, then signed checkpoints of records already delivered.
+    let (mut seqs, mut signed) = (BTreeSet::new(), BTreeSet::new());
+    while seqs.len() < 4 || signed.is_empty() {
         let (auth, body) = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
         assert_eq!(auth, "Bearer t0ken-for-the-intake");
         for l in body.lines() {
-            seqs.insert(sallyport_proxy::audit::check_line(l).unwrap().0);
+            if l.contains("\"sig\":") {
+                let cp = sallyport_proxy::audit::checkpoint::check(l, Some(&key)).unwrap();
+                assert!(
+                    seqs.contains(&cp.seq),
+                    "a checkpoint came before its record"
+                );
+                signed.insert(cp.seq);
+            } else {
+                seqs.insert(sallyport_proxy::audit::check_line(l).unwrap().0);
+            }
         }
     }
     assert_eq!(seqs.into_iter().take(4).collect::<Vec<_>>(), [1, 2, 3, 4]);

@@ -20,6 +20,12 @@
 //! A syslog message: `<110>1 TIME HOST sallyport - EVENT [sallyport@32473 customer="C" seq="N"] RECORD`,
 //! facility 13 (log audit), severity 6 (informational) or 4 (warning) for denials and failures; the
 //! message is the record line exactly as stored, so it can still be verified.
+//!
+//! Once a sink has every record, it also gets the chain's signed checkpoints (MSGID `checkpoint`,
+//! `seq` the last record signed; over HTTPS, the checkpoint line among the JSON lines, told apart by
+//! its `sig`). The customer's SIEM then holds signed anchors the provider cannot take back: a trail
+//! later cut back or rewritten no longer matches them (`sallyport audit verify
+//! --expect-checkpoints`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -102,6 +108,9 @@ pub struct Cursor {
     pub segment: Option<String>,
     /// Offset of the line after it in that segment.
     pub offset: u64,
+    /// The seq of the last signed checkpoint delivered.
+    #[serde(default)]
+    pub checkpoint: u64,
 }
 
 /// One record waiting for delivery: its seq, its line, and the cursor once it is delivered.
@@ -150,6 +159,34 @@ pub fn pending(chain: &Path, cursor: &Cursor, max: usize) -> std::io::Result<Vec
     scan(reader, cursor.seq, max)
 }
 
+/// Signed checkpoints of the chain folder `chain` not yet delivered whose records were (so the
+/// receiver always holds what a checkpoint signs before the checkpoint), at most `max`.
+pub fn checkpoints_pending(
+    chain: &Path,
+    cursor: &Cursor,
+    max: usize,
+) -> std::io::Result<Vec<Pending>> {
+    let text = match std::fs::read_to_string(segment::checkpoints_path(chain)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Ok(cp) = crate::audit::checkpoint::check(line, None) else {
+            continue;
+        };
+        if cp.seq > cursor.checkpoint && cp.seq <= cursor.seq && out.len() < max {
+            let next = Cursor {
+                checkpoint: cp.seq,
+                ..cursor.clone()
+            };
+            out.push((cp.seq, line.to_owned(), next));
+        }
+    }
+    Ok(out)
+}
+
 fn scan(reader: segment::Reader, after: u64, max: usize) -> std::io::Result<Vec<Pending>> {
     let mut out = Vec::new();
     for line in reader {
@@ -168,6 +205,7 @@ fn scan(reader: segment::Reader, after: u64, max: usize) -> std::io::Result<Vec<
                 seq,
                 segment: Some(line.date.to_string()),
                 offset: line.end,
+                checkpoint: 0,
             };
             out.push((seq, line.text, cursor));
         }
@@ -181,7 +219,11 @@ pub fn syslog_frame(customer: &str, seq: u64, line: &str, host: &str) -> String 
     let bad = matches!(v["outcome"].as_str(), Some("deny" | "failure"));
     let pri = 13 * 8 + if bad { 4 } else { 6 };
     let time = v["time"].as_str().unwrap_or("-");
-    let event = v["event"].as_str().unwrap_or("-");
+    let event = match v["event"].as_str() {
+        Some(e) => e,
+        None if v.get("sig").is_some() => "checkpoint",
+        None => "-",
+    };
     let msg = format!(
         "<{pri}>1 {time} {host} sallyport - {event} [sallyport@32473 customer=\"{customer}\" seq=\"{seq}\"] {line}"
     );
@@ -233,7 +275,24 @@ async fn run(
     let mut backoff = Duration::from_millis(200);
     loop {
         let (c, path) = (cursor.clone(), chain.clone());
-        let batch = tokio::task::spawn_blocking(move || pending(&path, &c, BATCH)).await;
+        // Records first; once caught up, the checkpoints that sign them.
+        let batch = tokio::task::spawn_blocking(move || {
+            let records = pending(&path, &c, BATCH)?;
+            if records.is_empty() {
+                return checkpoints_pending(&path, &c, BATCH);
+            }
+            Ok(records
+                .into_iter()
+                .map(|(seq, line, next)| {
+                    let next = Cursor {
+                        checkpoint: c.checkpoint,
+                        ..next
+                    };
+                    (seq, line, next)
+                })
+                .collect())
+        })
+        .await;
         let batch = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -443,6 +502,7 @@ mod tests {
             seq: 3,
             segment: Some("2026-03-01".into()),
             offset: 2,
+            checkpoint: 0,
         };
         assert_eq!(pending(&chain, &stale, 10).unwrap()[0].0, 4);
         // A cursor of an earlier version (no segment), and one whose segment was retired.
@@ -453,5 +513,36 @@ mod tests {
         let path = dir.path().join("acme.0.cursor");
         write_cursor(&path, &c).unwrap();
         assert_eq!(read_cursor(&path), c);
+
+        // Checkpoints follow the records they sign, once each.
+        let cp = |seq: u64| {
+            format!(
+                "{{\"customer\":\"acme\",\"seq\":{seq},\"hash\":\"h\",\"time\":\"t\",\"key_id\":\"k\",\"sig\":\"s\"}}\n"
+            )
+        };
+        std::fs::write(segment::checkpoints_path(&chain), cp(2) + &cp(5)).unwrap();
+        let at3 = Cursor {
+            seq: 3,
+            ..Cursor::default()
+        };
+        let cps = checkpoints_pending(&chain, &at3, 10).unwrap();
+        assert_eq!(seqs(cps.clone()), [2]);
+        assert_eq!(cps[0].2.checkpoint, 2);
+        assert!(
+            checkpoints_pending(&chain, &cps[0].2, 10)
+                .unwrap()
+                .is_empty()
+        );
+        let at5 = Cursor {
+            seq: 5,
+            checkpoint: 2,
+            ..Cursor::default()
+        };
+        assert_eq!(seqs(checkpoints_pending(&chain, &at5, 10).unwrap()), [5]);
+        let frame = syslog_frame("acme", 5, cp(5).trim_end(), "h");
+        assert!(
+            frame.contains(" sallyport - checkpoint [sallyport@32473 customer=\"acme\" seq=\"5\"]"),
+            "{frame}"
+        );
     }
 }
