@@ -152,6 +152,7 @@ pub fn load_checkpoints(cfg: &Config) -> Result<crate::audit::Checkpoints, Confi
         signer: Arc::new(signer),
         every_records: cfg.audit.checkpoint_every_records,
         every: cfg.audit.checkpoint_every,
+        quiet: crate::audit::checkpoint::QUIET,
     })
 }
 

@@ -17,6 +17,9 @@ use crate::config::{Config, ConfigError};
 /// Exit code for an invalid configuration (EX_USAGE... EX_DATAERR family: sysexits 64).
 pub const EXIT_CONFIG: u8 = 64;
 
+/// The data directory of `serve` on its embedded defaults, where the audit commands look by default.
+const DEFAULT_DATA: &str = "sallyport-data/data";
+
 /// Sallyport: just-in-time, customer-approved, audited access from MSP technicians to customer targets.
 ///
 /// Start here: `sallyport serve` runs the broker on embedded defaults (./sallyport-data, created on
@@ -214,8 +217,9 @@ enum AuditCommand {
     /// problem of each chain with its file, line, seq and kind (edited, deleted, reordered,
     /// inserted, truncated, rewritten, forged checkpoint, torn tail). Exit 0 only when all is intact.
     Verify {
-        /// The broker's data directory (holding audit/), or the audit folder itself.
-        #[arg(long, required_unless_present = "bundle")]
+        /// The broker's data directory (holding audit/), or the audit folder itself. Default: that
+        /// of `serve` on its embedded defaults.
+        #[arg(long)]
         data: Option<PathBuf>,
         /// Verify an evidence bundle made by `audit bundle` instead, offline.
         #[arg(long, conflicts_with = "data")]
@@ -227,9 +231,9 @@ enum AuditCommand {
         /// Default: audit-key.pub in the audit folder, which whoever controls the folder could swap.
         #[arg(long)]
         key: Option<String>,
-        /// A file of signed checkpoint lines kept elsewhere (for example from an earlier export or
-        /// the SIEM): each must verify and match the chain, which catches a chain cut back together
-        /// with its checkpoint file.
+        /// A file of signed checkpoint lines kept elsewhere (for example from the customer's SIEM,
+        /// which receives them): each must verify and match the chain, which catches a chain cut back
+        /// together with its checkpoint file.
         #[arg(long, value_name = "FILE")]
         expect_checkpoints: Option<PathBuf>,
     },
@@ -244,7 +248,7 @@ enum AuditCommand {
         #[arg(long)]
         out: PathBuf,
         /// The broker's data directory (holding sallyport.db and audit/).
-        #[arg(long, default_value = "sallyport-data/data")]
+        #[arg(long, default_value = DEFAULT_DATA)]
         data: PathBuf,
     },
     /// Extract a recorded session (targets with `record = true`) after checking the capture file
@@ -257,14 +261,14 @@ enum AuditCommand {
         #[arg(long)]
         out: PathBuf,
         /// The broker's data directory (holding captures/ and audit/).
-        #[arg(long, default_value = "sallyport-data/data")]
+        #[arg(long, default_value = DEFAULT_DATA)]
         data: PathBuf,
     },
     /// Write a customer's records to stdout, oldest first: as stored (JSON lines, still verifiable)
     /// or as OCSF events for a SIEM.
     Export {
         /// The broker's data directory (holding audit/), or the audit folder itself.
-        #[arg(long, default_value = "sallyport-data/data")]
+        #[arg(long, default_value = DEFAULT_DATA)]
         data: PathBuf,
         /// The customer (or `_broker`).
         #[arg(long)]
@@ -439,13 +443,12 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 },
         } => match (bundle, data) {
             (Some(file), _) => verify_bundle(&file, key.as_deref()),
-            (None, Some(data)) => audit_verify(
-                &data,
+            (None, data) => audit_verify(
+                &data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
                 customer.as_deref(),
                 key.as_deref(),
                 expect_checkpoints.as_deref(),
             ),
-            (None, None) => Err(anyhow!("pass --data DIR or --bundle FILE")),
         },
         Command::Audit {
             command: AuditCommand::Bundle { request, out, data },
@@ -831,7 +834,7 @@ fn make_bundle(data: &Path, request_id: &str, out: &Path) -> anyhow::Result<()> 
         if covered {
             ", with the signed checkpoint that covers them"
         } else {
-            "; no signed checkpoint covers them yet: make it again after the next checkpoint"
+            "; no signed checkpoint covers them yet (a running broker signs one about 2 s after activity ends): make it again in a moment"
         }
     );
     Ok(())

@@ -27,7 +27,13 @@ pub struct Checkpoints {
     pub every_records: u64,
     /// And at least this often while a chain has new records.
     pub every: Duration,
+    /// And once a chain with new records has had none for this long: a burst of activity is
+    /// signed moments after it ends, not up to `every` later.
+    pub quiet: Duration,
 }
+
+/// The `quiet` period the broker uses.
+pub const QUIET: Duration = Duration::from_secs(2);
 
 #[derive(Serialize)]
 struct Body<'a> {

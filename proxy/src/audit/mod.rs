@@ -345,6 +345,8 @@ struct Chain {
     checkpointed: u64,
     /// When this writer last signed one.
     checkpointed_at: std::time::Instant,
+    /// When this writer last appended.
+    appended_at: std::time::Instant,
     /// A torn tail moved aside when the chain was opened: (where, how many bytes).
     quarantined: Option<(PathBuf, usize)>,
 }
@@ -389,6 +391,7 @@ impl Chain {
             // Learned (and checked against the key) when this writer first signs.
             checkpointed: 0,
             checkpointed_at: std::time::Instant::now(),
+            appended_at: std::time::Instant::now(),
             quarantined: None,
         };
         // Under the lock: another process may be mid-append.
@@ -625,6 +628,7 @@ impl Chain {
         self.len += buf.len() as u64;
         self.seq = seq;
         self.head = head;
+        self.appended_at = std::time::Instant::now();
         Ok(out)
     }
 
@@ -882,7 +886,7 @@ impl AuditLog {
         if let Some(cps) = &checkpoints {
             // Ticks stop once every handle is gone: the ticker holds only a weak sender.
             let weak = tx.downgrade();
-            let every = cps.every;
+            let every = cps.every.min(cps.quiet / 2);
             std::thread::Builder::new()
                 .name("audit-checkpoints".into())
                 .spawn(move || {
@@ -1060,12 +1064,18 @@ fn writer(
     }
 }
 
-/// Signs checkpoints of chains past `every_records` new records, or, on a tick, past `every`.
+/// Signs checkpoints of chains past `every_records` new records, or, on a tick, past `every` or
+/// quiet for `quiet`; and of a chain with records but no checkpoint known to this writer yet (a new
+/// chain's first records, or the first batch after a start), so a trail is never long unsigned.
 fn sign_due(chains: &mut HashMap<String, Chain>, cps: &Checkpoints, tick: bool) {
     for chain in chains.values_mut() {
         let moved = chain.seq.saturating_sub(chain.checkpointed);
         let due = moved >= cps.every_records
-            || (tick && moved > 0 && chain.checkpointed_at.elapsed() >= cps.every);
+            || (chain.checkpointed == 0 && moved > 0)
+            || (tick
+                && moved > 0
+                && (chain.checkpointed_at.elapsed() >= cps.every
+                    || chain.appended_at.elapsed() >= cps.quiet));
         if due && let Err(e) = chain.checkpoint(cps) {
             tracing::error!(chain = %chain.name, error = %e, "could not sign an audit checkpoint");
         }
@@ -1312,6 +1322,7 @@ mod tests {
             signer: signer.clone(),
             every_records: 1000,
             every: std::time::Duration::from_secs(3600),
+            quiet: std::time::Duration::from_secs(3600),
         };
         let (log, w) = AuditLog::open_with(dir.path(), &["acme"], Some(cps), Some(30)).unwrap();
         // Retention runs when the writer starts, before it takes any record.

@@ -417,6 +417,7 @@ mod tests {
             signer: signer.clone(),
             every_records: 5,
             every: Duration::from_secs(3600),
+            quiet: Duration::from_secs(3600),
         };
         let (log, w) = AuditLog::open(dir.path(), &["acme"], Some(cps)).unwrap();
         for i in 0..n {
@@ -465,8 +466,8 @@ mod tests {
         let (dir, key, _) = trail(12);
         let r = verify(dir.path(), "acme", Some(&key), &[]);
         assert_eq!(r.problem, None);
-        // Every 5 records, and a final one when the writer stopped.
-        assert_eq!((r.records, r.checkpoints, r.unsigned), (12, 3, 0));
+        // At the first record, then every 5 records, and a final one when the writer stopped.
+        assert_eq!((r.records, r.checkpoints, r.unsigned), (12, 4, 0));
         assert!(dir.path().join(checkpoint::KEY_FILE).exists());
     }
 
@@ -529,7 +530,7 @@ mod tests {
         write(dir.path(), &l[..9]);
         let p = check(dir.path(), &key);
         assert_eq!((p.kind, p.seq), (Kind::Truncated, Some(9)), "{p}");
-        assert!(p.detail.contains("signed seq 10"), "{p}");
+        assert!(p.detail.contains("signed seq 11"), "{p}");
     }
 
     #[test]
@@ -566,7 +567,7 @@ mod tests {
         let text = std::fs::read_to_string(&cp).unwrap();
         std::fs::write(&cp, text.replacen("\"seq\":5", "\"seq\":4", 1)).unwrap();
         let p = check(dir.path(), &key);
-        assert_eq!((p.kind, p.line), (Kind::ForgedCheckpoint, 1), "{p}");
+        assert_eq!((p.kind, p.line), (Kind::ForgedCheckpoint, 2), "{p}");
         assert_eq!(p.file, cp);
         // A checkpoint signed with another key is forged too.
         let (other, _, signer) = trail(5);
