@@ -980,6 +980,17 @@ fn audit_verify(
             dir.display()
         ));
     }
+    // A chain still in the flat layout of an earlier version is not read here: say so.
+    for name in crate::audit::segment::flat_chains(&dir).unwrap_or_default() {
+        if customer.is_none_or(|c| c == name) {
+            bad += 1;
+            println!(
+                "{name}: not verified: {} holds it in the layout of an earlier version; start the broker once to move it into {}/",
+                dir.display(),
+                crate::audit::segment::chain_dir(&dir, &name).display()
+            );
+        }
+    }
     for name in &chains {
         let extra: Vec<verify::Pin> = kept
             .iter()

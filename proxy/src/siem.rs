@@ -187,6 +187,24 @@ pub fn checkpoints_pending(
     Ok(out)
 }
 
+/// The next batch for a sink at `cursor`: records after it, then the signed checkpoints of records
+/// the batch delivers (so a busy chain still gets its checkpoints through).
+pub fn batch_after(chain: &Path, cursor: &Cursor) -> std::io::Result<Vec<Pending>> {
+    let mut batch: Vec<Pending> = pending(chain, cursor, BATCH)?
+        .into_iter()
+        .map(|(seq, line, next)| {
+            let next = Cursor {
+                checkpoint: cursor.checkpoint,
+                ..next
+            };
+            (seq, line, next)
+        })
+        .collect();
+    let upto = batch.last().map_or(cursor, |(_, _, next)| next).clone();
+    batch.extend(checkpoints_pending(chain, &upto, BATCH)?);
+    Ok(batch)
+}
+
 fn scan(reader: segment::Reader, after: u64, max: usize) -> std::io::Result<Vec<Pending>> {
     let mut out = Vec::new();
     for line in reader {
@@ -275,24 +293,8 @@ async fn run(
     let mut backoff = Duration::from_millis(200);
     loop {
         let (c, path) = (cursor.clone(), chain.clone());
-        // Records first; once caught up, the checkpoints that sign them.
-        let batch = tokio::task::spawn_blocking(move || {
-            let records = pending(&path, &c, BATCH)?;
-            if records.is_empty() {
-                return checkpoints_pending(&path, &c, BATCH);
-            }
-            Ok(records
-                .into_iter()
-                .map(|(seq, line, next)| {
-                    let next = Cursor {
-                        checkpoint: c.checkpoint,
-                        ..next
-                    };
-                    (seq, line, next)
-                })
-                .collect())
-        })
-        .await;
+        // Records, then the checkpoints that sign records delivered by then.
+        let batch = tokio::task::spawn_blocking(move || batch_after(&path, &c)).await;
         let batch = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -539,6 +541,12 @@ mod tests {
             ..Cursor::default()
         };
         assert_eq!(seqs(checkpoints_pending(&chain, &at5, 10).unwrap()), [5]);
+        // A batch carries the checkpoints of the records it delivers, even on a busy chain.
+        let batch = batch_after(&chain, &Cursor::default()).unwrap();
+        assert_eq!(seqs(batch.clone()), [4, 5, 2, 5]);
+        let end = &batch[3].2;
+        assert_eq!((end.seq, end.checkpoint), (5, 5));
+        assert!(batch_after(&chain, end).unwrap().is_empty());
         let frame = syslog_frame("acme", 5, cp(5).trim_end(), "h");
         assert!(
             frame.contains(" sallyport - checkpoint [sallyport@32473 customer=\"acme\" seq=\"5\"]"),

@@ -367,11 +367,9 @@ fn sync_dir(dir: &Path) -> Result<(), AuditError> {
 impl Chain {
     fn open(audit: &Path, name: &str) -> Result<Chain, AuditError> {
         let dir = segment::chain_dir(audit, name);
-        if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            sync_dir(audit)?;
-        }
-        segment::migrate_flat(audit, name).map_err(io_err(&dir))?;
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // Whoever created the folder may have crashed before syncing its entry.
+        sync_dir(audit)?;
         let lock_path = dir.join(segment::LOCK);
         let lock = OpenOptions::new()
             .read(true)
@@ -396,19 +394,30 @@ impl Chain {
         };
         // Under the lock: another process may be mid-append.
         chain.locked(|c| {
+            segment::migrate_flat(audit, &c.name).map_err(io_err(&c.dir))?;
             c.quarantined = c.quarantine_torn_tail()?;
-            let segs = segment::segments(&c.dir).map_err(io_err(&c.dir))?;
-            if let Some(last) = segs.last() {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .open(&last.path)
-                    .map_err(io_err(&last.path))?;
-                c.active = Some((last.date, last.path.clone(), file));
+            if let Some(last) = segment::segments(&c.dir).map_err(io_err(&c.dir))?.pop() {
+                c.switch_to(last.date, false)?;
             }
             c.reload()
         })?;
         Ok(chain)
+    }
+
+    /// Makes the segment of `date` the one appended to (creating it when `create`), with its
+    /// directory entry synced before any record in it can be acknowledged.
+    fn switch_to(&mut self, date: jiff::civil::Date, create: bool) -> Result<(), AuditError> {
+        let path = segment::segment_path(&self.dir, date);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(create)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // Also when the file existed: its creator may have crashed before syncing the entry.
+        sync_dir(&self.dir)?;
+        self.active = Some((date, path, file));
+        Ok(())
     }
 
     /// Runs `f` holding the chain's lock.
@@ -497,12 +506,14 @@ impl Chain {
     }
 
     /// Re-reads the chain head: the last record of the newest segment holding records.
+    /// On failure nothing is changed, so the next call reads again.
     fn reload(&mut self) -> Result<(), AuditError> {
-        self.len = match &self.active {
+        let len = match &self.active {
             Some((_, path, file)) => file.metadata().map_err(io_err(path))?.len(),
             None => 0,
         };
         let segs = segment::segments(&self.dir).map_err(io_err(&self.dir))?;
+        let mut found = (0, GENESIS.to_owned());
         for seg in segs.iter().rev() {
             let path = &seg.path;
             if std::fs::metadata(path).map_err(io_err(path))?.len() == 0 {
@@ -513,35 +524,43 @@ impl Chain {
                 .map_err(io_err(path))?
                 .ok_or_else(corrupt)?;
             let (seq, _, hash) = check_line(&last).map_err(|_| corrupt())?;
-            self.seq = seq;
-            self.head = hash;
-            return Ok(());
+            found = (seq, hash);
+            break;
         }
-        self.seq = 0;
-        self.head = GENESIS.to_owned();
+        (self.len, self.seq, self.head) = (len, found.0, found.1);
         Ok(())
     }
 
-    /// Catches up with the files (under the lock): moves to `today`'s segment when this one is
-    /// older (creating it when `create`), and re-reads the head when another process appended.
+    /// Catches up with the files (under the lock): moves to the newest segment, today's when
+    /// this one is older (creating it when `create`), and re-reads the head when another process
+    /// appended. Records never go to a segment older than the newest one, even when the clock
+    /// steps back and another process already started the next day.
     fn refresh(&mut self, today: jiff::civil::Date, create: bool) -> Result<(), AuditError> {
-        let stale = self.active.as_ref().is_none_or(|(d, _, _)| *d < today);
+        let stale = match &self.active {
+            None => true,
+            Some((date, _, _)) => {
+                *date < today
+                    || date
+                        .tomorrow()
+                        .is_ok_and(|next| segment::segment_path(&self.dir, next).exists())
+            }
+        };
         if stale {
-            let path = segment::segment_path(&self.dir, today);
-            let existed = path.exists();
-            if create || existed {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .create(true)
-                    .open(&path)
-                    .map_err(io_err(&path))?;
-                if !existed {
-                    // The new segment's name must survive a crash before its records are acked.
-                    sync_dir(&self.dir)?;
-                }
-                self.active = Some((today, path, file));
-                // Another process may have appended to the segment before.
+            let newest = segment::segments(&self.dir)
+                .map_err(io_err(&self.dir))?
+                .pop()
+                .map(|s| s.date);
+            let target = match newest {
+                Some(n) if n >= today => Some((n, false)),
+                _ if create => Some((today, true)),
+                Some(n) => Some((n, false)),
+                None => None,
+            };
+            if let Some((date, create)) = target
+                && self.active.as_ref().is_none_or(|(d, _, _)| *d != date)
+            {
+                self.switch_to(date, create)?;
+                // Another process may have appended to the segments meanwhile.
                 return self.reload();
             }
         }
@@ -581,11 +600,15 @@ impl Chain {
             path: cp_path.clone(),
             message,
         })?;
+        let existed = cp_path.exists();
         let mut f = OpenOptions::new()
             .append(true)
             .create(true)
             .open(&cp_path)
             .map_err(io_err(&cp_path))?;
+        if !existed {
+            sync_dir(&self.dir)?;
+        }
         let before = f.metadata().map_err(io_err(&cp_path))?.len();
         if let Err(e) = f.write_all(line.as_bytes()).and_then(|_| f.sync_data()) {
             // Never leave half a checkpoint for the next one to be appended to.
@@ -871,9 +894,18 @@ impl AuditLog {
         retention_days: Option<u32>,
     ) -> Result<(AuditLog, AuditWriter), AuditError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // Chains an earlier version left flat are moved into the layout as they are opened.
+        let flat = segment::flat_chains(dir).map_err(io_err(dir))?;
         let mut open: HashMap<String, Chain> = HashMap::new();
-        for name in chains.iter().chain(std::iter::once(&BROKER_CHAIN)) {
-            open.insert((*name).to_owned(), Chain::open_recorded(dir, name)?);
+        let names = chains
+            .iter()
+            .copied()
+            .chain(std::iter::once(BROKER_CHAIN))
+            .chain(flat.iter().map(String::as_str));
+        for name in names {
+            if !open.contains_key(name) {
+                open.insert(name.to_owned(), Chain::open_recorded(dir, name)?);
+            }
         }
         if let Some(cps) = &checkpoints {
             let key = dir.join(checkpoint::KEY_FILE);
@@ -970,10 +1002,16 @@ fn retire_due(
         return;
     }
     *done_on = Some(today);
+    let mut failed = Vec::new();
     for chain in chains.values_mut() {
         if let Err(e) = chain.retire(days, today) {
             tracing::error!(chain = %chain.name, error = %e, "could not retire audit segments past retention");
+            failed.push(chain.name.clone());
         }
+    }
+    // Reopened (and re-read) by their next record: nothing is appended on a head not re-read.
+    for name in failed {
+        chains.remove(&name);
     }
 }
 
@@ -1068,6 +1106,7 @@ fn writer(
 /// quiet for `quiet`; and of a chain with records but no checkpoint known to this writer yet (a new
 /// chain's first records, or the first batch after a start), so a trail is never long unsigned.
 fn sign_due(chains: &mut HashMap<String, Chain>, cps: &Checkpoints, tick: bool) {
+    let mut failed = Vec::new();
     for chain in chains.values_mut() {
         let moved = chain.seq.saturating_sub(chain.checkpointed);
         let due = moved >= cps.every_records
@@ -1078,7 +1117,12 @@ fn sign_due(chains: &mut HashMap<String, Chain>, cps: &Checkpoints, tick: bool) 
                     || chain.appended_at.elapsed() >= cps.quiet));
         if due && let Err(e) = chain.checkpoint(cps) {
             tracing::error!(chain = %chain.name, error = %e, "could not sign an audit checkpoint");
+            failed.push(chain.name.clone());
         }
+    }
+    // Reopened (and re-read) by their next record: nothing is appended on a head not re-read.
+    for name in failed {
+        chains.remove(&name);
     }
 }
 
@@ -1362,5 +1406,68 @@ mod tests {
             .problem
             .unwrap();
         assert_eq!((p.kind, p.seq), (verify::Kind::Deleted, Some(6)), "{p}");
+    }
+
+    #[test]
+    fn records_never_go_to_a_segment_older_than_the_newest() {
+        // Another writer whose clock ran ahead (or ours stepped back) already started tomorrow.
+        let dir = tempfile::tempdir().unwrap();
+        fabricate(dir.path(), "acme", &[(0, 2), (-1, 1)]);
+        let (log, w) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
+        assert_eq!(log.append_blocking(ev(Some("acme"), "now")).unwrap().seq, 4);
+        drop(log);
+        w.join();
+        let newest = newest(dir.path(), "acme");
+        assert_eq!(std::fs::read_to_string(newest).unwrap().lines().count(), 2);
+        assert_eq!(verify_chain(dir.path(), "acme").unwrap(), 4);
+    }
+
+    #[test]
+    fn a_planted_retirement_record_does_not_explain_deleted_segments() {
+        use sallyport_certs::grant::generate_signing_key_pem;
+        use sallyport_certs::signing::Ed25519Signer;
+        let dir = tempfile::tempdir().unwrap();
+        let hashes = fabricate(dir.path(), "acme", &[(5, 3), (2, 3)]);
+        let signer =
+            Arc::new(Ed25519Signer::from_pkcs8_pem(&generate_signing_key_pem().unwrap()).unwrap());
+        let cps = Checkpoints {
+            signer: signer.clone(),
+            every_records: 1000,
+            every: std::time::Duration::from_secs(3600),
+            quiet: std::time::Duration::from_secs(3600),
+        };
+        let (log, w) = AuditLog::open(dir.path(), &["acme"], Some(cps)).unwrap();
+        let last = log.append_blocking(ev(Some("acme"), "signed")).unwrap();
+        drop(log);
+        w.join();
+        let key = signer.public_key().to_vec();
+        assert_eq!(
+            verify::verify(dir.path(), "acme", Some(&key), &[]).problem,
+            None
+        );
+        // Whoever controls the folder deletes the oldest segment and appends a well-formed record
+        // claiming retention took it: no checkpoint signs that record.
+        let segs = segment::segments(&dir.path().join("acme")).unwrap();
+        std::fs::remove_file(&segs[0].path).unwrap();
+        let mut planted = ev(Some("acme"), "retention");
+        planted.event = EventKind::SegmentsRetired;
+        planted.retired = vec![Retired {
+            segment: "x.jsonl".into(),
+            first_seq: 1,
+            last_seq: 3,
+            last_hash: hashes[2].clone(),
+        }];
+        let (line, _) = render(&planted, last.seq + 1, &now_rfc3339(), &last.hash);
+        let newest = newest(dir.path(), "acme");
+        let text = std::fs::read_to_string(&newest).unwrap();
+        std::fs::write(&newest, text + &line).unwrap();
+        let p = verify::verify(dir.path(), "acme", Some(&key), &[])
+            .problem
+            .unwrap();
+        assert_eq!(p.kind, verify::Kind::Deleted, "{p}");
+        assert!(
+            p.detail.contains("not covered by a signed checkpoint"),
+            "{p}"
+        );
     }
 }

@@ -11,8 +11,8 @@
 //! `segments_retired` record written first names each retired segment's last seq and hash, so a
 //! verifier can anchor the oldest segment kept (see `docs/audit-format.md`).
 //!
-//! [`Reader`] streams a chain's lines across segments without holding them in memory. It opens every
-//! segment it will read up front, so a segment retired meanwhile is still read whole.
+//! [`Reader`] streams a chain's lines across segments without holding them in memory, one open file
+//! at a time; a segment retired while it reads is reported, never skipped silently.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -113,35 +113,59 @@ pub fn chains(audit: &Path) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// The chains an earlier version left flat in the audit folder (`<chain>.jsonl`,
+/// `<chain>.checkpoints.jsonl`), sorted.
+pub fn flat_chains(audit: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(audit)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let chain = name
+            .strip_suffix(".checkpoints.jsonl")
+            .or_else(|| name.strip_suffix(".jsonl"));
+        if let Some(chain) = chain
+            && is_chain_name(chain)
+            && !out.iter().any(|c| c == chain)
+        {
+            out.push(chain.to_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Moves a chain written by an earlier version (`<audit>/<chain>.jsonl` and
-/// `<audit>/<chain>.checkpoints.jsonl`) into the chain's folder, as the segment of its first
-/// record's date. Does nothing when there is no such file or the folder already has segments.
+/// `<audit>/<chain>.checkpoints.jsonl`) into the chain's folder: the records as the segment of the
+/// first record's date (unless the folder has segments already), the checkpoints as its checkpoint
+/// file (unless it has one). Run under the chain's lock.
 pub fn migrate_flat(audit: &Path, chain: &str) -> std::io::Result<()> {
-    let flat = audit.join(format!("{chain}.jsonl"));
-    if !flat.is_file() {
-        return Ok(());
-    }
     let dir = chain_dir(audit, chain);
-    if !segments(&dir)?.is_empty() {
-        return Ok(());
+    let mut moved = false;
+    let flat = audit.join(format!("{chain}.jsonl"));
+    if flat.is_file() && segments(&dir)?.is_empty() {
+        std::fs::create_dir_all(&dir)?;
+        let first = BufReader::new(File::open(&flat)?)
+            .lines()
+            .next()
+            .transpose()?;
+        let date = first
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .and_then(|v| v["time"].as_str()?.parse::<jiff::Timestamp>().ok())
+            .map_or_else(|| date_of(jiff::Timestamp::now()), date_of);
+        std::fs::rename(&flat, segment_path(&dir, date))?;
+        moved = true;
     }
-    std::fs::create_dir_all(&dir)?;
-    let first = BufReader::new(File::open(&flat)?)
-        .lines()
-        .next()
-        .transpose()?;
-    let date = first
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-        .and_then(|v| v["time"].as_str()?.parse::<jiff::Timestamp>().ok())
-        .map_or_else(|| date_of(jiff::Timestamp::now()), date_of);
-    std::fs::rename(&flat, segment_path(&dir, date))?;
     let cps = audit.join(format!("{chain}.checkpoints.jsonl"));
-    if cps.is_file() {
+    if cps.is_file() && !checkpoints_path(&dir).exists() {
+        std::fs::create_dir_all(&dir)?;
         std::fs::rename(&cps, checkpoints_path(&dir))?;
+        moved = true;
     }
-    File::open(&dir)?.sync_all()?;
-    File::open(audit)?.sync_all()?;
-    tracing::info!(chain, folder = %dir.display(), "moved an audit chain into the segmented layout");
+    if moved {
+        File::open(&dir)?.sync_all()?;
+        File::open(audit)?.sync_all()?;
+        tracing::info!(chain, folder = %dir.display(), "moved an audit chain into the segmented layout");
+    }
     Ok(())
 }
 
@@ -204,11 +228,13 @@ pub struct Line {
     pub complete: bool,
 }
 
-/// Streams a chain's lines across its segments, oldest first.
+/// Streams a chain's lines across its segments, oldest first, opening one segment at a time.
 #[derive(Debug)]
 pub struct Reader {
-    pending: VecDeque<(Segment, File)>,
+    pending: VecDeque<Segment>,
     current: Option<Current>,
+    /// Whether a segment was opened.
+    started: bool,
 }
 
 #[derive(Debug)]
@@ -239,7 +265,7 @@ impl Reader {
                 let mut from = 0;
                 for (i, s) in segs.iter().enumerate().skip(1) {
                     match first_line(&s.path)?.as_deref().and_then(seq_of) {
-                        Some(first) if first <= after + 1 => from = i,
+                        Some(first) if first <= after.saturating_add(1) => from = i,
                         Some(_) => break,
                         None => {}
                     }
@@ -254,20 +280,14 @@ impl Reader {
                 None => return Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
             },
         };
-        let mut pending = VecDeque::new();
-        for seg in segs.into_iter().skip(from) {
-            match File::open(&seg.path) {
-                Ok(f) => pending.push_back((seg, f)),
-                // Retired between the listing and the open: it was older than anything kept.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && pending.is_empty() => {}
-                Err(e) => return Err(e),
-            }
-        }
         let mut reader = Reader {
-            pending,
+            pending: segs.into_iter().skip(from).collect(),
             current: None,
+            started: false,
         };
         if offset > 0 {
+            // The cursor's own segment: gone is an answer, not a reason to read the next one.
+            reader.started = true;
             reader.advance()?;
             if let Some(c) = &mut reader.current {
                 c.reader.seek(SeekFrom::Start(offset))?;
@@ -278,22 +298,36 @@ impl Reader {
         Ok(reader)
     }
 
+    /// Opens the next segment. One retired before anything was read is skipped (it was older than
+    /// anything kept); one gone after reading started is an error, so nothing is skipped unnoticed.
     fn advance(&mut self) -> std::io::Result<bool> {
-        match self.pending.pop_front() {
-            Some((seg, file)) => {
-                self.current = Some(Current {
-                    seg,
-                    reader: BufReader::new(file),
-                    line: 0,
-                    offset: 0,
-                });
-                Ok(true)
-            }
-            None => {
-                self.current = None;
-                Ok(false)
+        while let Some(seg) = self.pending.pop_front() {
+            match File::open(&seg.path) {
+                Ok(file) => {
+                    self.started = true;
+                    self.current = Some(Current {
+                        seg,
+                        reader: BufReader::new(file),
+                        line: 0,
+                        offset: 0,
+                    });
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.started => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{}: retired while the chain was being read; read it again",
+                            seg.path.display()
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
             }
         }
+        self.current = None;
+        Ok(false)
     }
 
     fn next_line(&mut self) -> std::io::Result<Option<Line>> {

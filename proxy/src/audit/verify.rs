@@ -123,8 +123,9 @@ fn holds(dir: &Path, seq: u64) -> bool {
     })
 }
 
-/// What the segments retired so far anchor: last seq -> last hash of each retired segment.
-fn anchors_of(text: &str, anchors: &mut HashMap<u64, String>) {
+/// What the segments retired so far anchor: last seq -> (last hash of that retired segment, seq of
+/// the `segments_retired` record naming it).
+fn anchors_of(text: &str, seq: u64, anchors: &mut HashMap<u64, (String, u64)>) {
     if !text.contains("\"event\":\"segments_retired\"") {
         return;
     }
@@ -133,7 +134,7 @@ fn anchors_of(text: &str, anchors: &mut HashMap<u64, String>) {
     };
     if let Ok(retired) = serde_json::from_value::<Vec<Retired>>(v["retired"].clone()) {
         for r in retired {
-            anchors.insert(r.last_seq, r.last_hash);
+            anchors.insert(r.last_seq, (r.last_hash, seq));
         }
     }
 }
@@ -307,39 +308,68 @@ pub fn verify(audit: &Path, chain: &str, key: Option<&[u8]>, extra: &[Pin]) -> R
                 return report;
             }
         }
-        anchors_of(&line.text, &mut anchors);
+        anchors_of(&line.text, seq, &mut anchors);
         report.records += 1;
         last = Some((seq, hash, line.file, line.line));
     }
 
-    // The oldest record kept starts the chain, or follows a segment retention retired.
+    let last_seq = last.as_ref().map_or(0, |l| l.0);
+    let first_seq = first.as_ref().map_or(1, |f| f.0);
+    // The highest seq a checkpoint signed among the records read (every one of them matched).
+    let pinned = pins
+        .iter()
+        .map(|p| p.cp.seq)
+        .filter(|s| (first_seq..=last_seq).contains(s))
+        .max();
+    // The oldest record kept starts the chain, or follows a segment that retention retired, as a
+    // segments_retired record signed by a checkpoint says: an unsigned one could be planted.
     if let Some((seq, prev, file, at)) = &first
         && *seq != 1
-        && anchors.get(&(seq - 1)) != Some(prev)
     {
-        report.problem = if holds(&dir, 1) {
-            problem(
-                file,
-                *at,
-                Some(*seq),
-                Kind::Reordered,
-                format!("seq {seq} where 1 belongs"),
-            )
-        } else {
-            problem(
-                file,
-                *at,
-                Some(*seq),
-                Kind::Deleted,
-                format!(
-                    "seq 1 to {} are missing, and no segments_retired record accounts for them",
-                    seq - 1
-                ),
-            )
+        let detail = match anchors.get(&(seq - 1)) {
+            Some((hash, by)) if hash == prev && pinned.is_some_and(|p| p >= *by) => None,
+            Some((hash, by)) if hash == prev => Some(format!(
+                "seq 1 to {} are missing; the segments_retired record (seq {by}) that accounts for them is not covered by a signed checkpoint",
+                seq - 1
+            )),
+            _ => Some(format!(
+                "seq 1 to {} are missing, and no segments_retired record accounts for them",
+                seq - 1
+            )),
         };
-        return report;
+        if let Some(detail) = detail {
+            report.problem = if holds(&dir, 1) {
+                problem(
+                    file,
+                    *at,
+                    Some(*seq),
+                    Kind::Reordered,
+                    format!("seq {seq} where 1 belongs"),
+                )
+            } else {
+                problem(file, *at, Some(*seq), Kind::Deleted, detail)
+            };
+            return report;
+        }
+        // A checkpoint of the last retired record must agree with the anchor.
+        if let Some(pin) = pins
+            .iter()
+            .find(|p| p.cp.seq == seq - 1 && p.cp.hash != *prev)
+        {
+            report.problem = problem(
+                file,
+                *at,
+                Some(*seq),
+                Kind::Rewritten,
+                format!(
+                    "prev_hash differs from the hash of seq {} that {} signed",
+                    seq - 1,
+                    pin.source()
+                ),
+            );
+            return report;
+        }
     }
-    let last_seq = last.as_ref().map_or(0, |l| l.0);
     if let Some(pin) = pins
         .iter()
         .filter(|p| p.cp.seq > last_seq)
@@ -372,7 +402,7 @@ pub fn verify(audit: &Path, chain: &str, key: Option<&[u8]>, extra: &[Pin]) -> R
         return report;
     }
     report.unsigned = last_seq.saturating_sub(stored_max);
-    if key.is_some() && report.checkpoints == 0 && report.records > 0 {
+    if key.is_some() && pinned.is_none() && report.records > 0 {
         report.problem = problem(
             &cp_path,
             0,
