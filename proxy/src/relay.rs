@@ -1,6 +1,13 @@
 //! Relaying an open tunnel: bytes both ways, counted, until a peer closes, the grant expires, the tunnel
 //! idles out, or the broker shuts down, whichever comes first.
+//!
+//! The copy ([`Both`]) reads into one scratch buffer per worker thread and writes straight from it;
+//! a direction keeps bytes of its own only while its writer cannot take them. An idle tunnel
+//! therefore holds no relay buffer at all, where `tokio::io::copy_bidirectional` keeps two 8 KiB
+//! buffers for the tunnel's whole life: with thousands of idle tunnels, that is most of the memory.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,6 +140,201 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     }
 }
 
+/// Bytes read per call: large enough for several TLS records at a time.
+const SCRATCH: usize = 64 * 1024;
+/// Reads in a row before a relay lets other tasks run.
+const TURNS: usize = 32;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+}
+
+/// One direction of a relay.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Bytes read but not yet taken by the writer (empty, without capacity, when it keeps up).
+    held: Vec<u8>,
+    /// How much of `held` was written.
+    pos: usize,
+    read_done: bool,
+    need_flush: bool,
+    shut: bool,
+}
+
+enum Read {
+    Pending,
+    Eof,
+    Data,
+}
+
+impl Flow {
+    /// Moves bytes from `src` to `dst` until the source ends (then shuts `dst` down) or either side
+    /// must wait.
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+    ) -> Poll<std::io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut turns = 0;
+        loop {
+            if self.pos < self.held.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &self.held[self.pos..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.need_flush = true;
+                        if self.pos == self.held.len() {
+                            self.held = Vec::new();
+                            self.pos = 0;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !self.read_done {
+                turns += 1;
+                if turns > TURNS {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                match self.read_and_write(cx, src, dst)? {
+                    Read::Data => continue,
+                    Read::Eof => self.read_done = true,
+                    Read::Pending => {
+                        // Nothing to read: push out what the writer buffered, then wait.
+                        if self.need_flush {
+                            match Pin::new(&mut *dst).poll_flush(cx) {
+                                Poll::Ready(Ok(())) => self.need_flush = false,
+                                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                                Poll::Pending => {}
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if !self.shut {
+                match Pin::new(&mut *dst).poll_shutdown(cx) {
+                    Poll::Ready(Ok(())) => self.shut = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+    }
+
+    /// Reads into the thread's scratch buffer and writes what it can straight from there, holding
+    /// the rest.
+    fn read_and_write<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+    ) -> std::io::Result<Read>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        SCRATCH_BUF.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut rb = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                Poll::Pending => return Ok(Read::Pending),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = rb.filled().len();
+            if n == 0 {
+                return Ok(Read::Eof);
+            }
+            let mut written = 0;
+            while written < n {
+                match Pin::new(&mut *dst).poll_write(cx, &scratch[written..n]) {
+                    Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(m)) => written += m,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+            self.need_flush |= written > 0;
+            if written < n {
+                self.held = scratch[written..n].to_vec();
+                self.pos = 0;
+            }
+            Ok(Read::Data)
+        })
+    }
+}
+
+/// Copies both ways between `a` and `b` until both directions have ended: each source's end shuts
+/// the other side's writing down, as `tokio::io::copy_bidirectional` does.
+struct Both<'a, A, B> {
+    a: &'a mut A,
+    b: &'a mut B,
+    a_to_b: Flow,
+    b_to_a: Flow,
+    a_done: bool,
+    b_done: bool,
+}
+
+impl<A, B> Future for Both<'_, A, B>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = std::io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if !this.a_done {
+            match this.a_to_b.poll(cx, this.a, this.b) {
+                Poll::Ready(Ok(())) => this.a_done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if !this.b_done {
+            match this.b_to_a.poll(cx, this.b, this.a) {
+                Poll::Ready(Ok(())) => this.b_done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if this.a_done && this.b_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Copies both ways between `a` and `b` (see [`Both`]).
+async fn copy_both_ways<A, B>(a: &mut A, b: &mut B) -> std::io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    Both {
+        a,
+        b,
+        a_to_b: Flow::default(),
+        b_to_a: Flow::default(),
+        a_done: false,
+        b_done: false,
+    }
+    .await
+}
+
 /// What ends a relay besides its peers.
 #[derive(Debug, Clone)]
 pub struct Ends {
@@ -197,7 +399,7 @@ where
         }
     };
     let reason = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+        r = copy_both_ways(&mut client, &mut upstream) => match r {
             Ok(_) => CloseReason::PeerClosed,
             Err(e) => CloseReason::Error(e.to_string()),
         },
@@ -286,5 +488,52 @@ mod tests {
         )
         .await;
         assert_eq!(out.reason, CloseReason::Shutdown);
+    }
+
+    #[tokio::test]
+    async fn bulk_both_ways_through_slow_writers_arrives_whole_and_half_closes() {
+        // Small pipes: writers take a little at a time, so the relay must hold bytes.
+        let (client, c_end) = tokio::io::duplex(1000);
+        let (u_end, target) = tokio::io::duplex(700);
+        let task = tokio::spawn(relay(
+            c_end,
+            u_end,
+            Ends {
+                deadline: Instant::now() + Duration::from_secs(60),
+                idle: Duration::from_secs(60),
+                shutdown: CancellationToken::new(),
+                stop: CancellationToken::new(),
+            },
+            Arc::default(),
+            None,
+        ));
+        let up: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let (mut c_read, mut c_write) = tokio::io::split(client);
+        let (mut t_read, mut t_write) = tokio::io::split(target);
+        let sent_up = up.clone();
+        let writer = tokio::spawn(async move {
+            c_write.write_all(&sent_up).await.unwrap();
+            // The technician is done sending; the target must see the end of input.
+            c_write.shutdown().await.unwrap();
+            c_write
+        });
+        let sent_down = down.clone();
+        let target_side = tokio::spawn(async move {
+            let mut got = Vec::new();
+            t_read.read_to_end(&mut got).await.unwrap();
+            // Still answering after the technician's half-close.
+            t_write.write_all(&sent_down).await.unwrap();
+            t_write.shutdown().await.unwrap();
+            got
+        });
+        let mut got_down = Vec::new();
+        c_read.read_to_end(&mut got_down).await.unwrap();
+        let _ = writer.await.unwrap();
+        assert!(target_side.await.unwrap() == up, "bytes up were changed");
+        assert!(got_down == down, "bytes down were changed");
+        let out = task.await.unwrap();
+        assert_eq!(out.reason, CloseReason::PeerClosed);
+        assert_eq!((out.bytes_up, out.bytes_down), (300_000, 200_000));
     }
 }
