@@ -197,7 +197,7 @@ where
         }
     };
     let reason = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+        r = copy_both(&mut client, &mut upstream) => match r {
             Ok(_) => CloseReason::PeerClosed,
             Err(e) => CloseReason::Error(e.to_string()),
         },
@@ -212,6 +212,137 @@ where
         bytes_down: counters.down.load(Ordering::Relaxed),
         reason,
     }
+}
+
+/// Size of a relay buffer: two TLS records, so bulk transfers take few system calls.
+const BUF_SIZE: usize = 32 * 1024;
+/// Free buffers kept per thread for the next tunnel that has bytes to move.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+fn give_back(buf: Box<[u8]>) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    });
+}
+
+/// One direction of a tunnel. It holds a buffer only while bytes are in flight, so an idle tunnel
+/// holds none (tokio's `copy_bidirectional` keeps 8 KiB per direction for the tunnel's life).
+#[derive(Default)]
+struct OneWay {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    cap: usize,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+}
+
+impl OneWay {
+    /// Same contract as tokio's copy: read, write all, flush when the reader stalls, and shut the
+    /// writer down after the reader's end of file.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<std::io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                let buf = self.buf.get_or_insert_with(take_buffer);
+                let mut rb = ReadBuf::new(&mut buf[..]);
+                match reader.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            self.pos = 0;
+                            self.cap = n;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Nothing in flight: the buffer goes back until bytes arrive.
+                        if let Some(b) = self.buf.take() {
+                            give_back(b);
+                        }
+                        if self.need_flush {
+                            std::task::ready!(writer.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let Some(buf) = self.buf.as_deref() else {
+                    return Poll::Ready(Err(std::io::Error::other("relay buffer missing")));
+                };
+                let n =
+                    std::task::ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                if let Some(b) = self.buf.take() {
+                    give_back(b);
+                }
+                std::task::ready!(writer.as_mut().poll_flush(cx))?;
+                std::task::ready!(writer.as_mut().poll_shutdown(cx))?;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// Copies both ways until both directions reach end of file (each shuts its writer down when its
+/// reader ends), or either fails.
+async fn copy_both<A, B>(a: &mut A, b: &mut B) -> std::io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a_to_b = OneWay::default();
+    let mut b_to_a = OneWay::default();
+    std::future::poll_fn(|cx| {
+        if !a_to_b.done
+            && let Poll::Ready(r) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
+        {
+            r?;
+            a_to_b.done = true;
+        }
+        if !b_to_a.done
+            && let Poll::Ready(r) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
+        {
+            r?;
+            b_to_a.done = true;
+        }
+        if a_to_b.done && b_to_a.done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -246,6 +377,32 @@ mod tests {
         assert_eq!(out.reason, CloseReason::GrantExpired);
         assert!(Instant::now() >= deadline);
         assert_eq!((out.bytes_up, out.bytes_down), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (mut client, mut c_end) = tokio::io::duplex(64 * 1024);
+        let (mut u_end, mut target) = tokio::io::duplex(64 * 1024);
+        let mut way = OneWay::default();
+        client.write_all(&[7u8; 40_000]).await.unwrap();
+        let polled = std::future::poll_fn(|cx| {
+            Poll::Ready(way.poll_copy(cx, Pin::new(&mut c_end), Pin::new(&mut u_end)))
+        })
+        .await;
+        assert!(polled.is_pending(), "copy ended early");
+        assert!(way.buf.is_none(), "an idle direction kept its buffer");
+        let mut got = vec![0u8; 40_000];
+        target.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == 7));
+        drop(client);
+        std::future::poll_fn(|cx| way.poll_copy(cx, Pin::new(&mut c_end), Pin::new(&mut u_end)))
+            .await
+            .unwrap();
+        assert_eq!(
+            target.read(&mut got).await.unwrap(),
+            0,
+            "writer not shut down"
+        );
     }
 
     #[tokio::test]
