@@ -84,7 +84,7 @@ pub fn run(
                     }
                     if let Some(iv) = interval {
                         next += iv;
-                        if next < t1 {
+                        if next < t1 && t0 >= sched.from && t0 < sched.to {
                             out.late += 1;
                         }
                         sleep_until(next);

@@ -243,7 +243,7 @@ fn latency(raw: &Raw, out: &mut String) {
     if let Some(m) = raw.first("latency-max") {
         let _ = writeln!(
             out,
-            "Fixed rates are 10, 50 and 80 % of {}'s closed-loop maximum ({} echoes/s over {} connections). Added latency is the system's percentile minus direct's, per round; median [range] over rounds.\n",
+            "Fixed rates are 10, 50 and 80 % of {}'s closed-loop maximum ({} echoes/s over {} connections). Added latency is the system's percentile minus direct's, per round; median [range] over rounds. Late sends: probes whose slot had already passed when the previous echo on their connection came back, or when the load core woke the sender (sent at once; the pacing is then no longer exact).\n",
             m["system"].as_str().unwrap_or("the peer"),
             num(m["rate"].as_f64(), 0),
             m["connections"]
@@ -251,9 +251,9 @@ fn latency(raw: &Raw, out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "| system | load | rate/s | p50 µs | p99 µs | added p50 µs | added p99 µs |"
+        "| system | load | rate/s | late sends | p50 µs | p99 µs | added p50 µs | added p99 µs |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for pct in [10u64, 50, 80] {
         let f = [("load_pct", Value::from(pct))];
         let d50 = raw.series("latency", "direct", &f, "p50_us");
@@ -265,6 +265,14 @@ fn latency(raw: &Raw, out: &mut String) {
             }
             let p99 = raw.series("latency", s, &f, "p99_us");
             let rate = raw.series("latency", s, &f, "rate");
+            let late: Vec<f64> = raw
+                .series("latency", s, &f, "late")
+                .iter()
+                .filter_map(|(round, late)| {
+                    let probes = raw.series("latency", s, &f, "probes");
+                    Some(100.0 * late / probes.get(round)?.max(1.0))
+                })
+                .collect();
             let (a50, a99) = if *s == "direct" {
                 ("–".into(), "–".into())
             } else {
@@ -275,8 +283,9 @@ fn latency(raw: &Raw, out: &mut String) {
             };
             let _ = writeln!(
                 out,
-                "| {s} | {pct} % | {} | {} | {} | {a50} | {a99} |",
+                "| {s} | {pct} % | {} | {} % | {} | {} | {a50} | {a99} |",
                 num(median(&values(&rate)), 0),
+                num(median(&late), 1),
                 num(median(&values(&p50)), 1),
                 num(median(&values(&p99)), 1),
             );
@@ -415,6 +424,15 @@ fn machine(raw: &Raw, out: &mut String) {
             out,
             "- `openssl speed -evp aes-128-gcm`, 16 KiB blocks, one core: {} MB/s",
             num(s["aes128gcm_16k_mb_s"].as_f64(), 0)
+        );
+        let _ = writeln!(
+            out,
+            "- `openssl speed`, one core: ECDSA P-256 {} sign/s, {} verify/s; X25519 {} op/s; Ed25519 {} sign/s, {} verify/s",
+            num(s["p256_sign_s"].as_f64(), 0),
+            num(s["p256_verify_s"].as_f64(), 0),
+            num(s["x25519_s"].as_f64(), 0),
+            num(s["ed25519_sign_s"].as_f64(), 0),
+            num(s["ed25519_verify_s"].as_f64(), 0),
         );
     }
     if !direct1.is_empty() {
