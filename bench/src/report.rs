@@ -632,6 +632,7 @@ pub fn document(raw: &Raw, raw_text: &str, meta: &Value) -> String {
         ("haproxy", "HAProxy"),
         ("nginx", "nginx"),
         ("openssl", "OpenSSL"),
+        ("load", "machine load"),
     ] {
         let _ = writeln!(out, "- {label}: {}", s(k));
     }
