@@ -56,6 +56,10 @@ enum Command {
         /// Listen here instead of `server.listen` (port 0 picks a free port).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Threads running connections, instead of `server.worker_threads` (0: one per core; 1: one
+        /// thread for everything).
+        #[arg(long, value_name = "N")]
+        worker_threads: Option<usize>,
     },
     /// Create a ready-to-run broker folder: config, PKI, grant signing key, demo customer and identities.
     Init {
@@ -398,7 +402,11 @@ pub fn main() -> ExitCode {
 
 fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Serve { config, listen } => serve(config, listen),
+        Command::Serve {
+            config,
+            listen,
+            worker_threads,
+        } => serve(config, listen, worker_threads),
         Command::Init { dir, hosts, force } => {
             let hosts = if hosts.is_empty() {
                 vec!["localhost".into(), "127.0.0.1".into()]
@@ -1249,6 +1257,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The broker's runtime: one thread per core (0), everything on the calling thread (1), or N workers.
+fn serve_runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 fn shutdown_on_signals(token: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -1274,7 +1299,11 @@ fn rel(p: &Path) -> String {
         .unwrap_or_else(|| p.display().to_string())
 }
 
-fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    worker_threads: Option<usize>,
+) -> anyhow::Result<()> {
     let embedded = config.is_none();
     let config = match config {
         Some(c) => c,
@@ -1295,6 +1324,15 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<
     if let Some(l) = listen {
         cfg.listen = l;
     }
+    if let Some(n) = worker_threads {
+        anyhow::ensure!(
+            n <= 1024,
+            "--worker-threads {n}: use 0 (one thread per core) to 1024"
+        );
+        cfg.worker_threads = n;
+    }
+    #[cfg(feature = "bench-insecure")]
+    crate::bench_insecure::enable_from_env()?;
     if embedded && crate::init::renew_demo_identities(Path::new("sallyport-data"), &cfg)? {
         println!("renewed the demo identities (their certificates had expired or were about to)");
     }
@@ -1304,7 +1342,7 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<
             rel(&cfg.audit.signing_key)
         );
     }
-    let rt = runtime()?;
+    let rt = serve_runtime(cfg.worker_threads)?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         shutdown_on_signals(shutdown.clone())?;

@@ -103,6 +103,8 @@ struct FileServer {
     trust_domain: Option<Spanned<String>>,
     #[serde(default)]
     public_address: Option<String>,
+    #[serde(default)]
+    worker_threads: usize,
 }
 
 fn d_data_dir() -> String {
@@ -389,6 +391,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     /// Address written into identity folders (`host:port`).
     pub public_address: String,
+    /// Threads running connections: 0 is one per core, 1 runs everything on one thread.
+    pub worker_threads: usize,
     /// TLS material.
     pub tls: TlsPaths,
     /// Grant settings.
@@ -714,6 +718,14 @@ impl Validator<'_> {
                 }
                 ip => format!("{ip}:{}", listen.port()),
             });
+        if f.server.worker_threads > 1024 {
+            return Err(ConfigError {
+                location: self.loc(None),
+                field: "server.worker_threads".into(),
+                message: format!("{} is out of range", f.server.worker_threads),
+                fix: "use 0 (one thread per core) to 1024".into(),
+            });
+        }
         let g = &f.grants;
         if g.max_minutes == 0 || g.max_minutes > 7 * 24 * 60 {
             return Err(ConfigError {
@@ -950,6 +962,7 @@ impl Validator<'_> {
             data_dir: self.rel(&f.server.data_dir),
             trust_domain,
             public_address,
+            worker_threads: f.server.worker_threads,
             tls: TlsPaths {
                 ca: self.rel(&f.tls.ca),
                 ca_key: self.rel(&f.tls.ca_key),
@@ -1008,6 +1021,14 @@ mod tests {
         assert_eq!(c.grants.leeway, Duration::from_secs(30));
         assert_eq!(c.public_address, "localhost:8443");
         assert_eq!(c.trust_domain.as_str(), "sallyport.local");
+        assert_eq!(c.worker_threads, 0);
+    }
+
+    #[test]
+    fn worker_threads_out_of_range_names_field_and_fix() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nworker_threads = 5000\n").unwrap_err();
+        assert_eq!(err.field, "server.worker_threads");
+        assert!(err.fix.contains("1024"), "{}", err.fix);
     }
 
     #[test]

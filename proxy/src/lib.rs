@@ -8,6 +8,8 @@
 
 pub mod api;
 pub mod audit;
+#[cfg(feature = "bench-insecure")]
+pub mod bench_insecure;
 pub mod breakglass;
 pub mod broker;
 pub mod capture;

@@ -115,7 +115,15 @@ pub async fn connect(
         close_reason: None,
     });
     let gid = claims.gid.to_string();
-    match b.with_store(move |s| s.grant(&gid)).await {
+    let looked_up = if authorization_skipped() {
+        Err(StoreError::NotFound {
+            kind: "grant",
+            id: gid,
+        })
+    } else {
+        b.with_store(move |s| s.grant(&gid)).await
+    };
+    match looked_up {
         Ok(g) if g.revoked.is_some() => {
             let r = Refusal::new(
                 StatusCode::FORBIDDEN,
@@ -358,6 +366,10 @@ fn decide<'a>(
             return Err(r);
         }
     }
+    #[cfg(feature = "bench-insecure")]
+    if authorization_skipped() {
+        return unauthorized(b, conn, req);
+    }
     // Stage: grant.
     let token = bearer(req).ok_or_else(|| {
         Refusal::new(
@@ -513,6 +525,78 @@ fn decide<'a>(
         target,
         policy_ids: decision.policy_ids,
         reason: decision.reason,
+    })
+}
+
+/// Only a benchmark build (cargo feature `bench-insecure`) ever skips authorization.
+fn authorization_skipped() -> bool {
+    #[cfg(feature = "bench-insecure")]
+    return crate::bench_insecure::skip();
+    #[cfg(not(feature = "bench-insecure"))]
+    false
+}
+
+/// `bench-insecure` builds only: routes the authority to a configured target without any
+/// authorization, under made-up claims naming the connection's own certificate.
+#[cfg(feature = "bench-insecure")]
+fn unauthorized<'a>(
+    b: &'a Broker,
+    conn: &Conn,
+    req: &Request<Incoming>,
+) -> Result<Allowed<'a>, Box<Refusal>> {
+    let refuse = |status, why: String| Refusal::new(status, EventKind::Decision, why);
+    let authority = req.uri().authority().ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "CONNECT needs an authority `<target>.<customer>:<port>`".into(),
+        )
+    })?;
+    let (customer, target) = authority
+        .host()
+        .split_once('.')
+        .and_then(|(t, c)| {
+            let customer = b.cfg.customer(c)?;
+            Some((customer, customer.target(t)?))
+        })
+        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no target `{authority}`")))?;
+    if authority.port_u16() != Some(target.port) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("target is reached on port {}", target.port),
+        ));
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let gid = "g-unauthorized".parse().map_err(|e| {
+        refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("bench grant id: {e}"),
+        )
+    })?;
+    let claims = GrantClaims {
+        iss: b.cfg.grants.issuer.clone(),
+        aud: b.cfg.grants.audience.clone(),
+        sub: conn.peer.id.clone(),
+        customer: customer.id.clone(),
+        target: target.id.clone(),
+        port: target.port,
+        gid,
+        iat: now,
+        nbf: now,
+        exp: now + 3600,
+        jti: String::new(),
+        cnf: sallyport_certs::grant::Confirmation {
+            x5t_s256: String::new(),
+        },
+    };
+    Ok(Allowed {
+        claims,
+        customer,
+        target,
+        policy_ids: Vec::new(),
+        reason: "authorization skipped: bench-insecure build".into(),
     })
 }
 
