@@ -82,7 +82,7 @@ pub async fn run(
     tokio::task::spawn_blocking(move || writer.join()).await?;
     let total: u64 = names
         .iter()
-        .map(|n| sallyport_proxy::audit::verify_chain(&dir, n))
+        .map(|n| sallyport_proxy::audit::verify_chain(dir, n))
         .collect::<Result<Vec<u64>, String>>()
         .map_err(|e| anyhow::anyhow!("the trail does not verify: {e}"))?
         .iter()
