@@ -536,4 +536,41 @@ mod tests {
         assert_eq!(out.reason, CloseReason::PeerClosed);
         assert_eq!((out.bytes_up, out.bytes_down), (300_000, 200_000));
     }
+
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (mut client, mut c_end) = tokio::io::duplex(64 * 1024);
+        let (mut u_end, mut target) = tokio::io::duplex(16 * 1024);
+        let mut flow = Flow::default();
+        client.write_all(&[7u8; 40_000]).await.unwrap();
+        // The target's pipe takes 16 KiB: the rest is held until it reads.
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(flow.poll(cx, &mut c_end, &mut u_end))).await;
+        assert!(polled.is_pending(), "copy ended early");
+        assert!(!flow.held.is_empty(), "a slow writer's bytes must be held");
+        let mut got = vec![0u8; 40_000];
+        let reader = tokio::spawn(async move {
+            target.read_exact(&mut got).await.unwrap();
+            (target, got)
+        });
+        let polled = std::future::poll_fn(|cx| match flow.poll(cx, &mut c_end, &mut u_end) {
+            Poll::Pending if flow.held.is_empty() => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => panic!("copy ended early: {r:?}"),
+        });
+        polled.await;
+        // Idle again: nothing held, no capacity kept.
+        assert_eq!(flow.held.capacity(), 0);
+        let (mut target, got) = reader.await.unwrap();
+        assert!(got.iter().all(|&b| b == 7));
+        drop(client);
+        std::future::poll_fn(|cx| flow.poll(cx, &mut c_end, &mut u_end))
+            .await
+            .unwrap();
+        assert_eq!(
+            target.read(&mut [0u8; 8]).await.unwrap(),
+            0,
+            "writer not shut down"
+        );
+    }
 }
