@@ -75,6 +75,20 @@ async fn measure(
     })
 }
 
+/// [`measure`] of the `done` counter, then waits (up to 10 s each) for the load tasks to stop.
+async fn measure_done(
+    window: Window,
+    shared: &Shared,
+    proxy: Option<&Proc>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Measured> {
+    let m = measure(window, shared, proxy, |s| s.done.load(Ordering::Relaxed)).await?;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    Ok(m)
+}
+
 /// One new session: connect (handshake, `CONNECT` for Sallyport), one small HTTP exchange, close.
 async fn one_session(ep: &Endpoint) -> anyhow::Result<()> {
     let mut s = ep.open().await?;
@@ -113,13 +127,7 @@ pub async fn sessions(
             }
         }));
     }
-    let m = measure(window, &shared, proxy.as_ref(), |s| {
-        s.done.load(Ordering::Relaxed)
-    })
-    .await?;
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
+    let m = measure_done(window, &shared, proxy.as_ref(), tasks).await?;
     finish(
         &shared,
         m.ops,
@@ -165,13 +173,7 @@ pub async fn bulk(
             let _ = s.shutdown().await;
         }));
     }
-    let m = measure(window, &shared, proxy.as_ref(), |s| {
-        s.done.load(Ordering::Relaxed)
-    })
-    .await?;
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
+    let m = measure_done(window, &shared, proxy.as_ref(), tasks).await?;
     finish(
         &shared,
         m.ops,
