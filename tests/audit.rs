@@ -558,17 +558,21 @@ fn a_recorded_session_is_captured_covered_by_the_chain_and_extracted() {
             .output()
             .unwrap()
     };
-    let out = extract(&session);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let frames: Vec<serde_json::Value> = std::fs::read_to_string(s.root.join("session.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // Extracts a session that must succeed, and returns its frames.
+    let frames_of = |id: &str| -> Vec<serde_json::Value> {
+        let out = extract(id);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(s.root.join("session.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let frames = frames_of(&session);
     use base64::Engine;
     let decode = |f: &serde_json::Value| {
         base64::engine::general_purpose::STANDARD
@@ -618,17 +622,7 @@ fn a_recorded_session_is_captured_covered_by_the_chain_and_extracted() {
             && r["session_id"] == big.as_str()
             && r["capture_sha256"].is_string()
     });
-    let out = extract(&big);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let frames: Vec<serde_json::Value> = std::fs::read_to_string(s.root.join("session.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let frames = frames_of(&big);
     let total = |dir: &str| -> usize {
         frames
             .iter()

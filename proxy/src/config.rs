@@ -1134,6 +1134,14 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "requests.pending_expiry_seconds");
+        let err =
+            Config::parse(&cfg, &format!("{base}[audit]\nretention_days = 40000\n")).unwrap_err();
+        assert_eq!(err.field, "audit.retention_days");
+        assert!(err.fix.contains("0 to keep every segment"), "{err}");
+        let kept = Config::parse(&cfg, &format!("{base}[audit]\nretention_days = 0\n")).unwrap();
+        assert_eq!(kept.audit.retention_days, None);
+        let default = Config::parse(&cfg, base).unwrap();
+        assert_eq!(default.audit.retention_days, Some(365));
 
         let customer = format!("{base}[[customers]]\nid = \"acme\"\npolicy = \"acme.cedar\"\n");
         let permit = "permit(principal, action, resource);\n";
