@@ -209,6 +209,13 @@ impl LiveSessions {
     }
 }
 
+/// How long the recorder gathers session changes before writing them (unless asked to flush).
+/// Session rows are the store's view for listings; the audit trail is written before any byte flows.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// Most session changes written in one transaction.
+const MAX_BATCH: usize = 4096;
+
 /// Most session changes kept for a retry while the store is failing; past it the oldest are dropped
 /// (the audit trail still has every session).
 const MAX_PENDING: usize = 100_000;
@@ -225,9 +232,19 @@ async fn recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
             if rx.recv_many(&mut batch, 256).await == 0 {
                 return;
             }
+            // Gather what arrives for a moment, so a busy broker writes many rows per commit
+            // (and so per sync) instead of one or two. A flush ends the wait.
+            let until = tokio::time::Instant::now() + LINGER;
+            while batch.len() < MAX_BATCH && !batch.iter().any(|m| matches!(m, Msg::Flush(_))) {
+                let room = MAX_BATCH - batch.len();
+                match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
         } else {
             tokio::time::sleep(backoff).await;
-            while batch.len() < 4096 {
+            while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(m) => batch.push(m),
                     Err(_) => break,

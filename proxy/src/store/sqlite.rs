@@ -1,6 +1,8 @@
 //! The embedded [`Store`]: one SQLite file (`<data_dir>/sallyport.db`), WAL mode with full sync, schema
 //! versions applied by `rusqlite_migration` (tracked in `user_version`). Every transition runs in one
 //! `IMMEDIATE` transaction, so concurrent brokers or CLI calls on the same file serialize cleanly.
+//! Reads go through a second connection: under WAL they see every committed write and never wait
+//! behind a writer's commit (a tunnel's revocation lookup does not queue behind a batch of session rows).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -77,7 +79,10 @@ const MIGRATIONS: &[M<'static>] = &[
 
 /// The SQLite store.
 pub struct SqliteStore {
+    /// Every write (and the migrations).
     conn: Mutex<Connection>,
+    /// Every read, in deferred transactions.
+    reader: Mutex<Connection>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -93,30 +98,28 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl SqliteStore {
     /// Opens (creating and migrating as needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path)
-            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let mut conn = connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(backend)?;
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
             .map_err(|e| StoreError::Backend(format!("{}: migrating: {e}", path.display())))?;
+        let reader = connect(path)?;
+        reader
+            .pragma_update(None, "query_only", "ON")
+            .map_err(backend)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
         })
     }
 
-    /// A read: a deferred transaction, so readers never wait for the write lock.
+    /// A read: a deferred transaction on the reading connection, so readers never wait for a writer.
     fn read<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(backend)?;
@@ -139,36 +142,49 @@ impl SqliteStore {
     }
 }
 
+/// One connection to `path` with the store's settings: full sync, foreign keys, 5 s busy timeout.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(backend)?;
+    Ok(conn)
+}
+
 const REQUEST_COLUMNS: &str = "id, customer, target, technician, cert_thumbprint, minutes, reason, ticket, start_at, approvals_required, policy_id, created_at, expires_at, status, denied_by, deny_reason";
 
 fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
     let row = tx
-        .query_row(
-            &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
-            params![id],
-            |r| {
-                Ok((
-                    NewRequest {
-                        id: r.get(0)?,
-                        customer: r.get(1)?,
-                        target: r.get(2)?,
-                        technician: r.get(3)?,
-                        cert_thumbprint: r.get(4)?,
-                        minutes: r.get(5)?,
-                        reason: r.get(6)?,
-                        ticket: r.get(7)?,
-                        start_at: r.get(8)?,
-                        approvals_required: r.get(9)?,
-                        policy_id: r.get(10)?,
-                        created_at: r.get(11)?,
-                        expires_at: r.get(12)?,
-                    },
-                    r.get::<_, String>(13)?,
-                    r.get::<_, Option<String>>(14)?,
-                    r.get::<_, Option<String>>(15)?,
-                ))
-            },
-        )
+        .prepare_cached(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"
+        ))
+        .map_err(backend)?
+        .query_row(params![id], |r| {
+            Ok((
+                NewRequest {
+                    id: r.get(0)?,
+                    customer: r.get(1)?,
+                    target: r.get(2)?,
+                    technician: r.get(3)?,
+                    cert_thumbprint: r.get(4)?,
+                    minutes: r.get(5)?,
+                    reason: r.get(6)?,
+                    ticket: r.get(7)?,
+                    start_at: r.get(8)?,
+                    approvals_required: r.get(9)?,
+                    policy_id: r.get(10)?,
+                    created_at: r.get(11)?,
+                    expires_at: r.get(12)?,
+                },
+                r.get::<_, String>(13)?,
+                r.get::<_, Option<String>>(14)?,
+                r.get::<_, Option<String>>(15)?,
+            ))
+        })
         .optional()
         .map_err(backend)?
         .ok_or_else(|| StoreError::NotFound {
@@ -188,11 +204,9 @@ fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
     let grant_id: Option<String> = tx
-        .query_row(
-            "SELECT id FROM grants WHERE request_id = ?1",
-            params![id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT id FROM grants WHERE request_id = ?1")
+        .map_err(backend)?
+        .query_row(params![id], |r| r.get(0))
         .optional()
         .map_err(backend)?;
     let grant = match &grant_id {
@@ -210,8 +224,9 @@ fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
 }
 
 fn load_grant(tx: &Transaction<'_>, id: &str) -> Result<GrantRecord, StoreError> {
-    tx.query_row(
-        "SELECT id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason, customer, target, technician, audited FROM grants WHERE id = ?1",
+    tx.prepare_cached("SELECT id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason, customer, target, technician, audited FROM grants WHERE id = ?1")
+        .map_err(backend)?
+        .query_row(
         params![id],
         |r| {
             let revoked_at: Option<i64> = r.get(4)?;
@@ -531,11 +546,11 @@ impl Store for SqliteStore {
 
     fn session(&self, id: &str) -> Result<SessionRecord, StoreError> {
         self.read(|tx| {
-            tx.query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
-                params![id],
-                session_row,
-            )
+            tx.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
+            ))
+            .map_err(backend)?
+            .query_row(params![id], session_row)
             .optional()
             .map_err(backend)?
             .ok_or_else(|| StoreError::NotFound {
