@@ -108,6 +108,19 @@ fn granted_session_through_the_forwarder_relays_one_mebibyte_both_ways() {
     assert_eq!(close["bytes_up"], 1024 * 1024);
     assert_eq!(close["bytes_down"], 1024 * 1024);
     assert!(close["duration_ms"].as_u64().is_some());
+    // The close names the same session, people and place as the open.
+    let open = s.wait_for_audit("acme", |r| r["event"] == "tunnel_open");
+    for field in [
+        "customer",
+        "actor",
+        "target",
+        "grant_id",
+        "session_id",
+        "source_ip",
+    ] {
+        assert!(open[field].is_string(), "tunnel_open lacks {field}");
+        assert_eq!(close[field], open[field], "{field} differs");
+    }
     let events: Vec<String> = s
         .audit("acme")
         .iter()

@@ -64,8 +64,9 @@ pub struct RelayOutcome {
 /// Counts bytes written into a stream (delivered, not merely read) and notes when bytes last moved.
 struct Metered<S> {
     inner: S,
-    /// When recorded: bytes go in only once the capture has room for them.
-    capture: Option<crate::capture::CaptureSink>,
+    /// When recorded: bytes go in only once the capture has room for them. Boxed: most tunnels
+    /// are not recorded, and an idle one should hold as little as possible.
+    capture: Option<Box<crate::capture::CaptureSink>>,
     counters: Arc<Counters>,
     /// Writes into this stream go technician -> target.
     up: bool,
@@ -362,20 +363,12 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let Ends {
-        deadline,
-        idle,
-        shutdown: cancel,
-        stop,
-    } = ends;
+    // `ends` is used in place: copies of its fields would be held for the whole tunnel.
     let epoch = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
-    let capture_failed = capture
-        .as_ref()
-        .map_or_else(CancellationToken::new, |c| c.failed.clone());
     let mut client = Metered {
         inner: client,
-        capture: capture.as_ref().map(|c| c.sink(false)),
+        capture: capture.as_ref().map(|c| Box::new(c.sink(false))),
         counters: counters.clone(),
         up: false,
         activity: activity.clone(),
@@ -383,19 +376,32 @@ where
     };
     let mut upstream = Metered {
         inner: upstream,
-        capture: capture.as_ref().map(|c| c.sink(true)),
+        capture: capture.as_ref().map(|c| Box::new(c.sink(true))),
         counters: counters.clone(),
         up: true,
         activity: activity.clone(),
         epoch,
     };
-    let idle_watch = async {
+    // One timer for both time limits (an idle tunnel holds as little as possible): it sleeps until
+    // the earlier of the deadline and the idle limit, and looks again when it wakes.
+    let time_limits = async {
         loop {
-            let last = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
-            if Instant::now() >= last + idle {
-                return;
+            let idle_at =
+                epoch + Duration::from_millis(activity.load(Ordering::Relaxed)) + ends.idle;
+            let now = Instant::now();
+            if now >= ends.deadline {
+                return CloseReason::GrantExpired;
             }
-            tokio::time::sleep_until(last + idle).await;
+            if now >= idle_at {
+                return CloseReason::Idle;
+            }
+            tokio::time::sleep_until(ends.deadline.min(idle_at)).await;
+        }
+    };
+    let capture_failed = async {
+        match &capture {
+            Some(c) => c.failed.cancelled().await,
+            None => std::future::pending().await,
         }
     };
     let reason = tokio::select! {
@@ -403,11 +409,10 @@ where
             Ok(_) => CloseReason::PeerClosed,
             Err(e) => CloseReason::Error(e.to_string()),
         },
-        _ = tokio::time::sleep_until(deadline) => CloseReason::GrantExpired,
-        _ = idle_watch => CloseReason::Idle,
-        _ = cancel.cancelled() => CloseReason::Shutdown,
-        _ = stop.cancelled() => CloseReason::Stopped,
-        _ = capture_failed.cancelled() => CloseReason::Error("session capture failed".into()),
+        why = time_limits => why,
+        _ = ends.shutdown.cancelled() => CloseReason::Shutdown,
+        _ = ends.stop.cancelled() => CloseReason::Stopped,
+        _ = capture_failed => CloseReason::Error("session capture failed".into()),
     };
     RelayOutcome {
         bytes_up: counters.up.load(Ordering::Relaxed),

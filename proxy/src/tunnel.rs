@@ -244,12 +244,11 @@ pub async fn connect(
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
     let idle = b.cfg.limits.idle_timeout;
-    let cancel = b.shutdown.child_token();
-    let close = base(EventKind::TunnelClose, Outcome::Success, String::new());
+    let shutdown = b.shutdown.clone();
     let broker = b.clone();
     b.tasks.spawn(async move {
-        // Holding the connection keeps its slot under `limits.max_connections` while the tunnel lives.
-        let _conn = conn;
+        // `conn` is held until the close: it keeps the slot under `limits.max_connections` while the
+        // tunnel lives.
         let started = std::time::Instant::now();
         let outcome = match on_upgrade.await {
             Ok(up) => {
@@ -260,7 +259,7 @@ pub async fn connect(
                     relay::Ends {
                         deadline,
                         idle,
-                        shutdown: cancel,
+                        shutdown,
                         stop: live.stop.clone(),
                     },
                     live.counters.clone(),
@@ -274,45 +273,16 @@ pub async fn connect(
                 reason: relay::CloseReason::Error(format!("upgrade failed: {e}")),
             },
         };
-        let mut ev = close;
-        if matches!(outcome.reason, relay::CloseReason::Error(_)) {
-            ev.outcome = Outcome::Failure;
-        }
-        // The capture's hash goes on the chain with the close.
-        if let Some((cap, writer)) = capture {
-            drop(cap);
-            match writer.await {
-                Ok(Ok(w)) => ev.capture_sha256 = Some(w.sha256),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "session capture failed");
-                    ev.outcome = Outcome::Failure;
-                }
-                Err(e) => tracing::error!(error = %e, "session capture task failed"),
-            }
-        }
-        ev.reason = match &outcome.reason {
-            relay::CloseReason::Stopped => registration
-                .session
-                .cause()
-                .unwrap_or_else(|| outcome.reason.to_string()),
-            other => other.to_string(),
-        };
-        registration.closed(jiff::Timestamp::now().as_second(), &ev.reason);
-        drop(registration);
-        ev.bytes_up = Some(outcome.bytes_up);
-        ev.bytes_down = Some(outcome.bytes_down);
-        ev.duration_ms = Some(started.elapsed().as_millis() as u64);
-        tracing::info!(
-            session = ev.session_id.as_deref().unwrap_or(""),
-            reason = %ev.reason,
-            bytes_up = outcome.bytes_up,
-            bytes_down = outcome.bytes_down,
-            "tunnel closed"
-        );
-        if let Err(e) = broker.audit.append(ev.clone()).await {
-            tracing::error!(error = %e, "could not audit a tunnel close; it is written when the trail recovers");
-            broker.keep_unwritten(ev);
-        }
+        // Boxed, so what closing needs is allocated at the close and not held by every idle tunnel.
+        Box::pin(closed(
+            broker,
+            conn,
+            registration,
+            capture,
+            outcome,
+            started,
+        ))
+        .await;
     });
     // The session id lets the technician (or an approver) find and end this session through the API.
     let mut ok = Response::new(Full::new(Bytes::new()));
@@ -320,6 +290,68 @@ pub async fn connect(
         ok.headers_mut().insert("sallyport-session", v);
     }
     ok
+}
+
+/// Records the end of a tunnel: its session row, then the `tunnel_close` record (kept for a later
+/// write if the trail is failing).
+async fn closed(
+    broker: Arc<Broker>,
+    conn: Arc<Conn>,
+    registration: crate::live::Registration,
+    capture: Option<(
+        Arc<crate::capture::Capture>,
+        tokio::task::JoinHandle<std::io::Result<crate::capture::Written>>,
+    )>,
+    outcome: relay::RelayOutcome,
+    started: std::time::Instant,
+) {
+    let record = &registration.session.record;
+    let mut ev = AuditEvent::new(EventKind::TunnelClose, Outcome::Success, String::new());
+    ev.customer = Some(record.customer.clone());
+    ev.actor = Some(record.technician.clone());
+    ev.target = Some(record.target.clone());
+    ev.grant_id = Some(record.grant_id.clone());
+    ev.session_id = Some(record.id.clone());
+    ev.source_ip = Some(conn.ip);
+    drop(conn);
+    if matches!(outcome.reason, relay::CloseReason::Error(_)) {
+        ev.outcome = Outcome::Failure;
+    }
+    // The capture's hash goes on the chain with the close.
+    if let Some((cap, writer)) = capture {
+        drop(cap);
+        match writer.await {
+            Ok(Ok(w)) => ev.capture_sha256 = Some(w.sha256),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "session capture failed");
+                ev.outcome = Outcome::Failure;
+            }
+            Err(e) => tracing::error!(error = %e, "session capture task failed"),
+        }
+    }
+    ev.reason = match &outcome.reason {
+        relay::CloseReason::Stopped => registration
+            .session
+            .cause()
+            .unwrap_or_else(|| outcome.reason.to_string()),
+        other => other.to_string(),
+    };
+    registration.closed(jiff::Timestamp::now().as_second(), &ev.reason);
+    drop(registration);
+    ev.bytes_up = Some(outcome.bytes_up);
+    ev.bytes_down = Some(outcome.bytes_down);
+    ev.duration_ms = Some(started.elapsed().as_millis() as u64);
+    tracing::info!(
+        session = ev.session_id.as_deref().unwrap_or(""),
+        reason = %ev.reason,
+        bytes_up = outcome.bytes_up,
+        bytes_down = outcome.bytes_down,
+        "tunnel closed"
+    );
+    if let Err(e) = broker.audit.append(ev.clone()).await {
+        tracing::error!(error = %e, "could not audit a tunnel close; it is written when the trail recovers");
+        broker.keep_unwritten(ev);
+    }
 }
 
 async fn unreachable(b: &Broker, ev: AuditEvent) -> Response<Body> {
