@@ -500,9 +500,10 @@ fn targets(raw: &Raw, out: &mut String) {
         rows.push((
             "Idle tunnel ≤ 16 KiB and ≤ half of HAProxy's".into(),
             format!(
-                "{:.1} KiB (HAProxy {} KiB)",
+                "{:.1} KiB (HAProxy {} KiB; {})",
                 b / 1024.0,
-                num(h.map(|h| h / 1024.0), 1)
+                num(h.map(|h| h / 1024.0), 1),
+                h.map_or_else(|| "–".to_owned(), |h| format!("{:.3}x", b / h))
             ),
             Some(b <= 16.0 * 1024.0 && h.is_none_or(|h| b <= h / 2.0)),
         ));
@@ -613,7 +614,7 @@ pub fn document(raw: &Raw, raw_text: &str, meta: &Value) -> String {
         },
         s("date"),
         s("mode"),
-        meta["rounds"]
+        s("rounds")
     );
     if meta["mode"] == "quick" {
         let _ = writeln!(
