@@ -3,7 +3,7 @@
 //! background recorder that batches them, so recording never delays or blocks a tunnel; the audit
 //! trail, written before any byte flows, stays the authoritative record.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +24,9 @@ pub struct Counters {
     pub up: AtomicU64,
     /// Target -> technician.
     pub down: AtomicU64,
+    /// When bytes last moved either way, in milliseconds from the start of the relay (for the
+    /// idle limit).
+    pub last_moved_ms: AtomicU64,
 }
 
 /// One registered tunnel.
@@ -65,10 +68,34 @@ impl LiveSession {
     }
 }
 
+/// A live session in the registry, found by its id (no second copy of the id is kept).
+#[derive(Debug)]
+struct ById(Arc<LiveSession>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.record.id == other.0.record.id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.record.id.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.record.id
+    }
+}
+
 /// The registry of live tunnels, and the queue to the session recorder.
 #[derive(Debug)]
 pub struct LiveSessions {
-    by_id: Mutex<HashMap<String, Arc<LiveSession>>>,
+    by_id: Mutex<HashSet<ById>>,
     recorder: mpsc::Sender<Msg>,
 }
 
@@ -114,7 +141,7 @@ impl Drop for Registration {
             .by_id
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.session.record.id);
+            .remove(self.session.record.id.as_str());
     }
 }
 
@@ -124,7 +151,7 @@ impl LiveSessions {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(recorder(store, rx));
         Arc::new(LiveSessions {
-            by_id: Mutex::new(HashMap::new()),
+            by_id: Mutex::new(HashSet::new()),
             recorder: tx,
         })
     }
@@ -166,7 +193,7 @@ impl LiveSessions {
         self.by_id
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(session.record.id.clone(), session.clone());
+            .insert(ById(session.clone()));
         Registration {
             registry: self.clone(),
             session,
@@ -176,16 +203,16 @@ impl LiveSessions {
     /// Ends every tunnel of grant `gid`; returns how many.
     pub fn end_grant(&self, gid: &str, cause: &str) -> usize {
         let live = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
-        live.values()
-            .filter(|s| s.record.grant_id == gid)
-            .map(|s| s.end(cause))
+        live.iter()
+            .filter(|s| s.0.record.grant_id == gid)
+            .map(|s| s.0.end(cause))
             .count()
     }
 
     /// Ends every tunnel; returns how many.
     pub fn end_all(&self, cause: &str) -> usize {
         let live = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
-        live.values().map(|s| s.end(cause)).count()
+        live.iter().map(|s| s.0.end(cause)).count()
     }
 
     /// The live session `id` (open or about to open).
@@ -194,7 +221,7 @@ impl LiveSessions {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
-            .cloned()
+            .map(|s| s.0.clone())
     }
 
     /// Open tunnels with their bytes so far.
@@ -202,9 +229,9 @@ impl LiveSessions {
         self.by_id
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|s| s.open.load(Ordering::Acquire))
-            .map(|s| s.snapshot())
+            .iter()
+            .filter(|s| s.0.open.load(Ordering::Acquire))
+            .map(|s| s.0.snapshot())
             .collect()
     }
 }
@@ -235,7 +262,13 @@ async fn recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
             // Gather what arrives for a moment, so a busy broker writes many rows per commit
             // (and so per sync) instead of one or two. A flush ends the wait.
             let until = tokio::time::Instant::now() + LINGER;
-            while batch.len() < MAX_BATCH && !batch.iter().any(|m| matches!(m, Msg::Flush(_))) {
+            let mut looked = 0;
+            loop {
+                let flush = batch[looked..].iter().any(|m| matches!(m, Msg::Flush(_)));
+                looked = batch.len();
+                if flush || batch.len() >= MAX_BATCH {
+                    break;
+                }
                 let room = MAX_BATCH - batch.len();
                 match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
                     Ok(0) | Err(_) => break,

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -70,14 +70,13 @@ struct Metered<S> {
     counters: Arc<Counters>,
     /// Writes into this stream go technician -> target.
     up: bool,
-    activity: Arc<AtomicU64>,
     epoch: Instant,
 }
 
 impl<S> Metered<S> {
     fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
-        self.activity.store(ms, Ordering::Relaxed);
+        self.counters.last_moved_ms.store(ms, Ordering::Relaxed);
     }
 }
 
@@ -365,13 +364,11 @@ where
 {
     // `ends` is used in place: copies of its fields would be held for the whole tunnel.
     let epoch = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
     let mut client = Metered {
         inner: client,
         capture: capture.as_ref().map(|c| Box::new(c.sink(false))),
         counters: counters.clone(),
         up: false,
-        activity: activity.clone(),
         epoch,
     };
     let mut upstream = Metered {
@@ -379,15 +376,15 @@ where
         capture: capture.as_ref().map(|c| Box::new(c.sink(true))),
         counters: counters.clone(),
         up: true,
-        activity: activity.clone(),
         epoch,
     };
     // One timer for both time limits (an idle tunnel holds as little as possible): it sleeps until
     // the earlier of the deadline and the idle limit, and looks again when it wakes.
     let time_limits = async {
         loop {
-            let idle_at =
-                epoch + Duration::from_millis(activity.load(Ordering::Relaxed)) + ends.idle;
+            let idle_at = epoch
+                + Duration::from_millis(counters.last_moved_ms.load(Ordering::Relaxed))
+                + ends.idle;
             let now = Instant::now();
             if now >= ends.deadline {
                 return CloseReason::GrantExpired;
