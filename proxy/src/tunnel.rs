@@ -145,14 +145,7 @@ pub async fn connect(
     }
     let actor = conn.peer.id.to_string();
     let base = |event, outcome, why: String| {
-        let mut ev = AuditEvent::new(event, outcome, why);
-        ev.customer = Some(customer.id.to_string());
-        ev.actor = Some(actor.clone());
-        ev.target = Some(target.id.to_string());
-        ev.grant_id = Some(claims.gid.to_string());
-        ev.session_id = Some(session_id.clone());
-        ev.source_ip = Some(conn.ip);
-        ev
+        session_event(&registration.session.record, conn.ip, event, outcome, why)
     };
     // Stage: the allow decision is durable before anything is dialled.
     let mut allow = base(EventKind::Decision, Outcome::Allow, reason);
@@ -292,6 +285,24 @@ pub async fn connect(
     ok
 }
 
+/// A record about one session: its customer, technician, target, grant, id and source.
+fn session_event(
+    record: &SessionRecord,
+    ip: std::net::IpAddr,
+    event: EventKind,
+    outcome: Outcome,
+    why: String,
+) -> AuditEvent {
+    let mut ev = AuditEvent::new(event, outcome, why);
+    ev.customer = Some(record.customer.clone());
+    ev.actor = Some(record.technician.clone());
+    ev.target = Some(record.target.clone());
+    ev.grant_id = Some(record.grant_id.clone());
+    ev.session_id = Some(record.id.clone());
+    ev.source_ip = Some(ip);
+    ev
+}
+
 /// Records the end of a tunnel: its session row, then the `tunnel_close` record (kept for a later
 /// write if the trail is failing).
 async fn closed(
@@ -305,14 +316,13 @@ async fn closed(
     outcome: relay::RelayOutcome,
     started: std::time::Instant,
 ) {
-    let record = &registration.session.record;
-    let mut ev = AuditEvent::new(EventKind::TunnelClose, Outcome::Success, String::new());
-    ev.customer = Some(record.customer.clone());
-    ev.actor = Some(record.technician.clone());
-    ev.target = Some(record.target.clone());
-    ev.grant_id = Some(record.grant_id.clone());
-    ev.session_id = Some(record.id.clone());
-    ev.source_ip = Some(conn.ip);
+    let mut ev = session_event(
+        &registration.session.record,
+        conn.ip,
+        EventKind::TunnelClose,
+        Outcome::Success,
+        String::new(),
+    );
     drop(conn);
     if matches!(outcome.reason, relay::CloseReason::Error(_)) {
         ev.outcome = Outcome::Failure;
