@@ -1,5 +1,5 @@
-//! Criterion micro-benchmarks of the tunnel decision path: grant verification (signature, claims,
-//! binding), and the customer's Cedar `connect` decision with 1,000 customers loaded and 1, 20 or
+//! Criterion micro-benchmarks of the tunnel decision path: grant verification (claims and binding
+//! of a remembered grant; signature too at a grant's first use), and the customer's Cedar `connect` decision with 1,000 customers loaded and 1, 20 or
 //! 100 policies each, the request built with the typed API. `bench/run` runs them; by hand:
 //! `cargo bench -p sallyport-bench --features micro`.
 // A benchmark has nowhere to report a broken fixture but a panic.
@@ -24,6 +24,12 @@ fn grant(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             assert!(f.verify(black_box(i)));
+        })
+    });
+    c.bench_function("grant/verify-first-use", |b| {
+        b.iter(|| {
+            i += 1;
+            assert!(f.verify_first_use(black_box(i)));
         })
     });
 }
@@ -51,6 +57,12 @@ fn both(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             assert!(f.verify(black_box(i)) && f.decide(black_box(i)));
+        })
+    });
+    c.bench_function("grant-first-use+policy/20", |b| {
+        b.iter(|| {
+            i += 1;
+            assert!(f.verify_first_use(black_box(i)) && f.decide(black_box(i)));
         })
     });
 }

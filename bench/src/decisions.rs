@@ -1,5 +1,6 @@
 //! The decision path of a tunnel without the network: grant verification (signature, claims,
-//! certificate binding) and the customer's Cedar `connect` decision, with 1,000 customers loaded and
+//! certificate binding; both a grant's first use and a remembered grant, see
+//! `sallyport_certs::grant`) and the customer's Cedar `connect` decision, with 1,000 customers loaded and
 //! 1, 20 or 100 policies each, the request built with the policy crate's typed API as the broker
 //! builds it. Shared by the criterion benches and `sallyport-bench decisions` (per-call p50/p99).
 
@@ -44,7 +45,10 @@ pub fn policy_text(customer: &str, n: usize) -> String {
 /// One technician, every customer's policies, targets and grants.
 pub struct Fixture {
     customers: Vec<(CustomerPolicy, TargetInfo, String)>,
+    /// The broker's verifier, which remembers grants it has verified.
     verifier: GrantVerifier,
+    /// One that remembers nothing: every call is a grant's first use (signature checked).
+    first_use: GrantVerifier,
     id: SpiffeId,
     provider: ProviderId,
     name: PersonName,
@@ -64,6 +68,9 @@ impl Fixture {
         )?;
         let verifier = GrantVerifier::new("sallyport", "sallyport", Duration::from_secs(30))
             .trust(signer.public_key());
+        let first_use = GrantVerifier::new("sallyport", "sallyport", Duration::from_secs(30))
+            .trust(signer.public_key())
+            .remember(0);
         let provider: ProviderId = "northwind".parse()?;
         let name: PersonName = "alice".parse()?;
         let id = SpiffeId::new(
@@ -109,6 +116,7 @@ impl Fixture {
         Ok(Self {
             customers: all,
             verifier,
+            first_use,
             id,
             provider,
             name,
@@ -118,10 +126,20 @@ impl Fixture {
         })
     }
 
-    /// Verifies customer `i`'s grant and its binding, as the broker does.
+    /// Verifies customer `i`'s grant and its binding, as the broker does (a grant used before is
+    /// remembered: its window is checked, not its signature).
     pub fn verify(&self, i: usize) -> bool {
+        self.verify_with(&self.verifier, i)
+    }
+
+    /// [`Self::verify`] as at a grant's first use: the signature is checked every time.
+    pub fn verify_first_use(&self, i: usize) -> bool {
+        self.verify_with(&self.first_use, i)
+    }
+
+    fn verify_with(&self, verifier: &GrantVerifier, i: usize) -> bool {
         let (_, _, token) = &self.customers[i % self.customers.len()];
-        match self.verifier.verify(token) {
+        match verifier.verify(token) {
             Ok(claims) => claims.sub == self.id && claims.is_bound_to(&self.thumbprint),
             Err(_) => false,
         }
@@ -168,15 +186,18 @@ fn time(n: usize, mut f: impl FnMut(usize) -> bool) -> anyhow::Result<Vec<u64>> 
     Ok(out)
 }
 
-/// Per-call p50/p99 of grant verification, the policy decision, and both, for `policies` policies
-/// per customer over `customers` customers (round robin, `iterations` calls each).
+/// Per-call p50/p99 of grant verification (remembered, and at first use), the policy decision, and
+/// both, for `policies` policies per customer over `customers` customers (round robin, `iterations`
+/// calls each).
 pub fn percentiles(customers: usize, policies: usize, iterations: usize) -> anyhow::Result<Value> {
     let f = Fixture::new(customers, policies)?;
     // Warm caches and allocators.
     time(iterations.min(2000), |i| f.verify(i) && f.decide(i))?;
     let grant = time(iterations, |i| f.verify(i))?;
+    let grant_first = time(iterations, |i| f.verify_first_use(i))?;
     let policy = time(iterations, |i| f.decide(i))?;
     let both = time(iterations, |i| f.verify(i) && f.decide(i))?;
+    let both_first = time(iterations, |i| f.verify_first_use(i) && f.decide(i))?;
     let us = |s: &[u64], q| quantile(s, q) as f64 / 1e3;
     Ok(json!({
         "customers": customers,
@@ -184,8 +205,10 @@ pub fn percentiles(customers: usize, policies: usize, iterations: usize) -> anyh
         "iterations": iterations,
         "load_secs": f.load_secs,
         "grant_p50_us": us(&grant, 0.5), "grant_p99_us": us(&grant, 0.99),
+        "grant_first_p50_us": us(&grant_first, 0.5), "grant_first_p99_us": us(&grant_first, 0.99),
         "policy_p50_us": us(&policy, 0.5), "policy_p99_us": us(&policy, 0.99),
         "both_p50_us": us(&both, 0.5), "both_p99_us": us(&both, 0.99),
+        "both_first_p50_us": us(&both_first, 0.5), "both_first_p99_us": us(&both_first, 0.99),
     }))
 }
 

@@ -10,8 +10,17 @@
 //! claim required with its type, and an explicit leeway. Binding to the presented certificate is a
 //! separate, constant-time check ([`GrantClaims::is_bound_to`]) so callers can answer "invalid grant"
 //! and "not your grant" differently.
+//!
+//! A technician's `connect` opens one tunnel per local connection, each presenting the same grant, and
+//! the Ed25519 check dominates a decision. So a [`GrantVerifier`] remembers the tokens it has fully
+//! verified (keyed by the SHA-256 of the whole token, bounded to [`VERIFIED_CACHE_ENTRIES`]), as
+//! Envoy's `jwt_authn` does. A remembered token skips only the parsing and the signature: its time
+//! window (`exp`, `nbf`, `iat`, with the same leeway) is checked again on every use, and the caller
+//! still checks binding, revocation and policy. A token differing in any byte is a different key, and
+//! tokens that fail are never remembered. The cache lives and dies with the verifier and its keys.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -27,6 +36,9 @@ use subtle::ConstantTimeEq;
 pub const GRANT_TYP: &str = "sallyport-grant+jwt";
 /// Longest token accepted, in bytes. Real grants are well under 1 KiB.
 pub const MAX_TOKEN_BYTES: usize = 4096;
+/// How many verified tokens a [`GrantVerifier`] remembers (about 1 KiB each); the least recently
+/// used go first.
+pub const VERIFIED_CACHE_ENTRIES: usize = 4096;
 
 /// Why a grant could not be minted or was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -247,6 +259,8 @@ pub struct GrantVerifier {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
     leeway: u64,
+    /// Claims of tokens that verified, by SHA-256 of the token (see the module docs). `None`: off.
+    verified: Option<quick_cache::sync::Cache<[u8; 32], Arc<GrantClaims>>>,
 }
 
 impl std::fmt::Debug for GrantVerifier {
@@ -272,7 +286,14 @@ impl GrantVerifier {
             keys: HashMap::new(),
             validation,
             leeway: leeway.as_secs(),
+            verified: Some(quick_cache::sync::Cache::new(VERIFIED_CACHE_ENTRIES)),
         }
+    }
+
+    /// Remembers up to `entries` verified tokens (0: none, every use checks the signature).
+    pub fn remember(mut self, entries: usize) -> Self {
+        self.verified = (entries > 0).then(|| quick_cache::sync::Cache::new(entries));
+        self
     }
 
     /// Trusts an Ed25519 public key (raw 32 bytes) under its thumbprint `kid`.
@@ -295,15 +316,49 @@ impl GrantVerifier {
 
     /// Verifies a token's header, signature and claims. Does not check the certificate binding.
     pub fn verify(&self, token: &str) -> Result<GrantClaims, GrantError> {
+        self.verify_at(token, SystemTime::now())
+    }
+
+    /// [`Self::verify`] with the time window checked at `now`. The signature of a token not seen
+    /// before is checked with `jsonwebtoken`, which also checks the window at the real time.
+    fn verify_at(&self, token: &str, now: SystemTime) -> Result<GrantClaims, GrantError> {
+        let now = unix(now);
+        let Some(cache) = &self.verified else {
+            let claims = self.check(token, &self.validation)?;
+            self.check_window(&claims, now)?;
+            return Ok(claims);
+        };
+        if token.len() > MAX_TOKEN_BYTES {
+            return self.check(token, &self.validation);
+        }
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = cache.get(&key) {
+            self.check_window(&claims, now)?;
+            return Ok(GrantClaims::clone(&claims));
+        }
         let claims = self.check(token, &self.validation)?;
-        let now = unix(SystemTime::now());
-        if claims.iat > now + self.leeway {
+        self.check_window(&claims, now)?;
+        cache.insert(key, Arc::new(claims.clone()));
+        Ok(claims)
+    }
+
+    /// The time window at `now` (seconds since the epoch), by `jsonwebtoken`'s rules and leeway
+    /// (`exp` before `now - leeway` has expired, `nbf` after `now + leeway` is not yet valid), and
+    /// the checks `jsonwebtoken` does not make: `iat` not in the future and `nbf` before `exp`.
+    fn check_window(&self, claims: &GrantClaims, now: u64) -> Result<(), GrantError> {
+        if claims.exp < now.saturating_sub(self.leeway) {
+            return Err(GrantError::Expired);
+        }
+        if claims.nbf > now.saturating_add(self.leeway) {
+            return Err(GrantError::NotYetValid);
+        }
+        if claims.iat > now.saturating_add(self.leeway) {
             return Err(GrantError::Claims("`iat` is in the future".into()));
         }
         if claims.nbf >= claims.exp {
             return Err(GrantError::Claims("`nbf` is not before `exp`".into()));
         }
-        Ok(claims)
+        Ok(())
     }
 
     fn check(&self, token: &str, validation: &Validation) -> Result<GrantClaims, GrantError> {
@@ -444,6 +499,54 @@ mod tests {
         assert!(v.verify(&t).is_ok(), "within leeway");
         let (t, _) = s.mint(&spec(120, 600)).unwrap();
         assert_eq!(v.verify(&t), Err(GrantError::NotYetValid));
+    }
+
+    fn remembered(v: &GrantVerifier) -> usize {
+        v.verified.as_ref().map_or(0, |c| c.len())
+    }
+
+    #[test]
+    fn a_remembered_grant_is_still_checked_for_its_window() {
+        let s = signer();
+        let v = verifier(&s);
+        let (t, claims) = s.mint(&spec(-60, 600)).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(v.verify_at(&t, now), Ok(claims.clone()));
+        assert_eq!(remembered(&v), 1);
+        assert_eq!(v.verify_at(&t, now), Ok(claims));
+        assert_eq!(remembered(&v), 1, "the second use is served from the cache");
+        // The signature is not checked again, but the window is, at the time given, with the leeway.
+        let later = |secs| now + Duration::from_secs(secs);
+        assert!(v.verify_at(&t, later(600 + 29)).is_ok(), "within leeway");
+        assert_eq!(v.verify_at(&t, later(600 + 31)), Err(GrantError::Expired));
+        assert_eq!(
+            v.verify_at(&t, now - Duration::from_secs(60 + 31)),
+            Err(GrantError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn only_grants_that_verify_are_remembered_and_each_byte_counts() {
+        let s = signer();
+        let v = verifier(&s);
+        let (expired, _) = s.mint(&spec(-600, -60)).unwrap();
+        assert_eq!(v.verify(&expired), Err(GrantError::Expired));
+        assert_eq!(remembered(&v), 0);
+        let (t, _) = s.mint(&spec(-60, 600)).unwrap();
+        assert!(v.verify(&t).is_ok());
+        assert_eq!(remembered(&v), 1);
+        // The same token with one character of its signature changed: a different key, checked in full.
+        let at = t.len() - 10;
+        let swapped = if &t[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{swapped}{}", &t[..at], &t[at + 1..]);
+        assert_eq!(v.verify(&forged), Err(GrantError::BadSignature));
+        assert_eq!(remembered(&v), 1);
+        // A verifier that remembers nothing checks every use in full, with the same results.
+        let plain = verifier(&s).remember(0);
+        assert!(plain.verify(&t).is_ok());
+        assert_eq!(plain.verify(&forged), Err(GrantError::BadSignature));
+        assert_eq!(plain.verify(&expired), Err(GrantError::Expired));
+        assert_eq!(remembered(&plain), 0);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
-use cedar_policy::{Authorizer, EntityId, EntityUid, PolicyId, PolicySet, Request, ValidationMode};
-use cedar_policy_core::ast;
+use cedar_policy::{EntityId, EntityUid, PolicyId, PolicySet, ValidationMode};
+use cedar_policy_core::ast::{self, EntityUIDEntry, Literal, ValueKind};
+use cedar_policy_core::evaluator::Evaluator;
+use cedar_policy_core::extensions::Extensions;
 use sallyport_ids::{CustomerId, GroupName, Principal};
 
 use crate::entities;
@@ -94,7 +96,7 @@ impl CustomerPolicy {
             HashSet::new(),
             [],
         );
-        let sliced = Sliced::new(&set, shared)?;
+        let sliced = Sliced::new(&set, shared);
         Ok(Self {
             customer,
             tz,
@@ -190,38 +192,53 @@ impl CustomerPolicy {
         };
         let resource = entities::target(shared, target, &self.customer_uid);
         let local = self.tz.to_datetime(ctx.now);
-        let request = Request::new(
-            principal.uid().clone().into(),
-            shared.action(action).clone(),
-            resource.uid().clone().into(),
-            entities::context(shared, local, ctx)?,
-            None,
-        )
-        .map_err(|e| e.to_string())?;
+        let request = ast::Request::new_unchecked(
+            EntityUIDEntry::known(principal.uid().clone(), None),
+            EntityUIDEntry::known(shared.action(action).clone().into(), None),
+            EntityUIDEntry::known(resource.uid().clone(), None),
+            Some(entities::context(shared, local, ctx)?),
+        );
         let store = entities::store([principal, resource, self.customer_entity.clone()])?;
 
         let groups: &[GroupName] = match subject {
             Subject::Technician { groups, .. } => groups,
             Subject::Approver { .. } => &[],
         };
-        // Cedar's decision over the whole set, from the slices that can match (see `crate::slice`).
-        let authorizer = Authorizer::new();
+        // Cedar's decision over the whole set, from the policies that can match (see `crate::slice`).
+        let evaluator = Evaluator::new(request, &store, Extensions::all_available());
         let mut permits: Vec<String> = Vec::new();
         let mut forbids: Vec<String> = Vec::new();
         let mut failed: Vec<String> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
-        for policies in self.sliced.candidates(action, groups) {
-            let response = authorizer.is_authorized(&request, policies, &store);
-            let diagnostics = response.diagnostics();
-            let satisfied = match response.decision() {
-                cedar_policy::Decision::Allow => &mut permits,
-                cedar_policy::Decision::Deny => &mut forbids,
+        for policy in self.sliced.candidates(action, groups) {
+            let satisfied = match evaluator.interpret(&policy.condition, &policy.env) {
+                Ok(value) => match value.value {
+                    ValueKind::Lit(Literal::Bool(b)) => b,
+                    // Strict validation makes every condition boolean; fail closed all the same.
+                    other => {
+                        errors.push(format!(
+                            "error while evaluating policy `{}`: the condition is not a boolean: {other:?}",
+                            policy.id
+                        ));
+                        failed.push(policy.id.clone());
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    // The same words as Cedar's `PolicyEvaluationError`.
+                    errors.push(format!(
+                        "error while evaluating policy `{}`: {e}",
+                        policy.id
+                    ));
+                    failed.push(policy.id.clone());
+                    continue;
+                }
             };
-            satisfied.extend(diagnostics.reason().map(|id| id_str(id).to_owned()));
-            for e in diagnostics.errors() {
-                let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
-                errors.push(e.to_string());
-                failed.push(id_str(e.policy_id()).to_owned());
+            if satisfied {
+                match policy.effect {
+                    ast::Effect::Permit => permits.push(policy.id.clone()),
+                    ast::Effect::Forbid => forbids.push(policy.id.clone()),
+                }
             }
         }
 

@@ -9,17 +9,21 @@
 //! - the entity store is declared transitively closed, which it is: the hierarchy is one level deep
 //!   (technicians in groups; targets and approvers in their customer) and groups and customers have no
 //!   parents;
-//! - the `ip` name is parsed once, in [`crate::schema`].
+//! - the `ip` name is parsed once, in [`crate::schema`];
+//! - the context is a record of values: only `source_ip` goes through an evaluator (the `ip`
+//!   extension function), not the whole record.
 //!
 //! `cedar-policy` pins `cedar-policy-core` to its own exact version, so the two always agree; the types
-//! cross over through `cedar-policy`'s `From` impls. Unit tests check that what is built here conforms to
+//! cross over through `cedar-policy`'s `From` and `AsRef` impls. Unit tests check that what is built here conforms to
 //! the schema and matches what the public constructors build.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
-use cedar_policy::{Context, EntityId, EntityUid, RestrictedExpression};
+use cedar_policy::{EntityId, EntityUid};
 use cedar_policy_core::ast::{self, PartialValue, RestrictedExpr, Value};
 use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
+use cedar_policy_core::evaluator::RestrictedEvaluator;
 use cedar_policy_core::extensions::Extensions;
 use jiff::civil::Weekday;
 use sallyport_ids::{GroupName, PersonName, ProviderId};
@@ -104,55 +108,54 @@ pub(crate) fn target(shared: &Shared, target: &TargetInfo, customer: &EntityUid)
 /// module docs), so the hierarchy given is already transitively closed.
 pub(crate) fn store(
     entities: impl IntoIterator<Item = ast::Entity>,
-) -> Result<cedar_policy::Entities, String> {
+) -> Result<cedar_policy_core::entities::Entities, String> {
     cedar_policy_core::entities::Entities::from_entities(
         entities,
         None::<&NoEntitiesSchema>,
         TCComputation::AssumeAlreadyComputed,
         Extensions::all_available(),
     )
-    .map(cedar_policy::Entities::from)
     .map_err(|e| e.to_string())
 }
 
 /// The request context: `hour` and `weekday` of `local` (the request time in the customer's zone),
-/// `minutes`, `source_ip` and `ticket`.
+/// `minutes`, `source_ip` and `ticket`, as a record of values. Only `source_ip` needs evaluating (the
+/// `ip` extension function); the rest are literals.
 pub(crate) fn context(
     shared: &Shared,
     local: jiff::civil::DateTime,
     ctx: &RequestContext,
-) -> Result<Context, String> {
-    Context::from_pairs([
+) -> Result<ast::Context, String> {
+    let source_ip = RestrictedEvaluator::new(Extensions::all_available())
+        .interpret(ip_expr(shared, ctx.source_ip).as_borrowed())
+        .map_err(|e| e.to_string())?;
+    Ok(ast::Context::Value(Arc::new(BTreeMap::from([
+        ("hour".into(), Value::from(i64::from(local.hour()))),
+        ("weekday".into(), string(weekday_name(local.weekday()))),
+        ("minutes".into(), Value::from(i64::from(ctx.minutes))),
+        ("source_ip".into(), source_ip),
         (
-            "hour".to_owned(),
-            RestrictedExpression::new_long(i64::from(local.hour())),
+            "ticket".into(),
+            string(ctx.ticket.as_deref().unwrap_or_default()),
         ),
-        (
-            "weekday".to_owned(),
-            RestrictedExpression::new_string(weekday_name(local.weekday()).to_owned()),
-        ),
-        (
-            "minutes".to_owned(),
-            RestrictedExpression::new_long(i64::from(ctx.minutes)),
-        ),
-        ("source_ip".to_owned(), ip(shared, ctx.source_ip)),
-        (
-            "ticket".to_owned(),
-            RestrictedExpression::new_string(ctx.ticket.clone().unwrap_or_default()),
-        ),
-    ])
-    .map_err(|e| e.to_string())
+    ]))))
+}
+
+/// [`ip_expr`] as a public expression, to compare with `RestrictedExpression::new_ip`.
+#[cfg(test)]
+pub(crate) fn ip(shared: &Shared, addr: std::net::IpAddr) -> cedar_policy::RestrictedExpression {
+    cedar_policy::RestrictedExpression::from(ip_expr(shared, addr))
 }
 
 /// `ip("<addr>")`, the same expression as `RestrictedExpression::new_ip` without re-parsing `ip`.
 ///
 /// Cedar rejects IPv4-mapped IPv6 (`::ffff:10.0.0.1`, which is how a dual-stack listener reports IPv4
 /// peers); policies see the IPv4 address instead.
-pub(crate) fn ip(shared: &Shared, addr: std::net::IpAddr) -> RestrictedExpression {
-    RestrictedExpression::from(RestrictedExpr::call_extension_fn(
+fn ip_expr(shared: &Shared, addr: std::net::IpAddr) -> RestrictedExpr {
+    RestrictedExpr::call_extension_fn(
         shared.ip_fn.clone(),
         [RestrictedExpr::val(addr.to_canonical().to_string())],
-    ))
+    )
 }
 
 /// The `context.weekday` value: `Mon` .. `Sun`.

@@ -486,7 +486,7 @@ fn reference(
         ("ticket".to_owned(), s(c.ticket.as_deref().unwrap_or(""))),
     ])
     .unwrap();
-    let request = Request::new(
+    let request = cedar_policy::Request::new(
         principal.uid(),
         format!(r#"Sallyport::Action::"{action}""#).parse().unwrap(),
         resource.uid(),
@@ -503,7 +503,7 @@ fn reference(
         Some(schema),
     )
     .unwrap();
-    let response = Authorizer::new().is_authorized(&request, &p.set, &entities);
+    let response = cedar_policy::Authorizer::new().is_authorized(&request, &p.set, &entities);
     let d = response.diagnostics();
     let mut failed: Vec<String> = d
         .errors()

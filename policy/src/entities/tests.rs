@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cedar_policy::{Entities, Entity, Request};
+use cedar_policy::{Entities, Entity, Request, RestrictedExpression};
 
 use super::*;
 use crate::request::Action;
@@ -62,7 +62,7 @@ fn built_entities_and_context_conform_to_the_schema() {
                 principal.uid().clone().into(),
                 s.action(action).clone(),
                 resource.uid().clone().into(),
-                context(s, local, &request_ctx(source_ip)).unwrap(),
+                cedar_policy::Context::from(context(s, local, &request_ctx(source_ip)).unwrap()),
                 Some(schema),
             )
             .unwrap_or_else(|e| panic!("{action} from {source_ip}: {e}"));
@@ -158,12 +158,12 @@ fn context_matches_cedars_public_constructors() {
     ])
     .unwrap();
     assert_eq!(
-        context(s, local, &request_ctx("10.1.2.3")).unwrap(),
-        expected
+        &context(s, local, &request_ctx("10.1.2.3")).unwrap(),
+        expected.as_ref()
     );
     let mut no_ticket = request_ctx("10.1.2.3");
     no_ticket.ticket = None;
-    let ctx = context(s, local, &no_ticket).unwrap();
+    let ctx = cedar_policy::Context::from(context(s, local, &no_ticket).unwrap());
     let ticket = ctx.get("ticket").unwrap();
     assert_eq!(ticket.to_string(), "\"\"");
 }
