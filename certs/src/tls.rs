@@ -1,10 +1,12 @@
-//! rustls configurations: the broker's server side (client certificates required and verified against
-//! the broker CA) and a client side that presents an identity folder's certificate.
+//! rustls configurations: the one crypto provider ([`provider`]), the broker's server side (client
+//! certificates required and verified against the broker CA), a client side that presents an identity
+//! folder's certificate, and the outgoing client of webhooks and SIEM sinks ([`default_client`],
+//! [`client_trusting`]).
 //!
-//! The process-wide crypto provider is installed once by the binary; these builders use the provider
-//! passed in, so tests and the binary agree on one.
+//! Every rustls configuration in Sallyport is built here, on [`provider`] (aws-lc-rs); the binary
+//! also installs it as the process default once, at start.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -13,6 +15,69 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::CertsError;
+
+static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+    LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+
+/// The one crypto provider: aws-lc-rs with its default suites and key exchanges.
+pub fn provider() -> Arc<CryptoProvider> {
+    PROVIDER.clone()
+}
+
+/// Installs [`provider`] as the process-wide default (once, from `main`); a second call changes
+/// nothing.
+pub fn install_default_provider() {
+    let _ = CryptoProvider::install_default((*provider()).clone());
+}
+
+/// The protocol versions every configuration allows.
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// An outgoing client trusting the Mozilla roots of `webpki-roots` (webhook receivers and SIEM
+/// intakes without a configured CA), TLS 1.3 and 1.2.
+pub fn default_client() -> Arc<ClientConfig> {
+    static DEFAULT: LazyLock<Arc<ClientConfig>> = LazyLock::new(|| {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        Arc::new(client_with_roots(roots))
+    });
+    DEFAULT.clone()
+}
+
+/// An outgoing client trusting only the certificates in `ca_pem` (a SIEM's own CA). `origin` names
+/// the file in errors.
+pub fn client_trusting(ca_pem: &str, origin: &str) -> Result<Arc<ClientConfig>, CertsError> {
+    Ok(Arc::new(client_with_roots(roots(ca_pem, origin)?)))
+}
+
+fn client_with_roots(roots: RootCertStore) -> ClientConfig {
+    match ClientConfig::builder_with_provider(provider()).with_protocol_versions(VERSIONS) {
+        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
+        // aws-lc-rs supports both versions; should that ever change, its own defaults stand.
+        Err(_) => ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.with_root_certificates(roots.clone())
+                    .with_no_client_auth()
+            })
+            .unwrap_or_else(|_| {
+                ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth()
+            }),
+    }
+}
+
+/// A verifier of client certificates chained to the broker CA in `ca_pem` (the server side uses it,
+/// and so does break-glass to check a technician's certificate). `origin` names the file in errors.
+pub fn client_verifier(
+    ca_pem: &str,
+    origin: &str,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, CertsError> {
+    let roots = Arc::new(roots(ca_pem, origin)?);
+    Ok(WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?)
+}
 
 /// Parses every certificate in a PEM text. `origin` names the file in errors.
 pub fn certs_from_pem(pem: &str, origin: &str) -> Result<Vec<CertificateDer<'static>>, CertsError> {
@@ -62,15 +127,10 @@ pub struct PemFiles<'a> {
 }
 
 /// The broker's server config: TLS 1.3 and 1.2, client certificates required and chained to the CA.
-pub fn server_config(
-    provider: Arc<CryptoProvider>,
-    files: PemFiles<'_>,
-    alpn: &[&[u8]],
-) -> Result<ServerConfig, CertsError> {
-    let roots = Arc::new(roots(files.ca.0, files.ca.1)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
-    let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+pub fn server_config(files: PemFiles<'_>, alpn: &[&[u8]]) -> Result<ServerConfig, CertsError> {
+    let verifier = client_verifier(files.ca.0, files.ca.1)?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(
             certs_from_pem(files.cert.0, files.cert.1)?,
@@ -85,13 +145,10 @@ pub fn server_config(
 }
 
 /// A client config presenting `cert`/`key` and trusting only the broker CA.
-pub fn client_config(
-    provider: Arc<CryptoProvider>,
-    files: PemFiles<'_>,
-) -> Result<ClientConfig, CertsError> {
+pub fn client_config(files: PemFiles<'_>) -> Result<ClientConfig, CertsError> {
     let roots = roots(files.ca.0, files.ca.1)?;
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
         .with_root_certificates(roots)
         .with_client_auth_cert(
             certs_from_pem(files.cert.0, files.cert.1)?,
@@ -102,6 +159,24 @@ pub fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_provider_everywhere() {
+        assert!(Arc::ptr_eq(&provider(), &provider()));
+        assert!(Arc::ptr_eq(&default_client(), &default_client()));
+        let names = |p: &CryptoProvider| {
+            p.cipher_suites
+                .iter()
+                .map(|s| format!("{:?}", s.suite()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(default_client().crypto_provider()),
+            names(&rustls::crypto::aws_lc_rs::default_provider())
+        );
+        let err = client_trusting("nope", "siem-ca.pem").unwrap_err();
+        assert!(err.to_string().starts_with("siem-ca.pem:"), "{err}");
+    }
 
     #[test]
     fn empty_pem_names_the_file_and_fix() {

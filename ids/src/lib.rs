@@ -1,9 +1,11 @@
-//! Identifiers used across Sallyport, validated once at the edge.
+//! Identifiers used across Sallyport, validated once at the edge, and the one clock ([`time`]).
 //!
 //! Every id that crosses a trust boundary (a certificate, a token, a config file, a CONNECT authority)
 //! is parsed into one of these newtypes with [`std::str::FromStr`]; code behind the edge never sees an
 //! unchecked string. Labels (customers, targets, providers) follow DNS label rules because they appear in
 //! CONNECT authorities (`<target>.<customer>:<port>`); names (people, groups) may also carry `.` and `_`.
+
+pub mod time;
 
 use std::fmt;
 use std::str::FromStr;
@@ -107,6 +109,25 @@ macro_rules! string_id {
             }
         }
 
+        // Hash and Eq are those of the inner string, so maps keyed by the id can be looked up by text.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&self.0)
@@ -150,6 +171,37 @@ string_id!(
     /// One relayed session (tunnel), e.g. `s-91ab...`.
     SessionId, "session id", is_name, Name
 );
+string_id!(
+    /// An access request, e.g. `r-5c1e...`.
+    RequestId, "request id", is_name, Name
+);
+
+/// A fresh random id: `prefix` and 32 lowercase hex digits (a UUID v4 without dashes), which is
+/// always a valid name.
+fn mint(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+impl RequestId {
+    /// A new request id, `r-` and 32 hex digits. Every request id is minted here.
+    pub fn mint() -> Self {
+        Self(mint("r"))
+    }
+}
+
+impl GrantId {
+    /// A new grant id, `g-` and 32 hex digits. Every grant id is minted here.
+    pub fn mint() -> Self {
+        Self(mint("g"))
+    }
+}
+
+impl SessionId {
+    /// A new session id, `s-` and 32 hex digits. Every session id is minted here.
+    pub fn mint() -> Self {
+        Self(mint("s"))
+    }
+}
 
 /// The SPIFFE trust domain of a broker's PKI, e.g. `sallyport.local`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -316,6 +368,21 @@ impl SpiffeId {
     pub fn role(&self) -> Role {
         self.principal.role()
     }
+
+    /// `scope/name` (`northwind/alice`, `acme/bob`, `admin/root`): the short form people read.
+    pub fn short(&self) -> String {
+        short(&self.to_string())
+    }
+}
+
+/// `scope/name` of a SPIFFE id given as text, for people; anything else (`policy`, `broker`) is
+/// returned as it is.
+pub fn short(spiffe: &str) -> String {
+    let mut parts = spiffe.rsplit('/');
+    match (parts.next(), parts.next()) {
+        (Some(name), Some(scope)) if spiffe.starts_with("spiffe://") => format!("{scope}/{name}"),
+        _ => spiffe.to_owned(),
+    }
 }
 
 impl fmt::Display for SpiffeId {
@@ -446,6 +513,27 @@ mod tests {
             let err = s.parse::<SpiffeId>().unwrap_err();
             assert!(matches!(err, IdError::Spiffe { .. }), "{s}: {err}");
         }
+    }
+
+    #[test]
+    fn minted_ids_are_valid_and_distinct() {
+        let (a, b) = (RequestId::mint(), RequestId::mint());
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("r-") && a.as_str().len() == 34);
+        assert_eq!(a.as_str().parse::<RequestId>().unwrap(), a);
+        assert!(GrantId::mint().as_str().starts_with("g-"));
+        assert!(SessionId::mint().as_str().starts_with("s-"));
+        assert!("R-1".parse::<RequestId>().is_err());
+    }
+
+    #[test]
+    fn short_names_people() {
+        let id: SpiffeId = "spiffe://sallyport.local/technician/northwind/alice"
+            .parse()
+            .unwrap();
+        assert_eq!(id.short(), "northwind/alice");
+        assert_eq!(short("spiffe://sallyport.local/admin/root"), "admin/root");
+        assert_eq!(short("policy"), "policy");
     }
 
     #[test]

@@ -32,66 +32,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::Uri;
 use rustls_pki_types::ServerName;
+use sallyport_audit::{Health, segment};
+use sallyport_config::SinkKind;
+use sallyport_ids::CustomerId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Health, segment};
+use crate::NotifyError;
+use crate::client::HttpsClient;
 
 /// Most records per batch.
 const BATCH: usize = 500;
 /// Connect, send and confirm must finish within this.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Where a customer's records go.
-#[derive(Clone)]
-pub enum SinkKind {
-    /// RFC 5424 over TCP.
-    Syslog {
-        /// `host:port`.
-        address: String,
-    },
-    /// RFC 5424 over TLS (RFC 5425).
-    SyslogTls {
-        /// `host:port`.
-        address: String,
-        /// Trust anchors for the receiver's certificate.
-        tls: Arc<rustls::ClientConfig>,
-    },
-    /// JSON lines over HTTPS.
-    Https {
-        /// The endpoint.
-        url: Uri,
-        /// Bearer token, if the receiver wants one.
-        token: Option<String>,
-        /// Trust anchors for the receiver's certificate.
-        tls: Arc<rustls::ClientConfig>,
-    },
-}
-
-impl std::fmt::Debug for SinkKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SinkKind::Syslog { address } => write!(f, "syslog://{address}"),
-            SinkKind::SyslogTls { address, .. } => write!(f, "syslog-tls://{address}"),
-            SinkKind::Https { url, .. } => write!(
-                f,
-                "https://{}",
-                url.authority().map(|a| a.as_str()).unwrap_or("")
-            ),
-        }
-    }
-}
-
 /// One customer's SIEM sink.
 #[derive(Debug, Clone)]
 pub struct Sink {
     /// The customer whose chain it forwards.
-    pub customer: String,
+    pub customer: CustomerId,
     /// Its index among the customer's sinks (names the cursor file).
     pub index: usize,
     /// Where to.
@@ -173,7 +136,7 @@ pub fn checkpoints_pending(
     };
     let mut out = Vec::new();
     for line in text.lines() {
-        let Ok(cp) = crate::audit::checkpoint::check(line, None) else {
+        let Ok(cp) = sallyport_audit::checkpoint::check(line, None) else {
             continue;
         };
         if cp.seq > cursor.checkpoint && cp.seq <= cursor.seq && out.len() < max {
@@ -232,7 +195,7 @@ fn scan(reader: segment::Reader, after: u64, max: usize) -> std::io::Result<Vec<
 }
 
 /// The RFC 5424 message for one record line, octet-counted (RFC 6587).
-pub fn syslog_frame(customer: &str, seq: u64, line: &str, host: &str) -> String {
+pub fn syslog_frame(customer: &CustomerId, seq: u64, line: &str, host: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
     let bad = matches!(v["outcome"].as_str(), Some("deny" | "failure"));
     let pri = 13 * 8 + if bad { 4 } else { 6 };
@@ -267,7 +230,7 @@ pub fn start(
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "-".into());
     for sink in sinks {
-        let chain = segment::chain_dir(&audit_dir, &sink.customer);
+        let chain = segment::chain_dir(&audit_dir, sink.customer.as_str());
         let cursor = cursor_dir.join(format!("{}.{}.cursor", sink.customer, sink.index));
         tasks.spawn(run(
             sink,
@@ -344,36 +307,43 @@ async fn run(
     }
 }
 
-async fn deliver(sink: &Sink, batch: &[Pending], host: &str) -> std::io::Result<()> {
+async fn deliver(sink: &Sink, batch: &[Pending], host: &str) -> Result<(), NotifyError> {
     let frames = || {
         batch
             .iter()
             .map(|(seq, line, _)| syslog_frame(&sink.customer, *seq, line, host))
             .collect::<String>()
     };
+    let unreachable = |e: std::io::Error| NotifyError::Unreachable(e.to_string());
     match &sink.kind {
         SinkKind::Syslog { address } => {
-            let tcp = TcpStream::connect(address).await?;
-            send_and_confirm(tcp, frames().as_bytes()).await
+            let tcp = TcpStream::connect(address).await.map_err(unreachable)?;
+            send_and_confirm(tcp, frames().as_bytes())
+                .await
+                .map_err(unreachable)
         }
         SinkKind::SyslogTls { address, tls } => {
-            let tcp = TcpStream::connect(address).await?;
+            let tcp = TcpStream::connect(address).await.map_err(unreachable)?;
             let tls = TlsConnector::from(tls.clone())
                 .connect(server_name(address)?, tcp)
-                .await?;
-            send_and_confirm(tls, frames().as_bytes()).await
+                .await
+                .map_err(unreachable)?;
+            send_and_confirm(tls, frames().as_bytes())
+                .await
+                .map_err(unreachable)
         }
         SinkKind::Https { url, token, tls } => post(url, token.as_deref(), tls, batch).await,
     }
 }
 
-fn server_name(address: &str) -> std::io::Result<ServerName<'static>> {
+fn server_name(address: &str) -> Result<ServerName<'static>, NotifyError> {
     let host = address
         .rsplit_once(':')
         .map_or(address, |(h, _)| h)
         .trim_start_matches('[')
         .trim_end_matches(']');
-    ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| NotifyError::Refused(format!("host `{host}` as a TLS name: {e}")))
 }
 
 /// Writes everything, closes our side, and waits for the receiver to close its side: it has then
@@ -398,72 +368,41 @@ async fn send_and_confirm<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The records as JSON lines in one `POST`; any 2xx confirms them.
 async fn post(
     url: &Uri,
     token: Option<&str>,
     tls: &Arc<rustls::ClientConfig>,
     batch: &[Pending],
-) -> std::io::Result<()> {
-    let host = url
-        .host()
-        .ok_or_else(|| std::io::Error::other("URL without a host"))?;
-    let https = url.scheme_str() == Some("https");
-    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = TcpStream::connect((host, port)).await?;
+) -> Result<(), NotifyError> {
     let mut body = String::new();
     for (_, line, _) in batch {
         body.push_str(line);
         body.push('\n');
     }
-    let mut req = hyper::Request::post(url.path_and_query().map_or("/", |p| p.as_str()))
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
-        .header(
+    let mut headers = vec![
+        (
+            hyper::header::CONTENT_TYPE,
+            "application/x-ndjson".to_owned(),
+        ),
+        (
             hyper::header::USER_AGENT,
-            concat!("sallyport/", env!("CARGO_PKG_VERSION")),
-        );
+            concat!("sallyport/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ),
+    ];
     if let Some(t) = token {
-        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        headers.push((hyper::header::AUTHORIZATION, format!("Bearer {t}")));
     }
-    let req = req
-        .body(Full::new(Bytes::from(body)))
-        .map_err(std::io::Error::other)?;
-    let status = if https {
-        let mut cfg = (**tls).clone();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let stream = TlsConnector::from(Arc::new(cfg))
-            .connect(server_name(host)?, tcp)
-            .await?;
-        send(stream, req).await?
-    } else {
-        send(tcp, req).await?
-    };
+    let status = HttpsClient::new(tls)
+        .post(url, &headers, Bytes::from(body), DELIVERY_TIMEOUT)
+        .await?;
     if status.is_success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("the SIEM answered {status}")))
+        Err(NotifyError::Unreachable(format!(
+            "the SIEM answered {status}"
+        )))
     }
-}
-
-async fn send<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    stream: S,
-    req: hyper::Request<Full<Bytes>>,
-) -> std::io::Result<hyper::StatusCode> {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(std::io::Error::other)?;
-    let status = resp.status();
-    // Drain a bounded answer so the connection ends cleanly.
-    let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-        .collect()
-        .await;
-    Ok(status)
 }
 
 #[cfg(test)]
@@ -474,7 +413,7 @@ mod tests {
     fn frames_are_octet_counted_rfc_5424() {
         let line =
             r#"{"seq":7,"time":"2026-01-01T00:00:00.000001Z","event":"decision","outcome":"deny"}"#;
-        let f = syslog_frame("acme", 7, line, "broker1");
+        let f = syslog_frame(&"acme".parse().unwrap(), 7, line, "broker1");
         let (len, msg) = f.split_once(' ').unwrap();
         assert_eq!(len.parse::<usize>().unwrap(), msg.len());
         assert!(msg.starts_with("<108>1 2026-01-01T00:00:00.000001Z broker1 sallyport - decision [sallyport@32473 customer=\"acme\" seq=\"7\"] {"), "{msg}");
@@ -547,7 +486,7 @@ mod tests {
         let end = &batch[3].2;
         assert_eq!((end.seq, end.checkpoint), (5, 5));
         assert!(batch_after(&chain, end).unwrap().is_empty());
-        let frame = syslog_frame("acme", 5, cp(5).trim_end(), "h");
+        let frame = syslog_frame(&"acme".parse().unwrap(), 5, cp(5).trim_end(), "h");
         assert!(
             frame.contains(" sallyport - checkpoint [sallyport@32473 customer=\"acme\" seq=\"5\"]"),
             "{frame}"

@@ -15,8 +15,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::checkpoint::{self, Checkpoint};
-use super::{GENESIS, Retired, check_line, segment};
+use crate::checkpoint::{self, Checkpoint};
+use crate::{AuditError, GENESIS, Retired, check_line, segment};
 
 /// What is wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +139,38 @@ fn anchors_of(text: &str, seq: u64, anchors: &mut HashMap<u64, (String, u64)>) {
     }
 }
 
+/// Recomputes a chain across its segments in the audit folder `audit`; returns the number of
+/// records. The first record kept is taken as it is (anchoring it is [`verify`]'s job).
+pub fn verify_chain(audit: &Path, chain: &str) -> Result<u64, AuditError> {
+    let dir = segment::chain_dir(audit, chain);
+    let at_dir = |e: std::io::Error| AuditError::Record(format!("{}: {e}", dir.display()));
+    let reader = segment::Reader::open(&dir, segment::Start::Oldest, None).map_err(at_dir)?;
+    let mut last: Option<(u64, String)> = None;
+    let mut n = 0;
+    for line in reader {
+        let line = line.map_err(at_dir)?;
+        let at = format!("{}:{}", line.file.display(), line.line);
+        let (seq, p, h) =
+            check_line(&line.text).map_err(|e| AuditError::Record(format!("{at}: {e}")))?;
+        if let Some((s, head)) = &last
+            && (seq != s + 1 || p != *head)
+        {
+            return Err(AuditError::Record(format!(
+                "{at}: chain broken at seq {seq} (expected seq {})",
+                s + 1
+            )));
+        }
+        if last.is_none() && seq == 1 && p != GENESIS {
+            return Err(AuditError::Record(format!(
+                "{at}: the first record does not start from the genesis hash"
+            )));
+        }
+        last = Some((seq, h));
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Verifies the chain `chain` of the audit folder `audit` across its segments, with its checkpoint
 /// file and the `extra` checkpoints kept elsewhere (already checked and for this chain). Without
 /// `key`, the checkpoint file is not read. Streams the records: memory stays flat however long the
@@ -171,7 +203,8 @@ pub fn verify(audit: &Path, chain: &str, key: Option<&[u8]>, extra: &[Pin]) -> R
             let cp = match checkpoint::check(line, Some(key)) {
                 Ok(cp) => cp,
                 Err(e) => {
-                    report.problem = problem(&cp_path, i + 1, None, Kind::ForgedCheckpoint, e);
+                    report.problem =
+                        problem(&cp_path, i + 1, None, Kind::ForgedCheckpoint, e.to_string());
                     return report;
                 }
             };
@@ -242,7 +275,7 @@ pub fn verify(audit: &Path, chain: &str, key: Option<&[u8]>, extra: &[Pin]) -> R
                 let seq = serde_json::from_str::<serde_json::Value>(&line.text)
                     .ok()
                     .and_then(|v| v["seq"].as_u64());
-                report.problem = problem(&line.file, line.line, seq, Kind::Edited, e);
+                report.problem = problem(&line.file, line.line, seq, Kind::Edited, e.to_string());
                 return report;
             }
         };
@@ -432,7 +465,7 @@ pub fn verify(audit: &Path, chain: &str, key: Option<&[u8]>, extra: &[Pin]) -> R
 mod tests {
     //! The tamper fixtures: each way of changing a trail is detected and named.
     use super::*;
-    use crate::audit::{AuditEvent, AuditLog, Checkpoints, EventKind, Outcome};
+    use crate::{AuditEvent, AuditLog, Checkpoints, EventKind, Outcome};
     use sallyport_certs::grant::generate_signing_key_pem;
     use sallyport_certs::signing::Ed25519Signer;
     use std::sync::Arc;
@@ -452,7 +485,7 @@ mod tests {
         let (log, w) = AuditLog::open(dir.path(), &["acme"], Some(cps)).unwrap();
         for i in 0..n {
             let mut e = AuditEvent::new(EventKind::Decision, Outcome::Allow, format!("r{i}"));
-            e.customer = Some("acme".into());
+            e.customer = Some("acme".parse().unwrap());
             log.append_blocking(e).unwrap();
         }
         drop(log);
@@ -545,8 +578,8 @@ mod tests {
             .unwrap()
             .to_owned();
         let mut e = AuditEvent::new(EventKind::Decision, Outcome::Allow, "planted");
-        e.customer = Some("acme".into());
-        let (line, _) = crate::audit::render(&e, 4, "2026-01-01T00:00:00Z", &prev);
+        e.customer = Some("acme".parse().unwrap());
+        let (line, _) = crate::render(&e, 4, "2026-01-01T00:00:00Z", &prev);
         l.insert(3, line.trim_end().to_owned());
         write(dir.path(), &l);
         let p = check(dir.path(), &key);
@@ -575,8 +608,8 @@ mod tests {
             .to_owned();
         for seq in 2..=5u64 {
             let mut e = AuditEvent::new(EventKind::Decision, Outcome::Deny, "rewritten");
-            e.customer = Some("acme".into());
-            let (line, hash) = crate::audit::render(&e, seq, "2026-01-01T00:00:00Z", &prev);
+            e.customer = Some("acme".parse().unwrap());
+            let (line, hash) = crate::render(&e, seq, "2026-01-01T00:00:00Z", &prev);
             out.push(line.trim_end().to_owned());
             prev = hash;
         }

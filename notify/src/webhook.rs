@@ -1,10 +1,11 @@
 //! Per-customer outgoing webhooks: the broker tells a customer's own system (a chat channel, a ticket
 //! tool, a SIEM) when a just-in-time access request is filed, approved, denied, revoked or expired.
 //!
-//! This module owns the delivery side: validating webhook URLs ([`WebhookTarget::check_url`]), one
-//! bounded queue and one delivery worker per customer ([`Notifier`]), signing ([`sign`]), retries
-//! with exponential backoff, and reporting deliveries that finally fail ([`GiveUp`]). Queuing never
-//! blocks or slows the caller; deliveries of one customer go out one at a time, in order.
+//! This module owns the delivery side: one bounded queue and one delivery worker per customer
+//! ([`Notifier`]), signing ([`sign`]), retries with exponential backoff, and reporting deliveries
+//! that finally fail ([`GiveUp`]). The settings (URL rules, secret, attempts) are the config crate's
+//! [`WebhookTarget`]; each attempt goes through the shared [`HttpsClient`]. Queuing never blocks or
+//! slows the caller; deliveries of one customer go out one at a time, in order.
 //!
 //! # Wire format
 //!
@@ -59,118 +60,39 @@
 //! receivers, e.g. chat incoming webhooks, put a token there): logs name only scheme, host and port.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode, Uri, header};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
+use hyper::{StatusCode, header};
+use sallyport_config::WebhookTarget;
+use sallyport_config::sinks::{MAX_BACKOFF, Origin};
+use sallyport_ids::CustomerId;
+use sallyport_ids::time::{Timestamp, now_unix, rfc3339_seconds};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
+
+use crate::NotifyError;
+use crate::client::HttpsClient;
 
 /// How many notifications of one customer may wait for delivery; more are dropped.
 pub const QUEUE_CAPACITY: usize = 1024;
 
-/// The longest wait between two attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
 /// The time one attempt may take to connect, send the request and receive the answer's head.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The most of an answer's body that is read (and discarded).
-const MAX_ANSWER_BODY: usize = 64 * 1024;
-
-/// How long reading (and discarding) an answer's body may take.
-const ANSWER_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `User-Agent` of every delivery.
 const USER_AGENT: &str = concat!("sallyport-webhook/", env!("CARGO_PKG_VERSION"));
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// One customer's webhook: where to deliver, how to sign, how hard to try.
-#[derive(Clone)]
-pub struct WebhookTarget {
-    /// Where deliveries are POSTed: `https://`, or `http://` to a loopback host only
-    /// (see [`WebhookTarget::check_url`]).
-    pub url: Uri,
-    /// The HMAC-SHA256 key shared with the receiver. Never logged; `Debug` prints `<redacted>`.
-    pub secret: Vec<u8>,
-    /// Attempts per notification, the first one included (`0` counts as `1`).
-    pub max_attempts: u32,
-    /// The wait after the first failed attempt; it doubles after each further failure, capped at
-    /// [`MAX_BACKOFF`].
-    pub first_backoff: Duration,
-}
-
-impl std::fmt::Debug for WebhookTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookTarget")
-            .field("url", &Origin::of(&self.url))
-            .field("secret", &"<redacted>")
-            .field("max_attempts", &self.max_attempts)
-            .field("first_backoff", &self.first_backoff)
-            .finish()
-    }
-}
-
-impl WebhookTarget {
-    /// Checks that `url` may receive deliveries: an absolute `https://` URL with a host, or an
-    /// `http://` URL whose host is loopback (`127.0.0.0/8`, `::1` or `localhost`), without a
-    /// `user:password@` part. `Err` names the problem and the fix.
-    pub fn check_url(url: &Uri) -> Result<(), String> {
-        let Some(authority) = url.authority() else {
-            return Err(format!(
-                "webhook URL `{}` has no host: write an absolute URL such as \
-                 https://hooks.example.com/sallyport",
-                Origin::of(url)
-            ));
-        };
-        if authority.as_str().contains('@') {
-            return Err(
-                "webhook URL contains a `user:password@` part: remove it; receivers authenticate \
-                 deliveries by their X-Sallyport-Signature header"
-                    .to_owned(),
-            );
-        }
-        let host = bare_host(url).unwrap_or_default();
-        if host.is_empty() {
-            return Err(format!(
-                "webhook URL `{}` has an empty host: write an absolute URL such as \
-                 https://hooks.example.com/sallyport",
-                Origin::of(url)
-            ));
-        }
-        match url.scheme_str() {
-            Some("https") => Ok(()),
-            Some("http") if is_loopback(host) => Ok(()),
-            Some("http") => Err(format!(
-                "webhook URL `{}` uses plain http:// to a host that is not loopback: use https:// \
-                 (plain http is allowed only for 127.0.0.0/8, ::1 and localhost)",
-                Origin::of(url)
-            )),
-            Some(other) => Err(format!(
-                "webhook URL scheme `{other}:` is not supported: use an https:// URL"
-            )),
-            None => Err("webhook URL has no scheme: use an https:// URL".to_owned()),
-        }
-    }
-}
-
 /// One event to tell a customer about.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
     /// The customer whose webhook receives it.
-    pub customer: String,
+    pub customer: CustomerId,
     /// The event name: `request_filed`, `request_approved`, `request_denied`, `grant_revoked`,
     /// `request_expired`, ...
     pub event: String,
@@ -185,7 +107,7 @@ pub struct Notification {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GiveUp {
     /// The customer of the notification.
-    pub customer: String,
+    pub customer: CustomerId,
     /// The event of the notification.
     pub event: String,
     /// The delivery id (`X-Sallyport-Delivery`) of the notification.
@@ -226,25 +148,6 @@ fn hmac_sha256(key: &[u8]) -> HmacSha256 {
     <HmacSha256 as hmac::digest::KeyInit>::new(&block.into())
 }
 
-/// A TLS client configuration for webhook receivers: the Mozilla roots of `webpki-roots`, the
-/// aws-lc-rs provider, TLS 1.3 and 1.2.
-pub fn default_tls() -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = match rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    {
-        Ok(builder) => builder,
-        Err(e) => {
-            // Cannot happen with the aws-lc-rs provider, which supports both versions.
-            tracing::error!(error = %e, "webhook TLS: aws-lc-rs refused TLS 1.2/1.3; using the defaults");
-            rustls::ClientConfig::builder()
-        }
-    };
-    Arc::new(builder.with_root_certificates(roots).with_no_client_auth())
-}
-
 /// Queues notifications for the customers' webhook workers. Cheap to clone.
 ///
 /// Workers end when the `shutdown` token given to [`Notifier::start`] is cancelled, or when every
@@ -255,7 +158,7 @@ pub struct Notifier {
 }
 
 struct Inner {
-    customers: HashMap<String, Slot>,
+    customers: HashMap<CustomerId, Slot>,
     on_give_up: GiveUpFn,
 }
 
@@ -271,7 +174,7 @@ enum Slot {
 
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut customers: Vec<&String> = self.inner.customers.keys().collect();
+        let mut customers: Vec<&CustomerId> = self.inner.customers.keys().collect();
         customers.sort();
         f.debug_struct("Notifier")
             .field("customers", &customers)
@@ -283,7 +186,7 @@ impl std::fmt::Debug for Notifier {
 struct Job {
     notification: Notification,
     delivery_id: String,
-    time: jiff::Timestamp,
+    time: Timestamp,
 }
 
 /// The JSON body of a delivery.
@@ -301,26 +204,23 @@ impl Notifier {
     /// Starts one delivery worker per customer in `targets` (keyed by customer); a customer's
     /// deliveries go out one at a time, in order. Must be called within a tokio runtime.
     ///
-    /// `tls` is used for `https://` URLs (see [`default_tls`]); it is copied with its ALPN set to
-    /// `http/1.1`. `on_give_up` is called when a delivery exhausts its attempts or gets a
+    /// `tls` is used for `https://` URLs (usually `sallyport_certs::tls::default_client`). `on_give_up` is called when a delivery exhausts its attempts or gets a
     /// non-retryable answer (from the worker task), or when a notification cannot be queued (from
     /// [`Notifier::notify`]); it should be quick. A target whose URL fails
-    /// [`WebhookTarget::check_url`] gets no worker: that is logged at error, and each of its
+    /// [`WebhookTarget::url_problem`] gets no worker: that is logged at error, and each of its
     /// notifications is reported to `on_give_up` with `attempts == 0`. Workers stop when `shutdown`
     /// is cancelled; what they had pending is dropped with a log line.
     pub fn start(
-        targets: HashMap<String, WebhookTarget>,
-        tls: Arc<rustls::ClientConfig>,
+        targets: HashMap<CustomerId, WebhookTarget>,
+        tls: &Arc<rustls::ClientConfig>,
         on_give_up: impl Fn(GiveUp) + Send + Sync + 'static,
         shutdown: CancellationToken,
     ) -> Notifier {
         let on_give_up: GiveUpFn = Arc::new(on_give_up);
-        let mut tls = (*tls).clone();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = TlsConnector::from(Arc::new(tls));
+        let client = HttpsClient::new(tls);
         let mut customers = HashMap::with_capacity(targets.len());
         for (customer, target) in targets {
-            if let Err(problem) = WebhookTarget::check_url(&target.url) {
+            if let Some(problem) = WebhookTarget::url_problem(&target.url) {
                 tracing::error!(%customer, %problem, "webhook not started");
                 customers.insert(customer, Slot::Refused(problem));
                 continue;
@@ -330,7 +230,7 @@ impl Notifier {
                 customer: customer.clone(),
                 origin: Origin::of(&target.url).to_string(),
                 target,
-                connector: connector.clone(),
+                client: client.clone(),
                 on_give_up: on_give_up.clone(),
             };
             tokio::spawn(worker.run(rx, shutdown.clone()));
@@ -364,7 +264,7 @@ impl Notifier {
         let job = Job {
             notification: n,
             delivery_id,
-            time: jiff::Timestamp::now(),
+            time: Timestamp::now(),
         };
         match tx.try_send(job) {
             Ok(()) => {}
@@ -401,11 +301,11 @@ impl Notifier {
 
 /// Delivers one customer's notifications, in order.
 struct Worker {
-    customer: String,
+    customer: CustomerId,
     /// `scheme://host:port` of the target, for log lines.
     origin: String,
     target: WebhookTarget,
-    connector: TlsConnector,
+    client: HttpsClient,
     on_give_up: GiveUpFn,
 }
 
@@ -458,9 +358,9 @@ impl Worker {
         let body = Body {
             text: &n.text,
             event: &n.event,
-            customer: &n.customer,
+            customer: n.customer.as_str(),
             delivery_id: &job.delivery_id,
-            time: format!("{:.0}", job.time),
+            time: rfc3339_seconds(job.time),
             data: &n.data,
         };
         let body = match serde_json::to_vec(&body) {
@@ -474,23 +374,12 @@ impl Worker {
         let mut backoff = self.target.first_backoff.min(MAX_BACKOFF);
         let mut attempt = 1;
         loop {
-            let outcome = match tokio::time::timeout(
-                ATTEMPT_TIMEOUT,
-                self.attempt(&n.event, &job.delivery_id, body.clone()),
-            )
-            .await
-            {
-                Ok(Ok(answer)) => {
-                    // The status decides; the body is read (outside the attempt's timeout) only so
-                    // that the receiver is not cut off mid-answer.
-                    let status = answer.status();
-                    drain(answer.into_body()).await;
-                    classify(status)
-                }
-                Ok(Err(outcome)) => outcome,
-                Err(_) => {
-                    Outcome::Retry(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()))
-                }
+            // The status decides; the answer's body is read (after its head, bounded) only so that
+            // the receiver is not cut off mid-answer.
+            let outcome = match self.attempt(&n.event, &job.delivery_id, body.clone()).await {
+                Ok(status) => classify(status),
+                Err(NotifyError::Refused(e)) => Outcome::Fatal(e),
+                Err(e) => Outcome::Retry(e.to_string()),
             };
             let error = match outcome {
                 Outcome::Delivered(status) => {
@@ -549,84 +438,38 @@ impl Worker {
         });
     }
 
-    /// One attempt up to the answer's head: connect, send, receive. `Err` is how the attempt failed.
+    /// One signed attempt: POST, then the answer's status.
     async fn attempt(
         &self,
         event: &str,
         delivery_id: &str,
         body: Bytes,
-    ) -> Result<Response<Incoming>, Outcome> {
-        let url = &self.target.url;
-        let (Some(host), Some(authority)) = (bare_host(url), url.authority()) else {
-            return Err(Outcome::Fatal("the webhook URL has no host".to_owned()));
-        };
-        let https = url.scheme_str() == Some("https");
-        let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let timestamp = jiff::Timestamp::now().as_second();
-        let path = url.path_and_query().map_or("/", |p| p.as_str());
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(header::HOST, authority.as_str())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, USER_AGENT)
-            .header("x-sallyport-event", event)
-            .header("x-sallyport-delivery", delivery_id)
-            .header("x-sallyport-timestamp", timestamp.to_string())
-            .header(
-                "x-sallyport-signature",
+    ) -> Result<StatusCode, NotifyError> {
+        let timestamp = now_unix();
+        let headers = [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::USER_AGENT, USER_AGENT.to_owned()),
+            (
+                header::HeaderName::from_static("x-sallyport-event"),
+                event.to_owned(),
+            ),
+            (
+                header::HeaderName::from_static("x-sallyport-delivery"),
+                delivery_id.to_owned(),
+            ),
+            (
+                header::HeaderName::from_static("x-sallyport-timestamp"),
+                timestamp.to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-sallyport-signature"),
                 sign(&self.target.secret, timestamp, &body),
-            )
-            .body(Full::new(body));
-        let request =
-            request.map_err(|e| Outcome::Fatal(format!("cannot build the request: {e}")))?;
-        let exchange_failed =
-            |e: hyper::Error| Outcome::Retry(format!("HTTP exchange with {}: {e}", self.origin));
-
-        let tcp = TcpStream::connect((host, port))
+            ),
+        ];
+        self.client
+            .post(&self.target.url, &headers, body, ATTEMPT_TIMEOUT)
             .await
-            .map_err(|e| Outcome::Retry(format!("connecting to {}: {e}", self.origin)))?;
-        let _ = tcp.set_nodelay(true);
-        if !https {
-            return send(tcp, request).await.map_err(exchange_failed);
-        }
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|e| Outcome::Fatal(format!("host `{host}` as a TLS name: {e}")))?;
-        let tls = self
-            .connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| Outcome::Retry(format!("TLS handshake with {}: {e}", self.origin)))?;
-        send(tls, request).await.map_err(exchange_failed)
     }
-}
-
-/// Sends `request` over a fresh HTTP/1.1 connection on `io`.
-async fn send<IO>(io: IO, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, hyper::Error>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    // The connection ends when `sender` and the answer's body are dropped; the timeout only guards
-    // against a receiver that keeps it open.
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(ATTEMPT_TIMEOUT + ANSWER_BODY_TIMEOUT, conn).await;
-    });
-    sender.send_request(request).await
-}
-
-/// Reads and discards at most [`MAX_ANSWER_BODY`] bytes of an answer's body.
-async fn drain(mut body: Incoming) {
-    let read = async {
-        let mut seen = 0;
-        while seen < MAX_ANSWER_BODY {
-            match body.frame().await {
-                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
-                Some(Err(_)) | None => break,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(ANSWER_BODY_TIMEOUT, read).await;
 }
 
 /// What an answer's status means for the delivery.
@@ -643,52 +486,17 @@ fn classify(status: StatusCode) -> Outcome {
     }
 }
 
-/// The URL's host without IPv6 brackets.
-fn bare_host(url: &Uri) -> Option<&str> {
-    url.host()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-}
-
-/// Whether `host` is `localhost` or a loopback address.
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// `scheme://host[:port]` of a URL: what may be logged of it (the path and query may hold a token).
-struct Origin<'a>(&'a Uri);
-
-impl<'a> Origin<'a> {
-    fn of(url: &'a Uri) -> Self {
-        Self(url)
-    }
-}
-
-impl std::fmt::Display for Origin<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = self.0.scheme_str().unwrap_or("?");
-        let host = self.0.host().unwrap_or("");
-        match self.0.port_u16() {
-            Some(port) => write!(f, "{scheme}://{host}:{port}"),
-            None => write!(f, "{scheme}://{host}"),
-        }
-    }
-}
-
-impl std::fmt::Debug for Origin<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "\"{self}/…\"")
-    }
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use std::collections::VecDeque;
     use std::convert::Infallible;
     use std::sync::Mutex;
 
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
     use hyper::service::service_fn;
+    use hyper::{Request, Response, Uri};
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
     use tokio::sync::mpsc::UnboundedReceiver;
     use tokio::sync::mpsc::error::TryRecvError;
@@ -767,8 +575,8 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let notifier = Notifier::start(
-            HashMap::from([("acme".to_owned(), target)]),
-            default_tls(),
+            HashMap::from([("acme".parse().unwrap(), target)]),
+            &sallyport_certs::tls::default_client(),
             move |g| {
                 let _ = tx.send(g);
             },
@@ -779,7 +587,7 @@ mod tests {
 
     fn notification(event: &str) -> Notification {
         Notification {
-            customer: "acme".to_owned(),
+            customer: "acme".parse().unwrap(),
             event: event.to_owned(),
             text: "Alice asked for 30 minutes on db-1.".to_owned(),
             data: serde_json::json!({"request_id": "r-1", "target": "db-1", "technician": "alice"}),
@@ -843,7 +651,7 @@ mod tests {
 
         // A customer without a webhook: nothing happens.
         notifier.notify(Notification {
-            customer: "globex".to_owned(),
+            customer: "globex".parse().unwrap(),
             ..notification("request_filed")
         });
         assert!(matches!(give_ups.try_recv(), Err(TryRecvError::Empty)));
@@ -968,41 +776,6 @@ mod tests {
     }
 
     #[test]
-    fn check_url_rules() {
-        let ok = |u: &str| WebhookTarget::check_url(&u.parse().unwrap());
-        assert_eq!(ok("https://hooks.example.com/sallyport"), Ok(()));
-        assert_eq!(ok("https://hooks.example.com:8443/x?y=z"), Ok(()));
-        assert_eq!(ok("http://127.0.0.1/hook"), Ok(()));
-        assert_eq!(ok("http://127.1.2.3:8080/hook"), Ok(()));
-        assert_eq!(ok("http://localhost:9000/"), Ok(()));
-        assert_eq!(ok("http://[::1]:9000/"), Ok(()));
-
-        let err = ok("http://example.com/hook").unwrap_err();
-        assert!(err.contains("https://"), "{err}");
-        assert!(err.contains("loopback"), "{err}");
-        assert!(ok("http://10.0.0.1/hook").is_err());
-        assert!(ok("http://localhost.example.com/hook").is_err());
-        let err = ok("ftp://example.com/hook").unwrap_err();
-        assert!(err.contains("ftp"), "{err}");
-        assert!(err.contains("https://"), "{err}");
-        assert!(ok("/relative/path").is_err());
-        let err = ok("https://user:pw@hooks.example.com/").unwrap_err();
-        assert!(!err.contains("pw"), "{err}");
-    }
-
-    #[test]
-    fn debug_redacts_the_secret_and_the_path() {
-        let mut t = target("https://hooks.example.com/services/T0/B0/tok3n", 3);
-        t.secret = b"super-secret-key".to_vec();
-        let debug = format!("{t:?}");
-        assert!(!debug.contains("super-secret-key"), "{debug}");
-        assert!(!debug.contains(&format!("{:?}", t.secret)), "{debug}");
-        assert!(!debug.contains("tok3n"), "{debug}");
-        assert!(debug.contains("<redacted>"), "{debug}");
-        assert!(debug.contains("https://hooks.example.com"), "{debug}");
-    }
-
-    #[test]
     fn people_cannot_inject_slack_markup() {
         assert_eq!(
             escape_text("<!channel> see <https://evil|here> & more"),
@@ -1051,18 +824,6 @@ mod tests {
             let status = StatusCode::from_u16(code).unwrap();
             assert!(matches!(classify(status), Outcome::Fatal(_)), "{code}");
         }
-    }
-
-    #[test]
-    fn default_tls_uses_aws_lc_rs() {
-        let tls = default_tls();
-        let names = |suites: &[rustls::SupportedCipherSuite]| {
-            suites.iter().map(|s| s.suite()).collect::<Vec<_>>()
-        };
-        assert_eq!(
-            names(&tls.crypto_provider().cipher_suites),
-            names(&rustls::crypto::aws_lc_rs::default_provider().cipher_suites)
-        );
     }
 
     #[tokio::test]

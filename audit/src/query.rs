@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::segment;
+use crate::{AuditError, segment};
 
 /// Which records.
 #[derive(Debug, Clone, Default)]
@@ -135,7 +135,7 @@ fn each_until(
 }
 
 /// Parses `--since`/`--until` values: RFC 3339 (`2026-01-31T00:00:00Z`) or a date (`2026-01-31`, UTC).
-pub fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
+pub fn parse_time(s: &str) -> Result<jiff::Timestamp, AuditError> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);
     }
@@ -144,9 +144,9 @@ pub fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
         .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
         .map(|z| z.timestamp())
         .ok_or_else(|| {
-            format!(
+            AuditError::Time(format!(
                 "`{s}` is not a time: use RFC 3339 (2026-01-31T22:00:00Z) or a date (2026-01-31)"
-            )
+            ))
         })
 }
 

@@ -5,9 +5,19 @@
 //! transition a single call that succeeds or fails whole, so a PostgreSQL implementation for several
 //! broker nodes can follow with the same semantics (one transaction per call).
 //!
-//! Times are Unix seconds. Ids are strings minted by the caller.
+//! The store keeps transitions atomic; it does not make the rules. Who may approve, how many
+//! approvals a request needs and what window a grant covers are decided by the workflow crate and
+//! handed in; the store guards only what must hold at the moment of the write (the request is still
+//! pending and not past its expiry, an approver approves once, a grant is revoked once).
+//!
+//! The API is blocking (SQLite waits on its own lock); async callers run it on a blocking thread.
+//! Times are Unix seconds. Ids are the `ids` crate's newtypes, minted by the caller.
 
 pub mod sqlite;
+
+use std::net::IpAddr;
+
+use sallyport_ids::{CustomerId, GrantId, RequestId, SessionId, SpiffeId, TargetId};
 
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +59,13 @@ impl RequestStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRequest {
     /// Request id.
-    pub id: String,
+    pub id: RequestId,
     /// Customer id.
-    pub customer: String,
+    pub customer: CustomerId,
     /// Target id.
-    pub target: String,
-    /// The requesting technician's SPIFFE id.
-    pub technician: String,
+    pub target: TargetId,
+    /// The requesting technician.
+    pub technician: SpiffeId,
     /// Thumbprint (base64url SHA-256) of the certificate the grant will be bound to.
     pub cert_thumbprint: String,
     /// Minutes of access asked for.
@@ -83,35 +93,86 @@ pub struct RequestRecord {
     pub filed: NewRequest,
     /// Where it stands.
     pub status: RequestStatus,
-    /// Approvers so far: (SPIFFE id, comment, time).
-    pub approvals: Vec<(String, Option<String>, i64)>,
+    /// Approvals so far, oldest first.
+    pub approvals: Vec<ApprovalRecord>,
     /// Who denied it and why.
-    pub denial: Option<(String, String)>,
+    pub denial: Option<Denial>,
     /// The grant issued on approval.
-    pub grant_id: Option<String>,
+    pub grant_id: Option<GrantId>,
     /// That grant, when there is one.
     pub grant: Option<GrantRecord>,
+}
+
+impl RequestRecord {
+    /// Approvals still missing for the quorum.
+    pub fn approvals_missing(&self) -> u32 {
+        self.filed
+            .approvals_required
+            .saturating_sub(u32::try_from(self.approvals.len()).unwrap_or(u32::MAX))
+    }
+}
+
+/// One approval of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    /// Who approved.
+    pub approver: SpiffeId,
+    /// What they said.
+    pub comment: Option<String>,
+    /// When.
+    pub at: i64,
+}
+
+/// The denial that ended a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// Who denied it.
+    pub by: SpiffeId,
+    /// Why.
+    pub reason: String,
+}
+
+/// The revocation of a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// When.
+    pub at: i64,
+    /// By whom.
+    pub by: SpiffeId,
+    /// Why.
+    pub reason: String,
+}
+
+/// The grant an approval creates: its id and its window, computed by the workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGrant {
+    /// Grant id (`gid`).
+    pub id: GrantId,
+    /// Start of the window.
+    pub not_before: i64,
+    /// End of the window.
+    pub expires_at: i64,
 }
 
 /// A grant row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRecord {
     /// Grant id (`gid`).
-    pub id: String,
+    pub id: GrantId,
     /// The request it came from (`None` for a break-glass grant).
-    pub request_id: Option<String>,
+    pub request_id: Option<RequestId>,
     /// Customer id.
-    pub customer: String,
+    pub customer: CustomerId,
     /// Target id.
-    pub target: String,
-    /// The technician's SPIFFE id.
-    pub technician: String,
+    pub target: TargetId,
+    /// The technician.
+    pub technician: SpiffeId,
     /// Start of the window.
     pub not_before: i64,
     /// End of the window.
     pub expires_at: i64,
     /// When and by whom it was revoked, and why.
-    pub revoked: Option<(i64, String, String)>,
+    pub revoked: Option<Revocation>,
     /// Whether the approval that created it is on the audit trail. A grant whose approval record
     /// could not be written is never handed out until that record is written.
     pub audited: bool,
@@ -121,17 +182,17 @@ pub struct GrantRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     /// Session id.
-    pub id: String,
+    pub id: SessionId,
     /// The grant it runs under.
-    pub grant_id: String,
+    pub grant_id: GrantId,
     /// Customer id.
-    pub customer: String,
+    pub customer: CustomerId,
     /// Target id.
-    pub target: String,
-    /// The technician's SPIFFE id.
-    pub technician: String,
+    pub target: TargetId,
+    /// The technician.
+    pub technician: SpiffeId,
     /// Where the technician connected from.
-    pub source_ip: String,
+    pub source_ip: IpAddr,
     /// When the tunnel opened.
     pub opened_at: i64,
     /// When it closed (`None` while live).
@@ -149,19 +210,9 @@ pub struct SessionRecord {
 pub enum SessionChange {
     /// A tunnel opened.
     Open(SessionRecord),
-    /// A tunnel closed.
-    Close {
-        /// Session id.
-        id: String,
-        /// When.
-        at: i64,
-        /// Bytes technician -> target.
-        bytes_up: u64,
-        /// Bytes target -> technician.
-        bytes_down: u64,
-        /// Why.
-        reason: String,
-    },
+    /// A tunnel closed: the whole row, with `closed_at`, the final bytes and `close_reason` set (so a
+    /// close written before its open still leaves a complete row).
+    Close(SessionRecord),
 }
 
 /// Why a state change was refused.
@@ -197,36 +248,38 @@ pub enum Approval {
 
 /// Durable workflow state. Each method is one atomic transition.
 pub trait Store: Send + Sync {
-    /// Files a request. With `approvals_required == 0` it is approved at once and `grant_id` issues.
+    /// Files a request. With `grant` it is approved at once and that grant issues (a request that
+    /// needs no approval).
     fn file_request(
         &self,
         req: &NewRequest,
-        grant_id: &str,
+        grant: Option<&NewGrant>,
         now: i64,
     ) -> Result<RequestRecord, StoreError>;
     /// One request.
-    fn request(&self, id: &str) -> Result<RequestRecord, StoreError>;
-    /// Requests of a customer and/or a technician, optionally by status, newest first.
+    fn request(&self, id: &RequestId) -> Result<RequestRecord, StoreError>;
+    /// Requests of a customer and/or a technician, optionally by status, newest first (at most 1000).
     fn requests(
         &self,
-        customer: Option<&str>,
-        technician: Option<&str>,
+        customer: Option<&CustomerId>,
+        technician: Option<&SpiffeId>,
         status: Option<RequestStatus>,
     ) -> Result<Vec<RequestRecord>, StoreError>;
-    /// Records one approval; on quorum approves the request and creates grant `grant_id`.
+    /// Records one approval of a pending request that has not expired by `now`; when that completes
+    /// the quorum, approves the request and creates `grant`.
     fn approve(
         &self,
-        id: &str,
-        approver: &str,
+        id: &RequestId,
+        approver: &SpiffeId,
         comment: Option<&str>,
-        grant_id: &str,
+        grant: &NewGrant,
         now: i64,
     ) -> Result<Approval, StoreError>;
-    /// Denies a pending request.
+    /// Denies a pending request that has not expired by `now`.
     fn deny(
         &self,
-        id: &str,
-        approver: &str,
+        id: &RequestId,
+        approver: &SpiffeId,
         reason: &str,
         now: i64,
     ) -> Result<RequestRecord, StoreError>;
@@ -235,29 +288,38 @@ pub trait Store: Send + Sync {
     /// Records a grant issued without a request (break-glass).
     fn record_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
     /// One grant.
-    fn grant(&self, id: &str) -> Result<GrantRecord, StoreError>;
+    fn grant(&self, id: &GrantId) -> Result<GrantRecord, StoreError>;
     /// Applies session changes in order, in one transaction. A close may arrive before its open
     /// (both are written by a background recorder); the row ends up closed either way.
     fn record_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError>;
-    /// Sessions, newest first, optionally of one customer and/or technician, optionally only live ones.
-    fn sessions(
-        &self,
-        customer: Option<&str>,
-        technician: Option<&str>,
-        live_only: bool,
-    ) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Sessions, newest first (at most 1000), optionally of one customer, technician and/or grant,
+    /// optionally only live ones.
+    fn sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError>;
     /// One session.
-    fn session(&self, id: &str) -> Result<SessionRecord, StoreError>;
+    fn session(&self, id: &SessionId) -> Result<SessionRecord, StoreError>;
     /// Closes sessions left open by a broker that stopped without closing them; returns how many.
     fn close_orphaned_sessions(&self, now: i64, reason: &str) -> Result<usize, StoreError>;
     /// Notes that the approval behind grant `id` is on the audit trail.
-    fn mark_grant_audited(&self, id: &str) -> Result<(), StoreError>;
+    fn mark_grant_audited(&self, id: &GrantId) -> Result<(), StoreError>;
     /// Revokes a grant. Idempotent: an already revoked grant is returned unchanged, with `false`.
     fn revoke(
         &self,
-        id: &str,
-        by: &str,
+        id: &GrantId,
+        by: &SpiffeId,
         reason: &str,
         now: i64,
     ) -> Result<(GrantRecord, bool), StoreError>;
+}
+
+/// Which sessions to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Only this customer's.
+    pub customer: Option<CustomerId>,
+    /// Only this technician's.
+    pub technician: Option<SpiffeId>,
+    /// Only this grant's.
+    pub grant: Option<GrantId>,
+    /// Only live ones (not closed).
+    pub live_only: bool,
 }

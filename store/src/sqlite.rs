@@ -10,9 +10,11 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use rusqlite_migration::{M, Migrations};
 
+use sallyport_ids::{CustomerId, GrantId, RequestId, SessionId, SpiffeId};
+
 use super::{
-    Approval, GrantRecord, NewRequest, RequestRecord, RequestStatus, SessionChange, SessionRecord,
-    Store, StoreError,
+    Approval, ApprovalRecord, Denial, GrantRecord, NewGrant, NewRequest, RequestRecord,
+    RequestStatus, Revocation, SessionChange, SessionFilter, SessionRecord, Store, StoreError,
 };
 
 /// Schema versions, oldest first. Never edit a released entry: append a new one.
@@ -155,21 +157,53 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Reads column `i` as text and parses it into an id (or an address): a row that does not parse was
+/// not written by this store, and reads as a backend error.
+fn col<T: std::str::FromStr>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = r.get(i)?;
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// [`col`] for a nullable column.
+fn opt_col<T: std::str::FromStr>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match r.get::<_, Option<String>>(i)? {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        }),
+    }
+}
+
+fn not_found(kind: &'static str, id: &impl std::fmt::Display) -> StoreError {
+    StoreError::NotFound {
+        kind,
+        id: id.to_string(),
+    }
+}
+
 const REQUEST_COLUMNS: &str = "id, customer, target, technician, cert_thumbprint, minutes, reason, ticket, start_at, approvals_required, policy_id, created_at, expires_at, status, denied_by, deny_reason";
 
-fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
+fn load(tx: &Transaction<'_>, id: &RequestId) -> Result<RequestRecord, StoreError> {
     let row = tx
         .prepare_cached(&format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"
         ))
         .map_err(backend)?
-        .query_row(params![id], |r| {
+        .query_row(params![id.as_str()], |r| {
             Ok((
                 NewRequest {
-                    id: r.get(0)?,
-                    customer: r.get(1)?,
-                    target: r.get(2)?,
-                    technician: r.get(3)?,
+                    id: col(r, 0)?,
+                    customer: col(r, 1)?,
+                    target: col(r, 2)?,
+                    technician: col(r, 3)?,
                     cert_thumbprint: r.get(4)?,
                     minutes: r.get(5)?,
                     reason: r.get(6)?,
@@ -181,16 +215,13 @@ fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
                     expires_at: r.get(12)?,
                 },
                 r.get::<_, String>(13)?,
-                r.get::<_, Option<String>>(14)?,
+                opt_col::<SpiffeId>(r, 14)?,
                 r.get::<_, Option<String>>(15)?,
             ))
         })
         .optional()
         .map_err(backend)?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "request",
-            id: id.to_owned(),
-        })?;
+        .ok_or_else(|| not_found("request", id))?;
     let (filed, status, denied_by, deny_reason) = row;
     let status = RequestStatus::parse(&status).ok_or_else(|| {
         StoreError::Backend(format!("request `{id}` has unknown status `{status}`"))
@@ -199,14 +230,20 @@ fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
         .prepare_cached("SELECT approver, comment, at FROM approvals WHERE request_id = ?1 ORDER BY at, approver")
         .map_err(backend)?;
     let approvals = stmt
-        .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_map(params![id.as_str()], |r| {
+            Ok(ApprovalRecord {
+                approver: col(r, 0)?,
+                comment: r.get(1)?,
+                at: r.get(2)?,
+            })
+        })
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
-    let grant_id: Option<String> = tx
+    let grant_id: Option<GrantId> = tx
         .prepare_cached("SELECT id FROM grants WHERE request_id = ?1")
         .map_err(backend)?
-        .query_row(params![id], |r| r.get(0))
+        .query_row(params![id.as_str()], |r| col(r, 0))
         .optional()
         .map_err(backend)?;
     let grant = match &grant_id {
@@ -217,52 +254,55 @@ fn load(tx: &Transaction<'_>, id: &str) -> Result<RequestRecord, StoreError> {
         filed,
         status,
         approvals,
-        denial: denied_by.zip(deny_reason),
+        denial: denied_by
+            .zip(deny_reason)
+            .map(|(by, reason)| Denial { by, reason }),
         grant_id,
         grant,
     })
 }
 
-fn load_grant(tx: &Transaction<'_>, id: &str) -> Result<GrantRecord, StoreError> {
+fn load_grant(tx: &Transaction<'_>, id: &GrantId) -> Result<GrantRecord, StoreError> {
     tx.prepare_cached("SELECT id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason, customer, target, technician, audited FROM grants WHERE id = ?1")
         .map_err(backend)?
         .query_row(
-        params![id],
+        params![id.as_str()],
         |r| {
             let revoked_at: Option<i64> = r.get(4)?;
-            let by: Option<String> = r.get(5)?;
+            let by: Option<SpiffeId> = opt_col(r, 5)?;
             let why: Option<String> = r.get(6)?;
             Ok(GrantRecord {
-                id: r.get(0)?,
-                request_id: r.get(1)?,
-                customer: r.get(7)?,
-                target: r.get(8)?,
-                technician: r.get(9)?,
+                id: col(r, 0)?,
+                request_id: opt_col(r, 1)?,
+                customer: col(r, 7)?,
+                target: col(r, 8)?,
+                technician: col(r, 9)?,
                 not_before: r.get(2)?,
                 expires_at: r.get(3)?,
-                revoked: revoked_at.map(|at| (at, by.unwrap_or_default(), why.unwrap_or_default())),
+                revoked: revoked_at.zip(by).map(|(at, by)| Revocation {
+                    at,
+                    by,
+                    reason: why.unwrap_or_default(),
+                }),
                 audited: r.get(10)?,
             })
         },
     )
     .optional()
     .map_err(backend)?
-    .ok_or_else(|| StoreError::NotFound {
-        kind: "grant",
-        id: id.to_owned(),
-    })
+    .ok_or_else(|| not_found("grant", id))
 }
 
 const SESSION_COLUMNS: &str = "id, grant_id, customer, target, technician, source_ip, opened_at, closed_at, bytes_up, bytes_down, close_reason";
 
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
-        id: r.get(0)?,
-        grant_id: r.get(1)?,
-        customer: r.get(2)?,
-        target: r.get(3)?,
-        technician: r.get(4)?,
-        source_ip: r.get(5)?,
+        id: col(r, 0)?,
+        grant_id: col(r, 1)?,
+        customer: col(r, 2)?,
+        target: col(r, 3)?,
+        technician: col(r, 4)?,
+        source_ip: col(r, 5)?,
         opened_at: r.get(6)?,
         closed_at: r.get(7)?,
         bytes_up: r.get::<_, Option<i64>>(8)?.unwrap_or(0).max(0) as u64,
@@ -271,37 +311,41 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     })
 }
 
-/// Approves `req` and creates its grant. The requested window is `minutes` from `start_at` (or from
-/// now when none was given); the grant covers what is left of it from now on.
+/// Approves `req` and creates its grant with the window the workflow computed.
 fn issue(
     tx: &Transaction<'_>,
     req: &NewRequest,
-    grant_id: &str,
+    grant: &NewGrant,
     now: i64,
 ) -> Result<GrantRecord, StoreError> {
-    let start = req.start_at.unwrap_or(now);
-    let not_before = start.max(now);
-    let expires_at = start + i64::from(req.minutes) * 60;
-    if expires_at <= now {
-        return Err(StoreError::Conflict(format!(
-            "the window requested by `{}` has already ended",
-            req.id
-        )));
-    }
     tx.execute(
         "UPDATE requests SET status = 'approved', decided_at = ?2 WHERE id = ?1",
-        params![req.id, now],
+        params![req.id.as_str(), now],
     )
     .map_err(backend)?;
     tx.execute(
         "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at, audited) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-        params![grant_id, req.id, req.customer, req.target, req.technician, not_before, expires_at],
+        params![
+            grant.id.as_str(),
+            req.id.as_str(),
+            req.customer.as_str(),
+            req.target.as_str(),
+            req.technician.to_string(),
+            grant.not_before,
+            grant.expires_at
+        ],
     )
-    .map_err(backend)?;
-    load_grant(tx, grant_id)
+    .map_err(|e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            StoreError::Conflict(format!("grant `{}` already exists", grant.id))
+        }
+        _ => backend(e),
+    })?;
+    load_grant(tx, &grant.id)
 }
 
-/// Refuses a decision on a request that is no longer pending (or whose time is up).
+/// Refuses a decision on a request that is no longer pending (or whose time is up): the check that
+/// must hold at the moment of the write, whatever the caller saw before.
 fn check_pending(rec: &RequestRecord, now: i64) -> Result<(), StoreError> {
     match rec.status {
         RequestStatus::Pending if rec.filed.expires_at <= now => Err(StoreError::Conflict(
@@ -316,11 +360,50 @@ fn check_pending(rec: &RequestRecord, now: i64) -> Result<(), StoreError> {
     }
 }
 
+fn ids(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RequestId>, StoreError> {
+    stmt.query_map(params, |r| col::<RequestId>(r, 0))
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)
+}
+
+/// Writes one session row: inserted whole, or, when the row exists, updated with what `r` adds
+/// (a close sets `closed_at`, the final bytes and the reason; an open never reopens a closed row).
+fn write_session(tx: &Transaction<'_>, r: &SessionRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO sessions (id, grant_id, customer, target, technician, source_ip, opened_at, closed_at, bytes_up, bytes_down, close_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (id) DO UPDATE SET
+           closed_at = coalesce(excluded.closed_at, closed_at),
+           bytes_up = CASE WHEN excluded.closed_at IS NULL THEN bytes_up ELSE excluded.bytes_up END,
+           bytes_down = CASE WHEN excluded.closed_at IS NULL THEN bytes_down ELSE excluded.bytes_down END,
+           close_reason = coalesce(excluded.close_reason, close_reason)",
+        params![
+            r.id.as_str(),
+            r.grant_id.as_str(),
+            r.customer.as_str(),
+            r.target.as_str(),
+            r.technician.to_string(),
+            r.source_ip.to_string(),
+            r.opened_at,
+            r.closed_at,
+            r.bytes_up as i64,
+            r.bytes_down as i64,
+            r.close_reason
+        ],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn file_request(
         &self,
         req: &NewRequest,
-        grant_id: &str,
+        grant: Option<&NewGrant>,
         now: i64,
     ) -> Result<RequestRecord, StoreError> {
         self.tx(|tx| {
@@ -329,10 +412,10 @@ impl Store for SqliteStore {
                     "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', NULL, NULL)"
                 ),
                 params![
-                    req.id,
-                    req.customer,
-                    req.target,
-                    req.technician,
+                    req.id.as_str(),
+                    req.customer.as_str(),
+                    req.target.as_str(),
+                    req.technician.to_string(),
                     req.cert_thumbprint,
                     req.minutes,
                     req.reason,
@@ -350,21 +433,21 @@ impl Store for SqliteStore {
                 }
                 _ => backend(e),
             })?;
-            if req.approvals_required == 0 {
-                issue(tx, req, grant_id, now)?;
+            if let Some(grant) = grant {
+                issue(tx, req, grant, now)?;
             }
             load(tx, &req.id)
         })
     }
 
-    fn request(&self, id: &str) -> Result<RequestRecord, StoreError> {
+    fn request(&self, id: &RequestId) -> Result<RequestRecord, StoreError> {
         self.read(|tx| load(tx, id))
     }
 
     fn requests(
         &self,
-        customer: Option<&str>,
-        technician: Option<&str>,
+        customer: Option<&CustomerId>,
+        technician: Option<&SpiffeId>,
         status: Option<RequestStatus>,
     ) -> Result<Vec<RequestRecord>, StoreError> {
         self.read(|tx| {
@@ -376,47 +459,42 @@ impl Store for SqliteStore {
                      ORDER BY created_at DESC, id LIMIT 1000",
                 )
                 .map_err(backend)?;
-            let ids = stmt
-                .query_map(
-                    params![customer, technician, status.map(|s| s.as_str())],
-                    |r| r.get::<_, String>(0),
-                )
-                .map_err(backend)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?;
-            ids.iter().map(|id| load(tx, id)).collect()
+            let found = ids(
+                &mut stmt,
+                params![
+                    customer.map(CustomerId::as_str),
+                    technician.map(ToString::to_string),
+                    status.map(|s| s.as_str())
+                ],
+            )?;
+            found.iter().map(|id| load(tx, id)).collect()
         })
     }
 
     fn approve(
         &self,
-        id: &str,
-        approver: &str,
+        id: &RequestId,
+        approver: &SpiffeId,
         comment: Option<&str>,
-        grant_id: &str,
+        grant: &NewGrant,
         now: i64,
     ) -> Result<Approval, StoreError> {
         self.tx(|tx| {
             let rec = load(tx, id)?;
             check_pending(&rec, now)?;
-            if rec.filed.technician == approver {
-                return Err(StoreError::Conflict(
-                    "a requester cannot approve their own request".into(),
-                ));
-            }
-            if rec.approvals.iter().any(|(a, _, _)| a == approver) {
+            if rec.approvals.iter().any(|a| a.approver == *approver) {
                 return Err(StoreError::Conflict(format!(
                     "`{approver}` has already approved request `{id}`"
                 )));
             }
             tx.execute(
                 "INSERT INTO approvals (request_id, approver, comment, at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, approver, comment, now],
+                params![id.as_str(), approver.to_string(), comment, now],
             )
             .map_err(backend)?;
             let have = rec.approvals.len() as u32 + 1;
             if have >= rec.filed.approvals_required {
-                Ok(Approval::Granted(issue(tx, &rec.filed, grant_id, now)?))
+                Ok(Approval::Granted(issue(tx, &rec.filed, grant, now)?))
             } else {
                 Ok(Approval::Recorded {
                     missing: rec.filed.approvals_required - have,
@@ -427,8 +505,8 @@ impl Store for SqliteStore {
 
     fn deny(
         &self,
-        id: &str,
-        approver: &str,
+        id: &RequestId,
+        approver: &SpiffeId,
         reason: &str,
         now: i64,
     ) -> Result<RequestRecord, StoreError> {
@@ -437,7 +515,7 @@ impl Store for SqliteStore {
             check_pending(&rec, now)?;
             tx.execute(
                 "UPDATE requests SET status = 'denied', denied_by = ?2, deny_reason = ?3, decided_at = ?4 WHERE id = ?1",
-                params![id, approver, reason, now],
+                params![id.as_str(), approver.to_string(), reason, now],
             )
             .map_err(backend)?;
             load(tx, id)
@@ -451,19 +529,15 @@ impl Store for SqliteStore {
                     "SELECT id FROM requests WHERE status = 'pending' AND expires_at <= ?1",
                 )
                 .map_err(backend)?;
-            let ids = stmt
-                .query_map(params![now], |r| r.get::<_, String>(0))
-                .map_err(backend)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?;
-            for id in &ids {
+            let due = ids(&mut stmt, params![now])?;
+            for id in &due {
                 tx.execute(
                     "UPDATE requests SET status = 'expired', decided_at = ?2 WHERE id = ?1",
-                    params![id, now],
+                    params![id.as_str(), now],
                 )
                 .map_err(backend)?;
             }
-            ids.iter().map(|id| load(tx, id)).collect()
+            due.iter().map(|id| load(tx, id)).collect()
         })
     }
 
@@ -471,7 +545,16 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             tx.execute(
                 "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at, audited) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![g.id, g.request_id, g.customer, g.target, g.technician, g.not_before, g.expires_at, g.audited],
+                params![
+                    g.id.as_str(),
+                    g.request_id.as_ref().map(RequestId::as_str),
+                    g.customer.as_str(),
+                    g.target.as_str(),
+                    g.technician.to_string(),
+                    g.not_before,
+                    g.expires_at,
+                    g.audited
+                ],
             )
             .map_err(|e| match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::ConstraintViolation) => {
@@ -483,7 +566,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn grant(&self, id: &str) -> Result<GrantRecord, StoreError> {
+    fn grant(&self, id: &GrantId) -> Result<GrantRecord, StoreError> {
         self.read(|tx| load_grant(tx, id))
     }
 
@@ -491,72 +574,48 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             for change in changes {
                 match change {
-                    SessionChange::Open(r) => {
-                        tx.execute(
-                            "INSERT INTO sessions (id, grant_id, customer, target, technician, source_ip, opened_at, bytes_up, bytes_down)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0)
-                             ON CONFLICT (id) DO UPDATE SET grant_id = ?2, customer = ?3, target = ?4,
-                               technician = ?5, source_ip = ?6, opened_at = ?7",
-                            params![r.id, r.grant_id, r.customer, r.target, r.technician, r.source_ip, r.opened_at],
-                        )
-                        .map_err(backend)?;
-                    }
-                    SessionChange::Close {
-                        id,
-                        at,
-                        bytes_up,
-                        bytes_down,
-                        reason,
-                    } => {
-                        tx.execute(
-                            "INSERT INTO sessions (id, grant_id, customer, target, technician, source_ip, opened_at, closed_at, bytes_up, bytes_down, close_reason)
-                             VALUES (?1, '', '', '', '', '', ?2, ?2, ?3, ?4, ?5)
-                             ON CONFLICT (id) DO UPDATE SET closed_at = ?2, bytes_up = ?3, bytes_down = ?4, close_reason = ?5",
-                            params![id, at, *bytes_up as i64, *bytes_down as i64, reason],
-                        )
-                        .map_err(backend)?;
-                    }
+                    SessionChange::Open(r) | SessionChange::Close(r) => write_session(tx, r)?,
                 }
             }
             Ok(())
         })
     }
 
-    fn sessions(
-        &self,
-        customer: Option<&str>,
-        technician: Option<&str>,
-        live_only: bool,
-    ) -> Result<Vec<SessionRecord>, StoreError> {
+    fn sessions(&self, f: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError> {
         self.read(|tx| {
             let mut stmt = tx
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions
                      WHERE (?1 IS NULL OR customer = ?1) AND (?2 IS NULL OR technician = ?2)
-                       AND (?3 = 0 OR closed_at IS NULL)
+                       AND (?3 IS NULL OR grant_id = ?3) AND (?4 = 0 OR closed_at IS NULL)
                      ORDER BY opened_at DESC, id LIMIT 1000"
                 ))
                 .map_err(backend)?;
-            stmt.query_map(params![customer, technician, live_only], session_row)
-                .map_err(backend)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)
+            stmt.query_map(
+                params![
+                    f.customer.as_ref().map(CustomerId::as_str),
+                    f.technician.as_ref().map(ToString::to_string),
+                    f.grant.as_ref().map(GrantId::as_str),
+                    f.live_only
+                ],
+                session_row,
+            )
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)
         })
     }
 
-    fn session(&self, id: &str) -> Result<SessionRecord, StoreError> {
+    fn session(&self, id: &SessionId) -> Result<SessionRecord, StoreError> {
         self.read(|tx| {
             tx.prepare_cached(&format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
             ))
             .map_err(backend)?
-            .query_row(params![id], session_row)
+            .query_row(params![id.as_str()], session_row)
             .optional()
             .map_err(backend)?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "session",
-                id: id.to_owned(),
-            })
+            .ok_or_else(|| not_found("session", id))
         })
     }
 
@@ -570,16 +629,16 @@ impl Store for SqliteStore {
         })
     }
 
-    fn mark_grant_audited(&self, id: &str) -> Result<(), StoreError> {
+    fn mark_grant_audited(&self, id: &GrantId) -> Result<(), StoreError> {
         self.tx(|tx| {
             let n = tx
-                .execute("UPDATE grants SET audited = 1 WHERE id = ?1", params![id])
+                .execute(
+                    "UPDATE grants SET audited = 1 WHERE id = ?1",
+                    params![id.as_str()],
+                )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::NotFound {
-                    kind: "grant",
-                    id: id.to_owned(),
-                });
+                return Err(not_found("grant", id));
             }
             Ok(())
         })
@@ -587,8 +646,8 @@ impl Store for SqliteStore {
 
     fn revoke(
         &self,
-        id: &str,
-        by: &str,
+        id: &GrantId,
+        by: &SpiffeId,
         reason: &str,
         now: i64,
     ) -> Result<(GrantRecord, bool), StoreError> {
@@ -599,7 +658,7 @@ impl Store for SqliteStore {
             }
             tx.execute(
                 "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 WHERE id = ?1",
-                params![id, now, by, reason],
+                params![id.as_str(), now, by.to_string(), reason],
             )
             .map_err(backend)?;
             Ok((load_grant(tx, id)?, true))

@@ -15,6 +15,12 @@ use std::time::Duration;
 use sallyport_certs::signing::Ed25519Signer;
 use serde::Serialize;
 
+use crate::AuditError;
+
+fn bad(why: impl Into<String>) -> AuditError {
+    AuditError::Checkpoint(why.into())
+}
+
 /// Name of the public-key file in the audit folder.
 pub const KEY_FILE: &str = "audit-key.pub";
 
@@ -51,7 +57,7 @@ pub fn render(
     seq: u64,
     hash: &str,
     time: &str,
-) -> Result<String, String> {
+) -> Result<String, AuditError> {
     let body = Body {
         customer: chain,
         seq,
@@ -59,8 +65,10 @@ pub fn render(
         time,
         key_id: signer.kid(),
     };
-    let json = serde_json::to_string(&body).map_err(|e| e.to_string())?;
-    let sig = signer.sign(json.as_bytes()).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&body).map_err(|e| bad(e.to_string()))?;
+    let sig = signer
+        .sign(json.as_bytes())
+        .map_err(|e| bad(e.to_string()))?;
     Ok(format!(
         "{},\"sig\":\"{sig}\"}}\n",
         &json[..json.len().saturating_sub(1)]
@@ -83,18 +91,18 @@ pub struct Checkpoint {
 }
 
 /// Parses a checkpoint line; with `key`, also checks its signature (`Err("forged: …")` when it fails).
-pub fn check(line: &str, key: Option<&[u8]>) -> Result<Checkpoint, String> {
+pub fn check(line: &str, key: Option<&[u8]>) -> Result<Checkpoint, AuditError> {
     let v: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+        serde_json::from_str(line).map_err(|e| bad(format!("not a JSON object: {e}")))?;
     let field = |k: &str| {
         v[k].as_str()
             .map(str::to_owned)
-            .ok_or_else(|| format!("no `{k}`"))
+            .ok_or_else(|| bad(format!("no `{k}`")))
     };
     let sig = field("sig")?;
     let cp = Checkpoint {
         chain: field("customer")?,
-        seq: v["seq"].as_u64().ok_or("no `seq`")?,
+        seq: v["seq"].as_u64().ok_or_else(|| bad("no `seq`"))?,
         hash: field("hash")?,
         time: field("time")?,
         key_id: field("key_id")?,
@@ -102,10 +110,12 @@ pub fn check(line: &str, key: Option<&[u8]>) -> Result<Checkpoint, String> {
     if let Some(key) = key {
         let body = line
             .strip_suffix(&format!(",\"sig\":\"{sig}\"}}"))
-            .ok_or("`sig` is not the last member")?;
+            .ok_or_else(|| bad("`sig` is not the last member"))?;
         let message = format!("{body}}}");
         if !sallyport_certs::signing::verify(key, message.as_bytes(), &sig) {
-            return Err("forged: the signature does not verify with the audit key".into());
+            return Err(bad(
+                "forged: the signature does not verify with the audit key",
+            ));
         }
     }
     Ok(cp)
@@ -121,21 +131,24 @@ pub fn public_key_json(signer: &Ed25519Signer) -> serde_json::Value {
 }
 
 /// Reads a public key given as base64url text, as a file holding it, or as the published JSON.
-pub fn read_public_key(arg: &str) -> Result<Vec<u8>, String> {
+pub fn read_public_key(arg: &str) -> Result<Vec<u8>, AuditError> {
     let text = match std::fs::read_to_string(arg) {
         Ok(t) => t,
         Err(_) if !arg.contains('/') && !arg.ends_with(".pub") => arg.to_owned(),
-        Err(e) => return Err(format!("{arg}: {e}")),
+        Err(e) => return Err(bad(format!("{arg}: {e}"))),
     };
     let b64 = match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(v) => v["public_key"]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| format!("{arg}: no `public_key`"))?,
+            .ok_or_else(|| bad(format!("{arg}: no `public_key`")))?,
         Err(_) => text,
     };
-    sallyport_certs::signing::public_key_from_b64(&b64)
-        .ok_or_else(|| format!("{arg}: not a 32-byte Ed25519 public key in base64url"))
+    sallyport_certs::signing::public_key_from_b64(&b64).ok_or_else(|| {
+        bad(format!(
+            "{arg}: not a 32-byte Ed25519 public key in base64url"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -161,11 +174,13 @@ mod tests {
         assert!(
             check(&edited, Some(s.public_key()))
                 .unwrap_err()
+                .to_string()
                 .starts_with("forged")
         );
         assert!(
             check(line, Some(signer().public_key()))
                 .unwrap_err()
+                .to_string()
                 .starts_with("forged")
         );
         assert!(
@@ -191,6 +206,7 @@ mod tests {
         assert!(
             read_public_key("/nonexistent/key.pub")
                 .unwrap_err()
+                .to_string()
                 .contains("No such file")
         );
         assert!(read_public_key("short").is_err());

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_line, checkpoint, segment};
+use crate::{AuditError, check_line, checkpoint, segment};
 
 /// The bundle format's name and version.
 pub const FORMAT: &str = "sallyport-evidence-bundle/1";
@@ -138,54 +138,62 @@ pub struct Proven {
     pub sessions: usize,
 }
 
+/// A bundle that is not intact, and why.
+fn fail<T>(why: impl Into<String>) -> Result<T, AuditError> {
+    Err(AuditError::Bundle(why.into()))
+}
+
 /// Verifies a bundle with `key` (raw Ed25519 public key).
-pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, String> {
+pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, AuditError> {
     if b.format != FORMAT {
-        return Err(format!("not a {FORMAT} file (format `{}`)", b.format));
+        return fail(format!("not a {FORMAT} file (format `{}`)", b.format));
     }
     let mut parsed = Vec::with_capacity(b.records.len());
     for (i, line) in b.records.iter().enumerate() {
-        let (seq, prev, hash) =
-            check_line(line).map_err(|e| format!("record {} of the bundle: edited: {e}", i + 1))?;
+        let (seq, prev, hash) = check_line(line).map_err(|e| {
+            AuditError::Bundle(format!("record {} of the bundle: edited: {e}", i + 1))
+        })?;
         if let Some((last_seq, last_hash)) = parsed
             .last()
             .map(|(s, h, _): &(u64, String, _)| (*s, h.clone()))
         {
             if seq != last_seq + 1 {
-                return Err(format!(
+                return fail(format!(
                     "record {} of the bundle: seq {seq} follows seq {last_seq}: records are missing or out of order",
                     i + 1
                 ));
             }
             if prev != last_hash {
-                return Err(format!(
+                return fail(format!(
                     "record {} of the bundle (seq {seq}): does not link to the record before it",
                     i + 1
                 ));
             }
         }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| AuditError::Bundle(e.to_string()))?;
         parsed.push((seq, hash, v));
     }
     let (Some(first), Some(last)) = (parsed.first(), parsed.last()) else {
-        return Err("the bundle holds no records".into());
+        return fail("the bundle holds no records");
     };
     let seqs = (first.0, last.0);
     let cp_line = b.checkpoint.as_deref().ok_or_else(|| {
-        format!(
+        AuditError::Bundle(format!(
             "no signed checkpoint covers seq {} yet: make the bundle again after the broker's next checkpoint",
             seqs.1
-        )
+        ))
     })?;
-    let cp = checkpoint::check(cp_line, Some(key)).map_err(|e| format!("checkpoint: {e}"))?;
+    let cp = checkpoint::check(cp_line, Some(key))
+        .map_err(|e| AuditError::Bundle(format!("checkpoint: {e}")))?;
     if cp.chain != b.customer {
-        return Err(format!(
+        return fail(format!(
             "checkpoint: signed for chain `{}`, not `{}`",
             cp.chain, b.customer
         ));
     }
     if cp.seq != seqs.1 || cp.hash != last.1 {
-        return Err(format!(
+        return fail(format!(
             "checkpoint: signs seq {} with another hash than the bundle's last record (seq {})",
             cp.seq, seqs.1
         ));
@@ -215,9 +223,8 @@ pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, String> {
         .map(|(seq, _, _)| *seq)
         .collect();
     if relevant != b.relevant {
-        return Err(
-            "the bundle's list of records about the request differs from what its records show"
-                .into(),
+        return fail(
+            "the bundle's list of records about the request differs from what its records show",
         );
     }
     let about: Vec<&serde_json::Value> = parsed
@@ -226,16 +233,16 @@ pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, String> {
         .map(|(_, _, v)| v)
         .collect();
     if about.iter().any(|v| v["customer"] != b.customer.as_str()) {
-        return Err("a record belongs to another customer".into());
+        return fail("a record belongs to another customer");
     }
     if !about
         .iter()
         .any(|v| v["event"] == "request_filed" && v["request_id"] == rid)
     {
-        return Err(format!("no `request_filed` record for request {rid}"));
+        return fail(format!("no `request_filed` record for request {rid}"));
     }
     if b.grant.as_ref().and_then(|g| g["id"].as_str()) != gid.as_deref() {
-        return Err("the bundle's grant is not the one the approval record names".into());
+        return fail("the bundle's grant is not the one the approval record names");
     }
     let listed: HashSet<String> = b
         .sessions
@@ -243,7 +250,7 @@ pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, String> {
         .filter_map(|s| s["id"].as_str().map(str::to_owned))
         .collect();
     if listed != opened {
-        return Err(format!(
+        return fail(format!(
             "the bundle lists {} session(s), but the records show {} tunnel(s) opened under the grant",
             listed.len(),
             opened.len()
@@ -256,14 +263,14 @@ pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, String> {
         match (close, s["closed_at"].is_null()) {
             (Some(v), false) => {
                 if v["bytes_up"] != s["bytes_up"] || v["bytes_down"] != s["bytes_down"] {
-                    return Err(format!(
+                    return fail(format!(
                         "session {}: its bytes disagree with its `tunnel_close` record",
                         s["id"]
                     ));
                 }
             }
             (None, false) => {
-                return Err(format!("session {}: no `tunnel_close` record", s["id"]));
+                return fail(format!("session {}: no `tunnel_close` record", s["id"]));
             }
             (_, true) => {}
         }

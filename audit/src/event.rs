@@ -1,0 +1,252 @@
+//! One audit record: what happened ([`EventKind`], [`Outcome`]), the [`AuditEvent`] a caller hands the
+//! writer, and the line format: [`render`] writes a record line and its hash, [`check_line`] checks one.
+//!
+//! Ids are the `ids` crate's newtypes; `actor` and `target` stay text, since a refused client may
+//! name anything (`unauthenticated`, a target that does not exist) and the record keeps what it said.
+
+use std::net::IpAddr;
+
+use sallyport_ids::{CustomerId, GrantId, RequestId, SessionId, SpiffeId};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::AuditError;
+
+/// What kind of thing happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A TLS handshake or a grant failed to authenticate.
+    AuthFailure,
+    /// A grant was minted.
+    GrantMinted,
+    /// An authorization decision on a tunnel request.
+    Decision,
+    /// A tunnel was opened to its target.
+    TunnelOpen,
+    /// A tunnel was allowed but its target could not be reached.
+    TunnelFailed,
+    /// A tunnel closed.
+    TunnelClose,
+    /// A grant was revoked.
+    GrantRevoked,
+    /// A technician filed an access request (or was refused filing one).
+    RequestFiled,
+    /// An approver approved a request that needs more approvals.
+    ApprovalRecorded,
+    /// A request reached its quorum (or needed none): its grant exists.
+    RequestApproved,
+    /// An approver denied a request.
+    RequestDenied,
+    /// A pending request expired undecided.
+    RequestExpired,
+    /// A live session was ended through the API.
+    SessionEnded,
+    /// A webhook notification could not be delivered.
+    WebhookFailed,
+    /// A torn last line of the chain (a write cut short by a crash) was moved aside at start-up.
+    TornTailQuarantined,
+    /// Segments older than the retention period were retired (deleted) from the chain.
+    SegmentsRetired,
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Allowed.
+    Allow,
+    /// Refused.
+    Deny,
+    /// Done.
+    Success,
+    /// Tried and failed.
+    Failure,
+}
+
+/// One event to record; the writer adds `seq`, `time`, `prev_hash` and `hash`.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    /// The customer's chain, or `None` for the broker chain.
+    pub customer: Option<CustomerId>,
+    /// What happened.
+    pub event: EventKind,
+    /// Who did it (SPIFFE id, or a description for unauthenticated peers).
+    pub actor: Option<String>,
+    /// The target concerned.
+    pub target: Option<String>,
+    /// Whom the action concerns when that is not the actor (the technician a grant was minted for).
+    pub subject: Option<SpiffeId>,
+    /// The grant concerned.
+    pub grant_id: Option<GrantId>,
+    /// The session concerned.
+    pub session_id: Option<SessionId>,
+    /// The access request concerned.
+    pub request_id: Option<RequestId>,
+    /// Where the connection came from.
+    pub source_ip: Option<IpAddr>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, in words.
+    pub reason: String,
+    /// The policies that determined a decision.
+    pub policy_ids: Vec<String>,
+    /// Bytes client -> target (closes).
+    pub bytes_up: Option<u64>,
+    /// Bytes target -> client (closes).
+    pub bytes_down: Option<u64>,
+    /// Tunnel duration (closes).
+    pub duration_ms: Option<u64>,
+    /// Grant expiry (grant and decision records), RFC 3339.
+    pub expires_at: Option<String>,
+    /// SHA-256 of the session's capture file (closes of recorded targets).
+    pub capture_sha256: Option<String>,
+    /// The segments retired (`segments_retired` records).
+    pub retired: Vec<Retired>,
+}
+
+impl AuditEvent {
+    /// An event with only the required parts set.
+    pub fn new(event: EventKind, outcome: Outcome, reason: impl Into<String>) -> Self {
+        Self {
+            customer: None,
+            event,
+            actor: None,
+            target: None,
+            subject: None,
+            grant_id: None,
+            session_id: None,
+            request_id: None,
+            source_ip: None,
+            outcome,
+            reason: reason.into(),
+            policy_ids: Vec::new(),
+            bytes_up: None,
+            bytes_down: None,
+            duration_ms: None,
+            expires_at: None,
+            capture_sha256: None,
+            retired: Vec::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    seq: u64,
+    time: String,
+    customer: Option<&'a CustomerId>,
+    event: EventKind,
+    actor: Option<&'a str>,
+    target: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a SpiffeId>,
+    grant_id: Option<&'a GrantId>,
+    session_id: Option<&'a SessionId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a RequestId>,
+    source_ip: Option<IpAddr>,
+    outcome: Outcome,
+    reason: &'a str,
+    policy_ids: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_up: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_down: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capture_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[Retired]>::is_empty")]
+    retired: &'a [Retired],
+    prev_hash: &'a str,
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The chain (customer id or `_broker`).
+    pub chain: String,
+    /// Its sequence number in the chain.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+}
+
+/// Renders one record line (with trailing newline) and its hash.
+pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String, String) {
+    let body = Body {
+        seq,
+        time: time.to_owned(),
+        customer: ev.customer.as_ref(),
+        event: ev.event,
+        actor: ev.actor.as_deref(),
+        target: ev.target.as_deref(),
+        subject: ev.subject.as_ref(),
+        grant_id: ev.grant_id.as_ref(),
+        session_id: ev.session_id.as_ref(),
+        request_id: ev.request_id.as_ref(),
+        source_ip: ev.source_ip,
+        outcome: ev.outcome,
+        reason: &ev.reason,
+        policy_ids: &ev.policy_ids,
+        bytes_up: ev.bytes_up,
+        bytes_down: ev.bytes_down,
+        duration_ms: ev.duration_ms,
+        expires_at: ev.expires_at.as_deref(),
+        capture_sha256: ev.capture_sha256.as_deref(),
+        retired: &ev.retired,
+        prev_hash,
+    };
+    // Serializing a struct of strings, numbers and addresses cannot fail.
+    let json = serde_json::to_string(&body).unwrap_or_default();
+    let hash = hex::encode(Sha256::digest(json.as_bytes()));
+    let mut line = String::with_capacity(json.len() + 80);
+    line.push_str(&json[..json.len().saturating_sub(1)]);
+    line.push_str(",\"hash\":\"");
+    line.push_str(&hash);
+    line.push_str("\"}\n");
+    (line, hash)
+}
+
+/// Checks one line's hash and returns `(seq, prev_hash, hash)`.
+pub fn check_line(line: &str) -> Result<(u64, String, String), AuditError> {
+    let bad = |why: &str| AuditError::Record(why.to_owned());
+    let v: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| AuditError::Record(format!("not a JSON object: {e}")))?;
+    let hash = v["hash"]
+        .as_str()
+        .ok_or_else(|| bad("no `hash`"))?
+        .to_owned();
+    let prev = v["prev_hash"]
+        .as_str()
+        .ok_or_else(|| bad("no `prev_hash`"))?
+        .to_owned();
+    let seq = v["seq"].as_u64().ok_or_else(|| bad("no `seq`"))?;
+    let suffix = format!(",\"hash\":\"{hash}\"}}");
+    let body = line
+        .strip_suffix(&suffix)
+        .ok_or_else(|| bad("`hash` is not the last member"))?;
+    let computed = hex::encode(Sha256::digest(format!("{body}}}").as_bytes()));
+    if computed != hash {
+        return Err(AuditError::Record(format!(
+            "hash mismatch at seq {seq}: record was altered"
+        )));
+    }
+    Ok((seq, prev, hash))
+}
+
+/// A segment retired by retention, as its `segments_retired` record names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Retired {
+    /// The segment's file name (`2026-01-31.jsonl`).
+    pub segment: String,
+    /// Its first record's seq.
+    pub first_seq: u64,
+    /// Its last record's seq.
+    pub last_seq: u64,
+    /// Its last record's hash: the `prev_hash` of the record after it.
+    pub last_hash: String,
+}

@@ -1,0 +1,239 @@
+//! Configuration parsing and validation against real files: defaults, every refused value naming
+//! its field, line and fix, policies, webhooks and SIEM sinks.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/sallyport/sallyport.toml"), text)
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse("[server]\nlisten = \"127.0.0.1:8443\"\n").unwrap();
+    assert_eq!(c.data_dir, Path::new("/etc/sallyport/data"));
+    assert_eq!(c.grants.leeway, Duration::from_secs(30));
+    assert_eq!(c.public_address, "localhost:8443");
+    assert_eq!(c.trust_domain.as_str(), "sallyport.local");
+    assert_eq!(c.worker_threads, 0);
+}
+
+#[test]
+fn worker_threads_out_of_range_names_field_and_fix() {
+    let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nworker_threads = 5000\n").unwrap_err();
+    assert_eq!(err.field, "server.worker_threads");
+    assert!(err.fix.contains("1024"), "{}", err.fix);
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let err = parse("[server]\nlisten = \"127.0.0.1:8443\"\nlisten_port = 3\n").unwrap_err();
+    let s = err.to_string();
+    assert!(s.starts_with("/etc/sallyport/sallyport.toml:3:"), "{s}");
+    assert!(s.contains("listen_port"), "{s}");
+}
+
+#[test]
+fn limits_that_would_disable_a_protection_are_refused() {
+    let base = "[server]\nlisten = \"127.0.0.1:1\"\n";
+    let err = parse(&format!("{base}[grants]\nleeway_seconds = 86400\n")).unwrap_err();
+    assert_eq!(err.field, "grants.leeway_seconds");
+    let err = parse(&format!("{base}[limits]\nmax_connections = 0\n")).unwrap_err();
+    assert_eq!(err.field, "limits.max_connections");
+}
+
+#[test]
+fn bad_listen_names_field_and_fix() {
+    let err = parse("[server]\nlisten = \"localhost\"\n").unwrap_err();
+    assert_eq!(err.field, "server.listen");
+    assert_eq!(err.location, "/etc/sallyport/sallyport.toml:2");
+    assert!(err.fix.contains("IP:PORT"));
+}
+
+#[test]
+fn missing_policy_file_is_named() {
+    let err = parse(
+        "[server]\nlisten = \"127.0.0.1:1\"\n[[customers]]\nid = \"acme\"\npolicy = \"nope.cedar\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "customers[0].policy");
+    assert!(err.message.contains("/etc/sallyport/nope.cedar"), "{err}");
+    assert_eq!(err.location, "/etc/sallyport/sallyport.toml:5");
+}
+
+#[test]
+fn bad_customer_and_target_ids_are_refused() {
+    let err = parse(
+        "[server]\nlisten = \"127.0.0.1:1\"\n[[customers]]\nid = \"Acme Corp\"\npolicy = \"p\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "customers[0].id");
+    assert_eq!(err.location, "/etc/sallyport/sallyport.toml:4");
+}
+
+#[test]
+fn policy_and_target_errors_from_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("acme.cedar"),
+        "permit(principal, action, resource);\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("sallyport.toml");
+    let base = "[server]\nlisten = \"127.0.0.1:1\"\n[[customers]]\nid = \"acme\"\npolicy = \"acme.cedar\"\ntimezone = \"Europe/Berlin\"\n";
+    let ok = format!(
+        "{base}[[customers.targets]]\nid = \"db01\"\naddress = \"10.20.0.5:5432\"\ntags = [\"prod\"]\n"
+    );
+    let c = Config::parse(&cfg, &ok).unwrap();
+    let t = c.customer("acme").unwrap().target("db01").unwrap();
+    assert_eq!(t.port, 5432);
+    assert_eq!(t.protocol, "tcp");
+
+    let bad = format!("{base}[[customers.targets]]\nid = \"db01\"\naddress = \"10.20.0.5\"\n");
+    let err = Config::parse(&cfg, &bad).unwrap_err();
+    assert_eq!(err.field, "customers[0].targets[0].address");
+    assert!(
+        err.location.ends_with("sallyport.toml:9"),
+        "{}",
+        err.location
+    );
+
+    let tz = base.replace("Europe/Berlin", "Mars/Olympus");
+    let err = Config::parse(&cfg, &tz).unwrap_err();
+    assert_eq!(err.field, "customers[0].timezone");
+
+    std::fs::write(
+        dir.path().join("acme.cedar"),
+        "permit(principal, action, resource)\n",
+    )
+    .unwrap();
+    let err = Config::parse(&cfg, base).unwrap_err();
+    assert!(err.message.contains("acme.cedar:"), "{err}");
+}
+
+#[test]
+fn the_documented_example_uses_only_known_keys() {
+    let text = include_str!("../../deploy/sallyport.toml");
+    let file: crate::file::FileConfig = toml::from_str(text).unwrap();
+    assert_eq!(file.requests.pending_expiry_seconds, 86_400);
+    assert!(file.customers[0].webhook.is_some());
+}
+
+#[test]
+fn workflow_settings_annotations_and_webhooks_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sallyport.toml");
+    let base = "[server]\nlisten = \"127.0.0.1:1\"\n";
+    let err = Config::parse(
+        &cfg,
+        &format!("{base}[requests]\npending_expiry_seconds = 0\n"),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "requests.pending_expiry_seconds");
+    let err = Config::parse(&cfg, &format!("{base}[audit]\nretention_days = 40000\n")).unwrap_err();
+    assert_eq!(err.field, "audit.retention_days");
+    assert!(err.fix.contains("0 to keep every segment"), "{err}");
+    let kept = Config::parse(&cfg, &format!("{base}[audit]\nretention_days = 0\n")).unwrap();
+    assert_eq!(kept.audit.retention_days, None);
+    let default = Config::parse(&cfg, base).unwrap();
+    assert_eq!(default.audit.retention_days, Some(365));
+
+    let customer = format!("{base}[[customers]]\nid = \"acme\"\npolicy = \"acme.cedar\"\n");
+    let permit = "permit(principal, action, resource);\n";
+    for (annotation, needle) in [
+        ("@approvals(\"two\")", "@approvals(\"two\") is not 0 to 10"),
+        ("@max_minutes(\"9999\")", "is not 1 to 480"),
+    ] {
+        std::fs::write(
+            dir.path().join("acme.cedar"),
+            format!("{annotation}\n{permit}"),
+        )
+        .unwrap();
+        let err = Config::parse(&cfg, &customer).unwrap_err();
+        assert_eq!(err.field, "customers[0].policy");
+        assert!(err.message.contains(needle), "{err}");
+        assert!(err.message.contains("acme.cedar"), "{err}");
+    }
+    std::fs::write(
+        dir.path().join("acme.cedar"),
+        format!("@approvals(\"2\")\n{permit}"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("short"), "too short").unwrap();
+    std::fs::write(dir.path().join("secret"), "0123456789abcdef0123\n").unwrap();
+    let hook = |url: &str, secret: &str| {
+        format!("{customer}[customers.webhook]\nurl = \"{url}\"\nsecret_file = \"{secret}\"\n")
+    };
+    let err = Config::parse(&cfg, &hook("http://hooks.example.com/x", "secret")).unwrap_err();
+    assert_eq!(err.field, "customers[0].webhook.url");
+    assert!(err.location.ends_with(":7"), "{}", err.location);
+    let err = Config::parse(&cfg, &hook("https://hooks.example.com/x", "short")).unwrap_err();
+    assert_eq!(err.field, "customers[0].webhook.secret_file");
+    assert!(err.message.contains("shorter than 16 bytes"), "{err}");
+    let err = Config::parse(&cfg, &hook("https://hooks.example.com/x", "missing")).unwrap_err();
+    assert!(err.message.contains("cannot read"), "{err}");
+    let ok = Config::parse(&cfg, &hook("https://hooks.example.com/x", "secret")).unwrap();
+    let w = ok.customers[0].webhook.as_ref().unwrap();
+    assert_eq!((w.secret.len(), w.max_attempts), (20, 5));
+    assert!(
+        !format!("{ok:?}").contains("0123456789abcdef"),
+        "the secret leaks via Debug"
+    );
+}
+
+#[test]
+fn siem_sinks_are_checked_and_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("acme.cedar"), "").unwrap();
+    let cfg = dir.path().join("sallyport.toml");
+    let base = "[server]\nlisten = \"127.0.0.1:1\"\n[[customers]]\nid = \"acme\"\npolicy = \"acme.cedar\"\n[[customers.siem]]\n";
+    for (sink, field, needle) in [
+        (
+            "kind = \"kafka\"\n",
+            "customers[0].siem[0].kind",
+            "unknown sink kind `kafka`",
+        ),
+        (
+            "kind = \"syslog\"\n",
+            "customers[0].siem[0].address",
+            "needs `address`",
+        ),
+        (
+            "kind = \"syslog\"\naddress = \"siem\"\n",
+            "customers[0].siem[0].address",
+            "not HOST:PORT",
+        ),
+        (
+            "kind = \"https\"\n",
+            "customers[0].siem[0].url",
+            "needs `url`",
+        ),
+        (
+            "kind = \"https\"\nurl = \"http://siem.example/in\"\n",
+            "customers[0].siem[0].url",
+            "http",
+        ),
+        (
+            "kind = \"syslog-tls\"\naddress = \"siem:6514\"\nca = \"none.pem\"\n",
+            "customers[0].siem[0].ca",
+            "cannot read",
+        ),
+        (
+            "kind = \"https\"\nurl = \"https://siem.example/in\"\ntoken_file = \"none\"\n",
+            "customers[0].siem[0].token_file",
+            "cannot read",
+        ),
+    ] {
+        let err = Config::parse(&cfg, &format!("{base}{sink}")).unwrap_err();
+        assert_eq!(err.field, field, "{sink}: {err}");
+        assert!(err.message.contains(needle), "{sink}: {err}");
+    }
+    let ok = Config::parse(
+        &cfg,
+        &format!("{base}kind = \"syslog-tls\"\naddress = \"siem.example:6514\"\n"),
+    )
+    .unwrap();
+    assert_eq!(ok.customers[0].siem.len(), 1);
+}
