@@ -2,7 +2,10 @@
 //! `sallyport audit verify` on intact and tampered trails, the published key, and a torn tail left by
 //! a crash being quarantined at the next start, daily segments and retention, export, bundles and
 //! session captures.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on anything unexpected"
+)]
 
 use std::path::Path;
 use std::process::Command;
@@ -650,7 +653,7 @@ fn a_recorded_session_is_captured_covered_by_the_chain_and_extracted() {
 /// Writes `n` valid records per `(days ago, n)` into segments of those dates, as an older broker
 /// would have; returns the hashes by seq - 1.
 fn old_segments(data: &Path, days: &[(i64, u64)]) -> Vec<String> {
-    use sallyport_proxy::audit::{AuditEvent, EventKind, GENESIS, Outcome, render};
+    use sallyport_audit::{AuditEvent, EventKind, GENESIS, Outcome, render};
     let dir = data.join("audit/acme");
     std::fs::create_dir_all(&dir).unwrap();
     let today = jiff::Timestamp::now()
@@ -663,7 +666,7 @@ fn old_segments(data: &Path, days: &[(i64, u64)]) -> Vec<String> {
         for _ in 0..*n {
             seq += 1;
             let mut e = AuditEvent::new(EventKind::Decision, Outcome::Deny, "old traffic");
-            e.customer = Some("acme".into());
+            e.customer = Some("acme".parse().unwrap());
             let (line, hash) = render(&e, seq, &format!("{date}T12:00:00.000000Z"), &head);
             text.push_str(&line);
             hashes.push(hash.clone());

@@ -1,7 +1,11 @@
 //! The command line as a new user meets it: `init`, `certs issue`, `serve` on embedded defaults with its
 //! printed example session, invalid configs and policies (exit 64 naming file, line, field and fix),
 //! `--help`, and `/healthz`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a test fails loudly on anything unexpected"
+)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;

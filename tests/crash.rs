@@ -2,7 +2,10 @@
 //! moments, again and again. After each restart every acknowledged record (a tunnel whose client got
 //! its 200) is on disk and the whole trail verifies; the harness also proves that kills landed while
 //! records were in flight: written by that round, but never acknowledged to any client.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on anything unexpected"
+)]
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,12 +2,15 @@
 //! (RLIMIT_FSIZE, set on the running process with `prlimit`) fails closed: new tunnels get 503, live
 //! ones end, `sallyport_audit_failures_total` rises. When the limit is lifted the broker resumes by
 //! itself, and the trail still verifies.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::expect_used,
+    reason = "a test fails loudly on anything unexpected"
+)]
 
 use std::process::Command;
 use std::time::Duration;
 
-use sallyport_proxy::audit::{AuditEvent, EventKind, GENESIS, Outcome, render};
+use sallyport_audit::{AuditEvent, EventKind, GENESIS, Outcome, render};
 use sallyport_testkit::{Broker, Setup, connect, connector, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,7 +33,7 @@ async fn a_full_disk_fails_closed_and_the_broker_resumes_by_itself() {
     let mut prev = GENESIS.to_owned();
     for seq in 1..=4000 {
         let mut e = AuditEvent::new(EventKind::Decision, Outcome::Deny, "earlier traffic");
-        e.customer = Some("acme".into());
+        e.customer = Some("acme".parse().unwrap());
         let (line, hash) = render(&e, seq, "2026-01-01T00:00:00.000000Z", &prev);
         text.push_str(&line);
         prev = hash;

@@ -1,6 +1,9 @@
 //! Every way a tunnel is refused: each case gets its status and an audit record, and no byte reaches
 //! the target. Real broker binary, real TLS on loopback, certificates from our own PKI code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on anything unexpected"
+)]
 
 use std::time::{Duration, SystemTime};
 

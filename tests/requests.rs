@@ -2,7 +2,12 @@
 //! SQLite file: request -> approve -> connect -> revoke through the CLI, quorums, self-approval,
 //! tenant walls, denial, expiry of grants and of pending requests, a kill -9 between approval and
 //! grant fetch, signed webhooks (and a dead receiver), bad input and rate limits.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails loudly on anything unexpected"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,7 +1,12 @@
 //! SIEM forwarding to a real syslog receiver from Debian (rsyslog, started by the test): every record
 //! arrives in order; with the receiver stopped mid-stream records wait on disk, and after it restarts
 //! nothing is missing.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails loudly on anything unexpected"
+)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -106,7 +111,7 @@ fn received(out: &Path) -> Vec<u64> {
         .filter(|l| !l.trim().is_empty() && !l.contains("\"sig\":"))
         .map(|l| {
             let (seq, _, _) =
-                sallyport_proxy::audit::check_line(l.trim()).unwrap_or_else(|e| panic!("{e}: {l}"));
+                sallyport_audit::check_line(l.trim()).unwrap_or_else(|e| panic!("{e}: {l}"));
             seq
         })
         .collect()
@@ -296,7 +301,7 @@ async fn an_https_sink_gets_json_lines_with_its_bearer_token() {
     let (token, _) = s.break_glass(30);
     let b = Broker::start(&s);
     tunnels(&s, b.addr, port, &token, 1).await;
-    let key = sallyport_proxy::audit::checkpoint::read_public_key(
+    let key = sallyport_audit::checkpoint::read_public_key(
         s.root.join("data/audit/audit-key.pub").to_str().unwrap(),
     )
     .unwrap();
@@ -307,14 +312,14 @@ async fn an_https_sink_gets_json_lines_with_its_bearer_token() {
         assert_eq!(auth, "Bearer t0ken-for-the-intake");
         for l in body.lines() {
             if l.contains("\"sig\":") {
-                let cp = sallyport_proxy::audit::checkpoint::check(l, Some(&key)).unwrap();
+                let cp = sallyport_audit::checkpoint::check(l, Some(&key)).unwrap();
                 assert!(
                     seqs.contains(&cp.seq),
                     "a checkpoint came before its record"
                 );
                 signed.insert(cp.seq);
             } else {
-                seqs.insert(sallyport_proxy::audit::check_line(l).unwrap().0);
+                seqs.insert(sallyport_audit::check_line(l).unwrap().0);
             }
         }
     }

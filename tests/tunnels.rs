@@ -1,6 +1,9 @@
 //! Granted sessions end to end: `sallyport grant` + `sallyport connect` relay bytes exactly, tunnels are
 //! cut at the grant's expiry and at shutdown, and the audit chain recomputes from the records.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on anything unexpected"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};

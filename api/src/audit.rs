@@ -3,15 +3,14 @@
 //! `_broker`). Records come back as written, oldest first, at most `limit` (default 1000, at most
 //! 10000) per call; page on with `after_seq`.
 
-use std::sync::Arc;
-
 use hyper::{Response, StatusCode};
+use sallyport_audit::query::{Filter, parse_time, read};
+use sallyport_gateway::{Body, Conn};
 use sallyport_ids::Principal;
 use serde::Deserialize;
 
-use super::{error, ok, query};
-use crate::audit::query::{Filter, parse_time, read};
-use crate::broker::{Body, Broker, Conn};
+use crate::input::query;
+use crate::{Api, ApiError, ok};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,62 +25,49 @@ struct AuditQuery {
 }
 
 /// `GET /v1/audit`.
-pub async fn list(b: &Arc<Broker>, conn: &Conn, q: Option<&str>) -> Response<Body> {
-    let q: AuditQuery = match query(q) {
-        Ok(q) => q,
-        Err(resp) => return resp,
-    };
+pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let q: AuditQuery = query(q)?;
     let customer = match (conn.peer.id.principal(), q.customer) {
         (Principal::Approver { customer, .. } | Principal::Auditor { customer, .. }, asked) => {
             let mine = customer.to_string();
             if asked.as_ref().is_some_and(|a| *a != mine) {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    &format!("you can only read the audit trail of customer `{mine}`"),
-                );
+                return Err(ApiError::forbidden(format!(
+                    "you can only read the audit trail of customer `{mine}`"
+                )));
             }
             mine
         }
         (Principal::Admin { .. }, Some(c)) => c,
         (Principal::Admin { .. }, None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
+            return Err(ApiError::bad(
                 "bad_query",
                 "name the chain to read: `customer=<id>` (or `_broker`)",
-            );
+            ));
         }
         (Principal::Technician { .. }, _) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+            return Err(ApiError::forbidden(
                 "the audit trail is for the customer's auditors and approvers, and provider admins",
-            );
+            ));
         }
     };
-    if customer != crate::audit::BROKER_CHAIN && b.cfg.customer(&customer).is_none() {
-        return error(
+    if customer != sallyport_audit::BROKER_CHAIN && api.config.customer(&customer).is_none() {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            &format!("no customer `{customer}`"),
-        );
+            format!("no customer `{customer}`"),
+        ));
     }
-    let time = |name: &str, v: Option<String>| match v.as_deref().map(parse_time) {
-        None => Ok(None),
-        Some(Ok(t)) => Ok(Some(t)),
-        Some(Err(e)) => Err(error(StatusCode::BAD_REQUEST, &format!("bad_{name}"), &e)),
+    let time = |name: &str, v: Option<String>| {
+        v.as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(|e| ApiError::bad(format!("bad_{name}"), e.to_string()))
     };
-    let (since, until) = match (time("since", q.since), time("until", q.until)) {
-        (Ok(s), Ok(u)) => (s, u),
-        (Err(resp), _) | (_, Err(resp)) => return resp,
-    };
+    let since = time("since", q.since)?;
+    let until = time("until", q.until)?;
     let limit = q.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_limit",
-            "`limit` must be 1 to 10000",
-        );
+        return Err(ApiError::bad("bad_limit", "`limit` must be 1 to 10000"));
     }
     let filter = Filter {
         since,
@@ -90,33 +76,25 @@ pub async fn list(b: &Arc<Broker>, conn: &Conn, q: Option<&str>) -> Response<Bod
         technician: q.technician,
         after_seq: q.after_seq,
     };
-    let path = crate::audit::segment::chain_dir(&b.cfg.data_dir.join("audit"), &customer);
-    let found = tokio::task::spawn_blocking(move || read(&path, &filter, limit)).await;
-    let (lines, more) = match found {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "reading the audit trail failed");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the audit trail could not be read",
-            );
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "audit reader failed");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the audit trail could not be read",
-            );
-        }
+    let path = sallyport_audit::segment::chain_dir(&api.config.data_dir.join("audit"), &customer);
+    let unreadable = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "reading the audit trail failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit trail could not be read",
+        )
     };
+    let (lines, more) = tokio::task::spawn_blocking(move || read(&path, &filter, limit))
+        .await
+        .map_err(|e| unreadable(&e))?
+        .map_err(|e| unreadable(&e))?;
     let records: Vec<serde_json::Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let next = records.last().and_then(|r| r["seq"].as_u64());
-    ok(
+    Ok(ok(
         StatusCode::OK,
         serde_json::json!({
             "customer": customer,
@@ -124,5 +102,5 @@ pub async fn list(b: &Arc<Broker>, conn: &Conn, q: Option<&str>) -> Response<Bod
             "more": more,
             "next_after_seq": if more { next } else { None },
         }),
-    )
+    ))
 }

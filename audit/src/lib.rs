@@ -50,7 +50,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const BROKER_CHAIN: &str = "_broker";
 
 /// Everything that can go wrong with the trail and its evidence.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditError {
     /// Writing, syncing or reading a file failed.
     #[error("audit file {path}: {message}")]

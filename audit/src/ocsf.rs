@@ -449,7 +449,6 @@ fn target_endpoint(r: &Record<'_>) -> Option<Value> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

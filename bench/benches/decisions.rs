@@ -3,7 +3,12 @@
 //! 100 policies each, the request built with the typed API. `bench/run` runs them; by hand:
 //! `cargo bench -p sallyport-bench --features micro`.
 // A benchmark has nowhere to report a broken fixture but a panic.
-#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+#![expect(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    missing_docs,
+    reason = "a benchmark fails loudly on anything unexpected; criterion generates its entry points"
+)]
 
 use std::hint::black_box;
 

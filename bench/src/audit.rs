@@ -9,25 +9,26 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sallyport_audit::{AuditEvent, AuditLog, Checkpoints, EventKind, Outcome};
 use sallyport_certs::signing::Ed25519Signer;
-use sallyport_proxy::audit::{AuditEvent, AuditLog, Checkpoints, EventKind, Outcome};
+use sallyport_ids::CustomerId;
 use serde_json::{Value, json};
 
 use crate::load::Window;
 
-fn record(i: usize, chain: &str) -> AuditEvent {
+fn record(i: usize, chain: &CustomerId) -> AuditEvent {
     let mut ev = AuditEvent::new(
         EventKind::Decision,
         Outcome::Allow,
         "permitted by policy `support-any-time`",
     );
-    ev.customer = Some(chain.to_owned());
+    ev.customer = Some(chain.clone());
     ev.actor = Some(format!(
         "spiffe://sallyport.local/technician/northwind/tech{i}"
     ));
     ev.target = Some("db01".into());
-    ev.grant_id = Some("g-2f0c8e5b7d9a4c1e8f3b6a0d2c4e6f80".into());
-    ev.session_id = Some(format!("s-{i:032x}"));
+    ev.grant_id = "g-2f0c8e5b7d9a4c1e8f3b6a0d2c4e6f80".parse().ok();
+    ev.session_id = format!("s-{i:032x}").parse().ok();
     ev.source_ip = Some(std::net::IpAddr::from([10, 1, 2, 3]));
     ev.policy_ids = vec!["support-any-time".into()];
     ev.expires_at = Some("2030-01-01T00:00:00Z".into());
@@ -51,7 +52,7 @@ pub async fn run(
         signer: Arc::new(Ed25519Signer::from_pkcs8_pem(&key)?),
         every_records: 1000,
         every: Duration::from_secs(60),
-        quiet: sallyport_proxy::audit::checkpoint::QUIET,
+        quiet: sallyport_audit::checkpoint::QUIET,
     };
     let (log, writer) = AuditLog::open(dir, &refs, Some(checkpoints))?;
     let done = Arc::new(AtomicU64::new(0));
@@ -60,7 +61,7 @@ pub async fn run(
     let mut tasks = Vec::new();
     for i in 0..writers.max(1) {
         let (log, done, failed, stop) = (log.clone(), done.clone(), failed.clone(), stop.clone());
-        let chain = names[i % names.len()].clone();
+        let chain: CustomerId = names[i % names.len()].parse()?;
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match log.append(record(i, &chain)).await {
@@ -82,8 +83,8 @@ pub async fn run(
     tokio::task::spawn_blocking(move || writer.join()).await?;
     let total: u64 = names
         .iter()
-        .map(|n| sallyport_proxy::audit::verify_chain(dir, n))
-        .collect::<Result<Vec<u64>, String>>()
+        .map(|n| sallyport_audit::verify_chain(dir, n))
+        .collect::<Result<Vec<u64>, _>>()
         .map_err(|e| anyhow::anyhow!("the trail does not verify: {e}"))?
         .iter()
         .sum();

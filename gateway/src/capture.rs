@@ -1,26 +1,23 @@
-//! Session capture, opt-in per target (`record = true`): both directions' bytes, with timestamps, go
-//! to `<data_dir>/captures/<customer>/<session>.cap`. The file's SHA-256 goes into the session's
-//! `tunnel_close` record, so the audit chain covers it; `sallyport audit capture` checks it against
-//! that record and extracts it.
-//!
-//! File format: one header line `SALLYPORT-CAPTURE/1 {json}\n` (session, customer, target, technician,
-//! opened), then frames: 1 byte direction (`0` technician -> target, `1` target -> technician), 8 bytes
-//! big-endian microseconds since the tunnel opened, 4 bytes big-endian length, the bytes.
+//! Session capture while a tunnel runs, opt-in per target (`record = true`): both directions' bytes,
+//! with timestamps, go to `<data_dir>/captures/<customer>/<session>.cap` in the format of the audit
+//! crate's `capture` module (which also checks a capture against the trail and reads it back). The
+//! file's SHA-256 goes into the session's `tunnel_close` record, so the audit chain covers it.
 //!
 //! Capture is fail-closed and lossless: a capture that cannot be created refuses the tunnel, one that
 //! cannot be written ends it, and one that falls behind slows the tunnel down (bytes are delivered
 //! only once the capture has room for them).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use sallyport_audit::capture::{FRAME_HEAD, frame_head, header_line};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The header line's magic.
-pub const MAGIC: &str = "SALLYPORT-CAPTURE/1";
+pub use sallyport_audit::capture::path_of;
+
 /// Frames waiting for the writer; past it the tunnel waits (at most about 64 x 8 KiB per session).
 const QUEUE: usize = 64;
 
@@ -56,14 +53,6 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Where a session's capture lives.
-pub fn path_of(data_dir: &Path, customer: &str, session: &str) -> PathBuf {
-    data_dir
-        .join("captures")
-        .join(customer)
-        .join(format!("{session}.cap"))
-}
-
 impl Capture {
     /// Creates the file (never overwriting one) and starts its writer.
     pub fn start(
@@ -81,7 +70,7 @@ impl Capture {
             .create_new(true)
             .open(&path)?;
         let mut hasher = Sha256::new();
-        let head = format!("{MAGIC} {header}\n");
+        let head = header_line(header);
         file.write_all(head.as_bytes())?;
         hasher.update(head.as_bytes());
         let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
@@ -92,15 +81,12 @@ impl Capture {
             let mut bytes = head.len() as u64;
             let result = (|| {
                 while let Some(f) = rx.blocking_recv() {
-                    let mut head = [0u8; 13];
-                    head[0] = u8::from(!f.up);
-                    head[1..9].copy_from_slice(&f.micros.to_be_bytes());
-                    head[9..13].copy_from_slice(&(f.data.len() as u32).to_be_bytes());
+                    let head = frame_head(f.up, f.micros, f.data.len() as u32);
                     out.write_all(&head)?;
                     out.write_all(&f.data)?;
                     hasher.update(head);
                     hasher.update(&f.data);
-                    bytes += 13 + f.data.len() as u64;
+                    bytes += (FRAME_HEAD + f.data.len()) as u64;
                 }
                 out.flush()?;
                 out.get_ref().sync_all()?;
@@ -187,53 +173,10 @@ impl CaptureSink {
     }
 }
 
-/// One frame read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Read {
-    /// Technician -> target.
-    pub up: bool,
-    /// Microseconds since the tunnel opened.
-    pub micros: u64,
-    /// The bytes.
-    pub data: Vec<u8>,
-}
-
-/// Parses a capture file: its header and frames.
-pub fn parse(bytes: &[u8]) -> Result<(serde_json::Value, Vec<Read>), String> {
-    let nl = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or("no header line")?;
-    let head = std::str::from_utf8(&bytes[..nl]).map_err(|e| e.to_string())?;
-    let json = head
-        .strip_prefix(MAGIC)
-        .ok_or("not a Sallyport capture")?
-        .trim();
-    let header: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    let mut frames = Vec::new();
-    let mut rest = &bytes[nl + 1..];
-    while !rest.is_empty() {
-        if rest.len() < 13 {
-            return Err("a frame is cut short".into());
-        }
-        let micros = u64::from_be_bytes(rest[1..9].try_into().map_err(|_| "bad frame")?);
-        let len = u32::from_be_bytes(rest[9..13].try_into().map_err(|_| "bad frame")?) as usize;
-        if rest.len() < 13 + len {
-            return Err("a frame is cut short".into());
-        }
-        frames.push(Read {
-            up: rest[0] == 0,
-            micros,
-            data: rest[13..13 + len].to_vec(),
-        });
-        rest = &rest[13 + len..];
-    }
-    Ok((header, frames))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sallyport_audit::capture::parse;
 
     #[tokio::test]
     async fn a_capture_round_trips_and_hashes_its_file() {

@@ -1,1 +1,45 @@
-//! stub
+//! The data plane: the mTLS [`listener`] (handshake under a timeout, the peer identified from its
+//! certificate, failed handshakes limited by [`limiter`]), the CONNECT path ([`tunnel`], with every
+//! check before a tunnel in the pure [`decide`]), the [`relay`] of bytes both ways until expiry,
+//! revocation or shutdown, the registry of [`live`] tunnels (which the workflow ends through its
+//! `LiveTunnels` trait), session [`capture`], and the [`watch`] that ends tunnels when the trail
+//! fails.
+//!
+//! The listener takes a handler and knows no routes; the binary's assembly routes CONNECT here and
+//! everything else to the API. This crate never depends on the API.
+
+#[cfg(feature = "bench-insecure")]
+pub mod bench_insecure;
+pub mod capture;
+pub mod decide;
+pub mod limiter;
+pub mod listener;
+pub mod live;
+pub mod relay;
+pub mod tunnel;
+pub mod watch;
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use sallyport_certs::identity::PeerIdentity;
+use tokio::sync::OwnedSemaphorePermit;
+
+pub use listener::Listener;
+pub use live::LiveSessions;
+pub use tunnel::{Tunnels, TunnelsParts};
+
+/// Response body type of everything served on the listener.
+pub type Body = Full<Bytes>;
+
+/// A connection's authenticated peer.
+#[derive(Debug)]
+pub struct Conn {
+    /// Who, from the client certificate.
+    pub peer: PeerIdentity,
+    /// From where.
+    pub ip: IpAddr,
+    /// The connection's slot under `limits.max_connections`; a tunnel keeps it until it closes.
+    pub permit: OwnedSemaphorePermit,
+}

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sallyport_ids::{GrantId, SessionId};
+use sallyport_store::{SessionChange, SessionRecord, Store};
+use sallyport_workflow::{BoxFuture, LiveTunnels};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-use crate::store::{SessionChange, SessionRecord, Store};
 
 /// Session changes waiting for the recorder; past this, changes are dropped with a warning (the audit
 /// trail still has them).
@@ -88,7 +89,7 @@ impl std::hash::Hash for ById {
 
 impl std::borrow::Borrow<str> for ById {
     fn borrow(&self) -> &str {
-        &self.0.record.id
+        self.0.record.id.as_str()
     }
 }
 
@@ -100,6 +101,10 @@ pub struct LiveSessions {
 }
 
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "changes are the hot path and flushes are rare: no allocation per change just to shrink flushes"
+)]
 enum Msg {
     Change(SessionChange),
     /// Answered once everything queued before it is written.
@@ -124,14 +129,10 @@ impl Registration {
 
     /// Queues the close of the session row.
     pub fn closed(&self, at: i64, reason: &str) {
-        let s = self.session.snapshot();
-        self.registry.record(SessionChange::Close {
-            id: s.id,
-            at,
-            bytes_up: s.bytes_up,
-            bytes_down: s.bytes_down,
-            reason: reason.to_owned(),
-        });
+        let mut s = self.session.snapshot();
+        s.closed_at = Some(at);
+        s.close_reason = Some(reason.to_owned());
+        self.registry.record(SessionChange::Close(s));
     }
 }
 
@@ -201,10 +202,10 @@ impl LiveSessions {
     }
 
     /// Ends every tunnel of grant `gid`; returns how many.
-    pub fn end_grant(&self, gid: &str, cause: &str) -> usize {
+    pub fn end_grant(&self, gid: &GrantId, cause: &str) -> usize {
         let live = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
         live.iter()
-            .filter(|s| s.0.record.grant_id == gid)
+            .filter(|s| s.0.record.grant_id == *gid)
             .map(|s| s.0.end(cause))
             .count()
     }
@@ -216,11 +217,11 @@ impl LiveSessions {
     }
 
     /// The live session `id` (open or about to open).
-    pub fn get(&self, id: &str) -> Option<Arc<LiveSession>> {
+    pub fn get(&self, id: &SessionId) -> Option<Arc<LiveSession>> {
         self.by_id
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(id)
+            .get(id.as_str())
             .map(|s| s.0.clone())
     }
 
@@ -233,6 +234,28 @@ impl LiveSessions {
             .filter(|s| s.0.open.load(Ordering::Acquire))
             .map(|s| s.0.snapshot())
             .collect()
+    }
+}
+
+impl LiveTunnels for LiveSessions {
+    fn snapshot(&self) -> Vec<SessionRecord> {
+        LiveSessions::snapshot(self)
+    }
+
+    fn get(&self, id: &SessionId) -> Option<SessionRecord> {
+        LiveSessions::get(self, id).map(|s| s.snapshot())
+    }
+
+    fn end(&self, id: &SessionId, cause: &str) -> bool {
+        LiveSessions::get(self, id).map(|s| s.end(cause)).is_some()
+    }
+
+    fn end_grant(&self, gid: &GrantId, cause: &str) -> usize {
+        LiveSessions::end_grant(self, gid, cause)
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(LiveSessions::flush(self))
     }
 }
 
@@ -327,16 +350,23 @@ async fn recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::SqliteStore;
+    use sallyport_store::sqlite::SqliteStore;
 
-    fn record(id: &str, gid: &str) -> SessionRecord {
+    fn id<T: std::str::FromStr>(s: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        s.parse().unwrap()
+    }
+
+    fn record(sid: &str, gid: &str) -> SessionRecord {
         SessionRecord {
-            id: id.into(),
-            grant_id: gid.into(),
-            customer: "acme".into(),
-            target: "web".into(),
-            technician: "spiffe://sallyport.local/technician/northwind/alice".into(),
-            source_ip: "127.0.0.1".into(),
+            id: id(sid),
+            grant_id: id(gid),
+            customer: id("acme"),
+            target: id("web"),
+            technician: id("spiffe://sallyport.local/technician/northwind/alice"),
+            source_ip: id("127.0.0.1"),
             opened_at: 1_000,
             closed_at: None,
             bytes_up: 0,
@@ -361,20 +391,23 @@ mod tests {
         c.opened();
         a.session.counters.up.store(5, Ordering::Relaxed);
         assert_eq!(live.snapshot().len(), 2);
-        assert_eq!(live.end_grant("g1", "grant revoked"), 2);
-        live.end_grant("g1", "later cause");
+        assert_eq!(live.end_grant(&id("g1"), "grant revoked"), 2);
+        live.end_grant(&id("g1"), "later cause");
         assert!(a.session.stop.is_cancelled() && b.session.stop.is_cancelled());
         assert_eq!(a.session.cause().as_deref(), Some("grant revoked"));
         assert!(!c.session.stop.is_cancelled());
         a.closed(1_010, "grant revoked");
         drop((a, b));
-        assert!(live.get("s1").is_none() && live.get("s2").is_none());
-        assert!(live.get("s3").is_some());
+        assert!(live.get(&id("s1")).is_none() && live.get(&id("s2")).is_none());
+        assert!(live.get(&id("s3")).is_some());
         drop(c);
         live.flush().await;
-        let s1 = store.session("s1").unwrap();
+        let s1 = store.session(&id("s1")).unwrap();
         assert_eq!((s1.closed_at, s1.bytes_up), (Some(1_010), 5));
-        assert_eq!(store.session("s3").unwrap().closed_at, None);
-        assert!(store.session("s2").is_err(), "never opened, never recorded");
+        assert_eq!(store.session(&id("s3")).unwrap().closed_at, None);
+        assert!(
+            store.session(&id("s2")).is_err(),
+            "never opened, never recorded"
+        );
     }
 }

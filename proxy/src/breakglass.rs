@@ -3,18 +3,25 @@
 //! the token is printed. If the record cannot be written, no token is printed.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, anyhow, bail};
-use rustls::server::WebPkiClientVerifier;
+use anyhow::{Context, anyhow};
 use rustls_pki_types::UnixTime;
+use sallyport_audit::{AuditEvent, AuditLog, EventKind, Outcome};
 use sallyport_certs::grant::GrantSpec;
 use sallyport_certs::identity::PeerIdentity;
-use sallyport_ids::Role;
+use sallyport_config::Config;
+use sallyport_ids::time::rfc3339;
+use sallyport_ids::{GrantId, Role};
+use sallyport_store::GrantRecord;
 
-use crate::audit::{AuditEvent, AuditLog, EventKind, Outcome};
-use crate::config::Config;
+use crate::cli::Failure;
+
+macro_rules! fail {
+    ($($arg:tt)*) => {
+        return Err(Failure::Other(anyhow!($($arg)*)))
+    };
+}
 
 /// What to mint.
 #[derive(Debug, Clone)]
@@ -32,7 +39,7 @@ pub struct BreakGlass<'a> {
 }
 
 /// Mints a grant and returns the token after its audit record is durable.
-pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
+pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> Result<String, Failure> {
     let customer = cfg.customer(req.customer).ok_or_else(|| {
         anyhow!(
             "unknown customer `{}` in {}; configured: {}",
@@ -59,7 +66,7 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
         )
     })?;
     if req.minutes == 0 || req.minutes > cfg.grants.max_minutes {
-        bail!(
+        fail!(
             "--minutes {} is out of range: use 1 to {} (grants.max_minutes in {})",
             req.minutes,
             cfg.grants.max_minutes,
@@ -69,43 +76,43 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
     let name = req.technician_cert.display().to_string();
     let pem = std::fs::read_to_string(req.technician_cert)
         .with_context(|| format!("reading the technician certificate {name}"))?;
-    let certs = sallyport_certs::tls::certs_from_pem(&pem, &name)?;
+    let certs = sallyport_certs::tls::certs_from_pem(&pem, &name).map_err(anyhow::Error::from)?;
     let Some(leaf) = certs.first() else {
-        bail!("{name}: no certificate");
+        fail!("{name}: no certificate");
     };
     // The certificate must be one this broker's CA issued and still valid.
     let ca_pem = std::fs::read_to_string(&cfg.tls.ca)
         .with_context(|| format!("reading the CA certificate {}", cfg.tls.ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in sallyport_certs::tls::certs_from_pem(&ca_pem, &cfg.tls.ca.display().to_string())? {
-        roots.add(c)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+        sallyport_certs::tls::client_verifier(&ca_pem, &cfg.tls.ca.display().to_string())
+            .map_err(anyhow::Error::from)?;
     verifier
         .verify_client_cert(leaf, &certs[1..], UnixTime::now())
         .map_err(|e| anyhow!("{name}: not a valid certificate of this broker's CA: {e}"))?;
-    let peer = PeerIdentity::from_der(leaf, &cfg.trust_domain)?;
+    let peer = PeerIdentity::from_der(leaf, &cfg.trust_domain).map_err(anyhow::Error::from)?;
     if peer.id.role() != Role::Technician {
-        bail!("{name}: `{}` is not a technician", peer.id);
+        fail!("{name}: `{}` is not a technician", peer.id);
     }
-    let signer = crate::broker::load_signer(cfg)?;
+    let signer = cfg.grant_signer()?;
     let now = SystemTime::now();
     // A grant never outlives the certificate it is bound to.
     let expires = (now + Duration::from_secs(u64::from(req.minutes) * 60)).min(peer.not_after);
-    let gid = format!("g-{}", uuid::Uuid::new_v4().simple());
+    let gid = GrantId::mint();
     let spec = GrantSpec {
         sub: peer.id.clone(),
         customer: customer.id.clone(),
         target: target.id.clone(),
         port: target.port,
-        gid: gid.parse()?,
+        gid: gid.clone(),
         not_before: now,
         expires_at: expires,
         cert_thumbprint: peer.thumbprint,
     };
-    let (token, claims) = signer.mint(&spec)?;
+    let (token, claims) = signer.mint(&spec).map_err(anyhow::Error::from)?;
+    let (nbf, exp) = (
+        i64::try_from(claims.nbf).unwrap_or(i64::MAX),
+        i64::try_from(claims.exp).unwrap_or(i64::MAX),
+    );
     let mut ev = AuditEvent::new(
         EventKind::GrantMinted,
         Outcome::Success,
@@ -114,24 +121,22 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
             req.minutes
         ),
     );
-    ev.customer = Some(customer.id.to_string());
+    ev.customer = Some(customer.id.clone());
     ev.actor = Some(req.operator.clone());
     ev.target = Some(target.id.to_string());
-    ev.subject = Some(claims.sub.to_string());
+    ev.subject = Some(claims.sub.clone());
     ev.grant_id = Some(gid);
-    ev.expires_at = jiff::Timestamp::from_second(claims.exp as i64)
-        .ok()
-        .map(|t| t.to_string());
+    ev.expires_at = Some(rfc3339(exp));
     // Recorded in the store so that it can be revoked like any other grant.
-    crate::broker::open_store(cfg)?
-        .record_grant(&crate::store::GrantRecord {
-            id: claims.gid.to_string(),
+    crate::assembly::open_store(cfg)?
+        .record_grant(&GrantRecord {
+            id: claims.gid.clone(),
             request_id: None,
-            customer: customer.id.to_string(),
-            target: target.id.to_string(),
-            technician: claims.sub.to_string(),
-            not_before: claims.nbf as i64,
-            expires_at: claims.exp as i64,
+            customer: customer.id.clone(),
+            target: target.id.clone(),
+            technician: claims.sub.clone(),
+            not_before: nbf,
+            expires_at: exp,
             revoked: None,
             // The token is printed only after its record is durable.
             audited: true,
@@ -140,7 +145,7 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> anyhow::Result<String> {
     let (log, writer) = AuditLog::open(
         &cfg.data_dir.join("audit"),
         &[customer.id.as_str()],
-        Some(crate::broker::load_checkpoints(cfg)?),
+        Some(crate::assembly::checkpoints(cfg)?),
     )
     .context("opening the audit trail")?;
     let appended = log.append_blocking(ev);

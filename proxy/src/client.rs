@@ -43,15 +43,11 @@ impl BrokerClient {
         let server_name = ServerName::try_from(host.to_owned())
             .map_err(|e| anyhow!("broker host `{host}`: {e}"))?;
         let (ca_n, cert_n, key_n) = identity.pem_files();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client = sallyport_certs::tls::client_config(
-            provider,
-            PemFiles {
-                ca: (&identity.ca_pem, &ca_n),
-                cert: (&identity.cert_pem, &cert_n),
-                key: (&identity.key_pem, &key_n),
-            },
-        )?;
+        let client = sallyport_certs::tls::client_config(PemFiles {
+            ca: (&identity.ca_pem, &ca_n),
+            cert: (&identity.cert_pem, &cert_n),
+            key: (&identity.key_pem, &key_n),
+        })?;
         Ok(Self {
             connector: TlsConnector::from(Arc::new(client)),
             broker,

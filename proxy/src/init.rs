@@ -10,7 +10,7 @@ use sallyport_certs::identity_dir::{IdentityDir, write_file};
 use sallyport_certs::pki::{CertificateAuthority, Validity};
 use sallyport_ids::{GroupName, Principal, SpiffeId, TrustDomain};
 
-use crate::config::Config;
+use sallyport_config::Config;
 
 /// Default trust domain of a new PKI.
 pub const TRUST_DOMAIN: &str = "sallyport.local";

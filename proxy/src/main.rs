@@ -1,5 +1,17 @@
-//! The `sallyport` binary: parse the command line and hand over to [`sallyport_proxy::cli`].
+//! The `sallyport` binary: the command line ([`cli`]) and the assembly of a running broker
+//! ([`assembly`]), with the pieces only the binary needs: `init` ([`init`]), break-glass grants
+//! ([`breakglass`]), the technician's local forwarder and broker client ([`forwarder`], [`client`]),
+//! and the demo target ([`demo`]). Everything a broker does lives in the library crates: `gateway`
+//! (data plane), `api`, `workflow`, `notify`, `audit`, `store`, `config`, `policy`, `certs`, `ids`.
+
+mod assembly;
+mod breakglass;
+mod cli;
+mod client;
+mod demo;
+mod forwarder;
+mod init;
 
 fn main() -> std::process::ExitCode {
-    sallyport_proxy::cli::main()
+    cli::main()
 }

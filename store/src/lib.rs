@@ -243,7 +243,7 @@ pub enum Approval {
         missing: u32,
     },
     /// The quorum is reached: the request is approved and this grant was created.
-    Granted(GrantRecord),
+    Granted(Box<GrantRecord>),
 }
 
 /// Durable workflow state. Each method is one atomic transition.
@@ -266,13 +266,14 @@ pub trait Store: Send + Sync {
         status: Option<RequestStatus>,
     ) -> Result<Vec<RequestRecord>, StoreError>;
     /// Records one approval of a pending request that has not expired by `now`; when that completes
-    /// the quorum, approves the request and creates `grant`.
+    /// the quorum, approves the request and creates the grant `issue` makes of it (the workflow's
+    /// window; an `Err` from it undoes the whole approval).
     fn approve(
         &self,
         id: &RequestId,
         approver: &SpiffeId,
         comment: Option<&str>,
-        grant: &NewGrant,
+        issue: &dyn Fn(&NewRequest) -> Result<NewGrant, StoreError>,
         now: i64,
     ) -> Result<Approval, StoreError>;
     /// Denies a pending request that has not expired by `now`.

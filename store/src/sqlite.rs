@@ -476,7 +476,7 @@ impl Store for SqliteStore {
         id: &RequestId,
         approver: &SpiffeId,
         comment: Option<&str>,
-        grant: &NewGrant,
+        issue_grant: &dyn Fn(&NewRequest) -> Result<NewGrant, StoreError>,
         now: i64,
     ) -> Result<Approval, StoreError> {
         self.tx(|tx| {
@@ -494,7 +494,10 @@ impl Store for SqliteStore {
             .map_err(backend)?;
             let have = rec.approvals.len() as u32 + 1;
             if have >= rec.filed.approvals_required {
-                Ok(Approval::Granted(issue(tx, &rec.filed, grant, now)?))
+                let grant = issue_grant(&rec.filed)?;
+                Ok(Approval::Granted(Box::new(issue(
+                    tx, &rec.filed, &grant, now,
+                )?)))
             } else {
                 Ok(Approval::Recorded {
                     missing: rec.filed.approvals_required - have,

@@ -1,1 +1,145 @@
-//! stub
+//! The rules of just-in-time access, in one place: filing a request, the customer's approvers
+//! approving or denying it under the customer's policy, expiry, handing out the grant, revocation and
+//! ending sessions. HTTP handlers and console pages parse, call these, and render; the store keeps each
+//! transition atomic; nothing here knows HTTP.
+//!
+//! One rule runs through all of it: **on the trail before it takes effect.** Every action writes its
+//! audit record (through [`Context::record`]) before its effect is visible: a filing is recorded
+//! before it is stored, a grant is handed out only once its approval record is durable, a revocation
+//! is recorded before the tunnels it cuts record their closes. When the trail cannot take the record,
+//! the action is refused with [`WorkflowError::AuditUnavailable`]; only actions that end access (a
+//! revocation, ending a session) still take effect, since ending access is always safe.
+//!
+//! Modules: [`terms`] (the pure rules, unit-tested), [`requests`], [`grants`], [`sessions`],
+//! [`evidence`] (the evidence bundle of a request), [`scope`] (tenant walls), [`view`] (the JSON shape
+//! of requests, grants and sessions), [`limit`] (call rates).
+
+pub mod error;
+pub mod evidence;
+pub mod grants;
+pub mod limit;
+pub mod requests;
+pub mod scope;
+pub mod sessions;
+pub mod terms;
+pub mod view;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sallyport_audit::{AuditEvent, AuditLog};
+use sallyport_certs::identity::PeerIdentity;
+use sallyport_ids::time::Clock;
+use sallyport_ids::{GrantId, SessionId};
+use sallyport_notify::{Notification, Notifier};
+use sallyport_store::{SessionRecord, Store, StoreError};
+
+pub use error::WorkflowError;
+pub use grants::Grants;
+pub use requests::Requests;
+pub use sessions::Sessions;
+
+/// The durable state, reached from async code: each call runs on the blocking pool, since SQLite
+/// may wait on a lock held by another process. Cheap to clone.
+#[derive(Clone)]
+pub struct Db(Arc<dyn Store>);
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// A handle on `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self(store)
+    }
+
+    /// The store itself, for blocking callers.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0
+    }
+
+    /// Runs `f` on the store, on the blocking pool.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+/// Where every action lands: the store, the customer's audit trail and the customer's webhook, and
+/// the clock it reads. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Requests, approvals, grants, revocations, sessions.
+    pub db: Db,
+    /// The audit trail.
+    pub trail: AuditLog,
+    /// The customers' webhooks.
+    pub notifier: Notifier,
+    /// Now.
+    pub clock: Clock,
+}
+
+impl Context {
+    /// Writes `ev` and waits until it is durable; when it cannot be written, the action must not go
+    /// ahead ([`WorkflowError::AuditUnavailable`]).
+    pub async fn record(&self, ev: AuditEvent) -> Result<(), WorkflowError> {
+        let kind = ev.event;
+        self.trail.append(ev).await.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, event = ?kind, "audit trail not writable");
+            WorkflowError::AuditUnavailable
+        })
+    }
+
+    /// Queues a webhook notification (never blocks, never fails).
+    pub fn notify(&self, n: Notification) {
+        self.notifier.notify(n);
+    }
+}
+
+/// Who is acting: the identity from their client certificate, and where they connect from.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The verified certificate identity.
+    pub peer: &'a PeerIdentity,
+    /// The source address.
+    pub ip: IpAddr,
+}
+
+/// A boxed future, for the one async method of [`LiveTunnels`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The live tunnels of this broker, as the workflow reaches them: the gateway's registry implements
+/// it. Ending a tunnel only asks it to close; the tunnel records its own close.
+pub trait LiveTunnels: Send + Sync {
+    /// Open tunnels, with their bytes so far.
+    fn snapshot(&self) -> Vec<SessionRecord>;
+    /// The live session `id` (open, or about to open).
+    fn get(&self, id: &SessionId) -> Option<SessionRecord>;
+    /// Ends the live session `id`, recording `cause` as its close reason; `false` if it is not live.
+    fn end(&self, id: &SessionId, cause: &str) -> bool;
+    /// Ends every tunnel of grant `gid`; returns how many.
+    fn end_grant(&self, gid: &GrantId, cause: &str) -> usize;
+    /// Waits until every session row queued so far is in the store.
+    fn flush(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The workflow's services, built once by the binary's assembly and handed to the API.
+#[derive(Clone)]
+pub struct Workflow {
+    /// Requests and their grants.
+    pub requests: Requests,
+    /// Revocation.
+    pub grants: Grants,
+    /// Session listings and ends.
+    pub sessions: Sessions,
+}

@@ -62,18 +62,24 @@ fn quorum_of_two_distinct_approvers() {
     let r1: RequestId = id("r1");
     s.file_request(&req("r1", 2), None, 1_000).unwrap();
     assert_eq!(
-        s.approve(&r1, &bob(), Some("ok"), &grant("g1", 1_010, 30), 1_010)
-            .unwrap(),
+        s.approve(
+            &r1,
+            &bob(),
+            Some("ok"),
+            &|_| Ok(grant("g1", 1_010, 30)),
+            1_010
+        )
+        .unwrap(),
         Approval::Recorded { missing: 1 }
     );
     assert_eq!(s.request(&r1).unwrap().status, RequestStatus::Pending);
     assert_eq!(s.request(&r1).unwrap().approvals_missing(), 1);
     let err = s
-        .approve(&r1, &bob(), None, &grant("g1", 1_011, 30), 1_011)
+        .approve(&r1, &bob(), None, &|_| Ok(grant("g1", 1_011, 30)), 1_011)
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(m) if m.contains("already approved")));
     let Approval::Granted(g) = s
-        .approve(&r1, &carol(), None, &grant("g1", 1_020, 30), 1_020)
+        .approve(&r1, &carol(), None, &|_| Ok(grant("g1", 1_020, 30)), 1_020)
         .unwrap()
     else {
         panic!("quorum not reached");
@@ -101,13 +107,36 @@ fn denied_stays_denied() {
         })
     );
     let err = s
-        .approve(&r1, &carol(), None, &grant("g1", 1_003, 30), 1_003)
+        .approve(&r1, &carol(), None, &|_| Ok(grant("g1", 1_003, 30)), 1_003)
         .unwrap_err();
     assert_eq!(
         err,
         StoreError::Conflict("request `r1` is already denied".into())
     );
     assert!(s.grant(&id("g1")).is_err(), "no grant for a denied request");
+}
+
+#[test]
+fn a_refused_grant_leaves_no_trace_of_the_approval() {
+    let (_d, s) = open();
+    let r1: RequestId = id("r1");
+    s.file_request(&req("r1", 1), None, 1_000).unwrap();
+    let err = s
+        .approve(
+            &r1,
+            &bob(),
+            None,
+            &|_| Err(StoreError::Conflict("the window has already ended".into())),
+            1_900,
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(m) if m.contains("already ended")));
+    let rec = s.request(&r1).unwrap();
+    assert_eq!(rec.status, RequestStatus::Pending);
+    assert!(
+        rec.approvals.is_empty(),
+        "a refused approval leaves no trace"
+    );
 }
 
 #[test]
@@ -129,11 +158,23 @@ fn pending_requests_expire_and_cannot_be_approved_after() {
     let (_d, s) = open();
     s.file_request(&req("r1", 1), None, 1_000).unwrap();
     s.file_request(&req("r2", 1), None, 1_000).unwrap();
-    s.approve(&id("r2"), &bob(), None, &grant("g2", 1_001, 30), 1_001)
-        .unwrap();
+    s.approve(
+        &id("r2"),
+        &bob(),
+        None,
+        &|_| Ok(grant("g2", 1_001, 30)),
+        1_001,
+    )
+    .unwrap();
     let late = 1_000 + 86_400;
     let err = s
-        .approve(&id("r1"), &bob(), None, &grant("g1", late, 30), late)
+        .approve(
+            &id("r1"),
+            &bob(),
+            None,
+            &|_| Ok(grant("g1", late, 30)),
+            late,
+        )
         .unwrap_err();
     assert_eq!(err, StoreError::Conflict("request `r1` has expired".into()));
     let expired = s.expire_pending(late).unwrap();
@@ -179,8 +220,14 @@ fn revocation_and_state_survive_a_reopen() {
         let s = SqliteStore::open(&path).unwrap();
         s.file_request(&req("r1", 1), None, 1_000).unwrap();
         s.file_request(&req("r2", 1), None, 1_000).unwrap();
-        s.approve(&id("r1"), &bob(), None, &grant("g1", 1_001, 30), 1_001)
-            .unwrap();
+        s.approve(
+            &id("r1"),
+            &bob(),
+            None,
+            &|_| Ok(grant("g1", 1_001, 30)),
+            1_001,
+        )
+        .unwrap();
         let (g, changed) = s.revoke(&g1, &bob(), "ticket closed", 1_100).unwrap();
         assert!(changed);
         assert_eq!(g.revoked, Some(first.clone()));

@@ -3,7 +3,11 @@
 //! with the project's own certs crate, and readers for the audit trail.
 //!
 //! These helpers panic on set-up failures: they only run inside tests.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a test fails loudly on anything unexpected"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -541,32 +545,18 @@ pub fn closed_port() -> SocketAddr {
 
 /// A TLS connector presenting `identity` and trusting `ca_pem`.
 pub fn connector(identity: &IdentityDir) -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = sallyport_certs::tls::client_config(
-        provider,
-        PemFiles {
-            ca: (&identity.ca_pem, "ca"),
-            cert: (&identity.cert_pem, "cert"),
-            key: (&identity.key_pem, "key"),
-        },
-    )
+    let cfg = sallyport_certs::tls::client_config(PemFiles {
+        ca: (&identity.ca_pem, "ca"),
+        cert: (&identity.cert_pem, "cert"),
+        key: (&identity.key_pem, "key"),
+    })
     .unwrap();
     TlsConnector::from(Arc::new(cfg))
 }
 
 /// A TLS connector that presents no client certificate.
 pub fn anonymous_connector(ca_pem: &str) -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in sallyport_certs::tls::certs_from_pem(ca_pem, "ca").unwrap() {
-        roots.add(c).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(cfg))
+    TlsConnector::from(sallyport_certs::tls::client_trusting(ca_pem, "ca").unwrap())
 }
 
 /// A broker's answer to a raw request.

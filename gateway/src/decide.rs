@@ -1,0 +1,340 @@
+//! The CONNECT decision: every check before a tunnel opens, as one pure function of plain values
+//! ([`decide`]): the grant as verified, the peer's certificate identity, the authority asked for, the
+//! time, and the customers' catalogue. Stages, in order: grant -> not past `exp` -> bound to this
+//! certificate (and a technician's) -> the authority routes to a configured target of the grant's
+//! customer, target and port -> the customer's `connect` policy. The first failing stage refuses with
+//! its status, its reason and how it is audited. No I/O: the caller verifies the grant's signature,
+//! checks revocation and rate limits, and writes the records.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use hyper::http::uri::Authority;
+use sallyport_audit::EventKind;
+use sallyport_certs::grant::{GrantClaims, GrantError};
+use sallyport_certs::identity::PeerIdentity;
+use sallyport_config::{Customer, Target};
+use sallyport_ids::{Principal, Role};
+use sallyport_policy::{Action, RequestContext, Subject, TargetInfo};
+
+/// The grant a CONNECT carried, as verification left it.
+#[derive(Debug, Clone)]
+pub enum GrantCheck {
+    /// No `Proxy-Authorization: Bearer` grant.
+    Missing,
+    /// The grant does not verify; `signed` holds its claims when its signature did (a grant whose
+    /// only fault is its window still names a customer).
+    Refused {
+        /// Why.
+        error: GrantError,
+        /// The claims of a grant whose signature checked.
+        signed: Option<Box<GrantClaims>>,
+    },
+    /// A grant that verified.
+    Verified(Box<GrantClaims>),
+}
+
+/// What a CONNECT asks, with everything [`decide`] looks at.
+#[derive(Debug, Clone)]
+pub struct Ask<'a> {
+    /// Who, from the client certificate.
+    pub peer: &'a PeerIdentity,
+    /// From where.
+    pub ip: IpAddr,
+    /// The authority of the CONNECT, `<target>.<customer>:<port>`.
+    pub authority: Option<&'a Authority>,
+    /// The grant.
+    pub grant: GrantCheck,
+    /// Now.
+    pub now: jiff::Timestamp,
+}
+
+/// A refused tunnel request: its status, reason and how it is audited.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The answer's status.
+    pub status: StatusCode,
+    /// Why, for the answer and the record.
+    pub reason: String,
+    /// The record's event.
+    pub event: EventKind,
+    /// The customer the attempt concerns, as named by the grant.
+    pub customer: Option<String>,
+    /// The target, as named (the grant's, or `<target>.<customer>` as the client asked).
+    pub target: Option<String>,
+    /// The grant concerned.
+    pub grant_id: Option<String>,
+    /// The policies that decided a policy refusal.
+    pub policy_ids: Vec<String>,
+    /// Counts as a failed authentication (rate-limited by source and identity).
+    pub auth_failure: bool,
+    /// For a 429: when to try again.
+    pub retry_after: Option<Duration>,
+    /// Another customer whose target was named: the attempt goes on that customer's chain too.
+    pub also_for: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal with only its status, event and reason.
+    pub fn new(status: StatusCode, event: EventKind, reason: impl Into<String>) -> Box<Self> {
+        Box::new(Self {
+            status,
+            reason: reason.into(),
+            event,
+            customer: None,
+            target: None,
+            grant_id: None,
+            policy_ids: Vec::new(),
+            auth_failure: event == EventKind::AuthFailure,
+            retry_after: None,
+            also_for: None,
+        })
+    }
+
+    /// About the grant of `claims`: its customer, target and id.
+    pub fn about(mut self: Box<Self>, claims: &GrantClaims) -> Box<Self> {
+        self.customer = Some(claims.customer.to_string());
+        self.target = Some(claims.target.to_string());
+        self.grant_id = Some(claims.gid.to_string());
+        self
+    }
+}
+
+/// A tunnel every check allows.
+#[derive(Debug)]
+pub struct Allowed<'a> {
+    /// The grant.
+    pub claims: GrantClaims,
+    /// Its customer.
+    pub customer: &'a Customer,
+    /// The target to dial.
+    pub target: &'a Target,
+    /// The policies that allowed it.
+    pub policy_ids: Vec<String>,
+    /// Why, for the record.
+    pub reason: String,
+}
+
+/// Every check before the tunnel, in order; pure.
+pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>, Box<Refusal>> {
+    // Stage: grant.
+    let claims = match &ask.grant {
+        GrantCheck::Missing => {
+            return Err(Refusal::new(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                EventKind::AuthFailure,
+                "missing grant: send `Proxy-Authorization: Bearer <grant>`",
+            ));
+        }
+        GrantCheck::Refused { error, signed } => {
+            let r = Refusal::new(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                EventKind::AuthFailure,
+                error.to_string(),
+            );
+            return Err(match signed {
+                Some(c) => r.about(c),
+                None => r,
+            });
+        }
+        GrantCheck::Verified(claims) => claims,
+    };
+    // The leeway is for clock skew between minting and checking; a tunnel never opens past `exp`.
+    let now = u64::try_from(ask.now.as_second()).unwrap_or(0);
+    if claims.exp <= now {
+        return Err(Refusal::new(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            EventKind::AuthFailure,
+            GrantError::Expired.to_string(),
+        )
+        .about(claims));
+    }
+    // Stage: the grant belongs to this connection's certificate.
+    let peer = ask.peer;
+    if peer.id.role() != Role::Technician {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            EventKind::Decision,
+            "only technicians open tunnels",
+        )
+        .about(claims));
+    }
+    if claims.sub != peer.id || !claims.is_bound_to(&peer.thumbprint) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            EventKind::AuthFailure,
+            "grant is bound to another client certificate",
+        )
+        .about(claims));
+    }
+    // Stage: route the authority to a configured target.
+    let authority = ask.authority.ok_or_else(|| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            EventKind::Decision,
+            "CONNECT needs an authority `<target>.<customer>:<port>`",
+        )
+        .about(claims)
+    })?;
+    let port = authority.port_u16();
+    let (t_name, c_name) = authority.host().split_once('.').ok_or_else(|| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            EventKind::Decision,
+            format!("authority `{authority}` is not `<target>.<customer>:<port>`"),
+        )
+        .about(claims)
+    })?;
+    let wrong = |status, why: String| {
+        let mut r = Refusal::new(status, EventKind::Decision, why).about(claims);
+        r.target = Some(format!("{t_name}.{c_name}"));
+        r
+    };
+    if c_name != claims.customer.as_str() {
+        let mut r = wrong(
+            StatusCode::FORBIDDEN,
+            format!(
+                "grant is for customer `{}`, not `{c_name}`",
+                claims.customer
+            ),
+        );
+        r.also_for = Some(c_name.to_owned());
+        return Err(r);
+    }
+    let customer = customers
+        .iter()
+        .find(|c| c.id.as_str() == c_name)
+        .ok_or_else(|| {
+            wrong(
+                StatusCode::NOT_FOUND,
+                format!("unknown customer `{c_name}`"),
+            )
+        })?;
+    let target = customer.target(t_name).ok_or_else(|| {
+        wrong(
+            StatusCode::NOT_FOUND,
+            format!("customer `{c_name}` has no target `{t_name}`"),
+        )
+    })?;
+    if t_name != claims.target.as_str() {
+        return Err(wrong(
+            StatusCode::FORBIDDEN,
+            format!("grant is for target `{}`, not `{t_name}`", claims.target),
+        ));
+    }
+    if port != Some(target.port) || claims.port != target.port {
+        return Err(wrong(
+            StatusCode::FORBIDDEN,
+            format!("target `{t_name}` is reached on port {}", target.port),
+        ));
+    }
+    // Stage: the customer's policy.
+    let Principal::Technician { provider, name } = peer.id.principal() else {
+        return Err(wrong(
+            StatusCode::FORBIDDEN,
+            "only technicians open tunnels".into(),
+        ));
+    };
+    let subject = Subject::Technician {
+        id: peer.id.clone(),
+        provider: provider.clone(),
+        name: name.clone(),
+        groups: peer.groups.clone(),
+    };
+    let info = TargetInfo {
+        customer: customer.id.clone(),
+        id: target.id.clone(),
+        tags: target.tags.clone(),
+        port: target.port,
+        protocol: target.protocol.clone(),
+    };
+    let minutes = claims.exp.saturating_sub(claims.nbf).div_ceil(60);
+    let ctx = RequestContext {
+        now: ask.now,
+        minutes: u32::try_from(minutes).unwrap_or(u32::MAX),
+        source_ip: ask.ip,
+        ticket: None,
+    };
+    let decision = customer
+        .policy
+        .decide(Action::Connect, &subject, &info, &ctx);
+    if !decision.allowed {
+        let mut r =
+            Refusal::new(StatusCode::FORBIDDEN, EventKind::Decision, decision.reason).about(claims);
+        r.policy_ids = decision.policy_ids;
+        return Err(r);
+    }
+    Ok(Allowed {
+        claims: (**claims).clone(),
+        customer,
+        target,
+        policy_ids: decision.policy_ids,
+        reason: decision.reason,
+    })
+}
+
+/// `bench-insecure` builds only: routes the authority to a configured target without any
+/// authorization, under made-up claims naming the connection's own certificate.
+#[cfg(feature = "bench-insecure")]
+pub fn unauthorized<'a>(
+    ask: &Ask<'_>,
+    customers: &'a [Customer],
+    issuer: &str,
+    audience: &str,
+) -> Result<Allowed<'a>, Box<Refusal>> {
+    let refuse = |status, why: String| Refusal::new(status, EventKind::Decision, why);
+    let authority = ask.authority.ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "CONNECT needs an authority `<target>.<customer>:<port>`".into(),
+        )
+    })?;
+    let (customer, target) = authority
+        .host()
+        .split_once('.')
+        .and_then(|(t, c)| {
+            let customer = customers.iter().find(|x| x.id.as_str() == c)?;
+            Some((customer, customer.target(t)?))
+        })
+        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no target `{authority}`")))?;
+    if authority.port_u16() != Some(target.port) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("target is reached on port {}", target.port),
+        ));
+    }
+    let now = u64::try_from(ask.now.as_second()).unwrap_or(0);
+    let gid = "g-unauthorized".parse().map_err(|e| {
+        refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("bench grant id: {e}"),
+        )
+    })?;
+    let claims = GrantClaims {
+        iss: issuer.to_owned(),
+        aud: audience.to_owned(),
+        sub: ask.peer.id.clone(),
+        customer: customer.id.clone(),
+        target: target.id.clone(),
+        port: target.port,
+        gid,
+        iat: now,
+        nbf: now,
+        exp: now + 3600,
+        jti: String::new(),
+        cnf: sallyport_certs::grant::Confirmation {
+            x5t_s256: String::new(),
+        },
+    };
+    Ok(Allowed {
+        claims,
+        customer,
+        target,
+        policy_ids: Vec::new(),
+        reason: "authorization skipped: bench-insecure build".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

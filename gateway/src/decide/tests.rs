@@ -1,0 +1,350 @@
+//! [`decide`] table by table, on plain values: a peer identity, grant claims, an authority, a time
+//! and a customer catalogue built in memory. No listener, store, trail or broker.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use sallyport_certs::grant::Confirmation;
+use sallyport_policy::CustomerPolicy;
+
+use super::*;
+
+const NOW: i64 = 1_767_261_600; // 2026-01-01T10:00:00Z, a Thursday
+const THUMB: [u8; 32] = [7; 32];
+
+const POLICY: &str = r#"
+@id("support-hours")
+permit (principal in Sallyport::Group::"support", action == Sallyport::Action::"connect", resource)
+when { context.hour >= 8 && context.hour < 18 && context.minutes <= 120 };
+@id("no-prod-from-outside")
+forbid (principal, action == Sallyport::Action::"connect", resource)
+when { resource.tags.contains("prod") && !context.source_ip.isInRange(ip("10.0.0.0/8")) };
+"#;
+
+fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().unwrap()
+}
+
+fn target(name: &str, port: u16, tags: &[&str]) -> Target {
+    Target {
+        id: id(name),
+        address: format!("127.0.0.1:{port}"),
+        port,
+        protocol: "tcp".into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        record: false,
+    }
+}
+
+fn customer(name: &str, targets: Vec<Target>) -> Customer {
+    Customer {
+        id: id(name),
+        timezone: "UTC".into(),
+        policy_path: format!("{name}.cedar").into(),
+        policy: Arc::new(CustomerPolicy::parse(id(name), "UTC", "test.cedar", POLICY).unwrap()),
+        targets,
+        webhook: None,
+        siem: Vec::new(),
+    }
+}
+
+fn catalogue() -> Vec<Customer> {
+    vec![
+        customer(
+            "acme",
+            vec![target("web", 7070, &[]), target("db", 5432, &["prod"])],
+        ),
+        customer("globex", vec![target("web", 7070, &[])]),
+    ]
+}
+
+fn peer(spiffe: &str, groups: &[&str]) -> PeerIdentity {
+    PeerIdentity {
+        id: id(spiffe),
+        groups: groups.iter().map(|g| id(g)).collect(),
+        thumbprint: THUMB,
+        not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(NOW as u64 + 86_400),
+    }
+}
+
+fn alice() -> PeerIdentity {
+    peer(
+        "spiffe://sallyport.local/technician/northwind/alice",
+        &["support"],
+    )
+}
+
+/// A grant for alice's certificate on `acme/web:7070`, valid 30 minutes from 5 minutes ago.
+fn claims() -> GrantClaims {
+    let now = NOW as u64;
+    GrantClaims {
+        iss: "sallyport".into(),
+        aud: "sallyport".into(),
+        sub: alice().id,
+        customer: id("acme"),
+        target: id("web"),
+        port: 7070,
+        gid: id("g-1"),
+        iat: now - 300,
+        nbf: now - 300,
+        exp: now + 1_500,
+        jti: "j".into(),
+        cnf: Confirmation {
+            x5t_s256: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(THUMB),
+        },
+    }
+}
+
+/// One row: what is asked, and what must come of it.
+struct Case {
+    name: &'static str,
+    peer: PeerIdentity,
+    grant: GrantCheck,
+    authority: Option<&'static str>,
+    ip: &'static str,
+    hour: i64,
+    /// `Ok(policy ids)`, or `Err((status, event, reason contains))`.
+    want: Result<&'static [&'static str], (StatusCode, EventKind, &'static str)>,
+}
+
+fn case(name: &'static str) -> Case {
+    Case {
+        name,
+        peer: alice(),
+        grant: GrantCheck::Verified(Box::new(claims())),
+        authority: Some("web.acme:7070"),
+        ip: "10.1.2.3",
+        hour: 0,
+        want: Ok(&["support-hours"]),
+    }
+}
+
+fn with(f: impl FnOnce(&mut GrantClaims)) -> GrantCheck {
+    let mut c = claims();
+    f(&mut c);
+    GrantCheck::Verified(Box::new(c))
+}
+
+fn run(c: &Case) -> Result<Allowed<'static>, Box<Refusal>> {
+    let customers: &'static [Customer] = Box::leak(catalogue().into_boxed_slice());
+    let authority: Option<Authority> = c.authority.map(|a| a.parse().unwrap());
+    let ask = Ask {
+        peer: &c.peer,
+        ip: c.ip.parse().unwrap(),
+        authority: authority.as_ref(),
+        grant: c.grant.clone(),
+        now: jiff::Timestamp::from_second(NOW + c.hour * 3600).unwrap(),
+    };
+    decide(&ask, customers)
+}
+
+#[test]
+fn every_stage_refuses_with_its_status_event_and_reason() {
+    use EventKind::{AuthFailure, Decision};
+    use StatusCode as S;
+    let approver = peer("spiffe://sallyport.local/approver/acme/bob", &[]);
+    let cases = vec![
+        case("a bound grant on its own target, in hours"),
+        Case {
+            want: Err((
+                S::PROXY_AUTHENTICATION_REQUIRED,
+                AuthFailure,
+                "missing grant",
+            )),
+            grant: GrantCheck::Missing,
+            ..case("no grant")
+        },
+        Case {
+            want: Err((S::PROXY_AUTHENTICATION_REQUIRED, AuthFailure, "signature")),
+            grant: GrantCheck::Refused {
+                error: GrantError::BadSignature,
+                signed: None,
+            },
+            ..case("a forged grant")
+        },
+        Case {
+            want: Err((S::PROXY_AUTHENTICATION_REQUIRED, AuthFailure, "expired")),
+            grant: with(|c| c.exp = NOW as u64),
+            ..case("past exp, within the leeway")
+        },
+        Case {
+            want: Err((S::FORBIDDEN, Decision, "only technicians")),
+            peer: approver,
+            grant: with(|c| c.sub = id("spiffe://sallyport.local/approver/acme/bob")),
+            ..case("an approver's certificate")
+        },
+        Case {
+            want: Err((S::FORBIDDEN, AuthFailure, "another client certificate")),
+            grant: with(|c| c.cnf.x5t_s256 = "other".into()),
+            ..case("bound to another certificate")
+        },
+        Case {
+            want: Err((S::FORBIDDEN, AuthFailure, "another client certificate")),
+            grant: with(|c| c.sub = id("spiffe://sallyport.local/technician/northwind/mallory")),
+            ..case("another technician's grant")
+        },
+        Case {
+            want: Err((S::BAD_REQUEST, Decision, "needs an authority")),
+            authority: None,
+            ..case("no authority")
+        },
+        Case {
+            want: Err((
+                S::BAD_REQUEST,
+                Decision,
+                "is not `<target>.<customer>:<port>`",
+            )),
+            authority: Some("web:7070"),
+            ..case("an authority without a customer")
+        },
+        Case {
+            want: Err((
+                S::FORBIDDEN,
+                Decision,
+                "grant is for customer `acme`, not `globex`",
+            )),
+            authority: Some("web.globex:7070"),
+            ..case("another customer's target")
+        },
+        Case {
+            want: Err((S::NOT_FOUND, Decision, "has no target `mail`")),
+            authority: Some("mail.acme:25"),
+            ..case("an unknown target")
+        },
+        Case {
+            want: Err((
+                S::FORBIDDEN,
+                Decision,
+                "grant is for target `web`, not `db`",
+            )),
+            authority: Some("db.acme:5432"),
+            ..case("another target of the same customer")
+        },
+        Case {
+            want: Err((S::FORBIDDEN, Decision, "reached on port 7070")),
+            authority: Some("web.acme:22"),
+            ..case("another port")
+        },
+        Case {
+            want: Err((S::FORBIDDEN, Decision, "reached on port 7070")),
+            grant: with(|c| c.port = 22),
+            ..case("a grant for another port")
+        },
+        Case {
+            want: Err((S::FORBIDDEN, Decision, "")),
+            hour: -5,
+            ..case("outside the policy's hours")
+        },
+        Case {
+            want: Err((S::FORBIDDEN, Decision, "")),
+            grant: with(|c| c.exp = c.nbf + 3 * 3600),
+            ..case("a window longer than the policy allows")
+        },
+        Case {
+            want: Ok(&["support-hours"]),
+            peer: peer(
+                "spiffe://sallyport.local/technician/northwind/alice",
+                &["support"],
+            ),
+            ..case("the group comes from the certificate")
+        },
+        Case {
+            want: Err((S::FORBIDDEN, Decision, "")),
+            peer: peer("spiffe://sallyport.local/technician/northwind/alice", &[]),
+            ..case("without the group the policy names")
+        },
+    ];
+    for c in &cases {
+        match (run(c), &c.want) {
+            (Ok(a), Ok(ids)) => {
+                assert_eq!(a.policy_ids, *ids, "{}", c.name);
+                assert_eq!(
+                    (a.customer.id.as_str(), a.target.id.as_str()),
+                    ("acme", "web"),
+                    "{}",
+                    c.name
+                );
+            }
+            (Err(r), Err((status, event, needle))) => {
+                assert_eq!(
+                    (r.status, r.event),
+                    (*status, *event),
+                    "{}: {}",
+                    c.name,
+                    r.reason
+                );
+                assert!(r.reason.contains(needle), "{}: {}", c.name, r.reason);
+                assert_eq!(
+                    r.auth_failure,
+                    *event == EventKind::AuthFailure,
+                    "{}",
+                    c.name
+                );
+            }
+            (Ok(_), Err(_)) => panic!("{}: allowed", c.name),
+            (Err(r), Ok(_)) => panic!("{}: refused: {}", c.name, r.reason),
+        }
+    }
+}
+
+#[test]
+fn a_forbid_wins_and_names_its_policy() {
+    let prod = Case {
+        grant: with(|c| {
+            c.target = id("db");
+            c.port = 5432;
+        }),
+        authority: Some("db.acme:5432"),
+        ip: "192.0.2.7",
+        ..case("prod from outside the customer's network")
+    };
+    let r = run(&prod).unwrap_err();
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.policy_ids, ["no-prod-from-outside"]);
+    let inside = Case {
+        ip: "10.9.9.9",
+        ..prod
+    };
+    assert_eq!(run(&inside).unwrap().target.id.as_str(), "db");
+}
+
+#[test]
+fn refusals_name_what_the_records_need() {
+    // A grant refused for its window still names its customer, target and grant.
+    let expired = Case {
+        grant: GrantCheck::Refused {
+            error: GrantError::Expired,
+            signed: Some(Box::new(claims())),
+        },
+        ..case("expired beyond the leeway")
+    };
+    let r = run(&expired).unwrap_err();
+    assert_eq!(
+        (
+            r.customer.as_deref(),
+            r.target.as_deref(),
+            r.grant_id.as_deref()
+        ),
+        (Some("acme"), Some("web"), Some("g-1"))
+    );
+    // An attempt on another customer's target is that customer's business too.
+    let other = Case {
+        authority: Some("web.globex:7070"),
+        ..case("another customer's target")
+    };
+    let r = run(&other).unwrap_err();
+    assert_eq!(r.also_for.as_deref(), Some("globex"));
+    assert_eq!(r.target.as_deref(), Some("web.globex"));
+    assert_eq!(r.customer.as_deref(), Some("acme"));
+    // A missing grant names nothing.
+    let r = run(&Case {
+        grant: GrantCheck::Missing,
+        ..case("no grant")
+    })
+    .unwrap_err();
+    assert_eq!((r.customer, r.grant_id), (None, None));
+}

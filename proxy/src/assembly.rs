@@ -1,0 +1,328 @@
+//! The assembly: builds every piece of a running broker from the validated configuration, once, and
+//! wires them together. Each crate gets the few handles it needs:
+//!
+//! - the data directory lock (one broker per directory), the audit trail and its writer, the store
+//!   (with sessions left open by a stopped broker closed), the customers' webhooks;
+//! - the workflow (requests, grants, sessions) over those;
+//! - the gateway's live tunnels and CONNECT path, and the API;
+//! - the listener, with a handler that routes CONNECT to the gateway and everything else to the API.
+//!
+//! It then starts the background services, each with the broker's shutdown token: request expiry,
+//! the audit watcher, SIEM forwarding. [`Broker::run`] serves until shutdown, drains, and writes
+//! what is left.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use hyper::Method;
+use sallyport_api::Api;
+use sallyport_audit::{AuditEvent, AuditLog, AuditWriter, Checkpoints, EventKind, Outcome};
+use sallyport_certs::grant::GrantVerifier;
+use sallyport_config::{Config, ConfigError};
+use sallyport_gateway::limiter::FailureLimiter;
+use sallyport_gateway::{Listener, LiveSessions, Tunnels, TunnelsParts};
+use sallyport_ids::time::{Clock, now_unix};
+use sallyport_notify::{GiveUp, Notifier};
+use sallyport_store::Store;
+use sallyport_store::sqlite::SqliteStore;
+use sallyport_workflow::limit::CallLimiter;
+use sallyport_workflow::{Context, Db, Grants, LiveTunnels, Requests, Sessions, Workflow};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cli::Failure;
+
+/// A broker, built and not yet serving.
+pub struct Broker {
+    config: Arc<Config>,
+    listener: Listener,
+    tunnels: Arc<Tunnels>,
+    api: Arc<Api>,
+    requests: Requests,
+    trail: AuditLog,
+    writer: AuditWriter,
+    sessions: Arc<LiveSessions>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// Held for the broker's life: one broker per data directory.
+    _lock: std::fs::File,
+}
+
+/// Opens the workflow store, `<data_dir>/sallyport.db`.
+pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| anyhow!("creating {}: {e}", cfg.data_dir.display()))?;
+    Ok(Arc::new(SqliteStore::open(
+        &cfg.data_dir.join("sallyport.db"),
+    )?))
+}
+
+/// The audit checkpoint settings, with the configured signing key.
+pub fn checkpoints(cfg: &Config) -> Result<Checkpoints, ConfigError> {
+    Ok(Checkpoints {
+        signer: Arc::new(cfg.audit_signer()?),
+        every_records: cfg.audit.checkpoint_every_records,
+        every: cfg.audit.checkpoint_every,
+        quiet: sallyport_audit::checkpoint::QUIET,
+    })
+}
+
+/// Takes `<data_dir>/broker.lock`: a second broker on the same data directory would close the first
+/// one's sessions and race its writes, so it refuses to start.
+fn lock_data_dir(cfg: &Config) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| anyhow!("creating {}: {e}", cfg.data_dir.display()))?;
+    let path = cfg.data_dir.join("broker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow!(
+            "another broker is already running on {} (it holds {}); stop it, or give this one its own server.data_dir",
+            cfg.data_dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow!("locking {}: {e}", path.display())),
+    }
+}
+
+/// The customers' webhooks; a delivery that gives up is logged and recorded on the customer's trail.
+fn notifier(cfg: &Config, trail: AuditLog, shutdown: CancellationToken) -> Notifier {
+    let targets: HashMap<_, _> = cfg
+        .customers
+        .iter()
+        .filter_map(|c| Some((c.id.clone(), c.webhook.clone()?)))
+        .collect();
+    Notifier::start(
+        targets,
+        &sallyport_certs::tls::default_client(),
+        move |g: GiveUp| {
+            tracing::warn!(customer = %g.customer, event = %g.event, delivery = %g.delivery_id, attempts = g.attempts, error = %g.error, "webhook delivery failed");
+            let mut ev = AuditEvent::new(
+                EventKind::WebhookFailed,
+                Outcome::Failure,
+                format!(
+                    "`{}` notification {} not delivered after {} attempt(s): {}",
+                    g.event, g.delivery_id, g.attempts, g.error
+                ),
+            );
+            ev.customer = Some(g.customer);
+            let trail = trail.clone();
+            tokio::spawn(async move {
+                if let Err(e) = trail.append(ev).await {
+                    tracing::error!(error = %e, "could not audit a failed webhook");
+                }
+            });
+        },
+        shutdown,
+    )
+}
+
+impl Broker {
+    /// Builds a broker from `cfg`: keys, trail, store and every service, none started yet. Must be
+    /// called within the runtime that will run it.
+    pub fn build(cfg: Config, shutdown: CancellationToken) -> Result<Broker, Failure> {
+        let server_tls = cfg.server_tls()?;
+        let signer = cfg.grant_signer()?;
+        let verifier =
+            GrantVerifier::new(&cfg.grants.issuer, &cfg.grants.audience, cfg.grants.leeway)
+                .trust(signer.public_key());
+        // First: a second broker on this data directory must not touch its trail or store.
+        let lock = lock_data_dir(&cfg)?;
+        let checkpoints = checkpoints(&cfg)?;
+        let audit_key = sallyport_audit::checkpoint::public_key_json(&checkpoints.signer);
+        let chains: Vec<&str> = cfg.customers.iter().map(|c| c.id.as_str()).collect();
+        let (trail, writer) = AuditLog::open_with(
+            &cfg.data_dir.join("audit"),
+            &chains,
+            Some(checkpoints),
+            cfg.audit.retention_days,
+        )
+        .map_err(anyhow::Error::from)?;
+        let store = open_store(&cfg)?;
+        // Tunnels that were live when a previous broker stopped died with it.
+        let orphans = store
+            .close_orphaned_sessions(now_unix(), "broker stopped while the session was live")
+            .map_err(anyhow::Error::from)?;
+        if orphans > 0 {
+            tracing::warn!(
+                sessions = orphans,
+                "closed sessions left open by a broker that stopped"
+            );
+        }
+        let config = Arc::new(cfg);
+        let clock = Clock::system();
+        let db = Db::new(store.clone());
+        let cx = Context {
+            db: db.clone(),
+            trail: trail.clone(),
+            notifier: notifier(&config, trail.clone(), shutdown.clone()),
+            clock: clock.clone(),
+        };
+        let limits = &config.limits;
+        let sessions = LiveSessions::start(store);
+        let tunnels_of: Arc<dyn LiveTunnels> = sessions.clone();
+        let requests = Requests::new(
+            cx.clone(),
+            config.clone(),
+            Arc::new(signer),
+            Arc::new(CallLimiter::new(
+                limits.request_filings_per_minute,
+                limits.request_filing_burst,
+            )),
+        );
+        let workflow = Workflow {
+            requests: requests.clone(),
+            grants: Grants::new(cx.clone(), tunnels_of.clone()),
+            sessions: Sessions::new(cx, tunnels_of),
+        };
+        let limiter = Arc::new(FailureLimiter::new(
+            limits.auth_failures_per_minute,
+            limits.auth_failure_burst,
+        ));
+        let tasks = TaskTracker::new();
+        let tunnels = Tunnels::new(TunnelsParts {
+            config: config.clone(),
+            verifier,
+            limiter: limiter.clone(),
+            trail: trail.clone(),
+            db,
+            sessions: sessions.clone(),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+            clock,
+        });
+        let api = Arc::new(Api {
+            workflow,
+            config: config.clone(),
+            api_calls: CallLimiter::new(limits.api_calls_per_minute, limits.api_call_burst),
+            audit_key,
+            trail_health: trail.health().clone(),
+            sessions: sessions.clone(),
+        });
+        let listener = Listener::new(
+            server_tls,
+            config.trust_domain.clone(),
+            config.limits.clone(),
+            limiter,
+            trail.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        );
+        Ok(Broker {
+            config,
+            listener,
+            tunnels,
+            api,
+            requests,
+            trail,
+            writer,
+            sessions,
+            shutdown,
+            tasks,
+            _lock: lock,
+        })
+    }
+
+    /// The validated configuration it runs on.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Binds the configured listen address.
+    pub async fn bind(&self) -> Result<TcpListener, Failure> {
+        let addr = self.config.listen;
+        TcpListener::bind(addr).await.map_err(|e| {
+            Failure::Config(ConfigError {
+                location: self.config.file.display().to_string(),
+                field: "server.listen".into(),
+                message: format!("cannot listen on {addr}: {e}"),
+                fix: "stop whatever uses that port, or pick another with --listen or server.listen"
+                    .into(),
+            })
+        })
+    }
+
+    /// Starts the background services and serves on `listener` until shutdown; then drains
+    /// connections, writes the session rows still queued, and joins the audit writer.
+    pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
+        let Broker {
+            config,
+            listener: server,
+            tunnels,
+            api,
+            requests,
+            trail,
+            writer,
+            sessions,
+            shutdown,
+            tasks,
+            _lock,
+        } = self;
+        tasks.spawn(requests.run_expiry(shutdown.clone()));
+        tasks.spawn(sallyport_gateway::watch::watch_trail(
+            trail.clone(),
+            sessions.clone(),
+            config.audit.on_failure,
+            shutdown.clone(),
+        ));
+        start_siem(&config, &trail, &shutdown, &tasks);
+        let handler = move |conn: Arc<sallyport_gateway::Conn>,
+                            req: hyper::Request<hyper::body::Incoming>| {
+            let (tunnels, api) = (tunnels.clone(), api.clone());
+            async move {
+                if req.method() == Method::CONNECT {
+                    tunnels.connect(conn, req).await
+                } else {
+                    api.route(&conn, req).await
+                }
+            }
+        };
+        server.run(listener, handler).await;
+        sessions.flush().await;
+        drop((sessions, trail));
+        tokio::task::spawn_blocking(move || writer.join()).await?;
+        Ok(())
+    }
+}
+
+/// Starts one SIEM forwarder per configured sink.
+fn start_siem(
+    config: &Config,
+    trail: &AuditLog,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let sinks: Vec<sallyport_notify::siem::Sink> = config
+        .customers
+        .iter()
+        .flat_map(|c| {
+            c.siem
+                .iter()
+                .enumerate()
+                .map(|(index, kind)| sallyport_notify::siem::Sink {
+                    customer: c.id.clone(),
+                    index,
+                    kind: kind.clone(),
+                })
+        })
+        .collect();
+    let audit: PathBuf = config.data_dir.join("audit");
+    if let Err(e) = sallyport_notify::siem::start(
+        sinks,
+        audit,
+        config.data_dir.join("siem"),
+        trail.health().clone(),
+        shutdown.clone(),
+        tasks,
+    ) {
+        tracing::error!(error = %e, "cannot start SIEM forwarding");
+    }
+}

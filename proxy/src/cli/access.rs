@@ -1,0 +1,372 @@
+//! The API commands of technicians, approvers and auditors (`request`, `requests`, `approve`,
+//! `deny`, `revoke`, `sessions`) and `connect`: each one call to the broker as the identity folder
+//! given, printed as a table or sentence (or the broker's JSON with `--json`).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use sallyport_certs::identity_dir::IdentityDir;
+
+use super::runtime;
+
+/// Who calls the broker, and how the answer is shown.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Identity folder (cert.pem, key.pem, ca.pem, broker).
+    #[arg(long, env = "SALLYPORT_IDENTITY")]
+    identity: PathBuf,
+    /// Broker address, overriding the identity folder's `broker` file.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Print the broker's JSON answer instead of a table or sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sallyport request CUSTOMER/TARGET`: files a request; prints its id.
+pub fn request(
+    target: &str,
+    minutes: u32,
+    reason: String,
+    ticket: Option<String>,
+    start_at: Option<String>,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let (customer, target_id) = split_target(target)?;
+    let mut body = serde_json::json!({
+        "customer": customer, "target": target_id, "minutes": minutes, "reason": reason,
+    });
+    if let Some(t) = ticket {
+        body["ticket"] = t.into();
+    }
+    if let Some(t) = start_at {
+        body["start_at"] = t.into();
+    }
+    let v = call(client, hyper::Method::POST, "/v1/requests", Some(body))?;
+    if client.json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!("{}", v["id"].as_str().unwrap_or(""));
+    let status = v["status"].as_str().unwrap_or("");
+    if status == "approved" {
+        eprintln!(
+            "approved at once by policy: run `sallyport connect {target} --listen 127.0.0.1:PORT`"
+        );
+    } else {
+        eprintln!(
+            "{status}: {} approval(s) needed from {customer}'s approvers; expires {}",
+            v["approvals_required"],
+            v["expires_at"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// `sallyport requests`: the requests the identity may see.
+pub fn requests(status: Option<&str>, client: &ClientArgs) -> anyhow::Result<()> {
+    let path = match status {
+        Some(s) => format!("/v1/requests?status={}", urlencode(s)),
+        None => "/v1/requests".into(),
+    };
+    let v = call(client, hyper::Method::GET, &path, None)?;
+    if client.json {
+        println!("{v}");
+    } else {
+        print_requests(&v);
+    }
+    Ok(())
+}
+
+/// `sallyport approve REQUEST_ID`.
+pub fn approve(
+    request_id: &str,
+    comment: Option<String>,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let body = match comment {
+        Some(c) => serde_json::json!({ "comment": c }),
+        None => serde_json::json!({}),
+    };
+    let v = call(
+        client,
+        hyper::Method::POST,
+        &format!("/v1/requests/{}/approve", urlencode(request_id)),
+        Some(body),
+    )?;
+    if client.json {
+        println!("{v}");
+    } else if v["status"] == "approved" {
+        println!(
+            "approved {request_id}: granted (grant {})",
+            v["grant_id"].as_str().unwrap_or("")
+        );
+    } else {
+        println!(
+            "approval of {request_id} recorded: {} more needed",
+            v["approvals_missing"]
+        );
+    }
+    Ok(())
+}
+
+/// `sallyport deny REQUEST_ID --reason WHY`.
+pub fn deny(request_id: &str, reason: &str, client: &ClientArgs) -> anyhow::Result<()> {
+    let v = call(
+        client,
+        hyper::Method::POST,
+        &format!("/v1/requests/{}/deny", urlencode(request_id)),
+        Some(serde_json::json!({ "reason": reason })),
+    )?;
+    if client.json {
+        println!("{v}");
+    } else {
+        println!("denied {request_id}");
+    }
+    Ok(())
+}
+
+/// `sallyport sessions`: list sessions, or end one with `--end`.
+pub fn sessions(
+    live: bool,
+    customer: Option<String>,
+    end: Option<String>,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    if let Some(id) = end {
+        let v = call(
+            client,
+            hyper::Method::DELETE,
+            &format!("/v1/sessions/{}", urlencode(&id)),
+            None,
+        )?;
+        if client.json {
+            println!("{v}");
+        } else {
+            println!("ended session {id}");
+        }
+        return Ok(());
+    }
+    let mut q = Vec::new();
+    if live {
+        q.push("live=true".to_owned());
+    }
+    if let Some(c) = customer {
+        q.push(format!("customer={}", urlencode(&c)));
+    }
+    let path = if q.is_empty() {
+        "/v1/sessions".to_owned()
+    } else {
+        format!("/v1/sessions?{}", q.join("&"))
+    };
+    let v = call(client, hyper::Method::GET, &path, None)?;
+    if client.json {
+        println!("{v}");
+    } else {
+        print_sessions(&v);
+    }
+    Ok(())
+}
+
+fn split_target(spec: &str) -> anyhow::Result<(&str, &str)> {
+    spec.split_once('/')
+        .filter(|(c, t)| !c.is_empty() && !t.is_empty())
+        .ok_or_else(|| anyhow!("`{spec}` is not CUSTOMER/TARGET, e.g. acme/db01"))
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|q| q.trim_start_matches('=').to_owned())
+        .unwrap_or_default()
+}
+
+/// One API call as the identity in `args`; a non-2xx answer becomes the error.
+fn call(
+    args: &ClientArgs,
+    method: hyper::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let identity = IdentityDir::read(&args.identity)?;
+    let client = crate::client::BrokerClient::new(&identity, args.broker.as_deref())?;
+    let (status, v) = runtime()?.block_on(client.call(method, path, body))?;
+    if !status.is_success() {
+        return Err(anyhow!(crate::client::error_message(status, &v)));
+    }
+    Ok(v)
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+    }
+    for line in t.lines() {
+        println!("{}", line.trim_end());
+    }
+}
+
+fn s(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints `v[key]` as a table with one row per item, or `no {key}` when there is none.
+fn print_list(
+    v: &serde_json::Value,
+    key: &str,
+    header: &[&str],
+    row: impl Fn(&serde_json::Value) -> Vec<String>,
+) {
+    let list = v[key].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no {key}");
+        return;
+    }
+    table(header, list.iter().map(row).collect());
+}
+
+fn print_requests(v: &serde_json::Value) {
+    print_list(
+        v,
+        "requests",
+        &[
+            "ID",
+            "STATUS",
+            "TARGET",
+            "TECHNICIAN",
+            "MINUTES",
+            "APPROVALS",
+            "CREATED",
+            "REASON",
+        ],
+        |r| {
+            vec![
+                s(&r["id"]),
+                s(&r["status"]),
+                format!("{}/{}", s(&r["customer"]), s(&r["target"])),
+                sallyport_ids::short(&s(&r["technician"])),
+                s(&r["minutes"]),
+                format!(
+                    "{}/{}",
+                    r["approvals"].as_array().map_or(0, Vec::len),
+                    s(&r["approvals_required"])
+                ),
+                s(&r["created_at"]),
+                s(&r["reason"]),
+            ]
+        },
+    );
+}
+
+fn print_sessions(v: &serde_json::Value) {
+    print_list(
+        v,
+        "sessions",
+        &[
+            "ID",
+            "STATE",
+            "TARGET",
+            "TECHNICIAN",
+            "OPENED",
+            "DURATION",
+            "BYTES UP",
+            "BYTES DOWN",
+            "CLOSED BECAUSE",
+        ],
+        |r| {
+            vec![
+                s(&r["id"]),
+                if r["live"] == true { "live" } else { "closed" }.into(),
+                format!("{}/{}", s(&r["customer"]), s(&r["target"])),
+                sallyport_ids::short(&s(&r["technician"])),
+                s(&r["opened_at"]),
+                format!("{}s", s(&r["duration_seconds"])),
+                s(&r["bytes_up"]),
+                s(&r["bytes_down"]),
+                s(&r["close_reason"]),
+            ]
+        },
+    );
+}
+
+/// `sallyport revoke GRANT_ID --reason WHY`.
+pub fn revoke(grant_id: &str, reason: &str, args: &ClientArgs) -> anyhow::Result<()> {
+    let identity = IdentityDir::read(&args.identity)?;
+    let client = crate::client::BrokerClient::new(&identity, args.broker.as_deref())?;
+    let rt = runtime()?;
+    let (status, body) = rt.block_on(client.call(
+        hyper::Method::POST,
+        &format!("/v1/grants/{grant_id}/revoke"),
+        Some(serde_json::json!({ "reason": reason })),
+    ))?;
+    if !status.is_success() {
+        return Err(anyhow!(crate::client::error_message(status, &body)));
+    }
+    if args.json {
+        println!("{body}");
+    } else {
+        println!(
+            "revoked grant {} ({} live session(s) closed)",
+            body["grant_id"].as_str().unwrap_or(grant_id),
+            body["sessions_closed"]
+        );
+    }
+    Ok(())
+}
+
+/// `sallyport connect CUSTOMER/TARGET --listen ADDR`: a local forwarder, one tunnel per connection.
+pub fn connect(
+    target: &str,
+    grant: Option<&Path>,
+    listen: SocketAddr,
+    identity: &Path,
+    broker: Option<&str>,
+    allow_remote: bool,
+) -> anyhow::Result<()> {
+    if !listen.ip().is_loopback() && !allow_remote {
+        return Err(anyhow!(
+            "--listen {listen} is not a loopback address: anyone who can reach it would use your certificate and grant; use 127.0.0.1:PORT, or pass --allow-remote if you mean it"
+        ));
+    }
+    let identity = IdentityDir::read(identity)?;
+    let rt = runtime()?;
+    let token = match grant {
+        Some(grant) => std::fs::read_to_string(grant)
+            .with_context(|| format!("reading the grant {}", grant.display()))?
+            .trim()
+            .to_owned(),
+        None => {
+            let client = crate::client::BrokerClient::new(&identity, broker)?;
+            rt.block_on(crate::client::approved_grant(&client, target))?
+        }
+    };
+    let (fwd, expires) = crate::forwarder::Forwarder::new(target, &token, &identity, broker)?;
+    rt.block_on(async move {
+        let listener = crate::forwarder::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        // The forwarder keeps serving when nobody reads its output any more (e.g. `| head -1`).
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "sallyport: listening on {addr}");
+        let _ = writeln!(
+            out,
+            "forwarding {addr} -> {target} (grant expires {expires}); Ctrl-C to stop"
+        );
+        let _ = out.flush();
+        tokio::select! {
+            r = fwd.serve(listener) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}

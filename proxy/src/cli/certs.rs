@@ -1,0 +1,160 @@
+//! `sallyport certs issue`: identity folders (certificate, key, CA, broker address) for
+//! technicians, a customer's approvers and auditors, and provider admins, from the broker's CA.
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use clap::Subcommand;
+use sallyport_config::Config;
+use sallyport_ids::{GroupName, Principal, SpiffeId};
+
+use super::Failure;
+
+/// `sallyport certs ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Issue an identity folder (cert.pem, key.pem, ca.pem, broker).
+    Issue {
+        #[command(subcommand)]
+        role: IssueRole,
+    },
+}
+
+/// Flags every `certs issue` takes.
+#[derive(Debug, clap::Args)]
+pub struct IssueCommon {
+    /// The broker folder (holding sallyport.toml and the CA).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Identity folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Certificate lifetime in hours.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    hours: u64,
+}
+
+/// Whom to issue for.
+#[derive(Debug, Subcommand)]
+pub enum IssueRole {
+    /// Provider staff who request access.
+    Technician {
+        /// Name, e.g. alice.
+        name: String,
+        /// The provider (MSP) the technician works for.
+        #[arg(long)]
+        provider: String,
+        /// Group carried in the certificate (repeatable), visible to customer policies.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        common: IssueCommon,
+    },
+    /// A customer's approver.
+    Approver {
+        /// Name.
+        name: String,
+        /// Customer id.
+        #[arg(long)]
+        customer: String,
+        #[command(flatten)]
+        common: IssueCommon,
+    },
+    /// A customer's auditor.
+    Auditor {
+        /// Name.
+        name: String,
+        /// Customer id.
+        #[arg(long)]
+        customer: String,
+        #[command(flatten)]
+        common: IssueCommon,
+    },
+    /// A provider administrator.
+    Admin {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        common: IssueCommon,
+    },
+}
+
+/// `sallyport certs issue ROLE NAME ...`: an identity folder for one person.
+pub fn issue(role: IssueRole) -> Result<(), Failure> {
+    let (principal, groups, common) = match role {
+        IssueRole::Technician {
+            name,
+            provider,
+            groups,
+            common,
+        } => (
+            Principal::Technician {
+                provider: provider.parse().map_err(anyhow::Error::from)?,
+                name: name.parse().map_err(anyhow::Error::from)?,
+            },
+            groups
+                .iter()
+                .map(|g| g.parse())
+                .collect::<Result<Vec<GroupName>, _>>()
+                .map_err(anyhow::Error::from)?,
+            common,
+        ),
+        IssueRole::Approver {
+            name,
+            customer,
+            common,
+        } => (
+            Principal::Approver {
+                customer: customer.parse().map_err(anyhow::Error::from)?,
+                name: name.parse().map_err(anyhow::Error::from)?,
+            },
+            vec![],
+            common,
+        ),
+        IssueRole::Auditor {
+            name,
+            customer,
+            common,
+        } => (
+            Principal::Auditor {
+                customer: customer.parse().map_err(anyhow::Error::from)?,
+                name: name.parse().map_err(anyhow::Error::from)?,
+            },
+            vec![],
+            common,
+        ),
+        IssueRole::Admin { name, common } => (
+            Principal::Admin {
+                name: name.parse().map_err(anyhow::Error::from)?,
+            },
+            vec![],
+            common,
+        ),
+    };
+    let cfg = Config::load(&common.dir.join("sallyport.toml"))?;
+    if let Some(c) = principal.customer()
+        && cfg.customer(c.as_str()).is_none()
+    {
+        return Err(Failure::Other(anyhow!(
+            "customer `{c}` is not configured in {}",
+            cfg.file.display()
+        )));
+    }
+    let ca = crate::init::load_ca(&cfg)?;
+    let id = SpiffeId::new(cfg.trust_domain.clone(), principal);
+    crate::init::issue_identity(
+        &ca,
+        &id,
+        &groups,
+        common.hours,
+        &common.out,
+        &cfg.public_address,
+    )?;
+    println!(
+        "wrote identity {} for {id} (valid {} h, broker {})",
+        common.out.display(),
+        common.hours,
+        cfg.public_address
+    );
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Revocation: that customer's approvers, the grant's technician or an admin revoke a grant. It is
+//! on the trail before the tunnels it cuts record their closes; every live tunnel of the grant is
+//! cut at once, whether or not the record could be written (ending access is always safe), and the
+//! token is refused from then on (the gateway reads the revocation from the store). Anyone else
+//! learns nothing (`NotFound`); the customer's auditors are told they cannot (`Forbidden`).
+
+use std::sync::Arc;
+
+use sallyport_audit::{AuditEvent, EventKind, Outcome};
+use sallyport_ids::{GrantId, Principal};
+use sallyport_notify::Notification;
+use sallyport_store::{GrantRecord, Revocation, StoreError};
+
+use crate::terms::{MAX_REASON, text_field};
+use crate::{Caller, Context, LiveTunnels, WorkflowError};
+
+/// What a revocation did.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// The grant.
+    pub grant: GrantRecord,
+    /// The revocation that stands (the first one, if the grant was revoked before).
+    pub revocation: Revocation,
+    /// Live tunnels of the grant closed now.
+    pub sessions_closed: usize,
+}
+
+/// Revocation of grants. Cheap to clone.
+#[derive(Clone)]
+pub struct Grants {
+    cx: Context,
+    tunnels: Arc<dyn LiveTunnels>,
+}
+
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grants").finish_non_exhaustive()
+    }
+}
+
+impl Grants {
+    /// Revocation over `cx`, cutting the tunnels of `tunnels`.
+    pub fn new(cx: Context, tunnels: Arc<dyn LiveTunnels>) -> Self {
+        Self { cx, tunnels }
+    }
+
+    /// Revokes grant `id` as `caller`, for `reason`.
+    pub async fn revoke(
+        &self,
+        caller: Caller<'_>,
+        id: &str,
+        reason: &str,
+    ) -> Result<Revoked, WorkflowError> {
+        let reason = text_field("reason", reason, MAX_REASON, "say why the access ends")?;
+        let not_found = || WorkflowError::NotFound(format!("no grant `{id}`"));
+        let gid: GrantId = id.parse().map_err(|_| not_found())?;
+        let lookup = gid.clone();
+        let grant = match self.cx.db.run(move |s| s.grant(&lookup)).await {
+            Ok(g) => g,
+            Err(StoreError::NotFound { .. }) => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        // Tenants are walls: another customer's approver or another technician learns nothing.
+        let actor = caller.peer.id.clone();
+        match actor.principal() {
+            Principal::Admin { .. } => {}
+            Principal::Technician { .. } if grant.technician == actor => {}
+            Principal::Approver { customer, .. } if *customer == grant.customer => {}
+            Principal::Auditor { customer, .. } if *customer == grant.customer => {
+                return Err(WorkflowError::Forbidden(
+                    "auditors cannot revoke grants".into(),
+                ));
+            }
+            _ => return Err(not_found()),
+        }
+        let at = self.cx.clock.unix();
+        let (g, by, why) = (gid.clone(), actor.clone(), reason.clone());
+        let (revoked, changed) = self.cx.db.run(move |s| s.revoke(&g, &by, &why, at)).await?;
+        let revocation = revoked.revoked.clone().unwrap_or(Revocation {
+            at,
+            by: actor.clone(),
+            reason: reason.clone(),
+        });
+        // The revocation is on the trail before the tunnels it cuts record their closes.
+        let mut recorded = Ok(());
+        if changed {
+            let mut ev = AuditEvent::new(
+                EventKind::GrantRevoked,
+                Outcome::Success,
+                format!("revoked: {}", revocation.reason),
+            );
+            ev.customer = Some(grant.customer.clone());
+            ev.actor = Some(actor.to_string());
+            ev.target = Some(grant.target.to_string());
+            ev.subject = Some(grant.technician.clone());
+            ev.grant_id = Some(grant.id.clone());
+            ev.request_id = grant.request_id.clone();
+            ev.source_ip = Some(caller.ip);
+            recorded = self.cx.record(ev).await;
+        }
+        // Cut every live tunnel of the grant, whether or not the record could be written: ending
+        // access is always safe. Each tunnel records its own close.
+        let cut = self.tunnels.end_grant(&gid, "grant revoked");
+        if let Err(e) = recorded {
+            tracing::error!("a revocation could not be audited (the grant is revoked regardless)");
+            return Err(e);
+        }
+        if changed {
+            self.cx.notify(Notification {
+                customer: grant.customer.clone(),
+                event: "grant_revoked".into(),
+                text: format!(
+                    "{} revoked {}'s access to {}/{} (grant {}): {}",
+                    actor.short(),
+                    grant.technician.short(),
+                    grant.customer,
+                    grant.target,
+                    grant.id,
+                    revocation.reason
+                ),
+                data: serde_json::json!({
+                    "grant_id": grant.id,
+                    "request_id": grant.request_id,
+                    "customer": grant.customer,
+                    "target": grant.target,
+                    "technician": grant.technician,
+                    "revoked_by": actor,
+                    "reason": revocation.reason,
+                    "sessions_closed": cut,
+                }),
+            });
+        }
+        tracing::info!(grant = %grant.id, customer = %grant.customer, sessions_closed = cut, "grant revoked");
+        Ok(Revoked {
+            grant: revoked,
+            revocation,
+            sessions_closed: cut,
+        })
+    }
+}

@@ -1,0 +1,794 @@
+//! Access requests: a technician files one for one target, that customer's approvers decide under
+//! that customer's policy, and the requester fetches the grant that results.
+//!
+//! - Filing: technicians only, at most `limits.request_filings_*` per technician; Cedar action
+//!   `request` decides whether it may be filed, and the permitting policies' `@approvals` and
+//!   `@max_minutes` set the quorum and the longest window ([`crate::terms`]).
+//! - Listing and reading: technicians see their own, approvers and auditors their customer's, admins
+//!   all ([`crate::scope`]).
+//! - Deciding: that customer's approvers, under Cedar action `approve`; never the requester; a quorum
+//!   of distinct approvers; one denial ends it.
+//! - The grant: the requesting technician, once approved, with the certificate the request was filed
+//!   with; minted (certificate-bound) only after the approval is on the trail.
+//! - Expiry: pending requests expire after `requests.pending_expiry_seconds` ([`Requests::run_expiry`]).
+//!
+//! Every state change is on the customer's audit trail before it takes effect, and goes to the
+//! customer's webhook.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use sallyport_audit::{AuditEvent, EventKind, Outcome};
+use sallyport_certs::grant::{GrantSigner, GrantSpec};
+use sallyport_config::{Config, Customer, Target};
+use sallyport_ids::time::rfc3339;
+use sallyport_ids::{CustomerId, GrantId, Principal, RequestId, Role, SpiffeId};
+use sallyport_notify::Notification;
+use sallyport_policy::{Action, RequestContext, Subject, TargetInfo};
+use sallyport_store::{Approval, NewRequest, RequestRecord, RequestStatus, StoreError};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::limit::CallLimiter;
+use crate::scope::Scope;
+use crate::terms::{self, MAX_REASON, MAX_TICKET, text_field};
+use crate::{Caller, Context, WorkflowError, view};
+
+/// What a technician asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filing {
+    /// The customer, as given.
+    pub customer: String,
+    /// The target, as given.
+    pub target: String,
+    /// Minutes of access.
+    pub minutes: u32,
+    /// Why.
+    pub reason: String,
+    /// Change or incident ticket.
+    pub ticket: Option<String>,
+    /// Start of the window, RFC 3339; `None`: at approval.
+    pub start_at: Option<String>,
+}
+
+/// A technician who may file now: their identity is checked and the filing is counted against their
+/// rate. Made by [`Requests::filer`], used by [`Requests::file`].
+#[derive(Debug)]
+pub struct Filer<'a> {
+    caller: Caller<'a>,
+}
+
+/// What came of an approval.
+#[derive(Debug, Clone)]
+pub struct Approved {
+    /// The request as it stands now.
+    pub request: RequestRecord,
+    /// Approvals still missing (0: granted).
+    pub missing: u32,
+}
+
+/// A grant handed to its technician.
+#[derive(Debug, Clone)]
+pub struct FetchedGrant {
+    /// The signed, certificate-bound token.
+    pub token: String,
+    /// The grant's id.
+    pub grant_id: GrantId,
+    /// The request it came from.
+    pub request_id: RequestId,
+    /// Its customer.
+    pub customer: CustomerId,
+    /// Its target.
+    pub target: sallyport_ids::TargetId,
+    /// The target's port.
+    pub port: u16,
+    /// Start of the window (Unix seconds).
+    pub not_before: i64,
+    /// End of the window (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// The request workflow. Cheap to clone.
+#[derive(Clone)]
+pub struct Requests {
+    cx: Context,
+    config: Arc<Config>,
+    signer: Arc<GrantSigner>,
+    filings: Arc<CallLimiter>,
+}
+
+impl std::fmt::Debug for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requests").finish_non_exhaustive()
+    }
+}
+
+/// An audit record about request `r`.
+fn event(r: &NewRequest, kind: EventKind, outcome: Outcome, reason: String) -> AuditEvent {
+    let mut ev = AuditEvent::new(kind, outcome, reason);
+    ev.customer = Some(r.customer.clone());
+    ev.target = Some(r.target.to_string());
+    ev.subject = Some(r.technician.clone());
+    ev.request_id = Some(r.id.clone());
+    ev
+}
+
+fn target_info(customer: &Customer, target: &Target) -> TargetInfo {
+    TargetInfo {
+        customer: customer.id.clone(),
+        id: target.id.clone(),
+        tags: target.tags.clone(),
+        port: target.port,
+        protocol: target.protocol.clone(),
+    }
+}
+
+impl Requests {
+    /// The workflow over `cx`, for the customers of `config`, minting grants with `signer` and
+    /// counting filings in `filings`.
+    pub fn new(
+        cx: Context,
+        config: Arc<Config>,
+        signer: Arc<GrantSigner>,
+        filings: Arc<CallLimiter>,
+    ) -> Self {
+        Self {
+            cx,
+            config,
+            signer,
+            filings,
+        }
+    }
+
+    /// Queues a webhook notification about request `rec`.
+    fn notify(&self, rec: &RequestRecord, event: &str, text: String) {
+        let mut data = view::request(rec);
+        data["event"] = event.into();
+        self.cx.notify(Notification {
+            customer: rec.filed.customer.clone(),
+            event: event.into(),
+            text,
+            data,
+        });
+    }
+
+    /// Checks that `caller` may file a request now: a technician within their filing rate.
+    pub fn filer<'a>(&self, caller: Caller<'a>) -> Result<Filer<'a>, WorkflowError> {
+        if caller.peer.id.role() != Role::Technician {
+            return Err(WorkflowError::Forbidden(
+                "only technicians file access requests".into(),
+            ));
+        }
+        self.filings
+            .check(&caller.peer.id.to_string())
+            .map_err(|wait| WorkflowError::RateLimited {
+                what: "access requests filed",
+                wait,
+            })?;
+        Ok(Filer { caller })
+    }
+
+    /// Files a request. Refused by the customer's policy: recorded as refused, `Forbidden`.
+    pub async fn file(&self, filer: Filer<'_>, f: Filing) -> Result<RequestRecord, WorkflowError> {
+        let caller = filer.caller;
+        let Principal::Technician { provider, name } = caller.peer.id.principal() else {
+            return Err(WorkflowError::Forbidden(
+                "only technicians file access requests".into(),
+            ));
+        };
+        let technician = &caller.peer.id;
+        let customer = self
+            .config
+            .customer(&f.customer)
+            .ok_or_else(|| WorkflowError::NotFound(format!("no customer `{}`", f.customer)))?;
+        let target = customer.target(&f.target).ok_or_else(|| {
+            WorkflowError::NotFound(format!(
+                "customer `{}` has no target `{}`",
+                customer.id, f.target
+            ))
+        })?;
+        let max = self.config.grants.max_minutes;
+        if f.minutes == 0 || f.minutes > max {
+            return Err(WorkflowError::invalid(
+                "bad_minutes",
+                format!("`minutes` must be 1 to {max}"),
+            ));
+        }
+        let reason = text_field(
+            "reason",
+            &f.reason,
+            MAX_REASON,
+            "say what the access is for",
+        )?;
+        let ticket = f
+            .ticket
+            .as_deref()
+            .map(|t| {
+                text_field(
+                    "ticket",
+                    t,
+                    MAX_TICKET,
+                    "give the change or incident ticket, or leave it out",
+                )
+            })
+            .transpose()?;
+        let now = self.cx.clock.now();
+        let at = now.as_second();
+        let start_at = terms::start_at(f.start_at.as_deref(), f.minutes, at)?;
+        let subject = Subject::Technician {
+            id: technician.clone(),
+            provider: provider.clone(),
+            name: name.clone(),
+            groups: caller.peer.groups.clone(),
+        };
+        let ctx = RequestContext {
+            now,
+            minutes: f.minutes,
+            source_ip: caller.ip,
+            ticket: ticket.clone(),
+        };
+        let decision = customer.policy.decide(
+            Action::Request,
+            &subject,
+            &target_info(customer, target),
+            &ctx,
+        );
+        let terms = terms::terms(&customer.policy, &decision, max);
+        let pending =
+            i64::try_from(self.config.requests.pending_expiry.as_secs()).unwrap_or(i64::MAX);
+        let filed = NewRequest {
+            id: RequestId::mint(),
+            customer: customer.id.clone(),
+            target: target.id.clone(),
+            technician: technician.clone(),
+            cert_thumbprint: B64.encode(caller.peer.thumbprint),
+            minutes: f.minutes,
+            reason: reason.clone(),
+            ticket,
+            start_at,
+            approvals_required: terms.approvals,
+            policy_id: (!terms.policy_id.is_empty()).then_some(terms.policy_id.clone()),
+            created_at: at,
+            // Undecided requests expire, and never outlive the window they ask for.
+            expires_at: terms::pending_until(start_at, f.minutes, at, pending),
+        };
+        let refusal = if !decision.allowed {
+            Some(decision.reason.clone())
+        } else if f.minutes > terms.max_minutes {
+            Some(format!(
+                "policy `{}` allows at most {} minutes",
+                decision.policy_ids.join("`, `"),
+                terms.max_minutes
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            let mut ev = event(&filed, EventKind::RequestFiled, Outcome::Deny, why.clone());
+            ev.actor = Some(technician.to_string());
+            ev.source_ip = Some(caller.ip);
+            ev.policy_ids = decision.policy_ids;
+            self.cx.record(ev).await?;
+            tracing::info!(peer = %technician, customer = %customer.id, target = %target.id, reason = %why, "access request refused");
+            return Err(WorkflowError::Forbidden(why));
+        }
+        // The filing is on the trail before it is stored: a request never exists unrecorded.
+        let mut ev = event(
+            &filed,
+            EventKind::RequestFiled,
+            Outcome::Success,
+            format!(
+                "{} minutes requested: {}{}",
+                filed.minutes,
+                reason,
+                filed
+                    .ticket
+                    .as_deref()
+                    .map(|t| format!(" (ticket {t})"))
+                    .unwrap_or_default()
+            ),
+        );
+        ev.actor = Some(technician.to_string());
+        ev.source_ip = Some(caller.ip);
+        ev.policy_ids = decision.policy_ids.clone();
+        self.cx.record(ev).await?;
+        // A request that needs no approval is approved at once, its window starting now.
+        let instant = if filed.approvals_required == 0 {
+            Some(terms::window(&filed, GrantId::mint(), at)?)
+        } else {
+            None
+        };
+        let to_store = filed.clone();
+        let stored = self
+            .cx
+            .db
+            .run(move |s| s.file_request(&to_store, instant.as_ref(), at))
+            .await;
+        let rec = match stored {
+            Ok(r) => r,
+            Err(e) => {
+                let mut ev = event(
+                    &filed,
+                    EventKind::RequestFiled,
+                    Outcome::Failure,
+                    format!("not stored, so it does not exist: {e}"),
+                );
+                ev.actor = Some(technician.to_string());
+                if let Err(e) = self.cx.trail.append(ev).await {
+                    tracing::error!(error = %e, "could not audit a failed filing");
+                }
+                return Err(e.into());
+            }
+        };
+        let place = format!("{}/{}", filed.customer, filed.target);
+        if rec.status == RequestStatus::Approved {
+            self.record_approval(&rec, "policy", None).await?;
+            self.notify(
+                &rec,
+                "request_approved",
+                format!(
+                    "{} has {} minutes on {place}, approved at once by policy (request {}): {reason}",
+                    technician.short(),
+                    filed.minutes,
+                    filed.id
+                ),
+            );
+        } else {
+            self.notify(
+                &rec,
+                "request_filed",
+                format!(
+                    "{} asks for {} minutes on {place}: {reason} (request {}, {} approval(s) needed)",
+                    technician.short(),
+                    filed.minutes,
+                    filed.id,
+                    filed.approvals_required
+                ),
+            );
+        }
+        tracing::info!(request = %filed.id, peer = %technician, customer = %filed.customer, target = %filed.target, status = rec.status.as_str(), "access request filed");
+        Ok(rec)
+    }
+
+    /// Records that `rec` is approved, then lets its grant be handed out.
+    async fn record_approval(
+        &self,
+        rec: &RequestRecord,
+        actor: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<(), WorkflowError> {
+        let f = &rec.filed;
+        let why = if f.approvals_required == 0 {
+            format!(
+                "approved at once: policy `{}` requires no approval",
+                f.policy_id.as_deref().unwrap_or("")
+            )
+        } else {
+            format!(
+                "approved by {}",
+                rec.approvals
+                    .iter()
+                    .map(|a| a.approver.short())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let mut ev = event(f, EventKind::RequestApproved, Outcome::Success, why);
+        ev.actor = Some(actor.to_owned());
+        ev.source_ip = source;
+        ev.grant_id = rec.grant_id.clone();
+        ev.expires_at = rec.grant.as_ref().map(|g| rfc3339(g.expires_at));
+        self.cx.record(ev).await?;
+        if let Some(gid) = rec.grant_id.clone() {
+            self.cx.db.run(move |s| s.mark_grant_audited(&gid)).await?;
+        }
+        Ok(())
+    }
+
+    /// Requests `caller` may see, newest first: optionally of one status, and (admins and
+    /// technicians) of one customer.
+    pub async fn list(
+        &self,
+        caller: Caller<'_>,
+        status: Option<&str>,
+        customer: Option<String>,
+    ) -> Result<Vec<RequestRecord>, WorkflowError> {
+        let status = match status.map(|s| (s, RequestStatus::parse(s))) {
+            None => None,
+            Some((_, Some(s))) => Some(s),
+            Some((s, None)) => {
+                return Err(WorkflowError::invalid(
+                    "bad_status",
+                    format!("unknown status `{s}`: use pending, approved, denied or expired"),
+                ));
+            }
+        };
+        let (customer, technician): (Option<String>, Option<SpiffeId>) =
+            match Scope::of(&caller.peer.id) {
+                Scope::All => (customer, None),
+                Scope::Customer(c) => {
+                    if customer.as_ref().is_some_and(|asked| *asked != c.as_str()) {
+                        return Err(WorkflowError::Forbidden(format!(
+                            "you can only see requests of customer `{c}`"
+                        )));
+                    }
+                    (Some(c.to_string()), None)
+                }
+                Scope::Technician(t) => (customer, Some(t)),
+            };
+        // A customer that is not an id has no requests.
+        let customer = match customer.map(|c| c.parse::<CustomerId>()) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(_)) => return Ok(Vec::new()),
+        };
+        Ok(self
+            .cx
+            .db
+            .run(move |s| s.requests(customer.as_ref(), technician.as_ref(), status))
+            .await?)
+    }
+
+    /// The request `id` if `caller` may see it; anything else is `NotFound`.
+    pub async fn visible(
+        &self,
+        caller: Caller<'_>,
+        id: &str,
+    ) -> Result<RequestRecord, WorkflowError> {
+        let not_found = || WorkflowError::NotFound(format!("no request `{id}`"));
+        let Ok(rid) = id.parse::<RequestId>() else {
+            return Err(not_found());
+        };
+        match self.cx.db.run(move |s| s.request(&rid)).await {
+            Ok(r) if Scope::of(&caller.peer.id).sees(&r.filed.customer, &r.filed.technician) => {
+                Ok(r)
+            }
+            Ok(_) | Err(StoreError::NotFound { .. }) => Err(not_found()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks that the caller is an approver of the request's customer and that the customer's
+    /// policy lets them decide it (`deciding`: `approve` or `deny`). A policy refusal is recorded.
+    async fn approver_may_decide(
+        &self,
+        caller: Caller<'_>,
+        rec: &RequestRecord,
+        deciding: &str,
+    ) -> Result<(), WorkflowError> {
+        let Principal::Approver { customer, name } = caller.peer.id.principal() else {
+            return Err(WorkflowError::Forbidden(format!(
+                "only the customer's approvers {deciding} requests"
+            )));
+        };
+        terms::may_decide(&caller.peer.id, rec)?;
+        let f = &rec.filed;
+        let Some(c) = self.config.customer(f.customer.as_str()) else {
+            return Err(WorkflowError::Conflict(format!(
+                "customer `{}` is no longer configured",
+                f.customer
+            )));
+        };
+        let Some(t) = c.target(f.target.as_str()) else {
+            return Err(WorkflowError::Conflict(format!(
+                "target `{}` of `{}` is no longer configured",
+                f.target, f.customer
+            )));
+        };
+        let subject = Subject::Approver {
+            id: caller.peer.id.clone(),
+            customer: customer.clone(),
+            name: name.clone(),
+        };
+        let ctx = RequestContext {
+            now: self.cx.clock.now(),
+            minutes: f.minutes,
+            source_ip: caller.ip,
+            ticket: f.ticket.clone(),
+        };
+        let d = c
+            .policy
+            .decide(Action::Approve, &subject, &target_info(c, t), &ctx);
+        if !d.allowed {
+            let mut ev = event(
+                f,
+                EventKind::ApprovalRecorded,
+                Outcome::Deny,
+                format!("may not {deciding}: {}", d.reason),
+            );
+            ev.actor = Some(caller.peer.id.to_string());
+            ev.source_ip = Some(caller.ip);
+            ev.policy_ids = d.policy_ids;
+            self.cx.record(ev).await?;
+            return Err(WorkflowError::Forbidden(format!(
+                "the policy of `{}` does not let you {deciding} this request: {}",
+                f.customer, d.reason
+            )));
+        }
+        Ok(())
+    }
+
+    /// Approves request `id` as `caller`; the last approval of the quorum creates the grant.
+    pub async fn approve(
+        &self,
+        caller: Caller<'_>,
+        id: &str,
+        comment: Option<&str>,
+    ) -> Result<Approved, WorkflowError> {
+        let comment = comment
+            .map(|c| text_field("comment", c, MAX_REASON, "leave it out or say something"))
+            .transpose()?;
+        let rec = self.visible(caller, id).await?;
+        self.approver_may_decide(caller, &rec, "approve").await?;
+        let approver = caller.peer.id.clone();
+        let (rid, by, at) = (rec.filed.id.clone(), approver.clone(), self.cx.clock.unix());
+        let outcome = self
+            .cx
+            .db
+            .run(move |s| {
+                let issue = |req: &NewRequest| {
+                    terms::window(req, GrantId::mint(), at)
+                        .map_err(|e| StoreError::Conflict(e.to_string()))
+                };
+                s.approve(&rid, &by, comment.as_deref(), &issue, at)
+            })
+            .await?;
+        let rid = rec.filed.id.clone();
+        let rec = self.cx.db.run(move |s| s.request(&rid)).await?;
+        let f = &rec.filed;
+        let missing = match outcome {
+            Approval::Recorded { missing } => {
+                let mut ev = event(
+                    f,
+                    EventKind::ApprovalRecorded,
+                    Outcome::Success,
+                    format!("approval recorded; {missing} more needed"),
+                );
+                ev.actor = Some(approver.to_string());
+                ev.source_ip = Some(caller.ip);
+                self.cx.record(ev).await?;
+                missing
+            }
+            Approval::Granted(_) => {
+                self.record_approval(&rec, &approver.to_string(), Some(caller.ip))
+                    .await?;
+                self.notify(
+                    &rec,
+                    "request_approved",
+                    format!(
+                        "{} approved {}'s {} minutes on {}/{} (request {})",
+                        approver.short(),
+                        f.technician.short(),
+                        f.minutes,
+                        f.customer,
+                        f.target,
+                        f.id
+                    ),
+                );
+                0
+            }
+        };
+        tracing::info!(request = %f.id, approver = %approver, missing, "request approved");
+        Ok(Approved {
+            request: rec,
+            missing,
+        })
+    }
+
+    /// Denies request `id` as `caller`; one denial ends it.
+    pub async fn deny(
+        &self,
+        caller: Caller<'_>,
+        id: &str,
+        reason: &str,
+    ) -> Result<RequestRecord, WorkflowError> {
+        let reason = text_field("reason", reason, MAX_REASON, "tell the technician why")?;
+        let rec = self.visible(caller, id).await?;
+        self.approver_may_decide(caller, &rec, "deny").await?;
+        let approver = caller.peer.id.clone();
+        let (rid, by, why, at) = (
+            rec.filed.id.clone(),
+            approver.clone(),
+            reason.clone(),
+            self.cx.clock.unix(),
+        );
+        let rec = self.cx.db.run(move |s| s.deny(&rid, &by, &why, at)).await?;
+        let f = &rec.filed;
+        let mut ev = event(
+            f,
+            EventKind::RequestDenied,
+            Outcome::Success,
+            format!("denied: {reason}"),
+        );
+        ev.actor = Some(approver.to_string());
+        ev.source_ip = Some(caller.ip);
+        self.cx.record(ev).await?;
+        self.notify(
+            &rec,
+            "request_denied",
+            format!(
+                "{} denied {}'s request for {}/{} (request {}): {reason}",
+                approver.short(),
+                f.technician.short(),
+                f.customer,
+                f.target,
+                f.id
+            ),
+        );
+        tracing::info!(request = %f.id, approver = %approver, "request denied");
+        Ok(rec)
+    }
+
+    /// Hands the grant of approved request `id` to its technician, bound to the certificate the
+    /// request was filed with; minted only once the approval and the handing out are on the trail.
+    pub async fn grant(&self, caller: Caller<'_>, id: &str) -> Result<FetchedGrant, WorkflowError> {
+        let rec = self.visible(caller, id).await?;
+        let f = &rec.filed;
+        let peer = caller.peer;
+        if peer.id.role() != Role::Technician || f.technician != peer.id {
+            return Err(WorkflowError::Forbidden(
+                "only the requesting technician fetches the grant".into(),
+            ));
+        }
+        let conflict = |m: String| WorkflowError::Conflict(m);
+        match rec.status {
+            RequestStatus::Approved => {}
+            RequestStatus::Pending => {
+                return Err(conflict(format!(
+                    "request `{id}` is pending: {} more approval(s) needed",
+                    rec.approvals_missing()
+                )));
+            }
+            other => return Err(conflict(format!("request `{id}` was {}", other.as_str()))),
+        }
+        // Bound to the certificate that filed the request, and to no other.
+        let presented = B64.encode(peer.thumbprint);
+        if !bool::from(f.cert_thumbprint.as_bytes().ct_eq(presented.as_bytes())) {
+            return Err(WorkflowError::Forbidden(
+                "this request was filed with another certificate; file a new request with this one"
+                    .into(),
+            ));
+        }
+        let Some(gid) = rec.grant_id.clone() else {
+            return Err(conflict(format!("request `{id}` has no grant")));
+        };
+        let g = self.cx.db.run(move |s| s.grant(&gid)).await?;
+        if let Some(r) = &g.revoked {
+            return Err(conflict(format!(
+                "grant `{}` was revoked by {}: {}",
+                g.id,
+                r.by.short(),
+                r.reason
+            )));
+        }
+        let now = self.cx.clock.unix();
+        if g.expires_at <= now {
+            return Err(conflict(format!("grant `{}` has expired", g.id)));
+        }
+        let cert_end = peer
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if g.not_before >= cert_end {
+            return Err(conflict(
+                "your certificate expires before the grant's window opens; renew it and file a new request"
+                    .into(),
+            ));
+        }
+        // An approval whose record could not be written is recorded now, before anything is handed
+        // out.
+        if !g.audited {
+            let actor = match rec.approvals.last() {
+                Some(a) => a.approver.to_string(),
+                None => "policy".to_owned(),
+            };
+            self.record_approval(&rec, &actor, None).await?;
+        }
+        let Some((customer, target)) = self
+            .config
+            .customer(g.customer.as_str())
+            .and_then(|c| Some((c, c.target(g.target.as_str())?)))
+        else {
+            return Err(conflict(format!(
+                "target `{}/{}` is no longer configured",
+                g.customer, g.target
+            )));
+        };
+        let at = |unix: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+        let spec = GrantSpec {
+            sub: peer.id.clone(),
+            customer: customer.id.clone(),
+            target: target.id.clone(),
+            port: target.port,
+            gid: g.id.clone(),
+            not_before: at(g.not_before),
+            // A grant never outlives the certificate it is bound to.
+            expires_at: at(g.expires_at).min(peer.not_after),
+            cert_thumbprint: peer.thumbprint,
+        };
+        let (token, claims) = self.signer.mint(&spec).map_err(|e| {
+            tracing::error!(error = %e, "minting a grant failed");
+            WorkflowError::SigningFailed
+        })?;
+        let (nbf, exp) = (
+            i64::try_from(claims.nbf).unwrap_or(i64::MAX),
+            i64::try_from(claims.exp).unwrap_or(i64::MAX),
+        );
+        let mut ev = event(
+            f,
+            EventKind::GrantMinted,
+            Outcome::Success,
+            "grant fetched by the requesting technician".into(),
+        );
+        ev.actor = Some(peer.id.to_string());
+        ev.source_ip = Some(caller.ip);
+        ev.grant_id = Some(g.id.clone());
+        ev.expires_at = Some(rfc3339(exp));
+        // No token leaves before its record is durable.
+        self.cx.record(ev).await?;
+        tracing::info!(request = %f.id, grant = %g.id, "grant fetched");
+        Ok(FetchedGrant {
+            token,
+            grant_id: g.id,
+            request_id: f.id.clone(),
+            customer: g.customer,
+            target: g.target,
+            port: target.port,
+            not_before: nbf,
+            expires_at: exp,
+        })
+    }
+
+    /// Expires the pending requests whose time is up, each audited and notified; returns how many.
+    pub async fn expire_due(&self) -> Result<usize, WorkflowError> {
+        let at = self.cx.clock.unix();
+        let expired = self.cx.db.run(move |s| s.expire_pending(at)).await?;
+        for rec in &expired {
+            let f = &rec.filed;
+            let mut ev = event(
+                f,
+                EventKind::RequestExpired,
+                Outcome::Success,
+                format!(
+                    "expired undecided with {} of {} approval(s)",
+                    rec.approvals.len(),
+                    f.approvals_required
+                ),
+            );
+            ev.actor = Some("broker".into());
+            if let Err(e) = self.cx.trail.append(ev).await {
+                tracing::error!(error = %e, request = %f.id, "could not audit an expired request");
+            }
+            self.notify(
+                rec,
+                "request_expired",
+                format!(
+                    "{}'s request for {}/{} expired undecided (request {})",
+                    f.technician.short(),
+                    f.customer,
+                    f.target,
+                    f.id
+                ),
+            );
+            tracing::info!(request = %f.id, "pending request expired");
+        }
+        Ok(expired.len())
+    }
+
+    /// Expires pending requests every `requests.sweep_interval_seconds` until `shutdown`.
+    pub async fn run_expiry(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.requests.sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.expire_due().await {
+                tracing::error!(error = %e, "could not expire pending requests");
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Sessions: listing them (bytes and durations; live ones with their bytes so far, from this
+//! broker's tunnels) and ending one (that customer's approvers, the session's technician, or an
+//! admin). Ending is on the trail before the tunnel records its close, and happens even when that
+//! record cannot be written, since ending access is always safe.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sallyport_audit::{AuditEvent, EventKind, Outcome};
+use sallyport_ids::{CustomerId, Role, SessionId, SpiffeId};
+use sallyport_store::{SessionFilter, SessionRecord, StoreError};
+
+use crate::scope::Scope;
+use crate::{Caller, Context, LiveTunnels, WorkflowError};
+
+/// One listed session, and whether it is open now.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// The session (a live one with its bytes so far).
+    pub session: SessionRecord,
+    /// Open now.
+    pub live: bool,
+}
+
+/// Which sessions to list, as asked.
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    /// Only this customer's.
+    pub customer: Option<String>,
+    /// Only this technician's (SPIFFE id).
+    pub technician: Option<String>,
+    /// Only live ones.
+    pub live: bool,
+}
+
+/// Session listings and ends. Cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    cx: Context,
+    tunnels: Arc<dyn LiveTunnels>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// Sessions over `cx` and the live `tunnels`.
+    pub fn new(cx: Context, tunnels: Arc<dyn LiveTunnels>) -> Self {
+        Self { cx, tunnels }
+    }
+
+    /// The sessions `caller` may see, newest first: live ones from the tunnels, the rest from the
+    /// store (after the rows queued so far are written).
+    pub async fn list(&self, caller: Caller<'_>, q: Asked) -> Result<Vec<Listed>, WorkflowError> {
+        let (customer, technician) = match Scope::of(&caller.peer.id) {
+            Scope::All => (q.customer, q.technician),
+            Scope::Customer(c) => {
+                if q.customer
+                    .as_ref()
+                    .is_some_and(|asked| *asked != c.as_str())
+                {
+                    return Err(WorkflowError::Forbidden(format!(
+                        "you can only see sessions of customer `{c}`"
+                    )));
+                }
+                (Some(c.to_string()), q.technician)
+            }
+            Scope::Technician(t) => {
+                if q.technician
+                    .as_ref()
+                    .is_some_and(|asked| *asked != t.to_string())
+                {
+                    return Err(WorkflowError::Forbidden(
+                        "technicians can only see their own sessions".into(),
+                    ));
+                }
+                (q.customer, Some(t.to_string()))
+            }
+        };
+        let matches = |s: &SessionRecord| {
+            customer.as_ref().is_none_or(|c| *c == s.customer.as_str())
+                && technician
+                    .as_ref()
+                    .is_none_or(|t| *t == s.technician.to_string())
+        };
+        // Live sessions, with their bytes so far, come from this broker's tunnels.
+        let mut live: HashMap<SessionId, SessionRecord> = self
+            .tunnels
+            .snapshot()
+            .into_iter()
+            .filter(|s| matches(s))
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let listed = |session: SessionRecord, live: bool| Listed { session, live };
+        if q.live {
+            let mut out: Vec<SessionRecord> = live.into_values().collect();
+            out.sort_by(|a, b| b.opened_at.cmp(&a.opened_at).then(a.id.cmp(&b.id)));
+            return Ok(out.into_iter().map(|s| listed(s, true)).collect());
+        }
+        // Everything queued before now is in the store after this.
+        self.tunnels.flush().await;
+        // A customer or technician that is not an id has no stored sessions.
+        let (Ok(customer), Ok(technician)) = (
+            customer.map(|c| c.parse::<CustomerId>()).transpose(),
+            technician.map(|t| t.parse::<SpiffeId>()).transpose(),
+        ) else {
+            return Ok(live.into_values().map(|s| listed(s, true)).collect());
+        };
+        let filter = SessionFilter {
+            customer,
+            technician,
+            ..SessionFilter::default()
+        };
+        let stored = self.cx.db.run(move |s| s.sessions(&filter)).await?;
+        let mut out: Vec<Listed> = stored
+            .into_iter()
+            .map(|s| match live.remove(&s.id) {
+                Some(l) => listed(l, true),
+                None => listed(s, false),
+            })
+            .collect();
+        out.extend(live.into_values().map(|l| listed(l, true)));
+        Ok(out)
+    }
+
+    /// Ends live session `id` as `caller`; returns the session.
+    pub async fn end(&self, caller: Caller<'_>, id: &str) -> Result<SessionRecord, WorkflowError> {
+        let scope = Scope::of(&caller.peer.id);
+        let not_found = || WorkflowError::NotFound(format!("no session `{id}`"));
+        let sid: SessionId = id.parse().map_err(|_| not_found())?;
+        let Some(rec) = self.tunnels.get(&sid) else {
+            // A session that just closed has its row written after this.
+            self.tunnels.flush().await;
+            return match self.cx.db.run(move |s| s.session(&sid)).await {
+                Ok(s) if scope.sees(&s.customer, &s.technician) => {
+                    Err(WorkflowError::Conflict(match &s.close_reason {
+                        Some(why) => format!("session `{id}` is already closed ({why})"),
+                        None => format!("session `{id}` is not live on this broker"),
+                    }))
+                }
+                Ok(_) | Err(StoreError::NotFound { .. }) => Err(not_found()),
+                Err(e) => Err(e.into()),
+            };
+        };
+        if !scope.sees(&rec.customer, &rec.technician) {
+            return Err(not_found());
+        }
+        if caller.peer.id.role() == Role::Auditor {
+            return Err(WorkflowError::Forbidden(
+                "auditors cannot end sessions".into(),
+            ));
+        }
+        let actor = caller.peer.id.to_string();
+        let mut ev = AuditEvent::new(
+            EventKind::SessionEnded,
+            Outcome::Success,
+            "session ended through the API",
+        );
+        ev.customer = Some(rec.customer.clone());
+        ev.actor = Some(actor.clone());
+        ev.target = Some(rec.target.to_string());
+        ev.subject = Some(rec.technician.clone());
+        ev.grant_id = Some(rec.grant_id.clone());
+        ev.session_id = Some(rec.id.clone());
+        ev.source_ip = Some(caller.ip);
+        // On the trail before the tunnel records its close; ended either way, since ending is safe.
+        let recorded = self.cx.record(ev).await;
+        self.tunnels.end(&rec.id, &format!("ended by {actor}"));
+        recorded?;
+        tracing::info!(session = %rec.id, by = %actor, "session ended through the API");
+        Ok(rec)
+    }
+}

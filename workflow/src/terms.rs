@@ -1,0 +1,249 @@
+//! The rules of the workflow that need no I/O: what a filing may ask for, the terms (quorum, longest
+//! window) the customer's policy sets, the window a grant covers, and who may decide a request. Each
+//! is a pure function of its inputs, tested here table by table; [`crate::requests`] applies them.
+
+use sallyport_ids::SpiffeId;
+use sallyport_policy::{CustomerPolicy, Decision};
+use sallyport_store::{NewGrant, NewRequest, RequestRecord};
+
+use crate::WorkflowError;
+
+/// How far ahead a window may be asked for.
+pub const MAX_START_AHEAD: i64 = 30 * 24 * 3600;
+
+/// Longest reason, deny reason or comment, in characters.
+pub const MAX_REASON: usize = 1000;
+
+/// Longest ticket, in characters.
+pub const MAX_TICKET: usize = 200;
+
+/// A trimmed, bounded, non-empty text field without control characters.
+pub fn text_field(name: &str, v: &str, max: usize, why: &str) -> Result<String, WorkflowError> {
+    let v = v.trim();
+    if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+        return Err(WorkflowError::invalid(
+            format!("bad_{name}"),
+            format!("`{name}` must be 1 to {max} printable characters: {why}"),
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+/// What the permitting policies grant a filing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// Distinct approvals needed (0 approves at once).
+    pub approvals: u32,
+    /// The longest window, in minutes.
+    pub max_minutes: u32,
+    /// The permitting policies, comma-separated (empty when none permitted).
+    pub policy_id: String,
+}
+
+/// The quorum and the longest window from the permitting policies' `@approvals` and `@max_minutes`:
+/// the strictest wins. A permitting policy without `@approvals` asks for the default, one approval.
+pub fn terms(p: &CustomerPolicy, decision: &Decision, max_minutes: u32) -> Terms {
+    let approvals = decision
+        .policy_ids
+        .iter()
+        .map(|id| {
+            p.annotation(id, "approvals")
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(1)
+        })
+        .max()
+        .unwrap_or(1);
+    let minutes = decision
+        .policy_ids
+        .iter()
+        .filter_map(|id| p.annotation(id, "max_minutes")?.parse::<u32>().ok())
+        .fold(max_minutes, u32::min);
+    Terms {
+        approvals,
+        max_minutes: minutes,
+        policy_id: decision.policy_ids.join(","),
+    }
+}
+
+/// Checks a requested start: RFC 3339, its window (`minutes` from it) not over at `now`, at most
+/// [`MAX_START_AHEAD`] ahead. Returns it in Unix seconds.
+pub fn start_at(v: Option<&str>, minutes: u32, now: i64) -> Result<Option<i64>, WorkflowError> {
+    let bad = |m: String| WorkflowError::invalid("bad_start_at", m);
+    let Some(v) = v else { return Ok(None) };
+    let start = v.parse::<jiff::Timestamp>().map_err(|e| {
+        bad(format!(
+            "`start_at` is not an RFC 3339 time such as 2026-01-31T22:00:00Z: {e}"
+        ))
+    })?;
+    let start = start.as_second();
+    if start + i64::from(minutes) * 60 <= now {
+        return Err(bad(
+            "the window `start_at` + `minutes` is already over".into()
+        ));
+    }
+    if start > now + MAX_START_AHEAD {
+        return Err(bad("`start_at` may be at most 30 days ahead".into()));
+    }
+    Ok(Some(start))
+}
+
+/// When an undecided request filed at `now` expires: after `pending` seconds, and never after the
+/// window it asks for has ended.
+pub fn pending_until(start_at: Option<i64>, minutes: u32, now: i64, pending: i64) -> i64 {
+    let until = now + pending;
+    start_at.map_or(until, |s| (s + i64::from(minutes) * 60).min(until))
+}
+
+/// The window of the grant that approving `req` at `now` creates: `minutes` from `start_at` (or from
+/// now when none was given), of which the grant covers what is left from now on. A window already
+/// over cannot be approved.
+pub fn window(
+    req: &NewRequest,
+    grant: sallyport_ids::GrantId,
+    now: i64,
+) -> Result<NewGrant, WorkflowError> {
+    let start = req.start_at.unwrap_or(now);
+    let expires_at = start + i64::from(req.minutes) * 60;
+    if expires_at <= now {
+        return Err(WorkflowError::Conflict(format!(
+            "the window requested by `{}` has already ended",
+            req.id
+        )));
+    }
+    Ok(NewGrant {
+        id: grant,
+        not_before: start.max(now),
+        expires_at,
+    })
+}
+
+/// A requester never decides their own request.
+pub fn may_decide(who: &SpiffeId, rec: &RequestRecord) -> Result<(), WorkflowError> {
+    if rec.filed.technician == *who {
+        return Err(WorkflowError::Forbidden(
+            "a requester cannot decide their own request".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sallyport_store::RequestStatus;
+
+    fn decision(ids: &[&str]) -> Decision {
+        Decision {
+            allowed: true,
+            reason: String::new(),
+            policy_ids: ids.iter().map(|s| s.to_string()).collect(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn req(start_at: Option<i64>) -> NewRequest {
+        NewRequest {
+            id: "r1".parse().unwrap(),
+            customer: "acme".parse().unwrap(),
+            target: "db01".parse().unwrap(),
+            technician: "spiffe://sallyport.local/technician/northwind/alice"
+                .parse()
+                .unwrap(),
+            cert_thumbprint: "thumb".into(),
+            minutes: 30,
+            reason: "patching".into(),
+            ticket: None,
+            start_at,
+            approvals_required: 1,
+            policy_id: None,
+            created_at: 1_000,
+            expires_at: 1_000 + 86_400,
+        }
+    }
+
+    #[test]
+    fn the_strictest_permitting_policy_sets_the_terms() {
+        let src = r#"
+@id("broad") @approvals("1") @max_minutes("240")
+permit (principal, action == Sallyport::Action::"request", resource);
+@id("prod") @approvals("2") @max_minutes("60")
+permit (principal, action == Sallyport::Action::"request", resource);
+@id("plain")
+permit (principal, action == Sallyport::Action::"request", resource);
+@id("instant") @approvals("0")
+permit (principal, action == Sallyport::Action::"request", resource);
+"#;
+        let p = CustomerPolicy::parse("acme".parse().unwrap(), "UTC", "acme.cedar", src).unwrap();
+        let t = |ids: &[&str]| {
+            let t = terms(&p, &decision(ids), 480);
+            (t.approvals, t.max_minutes, t.policy_id)
+        };
+        assert_eq!(t(&["broad", "prod"]), (2, 60, "broad,prod".into()));
+        assert_eq!(t(&["plain"]), (1, 480, "plain".into()));
+        assert_eq!(t(&["instant"]).0, 0);
+        assert_eq!(t(&["instant", "broad"]).0, 1);
+    }
+
+    #[test]
+    fn the_window_starts_at_approval_or_at_start_at_and_is_cut_to_what_is_left() {
+        let g = || "g1".parse().unwrap();
+        let w = window(&req(None), g(), 1_020).unwrap();
+        assert_eq!((w.not_before, w.expires_at), (1_020, 1_020 + 1_800));
+        let w = window(&req(Some(5_000)), g(), 1_000).unwrap();
+        assert_eq!((w.not_before, w.expires_at), (5_000, 5_000 + 1_800));
+        // A window that started earlier is cut short; one already over cannot be approved.
+        let w = window(&req(Some(900)), g(), 1_100).unwrap();
+        assert_eq!((w.not_before, w.expires_at), (1_100, 900 + 1_800));
+        let err = window(&req(Some(0)), g(), 1_900).unwrap_err();
+        assert!(matches!(err, WorkflowError::Conflict(m) if m.contains("already ended")));
+    }
+
+    #[test]
+    fn a_requested_start_is_checked() {
+        assert_eq!(start_at(None, 30, 1_000).unwrap(), None);
+        assert_eq!(
+            start_at(Some("1970-01-01T00:20:00Z"), 30, 1_000).unwrap(),
+            Some(1_200)
+        );
+        for (v, needle) in [
+            ("tomorrow", "not an RFC 3339 time"),
+            ("1970-01-01T00:00:00Z", "already over"),
+            ("2999-01-01T00:00:00Z", "30 days ahead"),
+        ] {
+            let err = start_at(Some(v), 10, 1_000).unwrap_err();
+            assert!(
+                matches!(&err, WorkflowError::Invalid { code, message } if code == "bad_start_at" && message.contains(needle)),
+                "{v}: {err}"
+            );
+        }
+        assert_eq!(pending_until(None, 30, 1_000, 600), 1_600);
+        assert_eq!(pending_until(Some(1_000), 5, 1_000, 600), 1_300);
+    }
+
+    #[test]
+    fn a_requester_cannot_decide_their_own_request() {
+        let filed = req(None);
+        let rec = RequestRecord {
+            filed: filed.clone(),
+            status: RequestStatus::Pending,
+            approvals: Vec::new(),
+            denial: None,
+            grant_id: None,
+            grant: None,
+        };
+        let err = may_decide(&filed.technician, &rec).unwrap_err();
+        assert!(matches!(err, WorkflowError::Forbidden(m) if m.contains("own request")));
+        let bob = "spiffe://sallyport.local/approver/acme/bob"
+            .parse()
+            .unwrap();
+        assert!(may_decide(&bob, &rec).is_ok());
+    }
+
+    #[test]
+    fn text_fields_are_bounded() {
+        assert_eq!(text_field("reason", " ok ", 10, "say why").unwrap(), "ok");
+        assert!(text_field("reason", "", 10, "say why").is_err());
+        assert!(text_field("reason", "a\u{7}b", 10, "say why").is_err());
+        assert!(text_field("reason", &"x".repeat(11), 10, "say why").is_err());
+    }
+}
