@@ -167,7 +167,10 @@ impl CustomerPolicy {
                 allowed: false,
                 reason: "could not build the authorization request".to_owned(),
                 policy_ids: Vec::new(),
-                errors: vec![error],
+                errors: vec![match error {
+                    PolicyError::Internal(m) => m,
+                    other => other.to_string(),
+                }],
             },
         }
     }
@@ -179,7 +182,7 @@ impl CustomerPolicy {
         subject: &Subject,
         target: &TargetInfo,
         ctx: &RequestContext,
-    ) -> Result<Decision, String> {
+    ) -> Result<Decision, PolicyError> {
         let shared = self.shared;
         let principal = match subject {
             Subject::Technician {

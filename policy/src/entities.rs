@@ -28,6 +28,7 @@ use cedar_policy_core::extensions::Extensions;
 use jiff::civil::Weekday;
 use sallyport_ids::{GroupName, PersonName, ProviderId};
 
+use crate::PolicyError;
 use crate::request::{RequestContext, TargetInfo};
 use crate::schema::Shared;
 
@@ -108,14 +109,14 @@ pub(crate) fn target(shared: &Shared, target: &TargetInfo, customer: &EntityUid)
 /// module docs), so the hierarchy given is already transitively closed.
 pub(crate) fn store(
     entities: impl IntoIterator<Item = ast::Entity>,
-) -> Result<cedar_policy_core::entities::Entities, String> {
+) -> Result<cedar_policy_core::entities::Entities, PolicyError> {
     cedar_policy_core::entities::Entities::from_entities(
         entities,
         None::<&NoEntitiesSchema>,
         TCComputation::AssumeAlreadyComputed,
         Extensions::all_available(),
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| PolicyError::Internal(e.to_string()))
 }
 
 /// The request context: `hour` and `weekday` of `local` (the request time in the customer's zone),
@@ -125,10 +126,10 @@ pub(crate) fn context(
     shared: &Shared,
     local: jiff::civil::DateTime,
     ctx: &RequestContext,
-) -> Result<ast::Context, String> {
+) -> Result<ast::Context, PolicyError> {
     let source_ip = RestrictedEvaluator::new(Extensions::all_available())
         .interpret(ip_expr(shared, ctx.source_ip).as_borrowed())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PolicyError::Internal(e.to_string()))?;
     Ok(ast::Context::Value(Arc::new(BTreeMap::from([
         ("hour".into(), Value::from(i64::from(local.hour()))),
         ("weekday".into(), string(weekday_name(local.weekday()))),

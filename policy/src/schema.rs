@@ -42,10 +42,10 @@ impl Shared {
         }
     }
 
-    fn load() -> Result<Self, String> {
-        let (schema, _warnings) =
-            Schema::from_cedarschema_str(SCHEMA).map_err(|e| e.to_string())?;
-        let ty = |name: &str| EntityTypeName::from_str(name).map_err(|e| e.to_string());
+    fn load() -> Result<Self, PolicyError> {
+        let internal = |e: &dyn std::fmt::Display| PolicyError::Internal(e.to_string());
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA).map_err(|e| internal(&e))?;
+        let ty = |name: &str| EntityTypeName::from_str(name).map_err(|e| internal(&e));
         let action_ty = ty("Sallyport::Action")?;
         let action =
             |id: &str| EntityUid::from_type_name_and_id(action_ty.clone(), EntityId::new(id));
@@ -59,7 +59,7 @@ impl Shared {
             customer: ty("Sallyport::Customer")?,
             actions: [action("connect"), action("request"), action("approve")],
             ip_fn: cedar_policy_core::ast::Name::parse_unqualified_name("ip")
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| internal(&e))?,
             tzdb: jiff::tz::TimeZoneDatabase::bundled(),
         })
     }
@@ -72,7 +72,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-static SHARED: LazyLock<Result<Shared, String>> = LazyLock::new(Shared::load);
+static SHARED: LazyLock<Result<Shared, PolicyError>> = LazyLock::new(Shared::load);
 
 /// The shared schema state, loaded on first use.
 pub(crate) fn shared() -> Result<&'static Shared, PolicyError> {
