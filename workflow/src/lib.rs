@@ -143,3 +143,6 @@ pub struct Workflow {
     /// Session listings and ends.
     pub sessions: Sessions,
 }
+
+#[cfg(test)]
+mod tests;
