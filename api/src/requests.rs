@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use sallyport_gateway::{Body, Conn};
 use sallyport_ids::time::rfc3339;
+use sallyport_workflow::error::parse_id;
 use sallyport_workflow::requests::Filing;
 use sallyport_workflow::view;
 use serde::Deserialize;
@@ -81,7 +82,8 @@ pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Bo
 
 /// `GET /v1/requests/{id}`.
 pub async fn show(api: &Api, conn: &Conn, id: &str) -> Result<Response<Body>, ApiError> {
-    let rec = api.workflow.requests.visible(caller(conn), id).await?;
+    let id = parse_id("request", id)?;
+    let rec = api.workflow.requests.visible(caller(conn), &id).await?;
     Ok(ok(StatusCode::OK, view::request(&rec)))
 }
 
@@ -100,10 +102,11 @@ pub async fn approve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let ApproveBody { comment } = body(req).await?;
+    let id = parse_id("request", id)?;
     let done = api
         .workflow
         .requests
-        .approve(caller(conn), id, comment.as_deref())
+        .approve(caller(conn), &id, comment.as_deref())
         .await?;
     let mut v = view::request(&done.request);
     v["approvals_missing"] = done.missing.into();
@@ -124,17 +127,19 @@ pub async fn deny(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let DenyBody { reason } = body(req).await?;
+    let id = parse_id("request", id)?;
     let rec = api
         .workflow
         .requests
-        .deny(caller(conn), id, &reason)
+        .deny(caller(conn), &id, &reason)
         .await?;
     Ok(ok(StatusCode::OK, view::request(&rec)))
 }
 
 /// `GET /v1/requests/{id}/grant`.
 pub async fn grant(api: &Api, conn: &Conn, id: &str) -> Result<Response<Body>, ApiError> {
-    let g = api.workflow.requests.grant(caller(conn), id).await?;
+    let id = parse_id("request", id)?;
+    let g = api.workflow.requests.grant(caller(conn), &id).await?;
     Ok(ok(
         StatusCode::OK,
         serde_json::json!({

@@ -5,6 +5,7 @@
 use hyper::{Response, StatusCode};
 use sallyport_gateway::{Body, Conn};
 use sallyport_ids::time::now_unix;
+use sallyport_workflow::error::parse_id;
 use sallyport_workflow::sessions::Asked;
 use sallyport_workflow::view;
 use serde::Deserialize;
@@ -46,7 +47,8 @@ pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Bo
 
 /// `DELETE /v1/sessions/{id}`.
 pub async fn end(api: &Api, conn: &Conn, id: &str) -> Result<Response<Body>, ApiError> {
-    let rec = api.workflow.sessions.end(caller(conn), id).await?;
+    let id = parse_id("session", id)?;
+    let rec = api.workflow.sessions.end(caller(conn), &id).await?;
     Ok(ok(
         StatusCode::OK,
         serde_json::json!({"session_id": rec.id, "ended": true, "ended_by": conn.peer.id}),

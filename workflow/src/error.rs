@@ -60,6 +60,13 @@ impl WorkflowError {
     }
 }
 
+/// Parses the id of a `kind` (`request`, `grant`, `session`) given by a caller: text that is not an
+/// id names nothing, so it is `NotFound` like an id nobody filed.
+pub fn parse_id<T: std::str::FromStr>(kind: &str, text: &str) -> Result<T, WorkflowError> {
+    text.parse()
+        .map_err(|_| WorkflowError::NotFound(format!("no {kind} `{text}`")))
+}
+
 impl From<StoreError> for WorkflowError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -48,12 +48,11 @@ impl Grants {
     pub async fn revoke(
         &self,
         caller: Caller<'_>,
-        id: &str,
+        gid: &GrantId,
         reason: &str,
     ) -> Result<Revoked, WorkflowError> {
         let reason = text_field("reason", reason, MAX_REASON, "say why the access ends")?;
-        let not_found = || WorkflowError::NotFound(format!("no grant `{id}`"));
-        let gid: GrantId = id.parse().map_err(|_| not_found())?;
+        let not_found = || WorkflowError::NotFound(format!("no grant `{gid}`"));
         let lookup = gid.clone();
         let grant = match self.cx.db.run(move |s| s.grant(&lookup)).await {
             Ok(g) => g,
@@ -100,7 +99,7 @@ impl Grants {
         }
         // Cut every live tunnel of the grant, whether or not the record could be written: ending
         // access is always safe. Each tunnel records its own close.
-        let cut = self.tunnels.end_grant(&gid, "grant revoked");
+        let cut = self.tunnels.end_grant(gid, "grant revoked");
         if let Err(e) = recorded {
             tracing::error!("a revocation could not be audited (the grant is revoked regardless)");
             return Err(e);

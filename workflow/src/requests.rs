@@ -435,12 +435,10 @@ impl Requests {
     pub async fn visible(
         &self,
         caller: Caller<'_>,
-        id: &str,
+        id: &RequestId,
     ) -> Result<RequestRecord, WorkflowError> {
         let not_found = || WorkflowError::NotFound(format!("no request `{id}`"));
-        let Ok(rid) = id.parse::<RequestId>() else {
-            return Err(not_found());
-        };
+        let rid = id.clone();
         match self.cx.db.run(move |s| s.request(&rid)).await {
             Ok(r) if Scope::of(&caller.peer.id).sees(&r.filed.customer, &r.filed.technician) => {
                 Ok(r)
@@ -514,7 +512,7 @@ impl Requests {
     pub async fn approve(
         &self,
         caller: Caller<'_>,
-        id: &str,
+        id: &RequestId,
         comment: Option<&str>,
     ) -> Result<Approved, WorkflowError> {
         let comment = comment
@@ -581,7 +579,7 @@ impl Requests {
     pub async fn deny(
         &self,
         caller: Caller<'_>,
-        id: &str,
+        id: &RequestId,
         reason: &str,
     ) -> Result<RequestRecord, WorkflowError> {
         let reason = text_field("reason", reason, MAX_REASON, "tell the technician why")?;
@@ -623,7 +621,11 @@ impl Requests {
 
     /// Hands the grant of approved request `id` to its technician, bound to the certificate the
     /// request was filed with; minted only once the approval and the handing out are on the trail.
-    pub async fn grant(&self, caller: Caller<'_>, id: &str) -> Result<FetchedGrant, WorkflowError> {
+    pub async fn grant(
+        &self,
+        caller: Caller<'_>,
+        id: &RequestId,
+    ) -> Result<FetchedGrant, WorkflowError> {
         let rec = self.visible(caller, id).await?;
         let f = &rec.filed;
         let peer = caller.peer;

@@ -127,10 +127,14 @@ impl Sessions {
     }
 
     /// Ends live session `id` as `caller`; returns the session.
-    pub async fn end(&self, caller: Caller<'_>, id: &str) -> Result<SessionRecord, WorkflowError> {
+    pub async fn end(
+        &self,
+        caller: Caller<'_>,
+        id: &SessionId,
+    ) -> Result<SessionRecord, WorkflowError> {
         let scope = Scope::of(&caller.peer.id);
         let not_found = || WorkflowError::NotFound(format!("no session `{id}`"));
-        let sid: SessionId = id.parse().map_err(|_| not_found())?;
+        let sid = id.clone();
         let Some(rec) = self.tunnels.get(&sid) else {
             // A session that just closed has its row written after this.
             self.tunnels.flush().await;
