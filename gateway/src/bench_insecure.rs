@@ -15,18 +15,10 @@ pub const CONSENT: &str = "yes-this-is-a-benchmark";
 
 static SKIP: AtomicBool = AtomicBool::new(false);
 
-/// Serving without authorization was not consented to.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "this binary was built with the `bench-insecure` feature and opens tunnels without authorization; \
-     it only serves for benchmarks, with {ENV}={CONSENT}. Build without the feature for any other use"
-)]
-pub struct NoConsent;
-
 /// Called by `serve`: refuses to start without consent, else skips authorization from now on.
-pub fn enable_from_env() -> Result<(), NoConsent> {
+pub fn enable_from_env() -> Result<(), crate::GatewayError> {
     if std::env::var(ENV).ok().as_deref() != Some(CONSENT) {
-        return Err(NoConsent);
+        return Err(crate::GatewayError::NoConsent);
     }
     eprintln!(
         "sallyport: WARNING: bench-insecure build: tunnels open WITHOUT grant, policy or revocation checks"

@@ -8,7 +8,7 @@
 //! only once the capture has room for them).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sallyport_audit::capture::{FRAME_HEAD, frame_head, header_line};
@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use sallyport_audit::capture::path_of;
+
+use crate::GatewayError;
 
 /// Frames waiting for the writer; past it the tunnel waits (at most about 64 x 8 KiB per session).
 const QUEUE: usize = 64;
@@ -58,20 +60,31 @@ impl Capture {
     pub fn start(
         path: PathBuf,
         header: &serde_json::Value,
-    ) -> std::io::Result<(
-        Arc<Capture>,
-        tokio::task::JoinHandle<std::io::Result<Written>>,
-    )> {
+    ) -> Result<
+        (
+            Arc<Capture>,
+            tokio::task::JoinHandle<Result<Written, GatewayError>>,
+        ),
+        GatewayError,
+    > {
+        let failed_at = |p: &Path| {
+            let p = p.to_owned();
+            move |e: std::io::Error| GatewayError::Capture {
+                path: p,
+                message: e.to_string(),
+            }
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(failed_at(dir))?;
         }
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&path)?;
+            .open(&path)
+            .map_err(failed_at(&path))?;
         let mut hasher = Sha256::new();
         let head = header_line(header);
-        file.write_all(head.as_bytes())?;
+        file.write_all(head.as_bytes()).map_err(failed_at(&path))?;
         hasher.update(head.as_bytes());
         let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
         let failed = CancellationToken::new();
@@ -79,7 +92,7 @@ impl Capture {
         let writer = tokio::task::spawn_blocking(move || {
             let mut out = std::io::BufWriter::new(file);
             let mut bytes = head.len() as u64;
-            let result = (|| {
+            let result = (|| -> std::io::Result<(String, u64)> {
                 while let Some(f) = rx.blocking_recv() {
                     let head = frame_head(f.up, f.micros, f.data.len() as u32);
                     out.write_all(&head)?;
@@ -90,16 +103,19 @@ impl Capture {
                 }
                 out.flush()?;
                 out.get_ref().sync_all()?;
-                Ok(Written {
-                    path,
-                    sha256: hex::encode(hasher.finalize()),
-                    bytes,
-                })
+                Ok((hex::encode(hasher.finalize()), bytes))
             })();
-            if result.is_err() {
-                on_error.cancel();
+            match result {
+                Ok((sha256, bytes)) => Ok(Written {
+                    path,
+                    sha256,
+                    bytes,
+                }),
+                Err(e) => {
+                    on_error.cancel();
+                    Err(failed_at(&path)(e))
+                }
             }
-            result
         });
         Ok((
             Arc::new(Capture {

@@ -30,6 +30,26 @@ pub use listener::Listener;
 pub use live::LiveSessions;
 pub use tunnel::{Tunnels, TunnelsParts};
 
+/// What can fail in the data plane besides a refused tunnel (which is an answer, not an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// A session capture could not be created or written: the tunnel is refused, or ends.
+    #[error("{message}")]
+    Capture {
+        /// The capture file or its folder.
+        path: std::path::PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A `bench-insecure` build was started without consent to serve without authorization.
+    #[error(
+        "this binary was built with the `bench-insecure` feature and opens tunnels without authorization; \
+         it only serves for benchmarks, with SALLYPORT_BENCH_SKIP_AUTHORIZATION=yes-this-is-a-benchmark. \
+         Build without the feature for any other use"
+    )]
+    NoConsent,
+}
+
 /// Response body type of everything served on the listener.
 pub type Body = Full<Bytes>;
 

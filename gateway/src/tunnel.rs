@@ -407,7 +407,7 @@ impl Tunnels {
         registration: Registration,
         capture: Option<(
             Arc<Capture>,
-            tokio::task::JoinHandle<std::io::Result<crate::capture::Written>>,
+            tokio::task::JoinHandle<Result<crate::capture::Written, crate::GatewayError>>,
         )>,
         outcome: relay::RelayOutcome,
         started: std::time::Instant,
