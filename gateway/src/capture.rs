@@ -55,18 +55,15 @@ pub struct Written {
     pub bytes: u64,
 }
 
+/// The task writing a capture: what it wrote once the capture is dropped, or why it failed.
+pub type CaptureWriter = tokio::task::JoinHandle<Result<Written, GatewayError>>;
+
 impl Capture {
     /// Creates the file (never overwriting one) and starts its writer.
     pub fn start(
         path: PathBuf,
         header: &serde_json::Value,
-    ) -> Result<
-        (
-            Arc<Capture>,
-            tokio::task::JoinHandle<Result<Written, GatewayError>>,
-        ),
-        GatewayError,
-    > {
+    ) -> Result<(Arc<Capture>, CaptureWriter), GatewayError> {
         let failed_at = |p: &Path| {
             let p = p.to_owned();
             move |e: std::io::Error| GatewayError::Capture {

@@ -405,10 +405,7 @@ impl Tunnels {
         &self,
         conn: Arc<Conn>,
         registration: Registration,
-        capture: Option<(
-            Arc<Capture>,
-            tokio::task::JoinHandle<Result<crate::capture::Written, crate::GatewayError>>,
-        )>,
+        capture: Option<(Arc<Capture>, crate::capture::CaptureWriter)>,
         outcome: relay::RelayOutcome,
         started: std::time::Instant,
     ) {
