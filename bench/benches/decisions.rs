@@ -5,9 +5,7 @@
 // A benchmark has nowhere to report a broken fixture but a panic.
 #![expect(
     clippy::expect_used,
-    clippy::unwrap_used,
-    missing_docs,
-    reason = "a benchmark fails loudly on anything unexpected; criterion generates its entry points"
+    reason = "a benchmark fails loudly on anything unexpected"
 )]
 
 use std::hint::black_box;
