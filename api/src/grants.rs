@@ -7,6 +7,7 @@ use hyper::{Request, Response, StatusCode};
 use sallyport_gateway::{Body, Conn};
 use sallyport_ids::time::rfc3339;
 use sallyport_workflow::error::parse_id;
+use sallyport_workflow::terms;
 use serde::Deserialize;
 
 use crate::input::body;
@@ -26,11 +27,12 @@ pub async fn revoke(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let RevokeBody { reason } = body(req).await?;
+    let reason = terms::revoke_reason(&reason)?;
     let id = parse_id("grant", id)?;
     let done = api
         .workflow
         .grants
-        .revoke(caller(conn), &id, &reason)
+        .revoke(caller(conn), &id, reason)
         .await?;
     Ok(ok(
         StatusCode::OK,

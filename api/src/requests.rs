@@ -15,7 +15,7 @@ use sallyport_gateway::{Body, Conn};
 use sallyport_ids::time::rfc3339;
 use sallyport_workflow::error::parse_id;
 use sallyport_workflow::requests::Filing;
-use sallyport_workflow::view;
+use sallyport_workflow::{terms, view};
 use serde::Deserialize;
 
 use crate::input::{body, query};
@@ -102,11 +102,12 @@ pub async fn approve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let ApproveBody { comment } = body(req).await?;
+    let comment = terms::comment(comment.as_deref())?;
     let id = parse_id("request", id)?;
     let done = api
         .workflow
         .requests
-        .approve(caller(conn), &id, comment.as_deref())
+        .approve(caller(conn), &id, comment)
         .await?;
     let mut v = view::request(&done.request);
     v["approvals_missing"] = done.missing.into();
@@ -127,11 +128,12 @@ pub async fn deny(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let DenyBody { reason } = body(req).await?;
+    let reason = terms::deny_reason(&reason)?;
     let id = parse_id("request", id)?;
     let rec = api
         .workflow
         .requests
-        .deny(caller(conn), &id, &reason)
+        .deny(caller(conn), &id, reason)
         .await?;
     Ok(ok(StatusCode::OK, view::request(&rec)))
 }

@@ -131,7 +131,11 @@ pub fn check(data: &Path, session: &str) -> Result<Checked, AuditError> {
             captures.display()
         )));
     };
-    let bytes = std::fs::read(&path).map_err(crate::io_err(&path))?;
+    let reading = |p: &Path| {
+        let p = p.to_owned();
+        move |e: std::io::Error| AuditError::Capture(format!("reading {}: {e}", p.display()))
+    };
+    let bytes = std::fs::read(&path).map_err(reading(&path))?;
     let sha = hex::encode(Sha256::digest(&bytes));
     let chain = segment::chain_dir(&data.join("audit"), &customer);
     let closes = query::Filter {
@@ -148,7 +152,7 @@ pub fn check(data: &Path, session: &str) -> Result<Checked, AuditError> {
         }
         Ok(())
     })
-    .map_err(crate::io_err(&chain))?;
+    .map_err(reading(&chain))?;
     let close = close.ok_or_else(|| {
         AuditError::Capture(format!(
             "session `{session}` has no tunnel_close record yet (is it still live?)"

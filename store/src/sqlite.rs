@@ -77,6 +77,14 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // Grants created by an approval are handed out only once that approval is on the audit trail.
     M::up("ALTER TABLE grants ADD COLUMN audited INTEGER NOT NULL DEFAULT 1;"),
+    // Earlier versions wrote a close that came before its open as a row with no identity (no grant,
+    // customer, target, technician or source); when the open was then lost (the recorder drops the
+    // oldest changes while the store fails) the row stayed so. Such a row names no session anyone
+    // can be shown: the trail holds every session, so the row goes. Every row written now is whole.
+    M::up(
+        "DELETE FROM sessions WHERE grant_id = '' OR customer = '' OR target = ''
+           OR technician = '' OR source_ip = '';",
+    ),
 ];
 
 /// The SQLite store.

@@ -11,7 +11,7 @@ use sallyport_ids::{GrantId, Principal};
 use sallyport_notify::Notification;
 use sallyport_store::{GrantRecord, Revocation, StoreError};
 
-use crate::terms::{MAX_REASON, text_field};
+use crate::terms::Words;
 use crate::{Caller, Context, LiveTunnels, WorkflowError};
 
 /// What a revocation did.
@@ -49,9 +49,9 @@ impl Grants {
         &self,
         caller: Caller<'_>,
         gid: &GrantId,
-        reason: &str,
+        reason: Words,
     ) -> Result<Revoked, WorkflowError> {
-        let reason = text_field("reason", reason, MAX_REASON, "say why the access ends")?;
+        let reason = reason.as_str().to_owned();
         let not_found = || WorkflowError::NotFound(format!("no grant `{gid}`"));
         let lookup = gid.clone();
         let grant = match self.cx.db.run(move |s| s.grant(&lookup)).await {

@@ -3,12 +3,15 @@
 //! ending sessions. HTTP handlers and console pages parse, call these, and render; the store keeps each
 //! transition atomic; nothing here knows HTTP.
 //!
-//! One rule runs through all of it: **on the trail before it takes effect.** Every action writes its
-//! audit record (through [`Context::record`]) before its effect is visible: a filing is recorded
-//! before it is stored, a grant is handed out only once its approval record is durable, a revocation
-//! is recorded before the tunnels it cuts record their closes. When the trail cannot take the record,
-//! the action is refused with [`WorkflowError::AuditUnavailable`]; only actions that end access (a
-//! revocation, ending a session) still take effect, since ending access is always safe.
+//! One rule runs through all of it: **nothing that opens access happens before its record is
+//! durable** (records go through [`Context::record`]). A filing is recorded before it is stored; a
+//! grant is handed out only once the approval that created it is on the trail (an approval whose
+//! record failed is recorded when the grant is first fetched) and the handing out is itself recorded
+//! before the token leaves; the gateway dials a target only after its allow record. When the trail
+//! cannot take a record, the action is refused with [`WorkflowError::AuditUnavailable`]. Actions that
+//! end access (a denial, a revocation, ending a session) take effect even when their record cannot
+//! be written, and the caller is told so, since ending access is always safe; a revocation is on the
+//! trail before the tunnels it cuts record their closes.
 //!
 //! Modules: [`terms`] (the pure rules, unit-tested), [`requests`], [`grants`], [`sessions`],
 //! [`evidence`] (the evidence bundle of a request), [`scope`] (tenant walls), [`view`] (the JSON shape

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limit::CallLimiter;
 use crate::scope::Scope;
-use crate::terms::{self, MAX_REASON, MAX_TICKET, text_field};
+use crate::terms::{self, MAX_REASON, MAX_TICKET, Words, text_field};
 use crate::{Caller, Context, WorkflowError, view};
 
 /// What a technician asks for.
@@ -513,11 +513,9 @@ impl Requests {
         &self,
         caller: Caller<'_>,
         id: &RequestId,
-        comment: Option<&str>,
+        comment: Option<Words>,
     ) -> Result<Approved, WorkflowError> {
-        let comment = comment
-            .map(|c| text_field("comment", c, MAX_REASON, "leave it out or say something"))
-            .transpose()?;
+        let comment = comment.map(|c| c.as_str().to_owned());
         let rec = self.visible(caller, id).await?;
         self.approver_may_decide(caller, &rec, "approve").await?;
         let approver = caller.peer.id.clone();
@@ -580,9 +578,9 @@ impl Requests {
         &self,
         caller: Caller<'_>,
         id: &RequestId,
-        reason: &str,
+        reason: Words,
     ) -> Result<RequestRecord, WorkflowError> {
-        let reason = text_field("reason", reason, MAX_REASON, "tell the technician why")?;
+        let reason = reason.as_str().to_owned();
         let rec = self.visible(caller, id).await?;
         self.approver_may_decide(caller, &rec, "deny").await?;
         let approver = caller.peer.id.clone();

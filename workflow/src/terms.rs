@@ -29,6 +29,35 @@ pub fn text_field(name: &str, v: &str, max: usize, why: &str) -> Result<String, 
     Ok(v.to_owned())
 }
 
+/// Text a person wrote for the record (a comment, a reason), trimmed and checked by [`text_field`]:
+/// made only by [`comment`], [`deny_reason`] and [`revoke_reason`], so a caller checks it first,
+/// before it names the request or grant it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Words(String);
+
+impl Words {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An approval's optional comment.
+pub fn comment(v: Option<&str>) -> Result<Option<Words>, WorkflowError> {
+    v.map(|c| text_field("comment", c, MAX_REASON, "leave it out or say something").map(Words))
+        .transpose()
+}
+
+/// Why a request is denied.
+pub fn deny_reason(v: &str) -> Result<Words, WorkflowError> {
+    text_field("reason", v, MAX_REASON, "tell the technician why").map(Words)
+}
+
+/// Why a grant is revoked.
+pub fn revoke_reason(v: &str) -> Result<Words, WorkflowError> {
+    text_field("reason", v, MAX_REASON, "say why the access ends").map(Words)
+}
+
 /// What the permitting policies grant a filing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Terms {

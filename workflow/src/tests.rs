@@ -182,7 +182,11 @@ async fn a_quorum_of_two_approvers_mints_a_grant_bound_to_the_filing_certificate
     );
     let one = w
         .requests
-        .approve(caller(&approver("bob")), &id, Some("ok"))
+        .approve(
+            caller(&approver("bob")),
+            &id,
+            crate::terms::comment(Some("ok")).unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(one.missing, 1);
@@ -365,7 +369,11 @@ async fn tenants_are_walls_and_a_denial_ends_a_request() {
     );
     let denied = w
         .requests
-        .deny(caller(&approver("bob")), &id, "not during the freeze")
+        .deny(
+            caller(&approver("bob")),
+            &id,
+            crate::terms::deny_reason("not during the freeze").unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(denied.status, RequestStatus::Denied);

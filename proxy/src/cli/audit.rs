@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use clap::{Subcommand, ValueEnum};
-use sallyport_audit::{bundle, capture, checkpoint, query, segment, verify};
+use sallyport_audit::{AuditError, bundle, capture, checkpoint, query, segment, verify};
 use sallyport_ids::time::Clock;
 use sallyport_store::sqlite::SqliteStore;
+use sallyport_workflow::WorkflowError;
 
 use super::DEFAULT_DATA;
 
@@ -198,7 +199,15 @@ fn make_bundle(data: &Path, request_id: &str, out: &Path) -> anyhow::Result<()> 
         &data.join("audit"),
         request_id,
         &Clock::system(),
-    )?;
+    )
+    .map_err(|e| match e {
+        // Offline, the detail is the answer: there is no log to look in.
+        WorkflowError::StoreUnavailable(detail) => anyhow!("store: {detail}"),
+        WorkflowError::Trail(AuditError::Io { path, message }) => {
+            anyhow!("reading {}: {message}", path.display())
+        }
+        other => anyhow!(other),
+    })?;
     let covered = b.checkpoint.is_some();
     std::fs::write(out, serde_json::to_string_pretty(&b)? + "\n")
         .with_context(|| format!("writing {}", out.display()))?;

@@ -384,3 +384,32 @@ fn a_row_this_store_did_not_write_is_a_backend_error() {
         .unwrap();
     assert!(matches!(s.session(&id("s1")), Err(StoreError::Backend(_))));
 }
+
+#[test]
+fn rows_without_identity_from_an_earlier_version_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sallyport.db");
+    {
+        // The schema of the previous version, with a close that was written before its open and
+        // whose open was lost: the row has no identity.
+        let mut raw = rusqlite::Connection::open(&path).unwrap();
+        Migrations::from_slice(&MIGRATIONS[..2])
+            .to_latest(&mut raw)
+            .unwrap();
+        raw.execute(
+            "INSERT INTO sessions (id, grant_id, customer, target, technician, source_ip, opened_at, closed_at, bytes_up, bytes_down, close_reason)
+             VALUES ('s-lost', '', '', '', '', '', 1070, 1070, 1, 2, 'grant revoked')",
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    s.record_sessions(&[SessionChange::Open(session("s1", "acme"))])
+        .unwrap();
+    let all = s.sessions(&SessionFilter::default()).unwrap();
+    assert_eq!(all.len(), 1, "the listing works and holds only whole rows");
+    assert!(matches!(
+        s.session(&id("s-lost")),
+        Err(StoreError::NotFound { .. })
+    ));
+}
