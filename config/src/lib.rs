@@ -284,7 +284,7 @@ impl Config {
     }
 
     /// Reads a file the configuration names under `field`.
-    pub fn read(&self, path: &Path, field: &str) -> Result<String, ConfigError> {
+    fn read(&self, path: &Path, field: &str) -> Result<String, ConfigError> {
         std::fs::read_to_string(path).map_err(|e| ConfigError {
             location: self.file.display().to_string(),
             field: field.into(),

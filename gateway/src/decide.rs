@@ -116,10 +116,11 @@ pub struct Allowed<'a> {
     pub reason: String,
 }
 
-/// Every check before the tunnel, in order; pure.
-pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>, Box<Refusal>> {
+/// Every check before the tunnel, in order; pure. Takes the ask whole, so a verified grant's claims
+/// move into [`Allowed`] without a copy.
+pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>, Box<Refusal>> {
     // Stage: grant.
-    let claims = match &ask.grant {
+    let claims = match ask.grant {
         GrantCheck::Missing => {
             return Err(Refusal::new(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
@@ -134,11 +135,11 @@ pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a
                 error.to_string(),
             );
             return Err(match signed {
-                Some(c) => r.about(c),
+                Some(c) => r.about(&c),
                 None => r,
             });
         }
-        GrantCheck::Verified(claims) => claims,
+        GrantCheck::Verified(claims) => *claims,
     };
     // The leeway is for clock skew between minting and checking; a tunnel never opens past `exp`.
     let now = u64::try_from(ask.now.as_second()).unwrap_or(0);
@@ -148,7 +149,7 @@ pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a
             EventKind::AuthFailure,
             GrantError::Expired.to_string(),
         )
-        .about(claims));
+        .about(&claims));
     }
     // Stage: the grant belongs to this connection's certificate.
     let peer = ask.peer;
@@ -158,7 +159,7 @@ pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a
             EventKind::Decision,
             "only technicians open tunnels",
         )
-        .about(claims));
+        .about(&claims));
     }
     if claims.sub != peer.id || !claims.is_bound_to(&peer.thumbprint) {
         return Err(Refusal::new(
@@ -166,7 +167,7 @@ pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a
             EventKind::AuthFailure,
             "grant is bound to another client certificate",
         )
-        .about(claims));
+        .about(&claims));
     }
     // Stage: route the authority to a configured target.
     let authority = ask.authority.ok_or_else(|| {
@@ -175,7 +176,7 @@ pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a
             EventKind::Decision,
             "CONNECT needs an authority `<target>.<customer>:<port>`",
         )
-        .about(claims)
+        .about(&claims)
     })?;
     let port = authority.port_u16();
     let (t_name, c_name) = authority.host().split_once('.').ok_or_else(|| {
@@ -184,10 +185,10 @@ pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a
             EventKind::Decision,
             format!("authority `{authority}` is not `<target>.<customer>:<port>`"),
         )
-        .about(claims)
+        .about(&claims)
     })?;
     let wrong = |status, why: String| {
-        let mut r = Refusal::new(status, EventKind::Decision, why).about(claims);
+        let mut r = Refusal::new(status, EventKind::Decision, why).about(&claims);
         r.target = Some(format!("{t_name}.{c_name}"));
         r
     };
@@ -260,13 +261,13 @@ pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a
         .policy
         .decide(Action::Connect, &subject, &info, &ctx);
     if !decision.allowed {
-        let mut r =
-            Refusal::new(StatusCode::FORBIDDEN, EventKind::Decision, decision.reason).about(claims);
+        let mut r = Refusal::new(StatusCode::FORBIDDEN, EventKind::Decision, decision.reason)
+            .about(&claims);
         r.policy_ids = decision.policy_ids;
         return Err(r);
     }
     Ok(Allowed {
-        claims: (**claims).clone(),
+        claims,
         customer,
         target,
         policy_ids: decision.policy_ids,
@@ -278,7 +279,7 @@ pub fn decide<'a>(ask: &Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a
 /// authorization, under made-up claims naming the connection's own certificate.
 #[cfg(feature = "bench-insecure")]
 pub fn unauthorized<'a>(
-    ask: &Ask<'_>,
+    ask: Ask<'_>,
     customers: &'a [Customer],
     issuer: &str,
     audience: &str,

@@ -204,14 +204,14 @@ impl Tunnels {
         #[cfg(feature = "bench-insecure")]
         if authorization_skipped() {
             return crate::decide::unauthorized(
-                &ask,
+                ask,
                 &self.config.customers,
                 &self.config.grants.issuer,
                 &self.config.grants.audience,
             );
         }
         ask.grant = self.check_grant(bearer(req));
-        decide(&ask, &self.config.customers)
+        decide(ask, &self.config.customers)
     }
 
     /// Handles one CONNECT request.

@@ -80,11 +80,16 @@ impl Sessions {
                 (q.customer, Some(t.to_string()))
             }
         };
+        // Filters are parsed once; one that is not an id names no session, live or stored.
+        let (Ok(customer), Ok(technician)) = (
+            customer.map(|c| c.parse::<CustomerId>()).transpose(),
+            technician.map(|t| t.parse::<SpiffeId>()).transpose(),
+        ) else {
+            return Ok(Vec::new());
+        };
         let matches = |s: &SessionRecord| {
-            customer.as_ref().is_none_or(|c| *c == s.customer.as_str())
-                && technician
-                    .as_ref()
-                    .is_none_or(|t| *t == s.technician.to_string())
+            customer.as_ref().is_none_or(|c| *c == s.customer)
+                && technician.as_ref().is_none_or(|t| *t == s.technician)
         };
         // Live sessions, with their bytes so far, come from this broker's tunnels.
         let mut live: HashMap<SessionId, SessionRecord> = self
@@ -102,13 +107,6 @@ impl Sessions {
         }
         // Everything queued before now is in the store after this.
         self.tunnels.flush().await;
-        // A customer or technician that is not an id has no stored sessions.
-        let (Ok(customer), Ok(technician)) = (
-            customer.map(|c| c.parse::<CustomerId>()).transpose(),
-            technician.map(|t| t.parse::<SpiffeId>()).transpose(),
-        ) else {
-            return Ok(live.into_values().map(|s| listed(s, true)).collect());
-        };
         let filter = SessionFilter {
             customer,
             technician,

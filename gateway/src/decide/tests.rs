@@ -139,7 +139,7 @@ fn run(c: &Case) -> Result<Allowed<'static>, Box<Refusal>> {
         grant: c.grant.clone(),
         now: jiff::Timestamp::from_second(NOW + c.hour * 3600).unwrap(),
     };
-    decide(&ask, customers)
+    decide(ask, customers)
 }
 
 #[test]
