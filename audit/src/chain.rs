@@ -3,7 +3,7 @@
 //! checkpoint and retiring segments each run under the chain's `flock`, after re-reading the head when
 //! another process appended meanwhile.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -44,11 +44,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), AuditError> {
 impl Chain {
     fn open(audit: &Path, name: &str) -> Result<Chain, AuditError> {
         let dir = segment::chain_dir(audit, name);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        sallyport_ids::private::dir_all(&dir).map_err(io_err(&dir))?;
         // Whoever created the folder may have crashed before syncing its entry.
         sync_dir(audit)?;
         let lock_path = dir.join(segment::LOCK);
-        let lock = OpenOptions::new()
+        let lock = sallyport_ids::private::file_options()
             .read(true)
             .write(true)
             .create(true)
@@ -85,7 +85,7 @@ impl Chain {
     /// directory entry synced before any record in it can be acknowledged.
     fn switch_to(&mut self, date: jiff::civil::Date, create: bool) -> Result<(), AuditError> {
         let path = segment::segment_path(&self.dir, date);
-        let file = OpenOptions::new()
+        let file = sallyport_ids::private::file_options()
             .read(true)
             .append(true)
             .create(create)
@@ -147,7 +147,7 @@ impl Chain {
         let Some((path, len)) = newest else {
             return Ok(None);
         };
-        let mut file = OpenOptions::new()
+        let mut file = sallyport_ids::private::file_options()
             .read(true)
             .write(true)
             .open(&path)
@@ -167,7 +167,7 @@ impl Chain {
         let torn = &tail[(keep - start) as usize..];
         let micros = jiff::Timestamp::now().as_microsecond();
         let aside = path.with_extension(format!("jsonl.torn-{micros}"));
-        let mut f = OpenOptions::new()
+        let mut f = sallyport_ids::private::file_options()
             .write(true)
             .create_new(true)
             .open(&aside)
@@ -278,7 +278,7 @@ impl Chain {
             message: e.to_string(),
         })?;
         let existed = cp_path.exists();
-        let mut f = OpenOptions::new()
+        let mut f = sallyport_ids::private::file_options()
             .append(true)
             .create(true)
             .open(&cp_path)
@@ -451,7 +451,7 @@ impl Chain {
             return Ok(());
         }
         let tmp = self.dir.join("checkpoints.jsonl.tmp");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut f = sallyport_ids::private::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(kept.as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(io_err(&tmp))?;

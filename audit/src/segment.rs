@@ -143,7 +143,7 @@ pub fn migrate_flat(audit: &Path, chain: &str) -> std::io::Result<()> {
     let mut moved = false;
     let flat = audit.join(format!("{chain}.jsonl"));
     if flat.is_file() && segments(&dir)?.is_empty() {
-        std::fs::create_dir_all(&dir)?;
+        sallyport_ids::private::dir_all(&dir)?;
         let first = BufReader::new(File::open(&flat)?)
             .lines()
             .next()
@@ -157,7 +157,7 @@ pub fn migrate_flat(audit: &Path, chain: &str) -> std::io::Result<()> {
     }
     let cps = audit.join(format!("{chain}.checkpoints.jsonl"));
     if cps.is_file() && !checkpoints_path(&dir).exists() {
-        std::fs::create_dir_all(&dir)?;
+        sallyport_ids::private::dir_all(&dir)?;
         std::fs::rename(&cps, checkpoints_path(&dir))?;
         moved = true;
     }

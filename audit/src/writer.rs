@@ -123,7 +123,7 @@ impl AuditLog {
         checkpoints: Option<Checkpoints>,
         retention_days: Option<u32>,
     ) -> Result<(AuditLog, AuditWriter), AuditError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        sallyport_ids::private::dir_all(dir).map_err(io_err(dir))?;
         // Chains an earlier version left flat are moved into the layout as they are opened.
         let flat = segment::flat_chains(dir).map_err(io_err(dir))?;
         let mut open: HashMap<String, Chain> = HashMap::new();
@@ -141,7 +141,9 @@ impl AuditLog {
             let key = dir.join(checkpoint::KEY_FILE);
             let text = format!("{}\n", checkpoint::public_key_json(&cps.signer));
             if std::fs::read_to_string(&key).ok().as_deref() != Some(text.as_str()) {
-                std::fs::write(&key, text).map_err(io_err(&key))?;
+                sallyport_ids::private::create(&key)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+                    .map_err(io_err(&key))?;
             }
         }
         let (tx, rx) = mpsc::channel::<Msg>(MAX_BATCH * 4);

@@ -158,9 +158,14 @@ pub fn ed25519_kid(public_key: &[u8]) -> String {
     B64.encode(sha2::Sha256::digest(jwk.as_bytes()))
 }
 
-/// Creates a new Ed25519 signing key, PKCS#8 PEM.
+/// Creates a new Ed25519 signing key, PEM of PKCS#8 v1 (RFC 8410): the form `openssl genpkey
+/// -algorithm ed25519` writes and every tool reads (OpenSSL 3.0 and Python's `cryptography` refuse
+/// the v2 form with the public key inside). Both forms are read.
 pub fn generate_signing_key_pem() -> Result<String, GrantError> {
-    rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let der = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8v1(&rng)
+        .map_err(|_| GrantError::Key("could not generate an Ed25519 key".into()))?;
+    rcgen::KeyPair::try_from(der.as_ref())
         .map(|k| k.serialize_pem())
         .map_err(|e| GrantError::Key(e.to_string()))
 }
@@ -426,11 +431,29 @@ impl GrantVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::pem::PemObject;
     use sallyport_ids::{Principal, TrustDomain};
 
     fn signer() -> GrantSigner {
         let pem = generate_signing_key_pem().unwrap();
         GrantSigner::from_pkcs8_pem(&pem, "sallyport", "sallyport-data-plane").unwrap()
+    }
+
+    #[test]
+    fn keys_are_written_as_pkcs8_v1_and_both_forms_are_read() {
+        let pem = generate_signing_key_pem().unwrap();
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+        // RFC 8410's v1 form: version 0, the OID, the 32-byte seed and nothing else.
+        assert_eq!(der.secret_pkcs8_der().len(), 48);
+        assert_eq!(der.secret_pkcs8_der()[4], 0, "version 0 (v1)");
+        GrantSigner::from_pkcs8_pem(&pem, "i", "a").unwrap();
+        // Keys an earlier version wrote (v2, with the public key) still load.
+        let v2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .unwrap()
+            .serialize_pem();
+        assert_ne!(v2, pem);
+        let signer = GrantSigner::from_pkcs8_pem(&v2, "i", "a").unwrap();
+        assert_eq!(signer.public_key().len(), 32);
     }
 
     fn verifier(s: &GrantSigner) -> GrantVerifier {

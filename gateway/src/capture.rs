@@ -72,9 +72,9 @@ impl Capture {
             }
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(failed_at(dir))?;
+            sallyport_ids::private::dir_all(dir).map_err(failed_at(dir))?;
         }
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = sallyport_ids::private::file_options()
             .write(true)
             .create_new(true)
             .open(&path)

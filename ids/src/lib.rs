@@ -1,10 +1,12 @@
-//! Identifiers used across Sallyport, validated once at the edge, and the one clock ([`time`]).
+//! Identifiers used across Sallyport, validated once at the edge, the one clock ([`time`]) and the one
+//! way to create files on disk ([`private`]: 0700 folders, 0600 files).
 //!
 //! Every id that crosses a trust boundary (a certificate, a token, a config file, a CONNECT authority)
 //! is parsed into one of these newtypes with [`std::str::FromStr`]; code behind the edge never sees an
 //! unchecked string. Labels (customers, targets, providers) follow DNS label rules because they appear in
 //! CONNECT authorities (`<target>.<customer>:<port>`); names (people, groups) may also carry `.` and `_`.
 
+pub mod private;
 pub mod time;
 
 use std::fmt;

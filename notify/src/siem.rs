@@ -90,7 +90,7 @@ fn write_cursor(path: &Path, c: &Cursor) -> std::io::Result<()> {
     let tmp = path.with_extension("cursor.tmp");
     let text = serde_json::to_string(c).map_err(std::io::Error::other)?;
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = sallyport_ids::private::create(&tmp)?;
         std::io::Write::write_all(&mut f, text.as_bytes())?;
         f.sync_all()?;
     }
@@ -223,7 +223,7 @@ pub fn start(
     if sinks.is_empty() {
         return Ok(());
     }
-    std::fs::create_dir_all(&cursor_dir)?;
+    sallyport_ids::private::dir_all(&cursor_dir)?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

@@ -53,7 +53,7 @@ pub struct Broker {
 
 /// Opens the workflow store, `<data_dir>/sallyport.db`.
 pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    sallyport_ids::private::dir_all(&cfg.data_dir)
         .map_err(|e| anyhow!("creating {}: {e}", cfg.data_dir.display()))?;
     Ok(Arc::new(SqliteStore::open(
         &cfg.data_dir.join("sallyport.db"),
@@ -73,10 +73,10 @@ pub fn checkpoints(cfg: &Config) -> Result<Checkpoints, ConfigError> {
 /// Takes `<data_dir>/broker.lock`: a second broker on the same data directory would close the first
 /// one's sessions and race its writes, so it refuses to start.
 fn lock_data_dir(cfg: &Config) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    sallyport_ids::private::dir_all(&cfg.data_dir)
         .map_err(|e| anyhow!("creating {}: {e}", cfg.data_dir.display()))?;
     let path = cfg.data_dir.join("broker.lock");
-    let file = std::fs::OpenOptions::new()
+    let file = sallyport_ids::private::file_options()
         .create(true)
         .truncate(false)
         .write(true)

@@ -108,6 +108,9 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl SqliteStore {
     /// Opens (creating and migrating as needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Created 0600 here, SQLite gives its -wal and -shm files the same mode.
+        sallyport_ids::private::touch(path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let mut conn = connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
