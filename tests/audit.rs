@@ -87,10 +87,7 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
     let key_arg = key.to_str().unwrap();
     let (ok, out, err) = verify(&data, &["--key", key_arg]);
     assert!(ok, "{out}{err}");
-    assert!(
-        out.contains("acme: intact: 3 records, 3 checkpoints"),
-        "{out}"
-    );
+    assert!(out.contains("acme: intact: 4 records, "), "{out}");
     assert!(out.contains("all intact"), "{out}");
 
     let chain = s.segment("acme");
@@ -103,7 +100,7 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
     let (ok, out, _) = verify(&data, &["--key", key_arg, "--customer", "acme"]);
     assert!(!ok);
     assert!(
-        out.contains(&format!("acme/{name}:1: seq 1: edited")),
+        out.contains(&format!("acme/{name}:2: seq 2: edited")),
         "the report names file, line, seq and kind: {out}"
     );
     assert!(out.contains("1 problem(s)"), "{out}");
@@ -112,10 +109,7 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
     std::fs::write(&chain, two).unwrap();
     let (ok, out, _) = verify(&data, &["--key", key_arg]);
     assert!(!ok);
-    assert!(
-        out.contains("truncated") && out.contains("signed seq 3"),
-        "{out}"
-    );
+    assert!(out.contains("truncated: the chain ends at seq 2"), "{out}");
     std::fs::write(&chain, &original).unwrap();
 
     // Checkpoints checked against another key are forged; without any key they are not checked.
@@ -135,8 +129,17 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
     std::fs::write(&kept, &saved).unwrap();
     let two_cps: String = saved.lines().take(2).map(|l| format!("{l}\n")).collect();
     std::fs::write(&cps, two_cps).unwrap();
-    let two: String = original.lines().take(2).map(|l| format!("{l}\n")).collect();
-    std::fs::write(&chain, two).unwrap();
+    // The chain cut back to what the second checkpoint signs.
+    let signed = serde_json::from_str::<serde_json::Value>(saved.lines().nth(1).unwrap()).unwrap()
+        ["seq"]
+        .as_u64()
+        .unwrap();
+    let cut: String = original
+        .lines()
+        .take(usize::try_from(signed).unwrap())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&chain, cut).unwrap();
     let (ok, out, _) = verify(&data, &["--key", key_arg]);
     assert!(
         ok,
@@ -178,8 +181,10 @@ fn a_torn_tail_left_by_a_crash_is_quarantined_at_the_next_start() {
     let mut b = Broker::start(&s);
     assert!(b.terminate().success());
     let records = s.audit("acme");
-    let q = records.last().unwrap();
-    assert_eq!(q["event"], "torn_tail_quarantined");
+    let q = records
+        .iter()
+        .rfind(|r| r["event"] == "torn_tail_quarantined")
+        .unwrap();
     assert!(
         q["reason"]
             .as_str()
@@ -261,9 +266,11 @@ fn auditors_query_and_export_their_customers_records() {
     let (status, all) = get("approver", "");
     assert_eq!(status, 200, "{all}");
     let records = all["records"].as_array().unwrap();
-    assert_eq!(records.len(), 4, "{all}");
+    // The policy set in force, then the grant, the decision, the open and the close.
+    assert_eq!(records.len(), 5, "{all}");
     assert!(records.iter().all(|r| r["customer"] == "acme"));
-    assert_eq!(records[0]["grant_id"], gid.as_str());
+    assert_eq!(records[0]["event"], "policy_loaded");
+    assert_eq!(records[1]["grant_id"], gid.as_str());
     let (_, opens) = get("approver", "?event=tunnel_open");
     assert_eq!(opens["records"].as_array().unwrap().len(), 1);
     // Paging: one at a time, about the technician.
@@ -347,8 +354,8 @@ fn auditors_query_and_export_their_customers_records() {
         .collect();
     assert_eq!(
         classes,
-        [6003, 4001, 4001, 4001],
-        "grant minted, decision, open, close"
+        [6003, 6003, 4001, 4001, 4001],
+        "policy loaded, grant minted, decision, open, close"
     );
     assert_eq!(events[3]["unmapped"]["seq"], 4);
     let (valid, report) = Command::new("python3")
@@ -359,7 +366,7 @@ fn auditors_query_and_export_their_customers_records() {
         .stdin(std::process::Stdio::piped())
         .output_with_stdin(&ocsf.stdout);
     assert!(
-        valid && report.contains("validated 4 events"),
+        valid && report.contains("validated 5 events"),
         "OCSF validation failed (pip install ocsf-json-schema==1.2.0 jsonschema==4.26.0): {report}"
     );
     let out = Command::new(BIN)
@@ -399,12 +406,19 @@ permit (principal is Sallyport::Approver in Sallyport::Customer::"acme",
                 "10",
                 "--reason",
                 "patch",
+                "--ticket",
+                "CHG-7",
             ],
         )
         .out()
         .trim()
         .to_owned();
-    s.cli(&bob, b.addr, &["approve", &id]).out();
+    s.cli(
+        &bob,
+        b.addr,
+        &["approve", &id, "--comment", "ok for tonight"],
+    )
+    .out();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tech = connector(&s.identity("technician"));
     let grant = rt
@@ -431,6 +445,47 @@ permit (principal is Sallyport::Approver in Sallyport::Customer::"acme",
         a.stream.shutdown().await.unwrap();
     });
     s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    let gid = s.wait_for_audit("acme", |r| r["event"] == "request_approved")["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.cli(&bob, b.addr, &["revoke", &gid, "--reason", "done"])
+        .out();
+    // The chain itself carries what the bundle shows: the ticket and the comment as fields, the
+    // policies that permitted the filing and the approval, and the digest of the policy text.
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(
+        std::fs::read(s.root.join("policies/acme.cedar")).unwrap(),
+    ));
+    let trail = s.audit("acme");
+    let loaded = trail
+        .iter()
+        .find(|r| r["event"] == "policy_loaded")
+        .expect("the policy set in force is on the trail");
+    assert_eq!(loaded["policy_digest"], digest.as_str());
+    assert_eq!(
+        loaded["policy_ids"],
+        serde_json::json!(["support", "approvers"])
+    );
+    let filed = trail
+        .iter()
+        .find(|r| r["event"] == "request_filed")
+        .unwrap();
+    assert_eq!(filed["ticket"], "CHG-7");
+    assert_eq!(filed["reason"], "patch");
+    assert_eq!(filed["minutes"], 10);
+    assert_eq!(filed["policy_ids"], serde_json::json!(["support"]));
+    let approval = trail
+        .iter()
+        .find(|r| r["event"] == "request_approved")
+        .unwrap();
+    assert_eq!(approval["comment"], "ok for tonight");
+    assert_eq!(approval["policy_ids"], serde_json::json!(["approvers"]));
+    for decided in trail.iter().filter(|r| {
+        ["request_filed", "request_approved", "decision"].contains(&r["event"].as_str().unwrap())
+    }) {
+        assert_eq!(decided["policy_digest"], digest.as_str(), "{decided}");
+    }
     let key = s.root.join("audit-key.json");
     let k = rt
         .block_on(request(
@@ -484,6 +539,32 @@ permit (principal is Sallyport::Approver in Sallyport::Customer::"acme",
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(bundle["sessions"][0]["bytes_up"], 8);
     assert_eq!(bundle["request"]["id"], id.as_str());
+    assert_eq!(bundle["request"]["ticket"], "CHG-7");
+    assert_eq!(
+        bundle["request"]["approvals"][0]["comment"],
+        "ok for tonight"
+    );
+    assert_eq!(bundle["request"]["policy_digest"], digest.as_str());
+    assert_eq!(bundle["grant"]["revoked"]["reason"], "done");
+
+    // Without --key the bundle's own key is not trusted silently.
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--bundle"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--key"), "{err}");
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--trust-bundle-key", "--bundle"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("not proven to be the broker's"),
+        "{said}"
+    );
 
     // Each change is caught.
     let tampered = s.root.join("tampered.json");
@@ -491,7 +572,48 @@ permit (principal is Sallyport::Approver in Sallyport::Customer::"acme",
     let cases: Vec<(Change, &str)> = vec![
         (
             Box::new(|v| v["sessions"][0]["bytes_up"] = 1_000_000.into()),
-            "bytes disagree",
+            "sessions[0].bytes_up: the bundle shows 1000000, the signed records show 8",
+        ),
+        (
+            Box::new(|v| {
+                v["request"]["approvals"][0]["approver"] =
+                    "spiffe://sallyport.local/customer/acme/approver/mallory".into();
+            }),
+            "request.approvals[0].approver",
+        ),
+        (
+            Box::new(|v| v["request"]["approvals"][0]["comment"] = "fine".into()),
+            "request.approvals[0].comment",
+        ),
+        (
+            Box::new(|v| v["request"]["reason"] = "routine".into()),
+            "request.reason",
+        ),
+        (
+            Box::new(|v| v["request"]["ticket"] = "CHG-8".into()),
+            "request.ticket",
+        ),
+        (
+            Box::new(|v| v["grant"]["expires_at"] = "2030-01-01T00:00:00Z".into()),
+            "grant.expires_at",
+        ),
+        (
+            Box::new(|v| v["grant"]["revoked"] = serde_json::Value::Null),
+            "grant.revoked",
+        ),
+        (
+            Box::new(|v| v["request"]["grant"]["revoked"] = false.into()),
+            "request.grant.revoked",
+        ),
+        (
+            Box::new(|v| v["request"]["policy_digest"] = "0".repeat(64).into()),
+            "request.policy_digest",
+        ),
+        (
+            Box::new(|v| {
+                v["request"]["approvals"].as_array_mut().unwrap().clear();
+            }),
+            "request.approvals: the bundle shows 0 entries, the records show 1",
         ),
         (
             Box::new(|v| {

@@ -3,9 +3,11 @@
 //! (bytes and times), and the contiguous run of chain records from the request's first record to the
 //! first signed checkpoint after its last one, with that checkpoint and the audit public key.
 //!
-//! Verifying a bundle checks each record's hash, that the run is unbroken (seq +1, `prev_hash` links),
-//! that the checkpoint's signature verifies and that it signs the run's last record, and that the
-//! summaries (request, grant, sessions) agree with the records.
+//! The request, grant and session views a person reads are not copied from the broker's store: they
+//! are [`derive`]d from the signed records, and verifying a bundle derives them again and compares
+//! every field. An edited approver, comment, reason, ticket, expiry or revocation is named as the
+//! field that differs. Verifying also checks each record's hash, that the run is unbroken (seq +1,
+//! `prev_hash` links), and that the checkpoint's signature verifies and signs the run's last record.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -15,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::{AuditError, check_line, checkpoint, segment};
 
 /// The bundle format's name and version.
-pub const FORMAT: &str = "sallyport-evidence-bundle/1";
+pub const FORMAT: &str = "sallyport-evidence-bundle/2";
+
+/// The format of bundles made by earlier versions, whose views were not derived from the records.
+const FORMAT_1: &str = "sallyport-evidence-bundle/1";
 
 /// One evidence bundle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,11 +31,11 @@ pub struct Bundle {
     pub created_at: String,
     /// The customer whose chain the records are on.
     pub customer: String,
-    /// The request, as the API shows it.
+    /// The request with its approvals, as its records show it ([`derive`]).
     pub request: serde_json::Value,
-    /// Its grant (id, window, revocation), if one was issued.
+    /// Its grant (id, window, revocation), if one was issued, as its records show it.
     pub grant: Option<serde_json::Value>,
-    /// The sessions the grant opened.
+    /// The sessions the grant opened, as their records show them.
     pub sessions: Vec<serde_json::Value>,
     /// Seqs of the records about this request, grant and its sessions.
     pub relevant: Vec<u64>,
@@ -145,6 +150,11 @@ fn fail<T>(why: impl Into<String>) -> Result<T, AuditError> {
 
 /// Verifies a bundle with `key` (raw Ed25519 public key).
 pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, AuditError> {
+    if b.format == FORMAT_1 {
+        return fail(format!(
+            "a {FORMAT_1} bundle, made by an earlier version: its request, grant and session views were not derived from the records and cannot be proven; make it again with `sallyport audit bundle`"
+        ));
+    }
     if b.format != FORMAT {
         return fail(format!("not a {FORMAT} file (format `{}`)", b.format));
     }
@@ -235,45 +245,23 @@ pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, AuditError> {
     if about.iter().any(|v| v["customer"] != b.customer.as_str()) {
         return fail("a record belongs to another customer");
     }
-    if !about
-        .iter()
-        .any(|v| v["event"] == "request_filed" && v["request_id"] == rid)
-    {
-        return fail(format!("no `request_filed` record for request {rid}"));
+    // Every field a person reads is recomputed from the signed records.
+    let records: Vec<serde_json::Value> = about.iter().map(|v| (*v).clone()).collect();
+    let views = derive(&records, rid)?;
+    if let Some(field) = differs("request", &b.request, &views.request) {
+        return fail(field);
     }
-    if b.grant.as_ref().and_then(|g| g["id"].as_str()) != gid.as_deref() {
-        return fail("the bundle's grant is not the one the approval record names");
+    let grant = b.grant.clone().unwrap_or(serde_json::Value::Null);
+    let derived = views.grant.unwrap_or(serde_json::Value::Null);
+    if let Some(field) = differs("grant", &grant, &derived) {
+        return fail(field);
     }
-    let listed: HashSet<String> = b
-        .sessions
-        .iter()
-        .filter_map(|s| s["id"].as_str().map(str::to_owned))
-        .collect();
-    if listed != opened {
-        return fail(format!(
-            "the bundle lists {} session(s), but the records show {} tunnel(s) opened under the grant",
-            listed.len(),
-            opened.len()
-        ));
-    }
-    for s in &b.sessions {
-        let close = about
-            .iter()
-            .find(|v| v["event"] == "tunnel_close" && v["session_id"] == s["id"]);
-        match (close, s["closed_at"].is_null()) {
-            (Some(v), false) => {
-                if v["bytes_up"] != s["bytes_up"] || v["bytes_down"] != s["bytes_down"] {
-                    return fail(format!(
-                        "session {}: its bytes disagree with its `tunnel_close` record",
-                        s["id"]
-                    ));
-                }
-            }
-            (None, false) => {
-                return fail(format!("session {}: no `tunnel_close` record", s["id"]));
-            }
-            (_, true) => {}
-        }
+    let (shown, derived) = (
+        serde_json::Value::Array(b.sessions.clone()),
+        serde_json::Value::Array(views.sessions),
+    );
+    if let Some(field) = differs("sessions", &shown, &derived) {
+        return fail(field);
     }
     Ok(Proven {
         records: parsed.len(),
@@ -281,4 +269,206 @@ pub fn verify(b: &Bundle, key: &[u8]) -> Result<Proven, AuditError> {
         seqs,
         sessions: b.sessions.len(),
     })
+}
+
+/// The views of a bundle, derived from records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Views {
+    /// The request with its approvals, denial and grant summary.
+    pub request: serde_json::Value,
+    /// The grant, if the request was approved.
+    pub grant: Option<serde_json::Value>,
+    /// The sessions opened under the grant, in the order they opened.
+    pub sessions: Vec<serde_json::Value>,
+}
+
+/// A record's `time` as whole seconds (the views' precision).
+fn at(v: &serde_json::Value) -> serde_json::Value {
+    v["time"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or(serde_json::Value::Null, |t| {
+            sallyport_ids::time::rfc3339(t.as_second()).into()
+        })
+}
+
+fn seconds(v: &serde_json::Value) -> Option<i64> {
+    v["time"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+}
+
+/// Derives the request, grant and session views of request `rid` from its `records` (the records
+/// about it, its grant and the grant's sessions, in chain order). What a record does not carry (a
+/// chain written by an earlier version has no `minutes` or `ticket` fields) shows as `null`.
+pub fn derive(records: &[serde_json::Value], rid: &str) -> Result<Views, AuditError> {
+    use serde_json::{Value, json};
+    let of = |event: &'static str| {
+        records
+            .iter()
+            .filter(move |v| v["event"] == event && v["request_id"] == rid)
+    };
+    let succeeded = |v: &&Value| v["outcome"] == "success";
+    let Some(filed) = of("request_filed").find(succeeded) else {
+        return fail(format!("no `request_filed` record for request {rid}"));
+    };
+    let approved = of("request_approved").find(succeeded);
+    let denied = of("request_denied").find(succeeded);
+    let expired = of("request_expired").next();
+    let status = match (approved, denied, expired) {
+        (Some(_), _, _) => "approved",
+        (_, Some(_), _) => "denied",
+        (_, _, Some(_)) => "expired",
+        _ => "pending",
+    };
+    let approval = |v: &Value| {
+        json!({
+            "approver": v["actor"], "comment": v["comment"], "at": at(v),
+            "policy_ids": v["policy_ids"],
+        })
+    };
+    let mut approvals: Vec<Value> = of("approval_recorded")
+        .filter(succeeded)
+        .map(approval)
+        .collect();
+    // The approval that completes the quorum is the `request_approved` record itself (by a person;
+    // `policy` approves a request that needs no approval).
+    if let Some(v) = approved.filter(|v| v["actor"] != "policy") {
+        approvals.push(approval(v));
+    }
+    let gid = approved.and_then(|v| v["grant_id"].as_str());
+    let revoked = gid.and_then(|g| {
+        records
+            .iter()
+            .find(|v| v["event"] == "grant_revoked" && v["grant_id"] == g)
+    });
+    let grant_summary = approved.filter(|_| gid.is_some()).map(|v| {
+        json!({
+            "id": v["grant_id"], "not_before": v["not_before"], "expires_at": v["expires_at"],
+            "revoked": revoked.is_some(),
+        })
+    });
+    let request = json!({
+        "id": rid,
+        "customer": filed["customer"],
+        "target": filed["target"],
+        "technician": filed["actor"],
+        "minutes": filed["minutes"],
+        "reason": filed["reason"],
+        "ticket": filed["ticket"],
+        "start_at": filed["start_at"],
+        "status": status,
+        "approvals_required": filed["approvals_required"],
+        "approvals": approvals,
+        "denied_by": denied.map_or(Value::Null, |v| v["actor"].clone()),
+        "deny_reason": denied.map_or(Value::Null, |v| v["reason"].clone()),
+        "grant_id": gid,
+        "grant": grant_summary,
+        "policy_id": filed["terms_policy_id"],
+        "policy_ids": filed["policy_ids"],
+        "policy_digest": filed["policy_digest"],
+        "created_at": at(filed),
+        "expires_at": filed["expires_at"],
+    });
+    let grant = approved.filter(|_| gid.is_some()).map(|v| {
+        json!({
+            "id": v["grant_id"],
+            "technician": filed["actor"],
+            "target": filed["target"],
+            "not_before": v["not_before"],
+            "expires_at": v["expires_at"],
+            "revoked": revoked.map(|r| json!({
+                "at": at(r), "by": r["actor"], "reason": r["reason"],
+            })),
+        })
+    });
+    let sessions = records
+        .iter()
+        .filter(|v| v["event"] == "tunnel_open" && gid.is_some_and(|g| v["grant_id"] == g))
+        .map(|open| {
+            let close = records
+                .iter()
+                .find(|v| v["event"] == "tunnel_close" && v["session_id"] == open["session_id"]);
+            let field = |k: &str| close.map_or(Value::Null, |c| c[k].clone());
+            let duration = close
+                .and_then(|c| Some(seconds(c)? - seconds(open)?))
+                .map(|d| d.max(0));
+            json!({
+                "id": open["session_id"],
+                "grant_id": open["grant_id"],
+                "customer": open["customer"],
+                "target": open["target"],
+                "technician": open["actor"],
+                "source_ip": open["source_ip"],
+                "opened_at": at(open),
+                "closed_at": close.map_or(Value::Null, at),
+                "live": close.is_none(),
+                "duration_seconds": duration,
+                "bytes_up": field("bytes_up"),
+                "bytes_down": field("bytes_down"),
+                "close_reason": field("reason"),
+            })
+        })
+        .collect();
+    Ok(Views {
+        request,
+        grant,
+        sessions,
+    })
+}
+
+/// The first field where `shown` differs from what the records show, as a path (`request.approvals[0].comment`)
+/// with both values; `None` when they agree.
+fn differs(path: &str, shown: &serde_json::Value, derived: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match (shown, derived) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let (x, y) = (
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                );
+                if !a.contains_key(k) && !y.is_null() {
+                    return Some(format!("{path}.{k}: missing from the bundle"));
+                }
+                if !b.contains_key(k) {
+                    return Some(format!("{path}.{k}: not a field the records show"));
+                }
+                differs(&format!("{path}.{k}"), x, y)
+            })
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            if a.len() != b.len() {
+                return Some(format!(
+                    "{path}: the bundle shows {} entr{}, the records show {}",
+                    a.len(),
+                    if a.len() == 1 { "y" } else { "ies" },
+                    b.len()
+                ));
+            }
+            a.iter()
+                .zip(b)
+                .enumerate()
+                .find_map(|(i, (x, y))| differs(&format!("{path}[{i}]"), x, y))
+        }
+        (x, y) if x == y => None,
+        (x, y) => Some(format!(
+            "{path}: the bundle shows {}, the signed records show {}",
+            short(x),
+            short(y)
+        )),
+    }
+}
+
+/// A value for an error line: at most 80 characters of its JSON.
+fn short(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
 }

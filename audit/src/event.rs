@@ -48,6 +48,8 @@ pub enum EventKind {
     TornTailQuarantined,
     /// Segments older than the retention period were retired (deleted) from the chain.
     SegmentsRetired,
+    /// A customer's policy set was loaded (at start-up or when it changed), with its digest.
+    PolicyLoaded,
 }
 
 /// How it ended.
@@ -97,8 +99,28 @@ pub struct AuditEvent {
     pub bytes_down: Option<u64>,
     /// Tunnel duration (closes).
     pub duration_ms: Option<u64>,
-    /// Grant expiry (grant and decision records), RFC 3339.
+    /// Grant expiry (grant and decision records), or until when a filed request waits for its
+    /// approvals (`request_filed`), RFC 3339.
     pub expires_at: Option<String>,
+    /// Start of a grant's window (`request_approved`, `grant_minted`), RFC 3339.
+    pub not_before: Option<String>,
+    /// Minutes asked for (`request_filed`, `grant_minted`).
+    pub minutes: Option<u32>,
+    /// When the asked window starts, for a request that asks for a later start, RFC 3339.
+    pub start_at: Option<String>,
+    /// The ticket a request or a break-glass grant names.
+    pub ticket: Option<String>,
+    /// The approver's comment (`approval_recorded`, `request_approved`).
+    pub comment: Option<String>,
+    /// How many approvals a filed request needs.
+    pub approvals_required: Option<u32>,
+    /// The policy whose annotations set a filed request's terms.
+    pub terms_policy_id: Option<String>,
+    /// SHA-256 (hex) of the customer's policy set in force when the decision was taken, or of the
+    /// set loaded (`policy_loaded`).
+    pub policy_digest: Option<String>,
+    /// Who minted a break-glass grant, and on which machine.
+    pub operator: Option<Operator>,
     /// SHA-256 of the session's capture file (closes of recorded targets).
     pub capture_sha256: Option<String>,
     /// The segments retired (`segments_retired` records).
@@ -125,6 +147,15 @@ impl AuditEvent {
             bytes_down: None,
             duration_ms: None,
             expires_at: None,
+            not_before: None,
+            minutes: None,
+            start_at: None,
+            ticket: None,
+            comment: None,
+            approvals_required: None,
+            terms_policy_id: None,
+            policy_digest: None,
+            operator: None,
             capture_sha256: None,
             retired: Vec::new(),
         }
@@ -157,6 +188,24 @@ struct Body<'a> {
     duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_before: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    minutes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ticket: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comment: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approvals_required: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    terms_policy_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operator: Option<&'a Operator>,
     #[serde(skip_serializing_if = "Option::is_none")]
     capture_sha256: Option<&'a str>,
     #[serde(skip_serializing_if = "<[Retired]>::is_empty")]
@@ -196,6 +245,15 @@ pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String
         bytes_down: ev.bytes_down,
         duration_ms: ev.duration_ms,
         expires_at: ev.expires_at.as_deref(),
+        not_before: ev.not_before.as_deref(),
+        minutes: ev.minutes,
+        start_at: ev.start_at.as_deref(),
+        ticket: ev.ticket.as_deref(),
+        comment: ev.comment.as_deref(),
+        approvals_required: ev.approvals_required,
+        terms_policy_id: ev.terms_policy_id.as_deref(),
+        policy_digest: ev.policy_digest.as_deref(),
+        operator: ev.operator.as_ref(),
         capture_sha256: ev.capture_sha256.as_deref(),
         retired: &ev.retired,
         prev_hash,
@@ -249,4 +307,17 @@ pub struct Retired {
     pub last_seq: u64,
     /// Its last record's hash: the `prev_hash` of the record after it.
     pub last_hash: String,
+}
+
+/// The administrator behind a break-glass grant: the operating-system user and host that ran
+/// `sallyport grant`, and the admin identity (SPIFFE id) it was run with, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Operator {
+    /// The operating-system user name (or `uid N` when it has no name).
+    pub user: String,
+    /// The host name of the machine.
+    pub host: String,
+    /// The admin identity given with `--identity`, checked against the broker's CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
 }

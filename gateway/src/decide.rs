@@ -67,6 +67,8 @@ pub struct Refusal {
     pub grant_id: Option<String>,
     /// The policies that decided a policy refusal.
     pub policy_ids: Vec<String>,
+    /// SHA-256 of the customer's policy set that decided a policy refusal.
+    pub policy_digest: Option<String>,
     /// Counts as a failed authentication (rate-limited by source and identity).
     pub auth_failure: bool,
     /// For a 429: when to try again.
@@ -86,6 +88,7 @@ impl Refusal {
             target: None,
             grant_id: None,
             policy_ids: Vec::new(),
+            policy_digest: None,
             auth_failure: event == EventKind::AuthFailure,
             retry_after: None,
             also_for: None,
@@ -264,6 +267,7 @@ pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>
         let mut r = Refusal::new(StatusCode::FORBIDDEN, EventKind::Decision, decision.reason)
             .about(&claims);
         r.policy_ids = decision.policy_ids;
+        r.policy_digest = Some(customer.policy.digest().to_owned());
         return Err(r);
     }
     Ok(Allowed {

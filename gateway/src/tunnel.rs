@@ -280,6 +280,7 @@ impl Tunnels {
         // Stage: the allow decision is durable before anything is dialled.
         let mut allow = base(EventKind::Decision, Outcome::Allow, reason);
         allow.policy_ids = policy_ids;
+        allow.policy_digest = Some(customer.policy.digest().to_owned());
         allow.expires_at = Some(rfc3339(i64::try_from(claims.exp).unwrap_or(i64::MAX)));
         if let Err(e) = self.trail.append(allow).await {
             tracing::error!(error = %e, "audit trail not writable; refusing tunnel");
@@ -486,6 +487,7 @@ impl Tunnels {
         ev.session_id = Some(session_id.clone());
         ev.source_ip = Some(conn.ip);
         ev.policy_ids = r.policy_ids.clone();
+        ev.policy_digest = r.policy_digest.clone();
         // A customer sees attempts on its own targets, even under another customer's grant.
         let copy = r.also_for.as_ref().and_then(configured).map(|c| {
             let mut copy = ev.clone();

@@ -12,6 +12,8 @@ use sallyport_ids::{CustomerId, GroupName, Principal};
 use crate::entities;
 use crate::error::{Location, PolicyError, Problem};
 use crate::request::{Action, Decision, RequestContext, Subject, TargetInfo};
+use sha2::Digest as _;
+
 use crate::scan::scan;
 use crate::schema::{Shared, shared};
 use crate::slice::Sliced;
@@ -32,6 +34,9 @@ pub struct CustomerPolicy {
     customer_uid: EntityUid,
     /// The customer entity, added to every decision's entity store.
     customer_entity: ast::Entity,
+    /// SHA-256 (lowercase hex) of the policy file's text: what the trail names as the policy set
+    /// in force, and what `sha256sum` of the file gives.
+    digest: String,
     shared: &'static Shared,
 }
 
@@ -97,6 +102,7 @@ impl CustomerPolicy {
             [],
         );
         let sliced = Sliced::new(&set, shared);
+        let digest = hex::encode(sha2::Sha256::digest(source.as_bytes()));
         Ok(Self {
             customer,
             tz,
@@ -105,8 +111,14 @@ impl CustomerPolicy {
             ids,
             customer_uid,
             customer_entity,
+            digest,
             shared,
         })
+    }
+
+    /// SHA-256 (lowercase hex) of the policy file's text, as `sha256sum` gives it.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// The customer these policies belong to.

@@ -266,6 +266,9 @@ impl Broker {
             tasks,
             _lock,
         } = self;
+        // The policy sets in force go on their customers' trails. A chain that cannot take the
+        // record refuses every decision anyway (each is recorded, with the same digest, first).
+        sallyport_workflow::policies::record_loaded(requests.context(), &config).await;
         tasks.spawn(requests.run_expiry(shutdown.clone()));
         tasks.spawn(sallyport_gateway::watch::watch_trail(
             trail.clone(),

@@ -1,7 +1,8 @@
-//! The evidence bundle of one access request, assembled from the store and the customer's chain: the
-//! request and its approvals, the grant, every session it opened, and the run of signed chain records
-//! (with the checkpoint that covers them) that proves it all. The audit crate defines the format and
-//! verifies it; this module only gathers what goes in.
+//! The evidence bundle of one access request, assembled from the customer's chain: the run of signed
+//! chain records about the request, its grant and every session the grant opened (with the
+//! checkpoint that covers them), and the request, grant and session views derived from those records
+//! (never from the store, which is not evidence). The store only says which grant and sessions to
+//! look for. The audit crate defines the format, derives the views and verifies them.
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use sallyport_ids::RequestId;
 use sallyport_ids::time::{Clock, rfc3339_micros};
 use sallyport_store::{SessionFilter, Store};
 
-use crate::{WorkflowError, view};
+use crate::WorkflowError;
 
 /// Gathers the bundle of request `request` from `store` and the audit folder `audit`.
 pub fn assemble(
@@ -24,7 +25,6 @@ pub fn assemble(
         .map_err(|_| WorkflowError::NotFound(format!("no request `{request}`")))?;
     let rec = store.request(&rid)?;
     let customer = rec.filed.customer.clone();
-    let now = clock.unix();
     let sessions = match &rec.grant_id {
         Some(g) => store.sessions(&SessionFilter {
             customer: Some(customer.clone()),
@@ -44,6 +44,12 @@ pub fn assemble(
             path: chain.clone(),
             message: e.to_string(),
         })?;
+    let about: Vec<serde_json::Value> = records
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["seq"].as_u64().is_some_and(|s| relevant.contains(&s)))
+        .collect();
+    let views = bundle::derive(&about, rid.as_str())?;
     let key_file = audit.join(checkpoint::KEY_FILE);
     let audit_key: serde_json::Value = std::fs::read_to_string(&key_file)
         .ok()
@@ -58,12 +64,9 @@ pub fn assemble(
         format: bundle::FORMAT.into(),
         created_at: rfc3339_micros(clock.now()),
         customer: customer.to_string(),
-        request: view::request(&rec),
-        grant: rec.grant.as_ref().map(view::grant),
-        sessions: sessions
-            .iter()
-            .map(|s| view::session(s, false, now))
-            .collect(),
+        request: views.request,
+        grant: views.grant,
+        sessions: views.sessions,
         relevant,
         records,
         checkpoint,

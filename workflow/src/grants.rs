@@ -86,7 +86,8 @@ impl Grants {
             let mut ev = AuditEvent::new(
                 EventKind::GrantRevoked,
                 Outcome::Success,
-                format!("revoked: {}", revocation.reason),
+                // The revoker's words, as the grant shows them.
+                revocation.reason.clone(),
             );
             ev.customer = Some(grant.customer.clone());
             ev.actor = Some(actor.to_string());

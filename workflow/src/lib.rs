@@ -21,6 +21,7 @@ pub mod error;
 pub mod evidence;
 pub mod grants;
 pub mod limit;
+pub mod policies;
 pub mod requests;
 pub mod scope;
 pub mod sessions;

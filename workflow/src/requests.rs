@@ -115,6 +115,25 @@ fn event(r: &NewRequest, kind: EventKind, outcome: Outcome, reason: String) -> A
     ev
 }
 
+/// The record of filing `r`: everything the request shows, so an evidence bundle can prove it.
+fn filing(r: &NewRequest, outcome: Outcome, reason: String, digest: &str) -> AuditEvent {
+    let mut ev = event(r, EventKind::RequestFiled, outcome, reason);
+    ev.minutes = Some(r.minutes);
+    ev.ticket = r.ticket.clone();
+    ev.start_at = r.start_at.map(rfc3339);
+    ev.approvals_required = Some(r.approvals_required);
+    ev.terms_policy_id = r.policy_id.clone();
+    ev.expires_at = Some(rfc3339(r.expires_at));
+    ev.policy_digest = Some(digest.to_owned());
+    ev
+}
+
+/// A customer policy's decision, as the records of approvals and denials name it.
+struct Decided {
+    policy_ids: Vec<String>,
+    digest: String,
+}
+
 fn target_info(customer: &Customer, target: &Target) -> TargetInfo {
     TargetInfo {
         customer: customer.id.clone(),
@@ -140,6 +159,11 @@ impl Requests {
             signer,
             filings,
         }
+    }
+
+    /// Where its actions land.
+    pub fn context(&self) -> &Context {
+        &self.cx
     }
 
     /// Queues a webhook notification about request `rec`.
@@ -266,7 +290,7 @@ impl Requests {
             None
         };
         if let Some(why) = refusal {
-            let mut ev = event(&filed, EventKind::RequestFiled, Outcome::Deny, why.clone());
+            let mut ev = filing(&filed, Outcome::Deny, why.clone(), customer.policy.digest());
             ev.actor = Some(technician.to_string());
             ev.source_ip = Some(caller.ip);
             ev.policy_ids = decision.policy_ids;
@@ -274,21 +298,13 @@ impl Requests {
             tracing::info!(peer = %technician, customer = %customer.id, target = %target.id, reason = %why, "access request refused");
             return Err(WorkflowError::Forbidden(why));
         }
-        // The filing is on the trail before it is stored: a request never exists unrecorded.
-        let mut ev = event(
+        // The filing is on the trail before it is stored: a request never exists unrecorded. Its
+        // reason is the technician's words; minutes, ticket and terms are fields of their own.
+        let mut ev = filing(
             &filed,
-            EventKind::RequestFiled,
             Outcome::Success,
-            format!(
-                "{} minutes requested: {}{}",
-                filed.minutes,
-                reason,
-                filed
-                    .ticket
-                    .as_deref()
-                    .map(|t| format!(" (ticket {t})"))
-                    .unwrap_or_default()
-            ),
+            reason.clone(),
+            customer.policy.digest(),
         );
         ev.actor = Some(technician.to_string());
         ev.source_ip = Some(caller.ip);
@@ -324,7 +340,12 @@ impl Requests {
         };
         let place = format!("{}/{}", filed.customer, filed.target);
         if rec.status == RequestStatus::Approved {
-            self.record_approval(&rec, "policy", None).await?;
+            let by_policy = Decided {
+                policy_ids: decision.policy_ids.clone(),
+                digest: customer.policy.digest().to_owned(),
+            };
+            self.record_approval(&rec, "policy", None, &by_policy, None)
+                .await?;
             self.notify(
                 &rec,
                 "request_approved",
@@ -358,6 +379,8 @@ impl Requests {
         rec: &RequestRecord,
         actor: &str,
         source: Option<std::net::IpAddr>,
+        decided: &Decided,
+        comment: Option<String>,
     ) -> Result<(), WorkflowError> {
         let f = &rec.filed;
         let why = if f.approvals_required == 0 {
@@ -379,7 +402,11 @@ impl Requests {
         ev.actor = Some(actor.to_owned());
         ev.source_ip = source;
         ev.grant_id = rec.grant_id.clone();
+        ev.not_before = rec.grant.as_ref().map(|g| rfc3339(g.not_before));
         ev.expires_at = rec.grant.as_ref().map(|g| rfc3339(g.expires_at));
+        ev.comment = comment;
+        ev.policy_ids = decided.policy_ids.clone();
+        ev.policy_digest = Some(decided.digest.clone());
         self.cx.record(ev).await?;
         if let Some(gid) = rec.grant_id.clone() {
             self.cx.db.run(move |s| s.mark_grant_audited(&gid)).await?;
@@ -455,7 +482,7 @@ impl Requests {
         caller: Caller<'_>,
         rec: &RequestRecord,
         deciding: &str,
-    ) -> Result<(), WorkflowError> {
+    ) -> Result<Decided, WorkflowError> {
         let Principal::Approver { customer, name } = caller.peer.id.principal() else {
             return Err(WorkflowError::Forbidden(format!(
                 "only the customer's approvers {deciding} requests"
@@ -499,13 +526,17 @@ impl Requests {
             ev.actor = Some(caller.peer.id.to_string());
             ev.source_ip = Some(caller.ip);
             ev.policy_ids = d.policy_ids;
+            ev.policy_digest = Some(c.policy.digest().to_owned());
             self.cx.record(ev).await?;
             return Err(WorkflowError::Forbidden(format!(
                 "the policy of `{}` does not let you {deciding} this request: {}",
                 f.customer, d.reason
             )));
         }
-        Ok(())
+        Ok(Decided {
+            policy_ids: d.policy_ids,
+            digest: c.policy.digest().to_owned(),
+        })
     }
 
     /// Approves request `id` as `caller`; the last approval of the quorum creates the grant.
@@ -517,9 +548,10 @@ impl Requests {
     ) -> Result<Approved, WorkflowError> {
         let comment = comment.map(|c| c.as_str().to_owned());
         let rec = self.visible(caller, id).await?;
-        self.approver_may_decide(caller, &rec, "approve").await?;
+        let decided = self.approver_may_decide(caller, &rec, "approve").await?;
         let approver = caller.peer.id.clone();
         let (rid, by, at) = (rec.filed.id.clone(), approver.clone(), self.cx.clock.unix());
+        let said = comment.clone();
         let outcome = self
             .cx
             .db
@@ -544,11 +576,14 @@ impl Requests {
                 );
                 ev.actor = Some(approver.to_string());
                 ev.source_ip = Some(caller.ip);
+                ev.comment = said;
+                ev.policy_ids = decided.policy_ids;
+                ev.policy_digest = Some(decided.digest);
                 self.cx.record(ev).await?;
                 missing
             }
             Approval::Granted(_) => {
-                self.record_approval(&rec, &approver.to_string(), Some(caller.ip))
+                self.record_approval(&rec, &approver.to_string(), Some(caller.ip), &decided, said)
                     .await?;
                 self.notify(
                     &rec,
@@ -582,7 +617,7 @@ impl Requests {
     ) -> Result<RequestRecord, WorkflowError> {
         let reason = reason.as_str().to_owned();
         let rec = self.visible(caller, id).await?;
-        self.approver_may_decide(caller, &rec, "deny").await?;
+        let decided = self.approver_may_decide(caller, &rec, "deny").await?;
         let approver = caller.peer.id.clone();
         let (rid, by, why, at) = (
             rec.filed.id.clone(),
@@ -592,14 +627,17 @@ impl Requests {
         );
         let rec = self.cx.db.run(move |s| s.deny(&rid, &by, &why, at)).await?;
         let f = &rec.filed;
+        // The reason is the approver's words, as the request shows them.
         let mut ev = event(
             f,
             EventKind::RequestDenied,
             Outcome::Success,
-            format!("denied: {reason}"),
+            reason.clone(),
         );
         ev.actor = Some(approver.to_string());
         ev.source_ip = Some(caller.ip);
+        ev.policy_ids = decided.policy_ids;
+        ev.policy_digest = Some(decided.digest);
         self.cx.record(ev).await?;
         self.notify(
             &rec,
@@ -680,11 +718,21 @@ impl Requests {
         // An approval whose record could not be written is recorded now, before anything is handed
         // out.
         if !g.audited {
-            let actor = match rec.approvals.last() {
-                Some(a) => a.approver.to_string(),
-                None => "policy".to_owned(),
+            let (actor, comment) = match rec.approvals.last() {
+                Some(a) => (a.approver.to_string(), a.comment.clone()),
+                None => ("policy".to_owned(), None),
             };
-            self.record_approval(&rec, &actor, None).await?;
+            // The decision is past; the record names the policy set in force now.
+            let late = Decided {
+                policy_ids: Vec::new(),
+                digest: self
+                    .config
+                    .customer(g.customer.as_str())
+                    .map(|c| c.policy.digest().to_owned())
+                    .unwrap_or_default(),
+            };
+            self.record_approval(&rec, &actor, None, &late, comment)
+                .await?;
         }
         let Some((customer, target)) = self
             .config

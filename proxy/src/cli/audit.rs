@@ -41,6 +41,11 @@ pub enum AuditCommand {
         /// together with its checkpoint file.
         #[arg(long, value_name = "FILE")]
         expect_checkpoints: Option<PathBuf>,
+        /// With --bundle and no --key: check the bundle with the key it carries. That only shows
+        /// the bundle is consistent, not that the broker signed it (whoever made the bundle could
+        /// have signed it with a key of their own); the output says so.
+        #[arg(long, requires = "bundle", conflicts_with = "key")]
+        trust_bundle_key: bool,
     },
     /// Write one evidence file for an access request: the request and its approvals, the grant, every
     /// session it opened (bytes and times), and the chain records and signed checkpoint that prove
@@ -114,8 +119,9 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             customer,
             key,
             expect_checkpoints,
+            trust_bundle_key,
         } => match (bundle, data) {
-            (Some(file), _) => verify_bundle(&file, key.as_deref()),
+            (Some(file), _) => verify_bundle(&file, key.as_deref(), trust_bundle_key),
             (None, data) => audit_verify(
                 &data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
                 customer.as_deref(),
@@ -226,28 +232,34 @@ fn make_bundle(data: &Path, request_id: &str, out: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn verify_bundle(file: &Path, key: Option<&str>) -> anyhow::Result<()> {
+fn verify_bundle(file: &Path, key: Option<&str>, trust_bundle_key: bool) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let b: bundle::Bundle = serde_json::from_str(&text)
         .map_err(|e| anyhow!("{}: not an evidence bundle: {e}", file.display()))?;
     let key = match key {
         Some(k) => checkpoint::read_public_key(k).map_err(|e| anyhow!("--key: {e}"))?,
-        None => {
-            eprintln!(
-                "note: checking with the key inside the bundle; pass --key with the key from GET /v1/audit/key to rule out a re-signed bundle"
-            );
-            checkpoint::read_public_key(&b.audit_key.to_string())
-                .or_else(|_| {
-                    checkpoint::read_public_key(b.audit_key["public_key"].as_str().unwrap_or(""))
-                })
-                .map_err(|e| anyhow!("the bundle's key: {e}"))?
+        None if !trust_bundle_key => {
+            return Err(anyhow!(
+                "no key to check {} with: pass --key with the audit key from GET /v1/audit/key (or the customer's SIEM copy of it); --trust-bundle-key checks with the key inside the bundle, which proves nothing about who signed it",
+                file.display()
+            ));
         }
+        None => checkpoint::read_public_key(&b.audit_key.to_string())
+            .or_else(|_| {
+                checkpoint::read_public_key(b.audit_key["public_key"].as_str().unwrap_or(""))
+            })
+            .map_err(|e| anyhow!("the bundle's key: {e}"))?,
+    };
+    let trusted = if trust_bundle_key {
+        " with the key inside the bundle (--trust-bundle-key: consistent, but not proven to be the broker's)"
+    } else {
+        ""
     };
     match bundle::verify(&b, &key) {
         Ok(p) => {
             println!(
-                "{}: intact: request {}, {} records (seq {} to {}, {} about it), {} session(s), checkpoint verified",
+                "{}: intact: request {}, {} records (seq {} to {}, {} about it), {} session(s), every field of the request, grant and sessions recomputed from them, checkpoint verified{trusted}",
                 file.display(),
                 b.request["id"].as_str().unwrap_or(""),
                 p.records,
