@@ -94,7 +94,7 @@ fn verify_passes_an_intact_trail_and_names_each_tampering() {
     let name = chain.file_name().unwrap().to_string_lossy().into_owned();
     let original = std::fs::read_to_string(&chain).unwrap();
     // An edited record.
-    let edited = original.replacen("for 5 minutes", "for 50 minutes", 1);
+    let edited = original.replacen("test emergency", "test exercise", 1);
     assert_ne!(edited, original);
     std::fs::write(&chain, &edited).unwrap();
     let (ok, out, _) = verify(&data, &["--key", key_arg, "--customer", "acme"]);

@@ -596,6 +596,7 @@ fn break_glass_refuses_bad_input_and_records_nothing() {
             .arg("--technician-cert")
             .arg(&cert)
             .args(args.split(' '))
+            .args(["--reason", "outage"])
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args}");

@@ -10,14 +10,15 @@
 )]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use sallyport_testkit::{Broker, CustomerSpec, Setup, connector, echo_server, eventually, request};
+use sallyport_testkit::{
+    Broker, CustomerSpec, Setup, connector, echo_server, eventually, request, webhook_receiver,
+};
 use sha2::Sha256;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
@@ -642,71 +643,13 @@ fn state_survives_a_kill_between_approval_and_grant_fetch() {
     );
 }
 
-/// One webhook delivery as received.
-struct Delivery {
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Delivery {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    }
-}
-
-/// A plain HTTP/1.1 receiver on loopback that answers 200 and hands each delivery to the test.
-fn receiver() -> (SocketAddr, mpsc::Receiver<Delivery>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let mut reader = BufReader::new(conn);
-            let mut headers = Vec::new();
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                let l = line.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                let (n, v) = l.split_once(':').unwrap();
-                headers.push((n.trim().to_owned(), v.trim().to_owned()));
-            }
-            let len: usize = headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                .map(|(_, v)| v.parse().unwrap())
-                .unwrap();
-            let mut body = vec![0u8; len];
-            reader.read_exact(&mut body).unwrap();
-            reader
-                .get_mut()
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let _ = tx.send(Delivery {
-                headers,
-                body: String::from_utf8(body).unwrap(),
-            });
-        }
-    });
-    (addr, rx)
-}
-
 #[test]
 fn webhooks_are_signed_per_customer_and_a_dead_receiver_blocks_nothing() {
     let s = two_customers(1, "");
     let secret = "a shared secret of the acme SOC";
     std::fs::write(s.root.join("acme-webhook.secret"), format!("{secret}\n")).unwrap();
     std::fs::write(s.root.join("globex-webhook.secret"), "another secret, 16+").unwrap();
-    let (addr, deliveries) = receiver();
+    let (addr, deliveries) = webhook_receiver();
     let dead = sallyport_testkit::closed_port();
     // acme is the last customer written, so its webhook table follows it; globex's is inserted.
     s.append_config(&format!(

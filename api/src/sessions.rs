@@ -40,7 +40,11 @@ pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Bo
     let at = now_unix();
     let out: Vec<serde_json::Value> = listed
         .iter()
-        .map(|l| view::session(&l.session, l.live, at))
+        .map(|l| {
+            let mut v = view::session(&l.session, l.live, at);
+            v["break_glass"] = l.break_glass.into();
+            v
+        })
         .collect();
     Ok(ok(StatusCode::OK, serde_json::json!({ "sessions": out })))
 }

@@ -36,7 +36,9 @@
 //!
 //! `time` is when the event was queued (RFC 3339, UTC); `data` is the structured event, whose fields
 //! depend on `event`. Known events: `request_filed`, `request_approved`, `request_denied`,
-//! `grant_revoked`, `request_expired`; a receiver should ignore events it does not know.
+//! `grant_revoked`, `request_expired`, `grant_break_glass` (a grant minted without approval: `data` is
+//! the grant, with `break_glass` naming who minted it, why and the ticket); a receiver should ignore
+//! events it does not know.
 //!
 //! ## Verifying a delivery (receiver side)
 //!
@@ -73,6 +75,7 @@ use sallyport_ids::time::{Timestamp, now_unix, rfc3339_seconds};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::NotifyError;
 use crate::client::HttpsClient;
@@ -160,6 +163,8 @@ pub struct Notifier {
 struct Inner {
     customers: HashMap<CustomerId, Slot>,
     on_give_up: GiveUpFn,
+    /// The delivery workers.
+    workers: TaskTracker,
 }
 
 type GiveUpFn = Arc<dyn Fn(GiveUp) + Send + Sync + 'static>;
@@ -217,6 +222,7 @@ impl Notifier {
         shutdown: CancellationToken,
     ) -> Notifier {
         let on_give_up: GiveUpFn = Arc::new(on_give_up);
+        let workers = TaskTracker::new();
         let client = HttpsClient::new(tls);
         let mut customers = HashMap::with_capacity(targets.len());
         for (customer, target) in targets {
@@ -233,15 +239,26 @@ impl Notifier {
                 client: client.clone(),
                 on_give_up: on_give_up.clone(),
             };
-            tokio::spawn(worker.run(rx, shutdown.clone()));
+            workers.spawn(worker.run(rx, shutdown.clone()));
             customers.insert(customer, Slot::Queue(tx));
         }
         Notifier {
             inner: Arc::new(Inner {
                 customers,
                 on_give_up,
+                workers,
             }),
         }
+    }
+
+    /// Takes no more notifications and waits until the workers have delivered, or given up on,
+    /// everything queued (retries included). Workers stop only once every clone is dropped, so a
+    /// caller drops its other clones first (a command that must not exit before the customer is told).
+    pub async fn drain(self) {
+        let workers = self.inner.workers.clone();
+        drop(self);
+        workers.close();
+        workers.wait().await;
     }
 
     /// Queues `n` for its customer's webhook; never blocks, never fails. A customer without a

@@ -116,7 +116,13 @@ enum Command {
         #[command(subcommand)]
         command: certs::CertsCommand,
     },
-    /// Break-glass: mint a grant for a technician's certificate without approval (audited as such).
+    /// Break-glass: mint a grant for a technician's certificate without approval.
+    ///
+    /// For emergencies only, and never silent: the grant is on the customer's audit trail (with
+    /// your reason, ticket, admin identity, operating-system user and host) before the token is
+    /// printed, listed as break-glass wherever grants and sessions are listed, and announced to the
+    /// customer's webhook (`grant_break_glass`) before this command returns. Run it on the broker
+    /// host; it can run next to a live broker.
     Grant {
         /// The broker's configuration file.
         #[arg(long)]
@@ -133,6 +139,19 @@ enum Command {
         /// Grant length in minutes.
         #[arg(long)]
         minutes: u32,
+        /// Why there is no time for an approval (recorded, and told to the customer).
+        #[arg(long)]
+        reason: String,
+        /// The incident or change ticket.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Your admin identity folder (from `sallyport certs issue admin`), to put your identity on
+        /// the record next to the operating-system user and host.
+        #[arg(long, value_name = "DIR")]
+        identity: Option<PathBuf>,
+        /// Write the token to FILE (created 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Revoke a grant: its live tunnels close at once and the token is refused from then on.
     ///
@@ -284,9 +303,12 @@ fn run(cmd: Command) -> Result<(), Failure> {
             customer,
             target,
             minutes,
+            reason,
+            ticket,
+            identity,
+            out,
         } => {
             let cfg = Config::load(&config)?;
-            let operator = format!("break-glass:{}", operator());
             let token = crate::breakglass::mint(
                 &cfg,
                 &crate::breakglass::BreakGlass {
@@ -294,10 +316,19 @@ fn run(cmd: Command) -> Result<(), Failure> {
                     customer: &customer,
                     target: &target,
                     minutes,
-                    operator,
+                    reason: &reason,
+                    ticket: ticket.as_deref(),
+                    identity: identity.as_deref(),
                 },
             )?;
-            println!("{token}");
+            match out {
+                None => println!("{token}"),
+                Some(file) => {
+                    sallyport_certs::identity_dir::write_file(&file, &format!("{token}\n"), 0o600)
+                        .map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
+                    eprintln!("token written to {} (mode 0600)", file.display());
+                }
+            }
             Ok(())
         }
         Command::Revoke {
@@ -382,17 +413,6 @@ fn init(dir: PathBuf, hosts: Vec<String>, force: bool) -> anyhow::Result<()> {
         dir.join("sallyport.toml").display()
     );
     Ok(())
-}
-
-/// Who runs this command: the operating-system user.
-fn operator() -> String {
-    use std::os::unix::fs::MetadataExt;
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| match std::fs::metadata("/proc/self") {
-            Ok(m) => format!("uid {}", m.uid()),
-            Err(_) => "unknown operator".into(),
-        })
 }
 
 /// A runtime for the client commands.

@@ -176,6 +176,19 @@ pub struct GrantRecord {
     /// Whether the approval that created it is on the audit trail. A grant whose approval record
     /// could not be written is never handed out until that record is written.
     pub audited: bool,
+    /// Set on a grant an administrator minted without approval (`sallyport grant`).
+    pub break_glass: Option<BreakGlass>,
+}
+
+/// Who minted a break-glass grant, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlass {
+    /// The administrator: their admin identity, or `<user>@<host>` of the machine.
+    pub by: String,
+    /// Why, in their words.
+    pub reason: String,
+    /// The incident or change ticket.
+    pub ticket: Option<String>,
 }
 
 /// A tunnel session, as recorded.
@@ -290,6 +303,14 @@ pub trait Store: Send + Sync {
     fn record_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
     /// One grant.
     fn grant(&self, id: &GrantId) -> Result<GrantRecord, StoreError>;
+    /// Grants, newest first (at most 1000), optionally of one customer and/or technician, optionally
+    /// only break-glass ones.
+    fn grants(
+        &self,
+        customer: Option<&CustomerId>,
+        technician: Option<&SpiffeId>,
+        break_glass_only: bool,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
     /// Applies session changes in order, in one transaction. A close may arrive before its open
     /// (both are written by a background recorder); the row ends up closed either way.
     fn record_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError>;

@@ -13,7 +13,7 @@ use rusqlite_migration::{M, Migrations};
 use sallyport_ids::{CustomerId, GrantId, RequestId, SessionId, SpiffeId};
 
 use super::{
-    Approval, ApprovalRecord, Denial, GrantRecord, NewGrant, NewRequest, RequestRecord,
+    Approval, ApprovalRecord, BreakGlass, Denial, GrantRecord, NewGrant, NewRequest, RequestRecord,
     RequestStatus, Revocation, SessionChange, SessionFilter, SessionRecord, Store, StoreError,
 };
 
@@ -85,7 +85,20 @@ const MIGRATIONS: &[M<'static>] = &[
         "DELETE FROM sessions WHERE grant_id = '' OR customer = '' OR target = ''
            OR technician = '' OR source_ip = '';",
     ),
+    // Break-glass grants say who minted them and why. Those of earlier versions (a grant without a
+    // request) did not record it: they are marked as break-glass by an unrecorded administrator.
+    M::up(
+        "ALTER TABLE grants ADD COLUMN break_glass_by TEXT;
+         ALTER TABLE grants ADD COLUMN break_glass_reason TEXT;
+         ALTER TABLE grants ADD COLUMN break_glass_ticket TEXT;
+         UPDATE grants SET break_glass_by = 'unrecorded', break_glass_reason = ''
+           WHERE request_id IS NULL;
+         CREATE INDEX grants_by_customer ON grants (customer, not_before);",
+    ),
 ];
+
+/// The columns `grant_row` reads, in order.
+const GRANT_COLUMNS: &str = "id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason, customer, target, technician, audited, break_glass_by, break_glass_reason, break_glass_ticket";
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -273,35 +286,43 @@ fn load(tx: &Transaction<'_>, id: &RequestId) -> Result<RequestRecord, StoreErro
     })
 }
 
-fn load_grant(tx: &Transaction<'_>, id: &GrantId) -> Result<GrantRecord, StoreError> {
-    tx.prepare_cached("SELECT id, request_id, not_before, expires_at, revoked_at, revoked_by, revoke_reason, customer, target, technician, audited FROM grants WHERE id = ?1")
-        .map_err(backend)?
-        .query_row(
-        params![id.as_str()],
-        |r| {
-            let revoked_at: Option<i64> = r.get(4)?;
-            let by: Option<SpiffeId> = opt_col(r, 5)?;
-            let why: Option<String> = r.get(6)?;
-            Ok(GrantRecord {
-                id: col(r, 0)?,
-                request_id: opt_col(r, 1)?,
-                customer: col(r, 7)?,
-                target: col(r, 8)?,
-                technician: col(r, 9)?,
-                not_before: r.get(2)?,
-                expires_at: r.get(3)?,
-                revoked: revoked_at.zip(by).map(|(at, by)| Revocation {
-                    at,
-                    by,
-                    reason: why.unwrap_or_default(),
-                }),
-                audited: r.get(10)?,
-            })
+fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRecord> {
+    let revoked_at: Option<i64> = r.get(4)?;
+    let by: Option<SpiffeId> = opt_col(r, 5)?;
+    let why: Option<String> = r.get(6)?;
+    let glass_by: Option<String> = r.get(11)?;
+    Ok(GrantRecord {
+        id: col(r, 0)?,
+        request_id: opt_col(r, 1)?,
+        customer: col(r, 7)?,
+        target: col(r, 8)?,
+        technician: col(r, 9)?,
+        not_before: r.get(2)?,
+        expires_at: r.get(3)?,
+        revoked: revoked_at.zip(by).map(|(at, by)| Revocation {
+            at,
+            by,
+            reason: why.unwrap_or_default(),
+        }),
+        audited: r.get(10)?,
+        break_glass: match glass_by {
+            Some(by) => Some(BreakGlass {
+                by,
+                reason: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
+                ticket: r.get(13)?,
+            }),
+            None => None,
         },
-    )
-    .optional()
-    .map_err(backend)?
-    .ok_or_else(|| not_found("grant", id))
+    })
+}
+
+fn load_grant(tx: &Transaction<'_>, id: &GrantId) -> Result<GrantRecord, StoreError> {
+    tx.prepare_cached(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"))
+        .map_err(backend)?
+        .query_row(params![id.as_str()], grant_row)
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| not_found("grant", id))
 }
 
 const SESSION_COLUMNS: &str = "id, grant_id, customer, target, technician, source_ip, opened_at, closed_at, bytes_up, bytes_down, close_reason";
@@ -558,7 +579,7 @@ impl Store for SqliteStore {
     fn record_grant(&self, g: &GrantRecord) -> Result<(), StoreError> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at, audited) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at, audited, break_glass_by, break_glass_reason, break_glass_ticket) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     g.id.as_str(),
                     g.request_id.as_ref().map(RequestId::as_str),
@@ -567,7 +588,10 @@ impl Store for SqliteStore {
                     g.technician.to_string(),
                     g.not_before,
                     g.expires_at,
-                    g.audited
+                    g.audited,
+                    g.break_glass.as_ref().map(|b| b.by.as_str()),
+                    g.break_glass.as_ref().map(|b| b.reason.as_str()),
+                    g.break_glass.as_ref().and_then(|b| b.ticket.as_deref()),
                 ],
             )
             .map_err(|e| match e.sqlite_error_code() {
@@ -582,6 +606,35 @@ impl Store for SqliteStore {
 
     fn grant(&self, id: &GrantId) -> Result<GrantRecord, StoreError> {
         self.read(|tx| load_grant(tx, id))
+    }
+
+    fn grants(
+        &self,
+        customer: Option<&CustomerId>,
+        technician: Option<&SpiffeId>,
+        break_glass_only: bool,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants
+                     WHERE (?1 IS NULL OR customer = ?1) AND (?2 IS NULL OR technician = ?2)
+                       AND (?3 = 0 OR break_glass_by IS NOT NULL)
+                     ORDER BY not_before DESC, id LIMIT 1000"
+                ))
+                .map_err(backend)?;
+            stmt.query_map(
+                params![
+                    customer.map(CustomerId::as_str),
+                    technician.map(ToString::to_string),
+                    break_glass_only
+                ],
+                grant_row,
+            )
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)
+        })
     }
 
     fn record_sessions(&self, changes: &[SessionChange]) -> Result<(), StoreError> {

@@ -17,6 +17,7 @@
 //! [`evidence`] (the evidence bundle of a request), [`scope`] (tenant walls), [`view`] (the JSON shape
 //! of requests, grants and sessions), [`limit`] (call rates).
 
+pub mod breakglass;
 pub mod error;
 pub mod evidence;
 pub mod grants;

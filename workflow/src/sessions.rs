@@ -3,11 +3,11 @@
 //! admin). Ending is on the trail before the tunnel records its close, and happens even when that
 //! record cannot be written, since ending access is always safe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sallyport_audit::{AuditEvent, EventKind, Outcome};
-use sallyport_ids::{CustomerId, Role, SessionId, SpiffeId};
+use sallyport_ids::{CustomerId, GrantId, Role, SessionId, SpiffeId};
 use sallyport_store::{SessionFilter, SessionRecord, StoreError};
 
 use crate::scope::Scope;
@@ -20,6 +20,8 @@ pub struct Listed {
     pub session: SessionRecord,
     /// Open now.
     pub live: bool,
+    /// It runs under a break-glass grant (minted without approval).
+    pub break_glass: bool,
 }
 
 /// Which sessions to list, as asked.
@@ -99,11 +101,16 @@ impl Sessions {
             .filter(|s| matches(s))
             .map(|s| (s.id.clone(), s))
             .collect();
-        let listed = |session: SessionRecord, live: bool| Listed { session, live };
+        let listed = |session: SessionRecord, live: bool| Listed {
+            session,
+            live,
+            break_glass: false,
+        };
         if q.live {
             let mut out: Vec<SessionRecord> = live.into_values().collect();
             out.sort_by(|a, b| b.opened_at.cmp(&a.opened_at).then(a.id.cmp(&b.id)));
-            return Ok(out.into_iter().map(|s| listed(s, true)).collect());
+            let out = out.into_iter().map(|s| listed(s, true)).collect();
+            return self.mark_break_glass(out).await;
         }
         // Everything queued before now is in the store after this.
         self.tunnels.flush().await;
@@ -121,6 +128,34 @@ impl Sessions {
             })
             .collect();
         out.extend(live.into_values().map(|l| listed(l, true)));
+        self.mark_break_glass(out).await
+    }
+
+    /// Marks the sessions that run under break-glass grants.
+    async fn mark_break_glass(&self, mut out: Vec<Listed>) -> Result<Vec<Listed>, WorkflowError> {
+        let mut grants: Vec<GrantId> = out.iter().map(|l| l.session.grant_id.clone()).collect();
+        grants.sort();
+        grants.dedup();
+        let glass: HashSet<GrantId> = self
+            .cx
+            .db
+            .run(move |s| {
+                let mut glass = HashSet::new();
+                for g in grants {
+                    match s.grant(&g) {
+                        Ok(rec) if rec.break_glass.is_some() => {
+                            glass.insert(g);
+                        }
+                        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(glass)
+            })
+            .await?;
+        for l in &mut out {
+            l.break_glass = glass.contains(&l.session.grant_id);
+        }
         Ok(out)
     }
 

@@ -30,7 +30,8 @@ pub fn text_field(name: &str, v: &str, max: usize, why: &str) -> Result<String, 
 }
 
 /// Text a person wrote for the record (a comment, a reason), trimmed and checked by [`text_field`]:
-/// made only by [`comment`], [`deny_reason`] and [`revoke_reason`], so a caller checks it first,
+/// made only by [`comment`], [`deny_reason`], [`revoke_reason`], [`break_glass_reason`] and
+/// [`ticket`], so a caller checks it first,
 /// before it names the request or grant it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Words(String);
@@ -56,6 +57,31 @@ pub fn deny_reason(v: &str) -> Result<Words, WorkflowError> {
 /// Why a grant is revoked.
 pub fn revoke_reason(v: &str) -> Result<Words, WorkflowError> {
     text_field("reason", v, MAX_REASON, "say why the access ends").map(Words)
+}
+
+/// Why an administrator mints a break-glass grant (the customer is told these words).
+pub fn break_glass_reason(v: &str) -> Result<Words, WorkflowError> {
+    text_field(
+        "reason",
+        v,
+        MAX_REASON,
+        "say what the emergency is; the customer is told",
+    )
+    .map(Words)
+}
+
+/// A change or incident ticket.
+pub fn ticket(v: Option<&str>) -> Result<Option<Words>, WorkflowError> {
+    v.map(|t| {
+        text_field(
+            "ticket",
+            t,
+            MAX_TICKET,
+            "give the change or incident ticket, or leave it out",
+        )
+        .map(Words)
+    })
+    .transpose()
 }
 
 /// What the permitting policies grant a filing.

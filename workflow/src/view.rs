@@ -37,16 +37,21 @@ pub fn request(r: &RequestRecord) -> serde_json::Value {
     })
 }
 
-/// A grant with its window and revocation (evidence bundles).
+/// A grant with its window, revocation and, for a break-glass grant, who minted it and why.
 pub fn grant(g: &GrantRecord) -> serde_json::Value {
     serde_json::json!({
         "id": g.id,
+        "customer": g.customer,
+        "request_id": g.request_id,
         "technician": g.technician,
         "target": g.target,
         "not_before": rfc3339(g.not_before),
         "expires_at": rfc3339(g.expires_at),
         "revoked": g.revoked.as_ref().map(|r| serde_json::json!({
             "at": rfc3339(r.at), "by": r.by, "reason": r.reason,
+        })),
+        "break_glass": g.break_glass.as_ref().map(|b| serde_json::json!({
+            "by": b.by, "reason": b.reason, "ticket": b.ticket,
         })),
     })
 }

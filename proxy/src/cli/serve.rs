@@ -164,9 +164,9 @@ fn print_demo(addr: SocketAddr, cfg: &Config) {
         "  {exe} revoke GRANT_ID --reason \"done\" --identity $A{broker_flag}    # GRANT_ID as printed by approve"
     );
     println!();
-    println!("Break-glass, without approval (audited as such):");
+    println!("Break-glass, without approval (on acme's trail and told to its webhook at once):");
     println!(
-        "  {exe} grant --config sallyport-data/sallyport.toml --technician-cert $T/cert.pem --customer acme --target web --minutes 30 > grant.jwt"
+        "  {exe} grant --config sallyport-data/sallyport.toml --technician-cert $T/cert.pem --customer acme --target web --minutes 30 --reason \"outage\" --out grant.jwt"
     );
     println!();
     println!(

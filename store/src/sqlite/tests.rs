@@ -264,10 +264,21 @@ fn break_glass_grants_are_recorded_without_a_request() {
         expires_at: 70,
         revoked: None,
         audited: true,
+        break_glass: Some(BreakGlass {
+            by: "ops@bastion".into(),
+            reason: "outage".into(),
+            ticket: Some("INC-1".into()),
+        }),
     };
     s.record_grant(&g).unwrap();
     assert_eq!(s.grant(&id("g-bg")).unwrap(), g);
     assert!(matches!(s.record_grant(&g), Err(StoreError::Conflict(_))));
+    assert_eq!(
+        s.grants(Some(&id("acme")), None, true).unwrap(),
+        std::slice::from_ref(&g)
+    );
+    assert_eq!(s.grants(Some(&id("globex")), None, false).unwrap(), []);
+    assert_eq!(s.grants(None, Some(&alice()), false).unwrap(), [g]);
 }
 
 fn session(sid: &str, customer: &str) -> SessionRecord {

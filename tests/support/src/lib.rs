@@ -135,6 +135,7 @@ impl Setup {
             .arg(self.root.join("identities/technician/cert.pem"))
             .args(["--customer", "acme", "--target", "db01", "--minutes"])
             .arg(minutes.to_string())
+            .args(["--reason", "test emergency"])
             .output()
             .unwrap();
         assert!(
@@ -653,4 +654,65 @@ pub async fn connect(
 /// Validity from now for `secs` seconds.
 pub fn valid_for(secs: u64) -> Validity {
     Validity::from_now(Duration::from_secs(secs))
+}
+
+/// One webhook delivery as received.
+pub struct Delivery {
+    /// Its headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: String,
+}
+
+impl Delivery {
+    /// The value of header `name` (any case), or "".
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// A plain HTTP/1.1 receiver on loopback that answers 200 and hands each delivery to the test.
+pub fn webhook_receiver() -> (SocketAddr, std::sync::mpsc::Receiver<Delivery>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut reader = BufReader::new(conn);
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                let (n, v) = l.split_once(':').unwrap();
+                headers.push((n.trim().to_owned(), v.trim().to_owned()));
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap();
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let _ = tx.send(Delivery {
+                headers,
+                body: String::from_utf8(body).unwrap(),
+            });
+        }
+    });
+    (addr, rx)
 }
