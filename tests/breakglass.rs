@@ -127,6 +127,24 @@ fn a_break_glass_grant_is_announced_at_once_recorded_with_its_admin_and_listed_a
         .cli(&s.demo("approver"), b.addr, &["sessions", "--json"])
         .json();
     assert_eq!(listed["sessions"][0]["break_glass"], true, "{listed}");
+    // And so is the grant, with who minted it and why, for the customer's approvers.
+    let approver = s.demo("approver");
+    let grants = s
+        .cli(&approver, b.addr, &["grants", "--break-glass", "--json"])
+        .json();
+    let listed = &grants["grants"][0];
+    assert_eq!(listed["break_glass"]["by"], admin_id, "{grants}");
+    assert_eq!(listed["break_glass"]["ticket"], "INC-4711");
+    assert_eq!(listed["request_id"], serde_json::Value::Null);
+    let table = s.cli(&approver, b.addr, &["grants"]).out().to_owned();
+    assert!(table.contains("BREAK-GLASS by spiffe://"), "{table}");
+    // Another customer's approver sees none of it.
+    let refused = s.cli(&approver, b.addr, &["grants", "--customer", "globex"]);
+    assert!(
+        !refused.ok && refused.err().contains("customer `acme`"),
+        "{}",
+        refused.stderr
+    );
     s.assert_trail_verifies();
 }
 

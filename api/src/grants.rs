@@ -1,17 +1,39 @@
+//! `GET /v1/grants[?customer=&break_glass=true]` -> `{grants: [...]}` (each with its window,
+//! revocation and, for a break-glass grant, `break_glass: {by, reason, ticket}`), and
 //! `POST /v1/grants/{id}/revoke` `{reason}` -> `{grant_id, revoked_at, revoked_by, reason,
 //! sessions_closed}`: that customer's approvers, the grant's technician, or an admin. The rules
-//! (who may, what it cuts, what is recorded) are the workflow's.
+//! (who may see or revoke, what it cuts, what is recorded) are the workflow's.
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use sallyport_gateway::{Body, Conn};
 use sallyport_ids::time::rfc3339;
 use sallyport_workflow::error::parse_id;
-use sallyport_workflow::terms;
+use sallyport_workflow::{terms, view};
 use serde::Deserialize;
 
-use crate::input::body;
+use crate::input::{body, query};
 use crate::{Api, ApiError, caller, ok};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    customer: Option<String>,
+    #[serde(default)]
+    break_glass: bool,
+}
+
+/// `GET /v1/grants`.
+pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let q: ListQuery = query(q)?;
+    let grants = api
+        .workflow
+        .grants
+        .list(caller(conn), q.customer, q.break_glass)
+        .await?;
+    let out: Vec<serde_json::Value> = grants.iter().map(view::grant).collect();
+    Ok(ok(StatusCode::OK, serde_json::json!({ "grants": out })))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -117,6 +117,7 @@ impl Api {
             (&Method::GET, ["v1", "requests", id, "grant"]) => {
                 requests::grant(self, conn, id).await
             }
+            (&Method::GET, ["v1", "grants"]) => grants::list(self, conn, req.uri().query()).await,
             (&Method::POST, ["v1", "grants", id, "revoke"]) => {
                 grants::revoke(self, conn, id, req).await
             }

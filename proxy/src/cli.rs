@@ -215,6 +215,18 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List grants: a technician's own, or the approver's or auditor's customer's. Break-glass grants
+    /// (minted without approval) are marked, with who minted them and why.
+    Grants {
+        /// Only break-glass grants.
+        #[arg(long)]
+        break_glass: bool,
+        /// Only this customer (admins and technicians; approvers and auditors see their own).
+        #[arg(long)]
+        customer: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List tunnel sessions with bytes and durations (a technician's own, or the customer's).
     Sessions {
         /// Only live sessions.
@@ -364,6 +376,11 @@ fn run(cmd: Command) -> Result<(), Failure> {
             end,
             client,
         } => access::sessions(live, customer, end, &client).map_err(Failure::Other),
+        Command::Grants {
+            break_glass,
+            customer,
+            client,
+        } => access::grants(break_glass, customer, &client).map_err(Failure::Other),
         Command::Connect {
             target,
             grant,

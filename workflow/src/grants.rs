@@ -1,4 +1,5 @@
-//! Revocation: that customer's approvers, the grant's technician or an admin revoke a grant. It is
+//! Grant listings (break-glass ones marked, each party seeing what its scope allows) and
+//! revocation: that customer's approvers, the grant's technician or an admin revoke a grant. It is
 //! on the trail before the tunnels it cuts record their closes; every live tunnel of the grant is
 //! cut at once, whether or not the record could be written (ending access is always safe), and the
 //! token is refused from then on (the gateway reads the revocation from the store). Anyone else
@@ -7,10 +8,11 @@
 use std::sync::Arc;
 
 use sallyport_audit::{AuditEvent, EventKind, Outcome};
-use sallyport_ids::{GrantId, Principal};
+use sallyport_ids::{CustomerId, GrantId, Principal};
 use sallyport_notify::Notification;
 use sallyport_store::{GrantRecord, Revocation, StoreError};
 
+use crate::scope::Scope;
 use crate::terms::Words;
 use crate::{Caller, Context, LiveTunnels, WorkflowError};
 
@@ -42,6 +44,38 @@ impl Grants {
     /// Revocation over `cx`, cutting the tunnels of `tunnels`.
     pub fn new(cx: Context, tunnels: Arc<dyn LiveTunnels>) -> Self {
         Self { cx, tunnels }
+    }
+
+    /// The grants `caller` may see, newest first (at most 1000): an admin's of every customer (or of
+    /// `customer`), an approver's or auditor's of their customer, a technician's own; with
+    /// `break_glass_only`, only those minted without approval.
+    pub async fn list(
+        &self,
+        caller: Caller<'_>,
+        customer: Option<String>,
+        break_glass_only: bool,
+    ) -> Result<Vec<GrantRecord>, WorkflowError> {
+        let (customer, technician) = match Scope::of(&caller.peer.id) {
+            Scope::All => (customer, None),
+            Scope::Customer(c) => {
+                if customer.as_ref().is_some_and(|asked| *asked != c.as_str()) {
+                    return Err(WorkflowError::Forbidden(format!(
+                        "you can only see grants of customer `{c}`"
+                    )));
+                }
+                (Some(c.to_string()), None)
+            }
+            Scope::Technician(t) => (customer, Some(t)),
+        };
+        // A filter that is not an id names no grant.
+        let Ok(customer) = customer.map(|c| c.parse::<CustomerId>()).transpose() else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .cx
+            .db
+            .run(move |s| s.grants(customer.as_ref(), technician.as_ref(), break_glass_only))
+            .await?)
     }
 
     /// Revokes grant `id` as `caller`, for `reason`.

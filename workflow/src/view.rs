@@ -1,6 +1,6 @@
-//! The JSON shape of requests, grants and sessions, as the `/v1` API answers, webhooks carry and
-//! evidence bundles hold them. One shape everywhere, so what a customer's auditor reads in a bundle
-//! is what their approver saw.
+//! The JSON shape of requests, grants and sessions, as the `/v1` API answers and webhooks carry
+//! them. Evidence bundles show the same fields (and the policies and digest behind each decision),
+//! derived from the signed records by the audit crate rather than from the store.
 
 use sallyport_ids::time::rfc3339;
 use sallyport_store::{GrantRecord, RequestRecord, SessionRecord};

@@ -288,7 +288,13 @@ fn print_sessions(v: &serde_json::Value) {
         |r| {
             vec![
                 s(&r["id"]),
-                if r["live"] == true { "live" } else { "closed" }.into(),
+                match (r["live"] == true, r["break_glass"] == true) {
+                    (true, true) => "live, BREAK-GLASS",
+                    (true, false) => "live",
+                    (false, true) => "closed, BREAK-GLASS",
+                    (false, false) => "closed",
+                }
+                .into(),
                 format!("{}/{}", s(&r["customer"]), s(&r["target"])),
                 sallyport_ids::short(&s(&r["technician"])),
                 s(&r["opened_at"]),
@@ -299,6 +305,68 @@ fn print_sessions(v: &serde_json::Value) {
             ]
         },
     );
+}
+
+/// `sallyport grants`: lists grants (break-glass ones marked, with who minted them and why).
+pub fn grants(
+    break_glass: bool,
+    customer: Option<String>,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let mut q = Vec::new();
+    if break_glass {
+        q.push("break_glass=true".to_owned());
+    }
+    if let Some(c) = customer {
+        q.push(format!("customer={}", urlencode(&c)));
+    }
+    let path = if q.is_empty() {
+        "/v1/grants".to_owned()
+    } else {
+        format!("/v1/grants?{}", q.join("&"))
+    };
+    let v = call(client, hyper::Method::GET, &path, None)?;
+    if client.json {
+        println!("{v}");
+        return Ok(());
+    }
+    print_list(
+        &v,
+        "grants",
+        &[
+            "ID",
+            "TARGET",
+            "TECHNICIAN",
+            "FROM",
+            "UNTIL",
+            "REVOKED",
+            "APPROVAL",
+        ],
+        |r| {
+            vec![
+                s(&r["id"]),
+                format!("{}/{}", s(&r["customer"]), s(&r["target"])),
+                sallyport_ids::short(&s(&r["technician"])),
+                s(&r["not_before"]),
+                s(&r["expires_at"]),
+                if r["revoked"].is_null() {
+                    ""
+                } else {
+                    "revoked"
+                }
+                .into(),
+                match r["break_glass"].as_object() {
+                    Some(b) => format!(
+                        "BREAK-GLASS by {}: {}",
+                        b.get("by").and_then(|v| v.as_str()).unwrap_or("?"),
+                        b.get("reason").and_then(|v| v.as_str()).unwrap_or("")
+                    ),
+                    None => format!("request {}", s(&r["request_id"])),
+                },
+            ]
+        },
+    );
+    Ok(())
 }
 
 /// `sallyport revoke GRANT_ID --reason WHY`.
