@@ -244,17 +244,7 @@ fn auditors_query_and_export_their_customers_records() {
     let (token, gid) = s.break_glass(5);
     let rt = tokio::runtime::Runtime::new().unwrap();
     // One tunnel, so the chain holds a decision, an open and a close.
-    rt.block_on(async {
-        let alice = connector(&s.identity("technician"));
-        let mut a =
-            sallyport_testkit::connect(b.addr, &alice, &format!("db01.acme:{port}"), Some(&token))
-                .await
-                .unwrap();
-        assert_eq!(a.status, 200, "{}", a.body);
-        use tokio::io::AsyncWriteExt;
-        a.stream.shutdown().await.unwrap();
-    });
-    s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    s.echo_once(b.addr, port, &token, b"");
     let get = |who: &str, query: &str| {
         let head = format!("GET /v1/audit{query} HTTP/1.1\r\nHost: x\r\n\r\n");
         let a = rt
@@ -432,19 +422,7 @@ permit (principal is Sallyport::Approver in Sallyport::Customer::"acme",
         .as_str()
         .unwrap()
         .to_owned();
-    rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut a =
-            sallyport_testkit::connect(b.addr, &tech, &format!("db01.acme:{port}"), Some(&token))
-                .await
-                .unwrap();
-        assert_eq!(a.status, 200, "{}", a.body);
-        a.stream.write_all(b"evidence").await.unwrap();
-        let mut back = [0u8; 8];
-        a.stream.read_exact(&mut back).await.unwrap();
-        a.stream.shutdown().await.unwrap();
-    });
-    s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    s.echo_once(b.addr, port, &token, b"evidence");
     let gid = s.wait_for_audit("acme", |r| r["event"] == "request_approved")["grant_id"]
         .as_str()
         .unwrap()

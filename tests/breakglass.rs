@@ -10,7 +10,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use sallyport_testkit::{Broker, Setup, connector, webhook_receiver};
+use sallyport_testkit::{Broker, Setup, webhook_receiver};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 
@@ -111,18 +111,7 @@ fn a_break_glass_grant_is_announced_at_once_recorded_with_its_admin_and_listed_a
 
     // Its sessions are listed as break-glass.
     let b = Broker::start(&s);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use tokio::io::AsyncWriteExt;
-        let alice = connector(&s.identity("technician"));
-        let mut a =
-            sallyport_testkit::connect(b.addr, &alice, &format!("db01.acme:{port}"), Some(&token))
-                .await
-                .unwrap();
-        assert_eq!(a.status, 200, "{}", a.body);
-        a.stream.shutdown().await.unwrap();
-    });
-    s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    s.echo_once(b.addr, port, &token, b"ping");
     let listed = s
         .cli(&s.demo("approver"), b.addr, &["sessions", "--json"])
         .json();

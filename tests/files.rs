@@ -92,21 +92,7 @@ fn the_data_folder_is_private_whatever_the_umask() {
         .arg(s.config());
     let b = Broker::spawn(cmd);
     let (token, _) = s.break_glass(5);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let alice = connector(&s.identity("technician"));
-        let mut a =
-            sallyport_testkit::connect(b.addr, &alice, &format!("db01.acme:{port}"), Some(&token))
-                .await
-                .unwrap();
-        assert_eq!(a.status, 200, "{}", a.body);
-        a.stream.write_all(b"ping").await.unwrap();
-        let mut back = [0u8; 4];
-        a.stream.read_exact(&mut back).await.unwrap();
-        a.stream.shutdown().await.unwrap();
-    });
-    s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
+    s.echo_once(b.addr, port, &token, b"ping");
 
     let data = s.root.join("data");
     let mut dirs = vec![data.clone()];

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use hyper::Method;
 use sallyport_api::Api;
-use sallyport_audit::{AuditEvent, AuditLog, AuditWriter, Checkpoints, EventKind, Outcome};
+use sallyport_audit::{AuditLog, AuditWriter, Checkpoints};
 use sallyport_certs::grant::GrantVerifier;
 use sallyport_config::{Config, ConfigError};
 use sallyport_gateway::limiter::FailureLimiter;
@@ -105,15 +105,7 @@ fn notifier(cfg: &Config, trail: AuditLog, shutdown: CancellationToken) -> Notif
         &sallyport_certs::tls::default_client(),
         move |g: GiveUp| {
             tracing::warn!(customer = %g.customer, event = %g.event, delivery = %g.delivery_id, attempts = g.attempts, error = %g.error, "webhook delivery failed");
-            let mut ev = AuditEvent::new(
-                EventKind::WebhookFailed,
-                Outcome::Failure,
-                format!(
-                    "`{}` notification {} not delivered after {} attempt(s): {}",
-                    g.event, g.delivery_id, g.attempts, g.error
-                ),
-            );
-            ev.customer = Some(g.customer);
+            let ev = sallyport_workflow::webhook_failed(g);
             let trail = trail.clone();
             tokio::spawn(async move {
                 if let Err(e) = trail.append(ev).await {

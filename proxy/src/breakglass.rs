@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow};
 use rustls_pki_types::UnixTime;
-use sallyport_audit::{AuditEvent, AuditLog, EventKind, Operator, Outcome};
+use sallyport_audit::{AuditLog, Operator};
 use sallyport_certs::identity::PeerIdentity;
 use sallyport_config::Config;
 use sallyport_ids::Role;
@@ -208,16 +208,7 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> Result<String, Failure> {
                 "warning: {}'s webhook was not told ({} attempt(s): {}); the grant is on its audit trail, which its SIEM receives",
                 g.customer, g.attempts, g.error
             );
-            let mut ev = AuditEvent::new(
-                EventKind::WebhookFailed,
-                Outcome::Failure,
-                format!(
-                    "`{}` notification {} not delivered after {} attempt(s): {}",
-                    g.event, g.delivery_id, g.attempts, g.error
-                ),
-            );
-            ev.customer = Some(g.customer);
-            if let Err(e) = trail.append(ev).await {
+            if let Err(e) = trail.append(sallyport_workflow::webhook_failed(g)).await {
                 eprintln!("warning: could not record the failed webhook: {e}");
             }
         }

@@ -34,11 +34,11 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use sallyport_audit::{AuditEvent, AuditLog};
+use sallyport_audit::{AuditEvent, AuditLog, EventKind, Outcome};
 use sallyport_certs::identity::PeerIdentity;
 use sallyport_ids::time::Clock;
 use sallyport_ids::{GrantId, SessionId};
-use sallyport_notify::{Notification, Notifier};
+use sallyport_notify::{GiveUp, Notification, Notifier};
 use sallyport_store::{SessionRecord, Store, StoreError};
 
 pub use error::WorkflowError;
@@ -109,6 +109,21 @@ impl Context {
     pub fn notify(&self, n: Notification) {
         self.notifier.notify(n);
     }
+}
+
+/// The `webhook_failed` record of a notification its customer's webhook never got. It names the
+/// event and delivery, never the URL (whose path may hold a token).
+pub fn webhook_failed(g: GiveUp) -> AuditEvent {
+    let mut ev = AuditEvent::new(
+        EventKind::WebhookFailed,
+        Outcome::Failure,
+        format!(
+            "`{}` notification {} not delivered after {} attempt(s): {}",
+            g.event, g.delivery_id, g.attempts, g.error
+        ),
+    );
+    ev.customer = Some(g.customer);
+    ev
 }
 
 /// Who is acting: the identity from their client certificate, and where they connect from.

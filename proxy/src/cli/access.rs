@@ -156,12 +156,12 @@ pub fn sessions(
     if let Some(c) = customer {
         q.push(format!("customer={}", urlencode(&c)));
     }
-    let path = if q.is_empty() {
-        "/v1/sessions".to_owned()
-    } else {
-        format!("/v1/sessions?{}", q.join("&"))
-    };
-    let v = call(client, hyper::Method::GET, &path, None)?;
+    let v = call(
+        client,
+        hyper::Method::GET,
+        &with_query("/v1/sessions", &q),
+        None,
+    )?;
     if client.json {
         println!("{v}");
     } else {
@@ -174,6 +174,15 @@ fn split_target(spec: &str) -> anyhow::Result<(&str, &str)> {
     spec.split_once('/')
         .filter(|(c, t)| !c.is_empty() && !t.is_empty())
         .ok_or_else(|| anyhow!("`{spec}` is not CUSTOMER/TARGET, e.g. acme/db01"))
+}
+
+/// `path` with the query `params` (`key=value`, already encoded), if any.
+fn with_query(path: &str, params: &[String]) -> String {
+    if params.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", params.join("&"))
+    }
 }
 
 fn urlencode(s: &str) -> String {
@@ -320,12 +329,12 @@ pub fn grants(
     if let Some(c) = customer {
         q.push(format!("customer={}", urlencode(&c)));
     }
-    let path = if q.is_empty() {
-        "/v1/grants".to_owned()
-    } else {
-        format!("/v1/grants?{}", q.join("&"))
-    };
-    let v = call(client, hyper::Method::GET, &path, None)?;
+    let v = call(
+        client,
+        hyper::Method::GET,
+        &with_query("/v1/grants", &q),
+        None,
+    )?;
     if client.json {
         println!("{v}");
         return Ok(());

@@ -196,6 +196,35 @@ impl Setup {
         }
     }
 
+    /// Opens one tunnel to `db01.acme:{port}` through `broker` as the demo technician with `token`,
+    /// sends `payload` and reads it back from the echo target, closes it, and waits for the
+    /// session's `tunnel_close` record; returns that record.
+    pub fn echo_once(
+        &self,
+        broker: SocketAddr,
+        port: u16,
+        token: &str,
+        payload: &[u8],
+    ) -> serde_json::Value {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let session = rt.block_on(async {
+            let alice = connector(&self.identity("technician"));
+            let mut a = connect(broker, &alice, &format!("db01.acme:{port}"), Some(token))
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200, "{}", a.body);
+            a.stream.write_all(payload).await.unwrap();
+            let mut back = vec![0u8; payload.len()];
+            a.stream.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, payload);
+            a.stream.shutdown().await.unwrap();
+            a.header("sallyport-session").unwrap().to_owned()
+        });
+        self.wait_for_audit("acme", |r| {
+            r["event"] == "tunnel_close" && r["session_id"] == session.as_str()
+        })
+    }
+
     /// A demo identity's folder (`technician`, `approver`, `admin`).
     pub fn demo(&self, which: &str) -> PathBuf {
         self.root.join("identities").join(which)
