@@ -20,7 +20,7 @@
 //! | `grant_revoked` | API Activity (6003) | 3 Update | the grant is marked revoked, not removed |
 //! | `session_ended` | API Activity (6003) | 4 Delete | `DELETE /v1/sessions/{id}` |
 //! | `segments_retired` | API Activity (6003) | 4 Delete | retention deleted old segments of the chain |
-//! | `webhook_failed`, `torn_tail_quarantined`, any other event | API Activity (6003) | 99 Other, `activity_name` = event | |
+//! | `webhook_failed`, `torn_tail_quarantined`, `policy_loaded`, any other event | API Activity (6003) | 99 Other, `activity_name` = event | |
 //!
 //! Every event: `type_uid` = `class_uid` × 100 + `activity_id`; `time` = the record's `time` in epoch
 //! milliseconds (0 if unparseable; the original string is always in `metadata.original_time`);
