@@ -135,9 +135,7 @@ fn the_data_folder_is_private_whatever_the_umask() {
         ".jsonl",
     ] {
         assert!(
-            files
-                .iter()
-                .any(|f| f.to_string_lossy().ends_with(name)),
+            files.iter().any(|f| f.to_string_lossy().ends_with(name)),
             "no {name} in {files:?}"
         );
     }

@@ -85,6 +85,10 @@ mod tests {
         std::io::Write::write_all(&mut create(&file).unwrap(), b"x").unwrap();
         assert_eq!(mode(&file), FILE_MODE);
         touch(&file).unwrap();
-        assert_eq!(std::fs::read(&file).unwrap(), b"x", "touch keeps the contents");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"x",
+            "touch keeps the contents"
+        );
     }
 }
