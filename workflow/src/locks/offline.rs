@@ -18,24 +18,24 @@ pub struct Registered {
     pub locked: Vec<LockRecord>,
 }
 
-/// Registers `issued` (just written by `actor`, e.g. `certs-issue:<operator>`); with `replace`, locks
-/// the holder's other registered certificates still valid at `now`. Each lock is recorded on the
-/// chains it concerns (`trail` must have every configured customer's chain open); a lock whose record
-/// cannot be written still stands, and the error says so.
-pub fn register_issued(
+/// Registers `issued`, a certificate just written (idempotent).
+pub fn register_issued(store: &dyn Store, issued: &IssuedCertificate) -> Result<(), WorkflowError> {
+    Ok(store.record_certificate(issued)?)
+}
+
+/// Locks the other registered certificates of `issued`'s holder still valid at `now`, as `actor`
+/// (e.g. `certs-issue:<operator>`), each until it expires. Each lock is recorded on the chains it
+/// concerns (`trail` must have every configured customer's chain open); a lock whose record cannot
+/// be written still stands, and the error says so.
+pub fn replace_earlier(
     store: &dyn Store,
     trail: &AuditLog,
     customers: &[CustomerId],
     issued: &IssuedCertificate,
-    replace: bool,
     actor: &str,
     now: i64,
 ) -> Result<Registered, WorkflowError> {
-    store.record_certificate(issued)?;
     let mut out = Registered::default();
-    if !replace {
-        return Ok(out);
-    }
     let earlier = store.certificates_of(&issued.holder, now)?;
     for cert in earlier.into_iter().filter(|c| c.sha256 != issued.sha256) {
         let lock = NewLock {
