@@ -2,10 +2,7 @@
 //! OpenSSL and Python's `cryptography`, and everything under the data folder (the folder itself, the
 //! SQLite store and its journal files, audit segments and checkpoints, session captures) is private to
 //! the broker's user even when it runs under a umask of 000.
-#![expect(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on anything unexpected"
-)]
+#![expect(clippy::panic, reason = "a test fails loudly on anything unexpected")]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -160,16 +160,34 @@ pub fn issue(role: IssueRole) -> Result<(), Failure> {
         &common.out,
         &cfg.public_address,
     )?;
-    let issued = crate::init::register(&cfg, &written)?;
+    // Registered where the broker keeps its state, so a lock by serial and fingerprint names the
+    // holder and a later --replace finds this certificate. Issuing away from the broker's data
+    // folder still works; --replace then has nothing to lock there, so it is an error.
+    let registered = crate::init::register(&cfg, &written);
+    let serial = match &registered {
+        Ok(issued) => issued.serial.to_string(),
+        Err(e) => {
+            if common.replace {
+                return Err(Failure::Other(anyhow!(
+                    "{e:#}; --replace needs the broker's data folder ({})",
+                    cfg.data_dir.display()
+                )));
+            }
+            eprintln!(
+                "sallyport: warning: the certificate is not registered ({e:#}); lock it with `sallyport lock --cert {}` if needed",
+                common.out.join("cert.pem").display()
+            );
+            "unregistered".to_owned()
+        }
+    };
     println!(
-        "wrote identity {} for {id} (valid {} h, broker {}; certificate {})",
+        "wrote identity {} for {id} (valid {} h, broker {}; certificate {serial})",
         common.out.display(),
         common.hours,
         cfg.public_address,
-        issued.serial
     );
-    if common.replace {
-        replace(&cfg, &issued)?;
+    if let (true, Ok(issued)) = (common.replace, &registered) {
+        replace(&cfg, issued)?;
     }
     Ok(())
 }

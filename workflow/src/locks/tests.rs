@@ -24,10 +24,13 @@ const BOB: &str = "spiffe://sallyport.local/approver/acme/bob";
 const DAVE: &str = "spiffe://sallyport.local/approver/globex/dave";
 const ROOT: &str = "spiffe://sallyport.local/admin/root";
 
+/// One live tunnel: its session, its certificate, and why it was cut (if it was).
+type Live = (SessionRecord, [u8; 32], Option<String>);
+
 /// Live tunnels: one per `(technician, customer, thumbprint)`; remembers which were cut.
 #[derive(Default)]
 struct Tunnels {
-    live: Mutex<Vec<(SessionRecord, [u8; 32], Option<String>)>>,
+    live: Mutex<Vec<Live>>,
 }
 
 impl Tunnels {
