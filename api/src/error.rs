@@ -81,6 +81,7 @@ impl From<WorkflowError> for ApiError {
         match e {
             WorkflowError::Invalid { code, message } => Self::bad(code, message),
             WorkflowError::Forbidden(m) => Self::forbidden(m),
+            WorkflowError::Locked(m) => Self::new(StatusCode::FORBIDDEN, "locked", m),
             WorkflowError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
             WorkflowError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             WorkflowError::RateLimited { what, wait } => Self::too_many(wait, what),
@@ -116,6 +117,11 @@ mod tests {
         assert_eq!(
             status(WorkflowError::Forbidden("x".into())),
             StatusCode::FORBIDDEN
+        );
+        let locked = ApiError::from(WorkflowError::Locked("x".into()));
+        assert_eq!(
+            (locked.status, locked.code.as_str()),
+            (StatusCode::FORBIDDEN, "locked")
         );
         assert_eq!(
             status(WorkflowError::NotFound("x".into())),

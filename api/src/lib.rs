@@ -7,14 +7,16 @@
 //! body limit; 429 rate limited (with `Retry-After`); 503 store or audit trail unavailable.
 //!
 //! Routes ([`Api::route`]): [`requests`] (file, list, show, approve, deny, fetch the grant),
-//! [`grants`] (revoke), [`sessions`] (list, end), [`audit`] (read a chain, the checkpoint key),
-//! [`ops`] (health, metrics). Every `/v1` call counts against the caller's API rate
-//! (`limits.api_calls_*`).
+//! [`grants`] (revoke), [`sessions`] (list, end), [`locks`] (lock, list, unlock, the CRL),
+//! [`audit`] (read a chain, the checkpoint key), [`ops`] (health, metrics). Every `/v1` call counts
+//! against the caller's API rate (`limits.api_calls_*`), and a caller locked everywhere is refused
+//! every `/v1` call and `/metrics` (403 `locked`).
 
 pub mod audit;
 mod error;
 pub mod grants;
 mod input;
+pub mod locks;
 pub mod ops;
 pub mod requests;
 pub mod sessions;
@@ -87,6 +89,9 @@ impl Api {
             return ops::health();
         }
         if req.method() == Method::GET && req.uri().path() == "/metrics" {
+            if let Err(e) = self.workflow.locks.gate().admit(caller(conn), None).await {
+                return ApiError::from(e).into_response();
+            }
             return ops::metrics(self, conn).unwrap_or_else(ApiError::into_response);
         }
         self.v1(conn, req)
@@ -99,6 +104,9 @@ impl Api {
             tracing::info!(peer = %conn.peer.id, "API rate limit reached");
             return Err(ApiError::too_many(wait, "API calls"));
         }
+        // A caller locked everywhere gets nothing; a lock for one customer is checked where the
+        // customer is known (filings, grant fetches).
+        self.workflow.locks.gate().admit(caller(conn), None).await?;
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
@@ -130,6 +138,12 @@ impl Api {
                 Ok(ok(StatusCode::OK, self.audit_key.clone()))
             }
             (&Method::GET, ["v1", "audit"]) => audit::list(self, conn, req.uri().query()).await,
+            (&Method::POST, ["v1", "locks"]) => locks::lock(self, conn, req).await,
+            (&Method::GET, ["v1", "locks"]) => locks::list(self, conn, req.uri().query()).await,
+            (&Method::POST, ["v1", "locks", id, "unlock"]) => {
+                locks::unlock(self, conn, id, req).await
+            }
+            (&Method::GET, ["v1", "crl"]) => locks::crl(self),
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

@@ -6,7 +6,8 @@
 
 use std::net::IpAddr;
 
-use sallyport_ids::{CustomerId, GrantId, RequestId, SessionId, SpiffeId};
+use sallyport_ids::cert::{CertFingerprint, CertSerial};
+use sallyport_ids::{CustomerId, GrantId, LockId, RequestId, SessionId, SpiffeId};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -50,6 +51,10 @@ pub enum EventKind {
     SegmentsRetired,
     /// A customer's policy set was loaded (at start-up or when it changed), with its digest.
     PolicyLoaded,
+    /// An identity or one certificate was locked: barred until unlocked or until the lock ends.
+    IdentityLocked,
+    /// A lock was lifted.
+    IdentityUnlocked,
 }
 
 /// How it ended.
@@ -125,6 +130,14 @@ pub struct AuditEvent {
     pub capture_sha256: Option<String>,
     /// The segments retired (`segments_retired` records).
     pub retired: Vec<Retired>,
+    /// The lock concerned (lock and unlock records, and refusals of a locked identity).
+    pub lock_id: Option<LockId>,
+    /// Where a lock applies: `*` (everywhere) or the one customer whose access it bars.
+    pub lock_scope: Option<String>,
+    /// The serial of the certificate concerned (locks of one certificate).
+    pub cert_serial: Option<CertSerial>,
+    /// The SHA-256 fingerprint of the certificate concerned (locks of one certificate).
+    pub cert_sha256: Option<CertFingerprint>,
 }
 
 impl AuditEvent {
@@ -158,6 +171,10 @@ impl AuditEvent {
             operator: None,
             capture_sha256: None,
             retired: Vec::new(),
+            lock_id: None,
+            lock_scope: None,
+            cert_serial: None,
+            cert_sha256: None,
         }
     }
 }
@@ -210,6 +227,14 @@ struct Body<'a> {
     capture_sha256: Option<&'a str>,
     #[serde(skip_serializing_if = "<[Retired]>::is_empty")]
     retired: &'a [Retired],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_id: Option<&'a LockId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_scope: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_serial: Option<&'a CertSerial>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_sha256: Option<&'a CertFingerprint>,
     prev_hash: &'a str,
 }
 
@@ -256,6 +281,10 @@ pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String
         operator: ev.operator.as_ref(),
         capture_sha256: ev.capture_sha256.as_deref(),
         retired: &ev.retired,
+        lock_id: ev.lock_id.as_ref(),
+        lock_scope: ev.lock_scope.as_deref(),
+        cert_serial: ev.cert_serial.as_ref(),
+        cert_sha256: ev.cert_sha256.as_ref(),
         prev_hash,
     };
     // Serializing a struct of strings, numbers and addresses cannot fail.

@@ -20,6 +20,8 @@
 //! | `grant_revoked` | API Activity (6003) | 3 Update | the grant is marked revoked, not removed |
 //! | `session_ended` | API Activity (6003) | 4 Delete | `DELETE /v1/sessions/{id}` |
 //! | `segments_retired` | API Activity (6003) | 4 Delete | retention deleted old segments of the chain |
+//! | `identity_locked` | Account Change (3001) | 9 Lock | `user` = the locked identity (`subject`), or the certificate when its holder is unknown |
+//! | `identity_unlocked` | Account Change (3001) | 12 Unlock | as above |
 //! | `webhook_failed`, `torn_tail_quarantined`, `policy_loaded`, any other event | API Activity (6003) | 99 Other, `activity_name` = event | |
 //!
 //! Every event: `type_uid` = `class_uid` × 100 + `activity_id`; `time` = the record's `time` in epoch
@@ -37,7 +39,7 @@
 //! detection and correlation.
 //!
 //! Identities (`actor`, and the `user` of an authentication): a SPIFFE id gives `uid` = the id,
-//! `name` = `<scope>/<name>`, type User; `broker` and `policy` are System; `break-glass:<operator>`
+//! `name` = `<scope>/<name>` (`admin/<name>` for admins), type User; `broker` and `policy` are System; `break-glass:<operator>`
 //! is Admin named `<operator>`; `unauthenticated` is a user of unknown type with no `uid`. A record
 //! without an actor gets `actor.app_name` = "Sallyport" where OCSF needs an actor.
 
@@ -75,6 +77,12 @@ const NETWORK_ACTIVITY: Class = Class {
     name: "Network Activity",
     category_uid: 4,
     category_name: "Network Activity",
+};
+const ACCOUNT_CHANGE: Class = Class {
+    uid: 3001,
+    name: "Account Change",
+    category_uid: 3,
+    category_name: "Identity & Access Management",
 };
 const API_ACTIVITY: Class = Class {
     uid: 6003,
@@ -145,6 +153,7 @@ pub fn to_ocsf(record: &serde_json::Value, product_version: &str) -> serde_json:
         "decision" | "tunnel_open" | "tunnel_close" | "tunnel_failed" => {
             network_activity(&r, event)
         }
+        "identity_locked" | "identity_unlocked" => account_change(&r, event),
         _ => api_activity(&r, event),
     };
     common(&r, product_version, &mut out);
@@ -167,6 +176,34 @@ fn authentication(r: &Record<'_>) -> Map<String, Value> {
     if let Some(dst) = target_endpoint(r) {
         out.insert("dst_endpoint".into(), dst);
     }
+    out
+}
+
+/// Account Change (3001): an identity, or one certificate, locked or unlocked.
+fn account_change(r: &Record<'_>, event: &str) -> Map<String, Value> {
+    let activity = if event == "identity_locked" {
+        Activity::new(9, "Lock")
+    } else {
+        Activity::new(12, "Unlock")
+    };
+    let mut out = header(&ACCOUNT_CHANGE, &activity);
+    // The account changed: the locked identity, or the certificate when its holder is unknown.
+    let user = user(r.str("subject"))
+        .or_else(|| {
+            let sha256 = r.str("cert_sha256")?;
+            let name = match r.str("cert_serial") {
+                Some(serial) => format!("certificate {serial}"),
+                None => "certificate".to_owned(),
+            };
+            Some(json!({ "uid": format!("sha256:{sha256}"), "name": name, "type_id": 0, "type": "Unknown" }))
+        })
+        .unwrap_or_else(|| unknown_user("unknown"));
+    out.insert("user".into(), user);
+    out.insert("actor".into(), actor(r));
+    out.insert(
+        "src_endpoint".into(),
+        source_endpoint(r).unwrap_or_else(broker_endpoint),
+    );
     out
 }
 
@@ -390,6 +427,7 @@ fn user(actor: Option<&str>) -> Option<Value> {
         let parts: Vec<&str> = path.split('/').collect();
         let name = match parts.as_slice() {
             [_, _, scope, name] => format!("{scope}/{name}"),
+            [_, "admin", name] => format!("admin/{name}"),
             _ => actor.to_owned(),
         };
         return Some(json!({ "uid": actor, "name": name, "type_id": 1, "type": "User" }));
@@ -621,6 +659,36 @@ mod tests {
                 assert_eq!(ev["activity_name"], event);
             }
         }
+    }
+
+    #[test]
+    fn locks_are_account_changes() {
+        let ev = to_ocsf(
+            &record(json!({
+                "event": "identity_locked", "actor": "spiffe://sallyport.local/admin/root",
+                "subject": ALICE, "lock_id": "l-1", "lock_scope": "*", "grant_id": null,
+                "session_id": null, "target": null,
+            })),
+            "0.1.0",
+        );
+        check(&ev, 3001, 9);
+        assert_eq!(ev["type_name"], "Account Change: Lock");
+        assert_eq!(ev["user"]["uid"], ALICE);
+        assert_eq!(ev["user"]["name"], "northwind/alice");
+        assert_eq!(ev["actor"]["user"]["name"], "admin/root");
+        assert_eq!(ev["unmapped"]["lock_id"], "l-1");
+        assert_eq!(ev["src_endpoint"]["ip"], "203.0.113.7");
+        let ev = to_ocsf(
+            &record(json!({
+                "event": "identity_unlocked", "cert_serial": "5f", "cert_sha256": "ab",
+                "source_ip": null,
+            })),
+            "0.1.0",
+        );
+        check(&ev, 3001, 12);
+        assert_eq!(ev["user"]["uid"], "sha256:ab");
+        assert_eq!(ev["user"]["name"], "certificate 5f");
+        assert_eq!(ev["src_endpoint"]["svc_name"], "sallyport");
     }
 
     #[test]

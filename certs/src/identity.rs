@@ -1,8 +1,10 @@
 //! Who is on the other end of a TLS connection: the SPIFFE id and groups read from a client certificate
-//! that rustls has already verified against the broker CA.
+//! that rustls has already verified against the broker CA; and how a certificate is named for a lock
+//! ([`certificate_serial`], [`PeerIdentity::fingerprint`]).
 
 use std::time::{Duration, SystemTime};
 
+use sallyport_ids::cert::{CertFingerprint, CertSerial};
 use sallyport_ids::{GroupName, SpiffeId, TrustDomain};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -23,7 +25,20 @@ pub struct PeerIdentity {
     pub not_after: SystemTime,
 }
 
+/// The serial number of a DER certificate.
+pub fn certificate_serial(der: &[u8]) -> Result<CertSerial, CertsError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| CertsError::Identity(format!("unparsable certificate: {e}")))?;
+    CertSerial::from_bytes(cert.raw_serial())
+        .map_err(|e| CertsError::Identity(format!("certificate serial: {e}")))
+}
+
 impl PeerIdentity {
+    /// The certificate's SHA-256 fingerprint (the same bytes as [`PeerIdentity::thumbprint`]).
+    pub fn fingerprint(&self) -> CertFingerprint {
+        CertFingerprint::from_digest(self.thumbprint)
+    }
+
     /// Reads the identity from a DER certificate and checks it belongs to `trust_domain`.
     ///
     /// This does not verify the certificate chain: call it on certificates rustls has verified.
@@ -114,6 +129,19 @@ mod tests {
         got.sort();
         assert_eq!(got, ["dba", "support"]);
         assert_eq!(peer.thumbprint, crate::cert_thumbprint(&der));
+        assert_eq!(peer.fingerprint().digest(), &peer.thumbprint);
+        // The serial as x509-parser reads it: random, positive, at most 16 octets.
+        let serial = certificate_serial(&der).unwrap();
+        assert!(!serial.as_str().is_empty() && serial.as_str().len() <= 32);
+        assert_ne!(
+            serial,
+            certificate_serial(&der_of(
+                &ca.issue_client(&id, &groups, Validity::from_now(Duration::from_secs(60)))
+                    .unwrap()
+                    .cert_pem
+            ))
+            .unwrap()
+        );
 
         let other: TrustDomain = "elsewhere.test".parse().unwrap();
         let err = PeerIdentity::from_der(&der, &other).unwrap_err();

@@ -87,6 +87,7 @@ pub(crate) struct FileTls {
     pub(crate) ca_key: String,
     pub(crate) cert: String,
     pub(crate) key: String,
+    pub(crate) crl: bool,
 }
 
 impl Default for FileTls {
@@ -96,6 +97,7 @@ impl Default for FileTls {
             ca_key: "pki/ca.key".into(),
             cert: "pki/server.pem".into(),
             key: "pki/server.key".into(),
+            crl: false,
         }
     }
 }

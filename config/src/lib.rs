@@ -61,6 +61,9 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     /// Server private key.
     pub key: PathBuf,
+    /// Publish a CRL of locked certificates signed by the CA (`GET /v1/crl`, `<data_dir>/crl.pem`);
+    /// the broker then needs `ca_key`.
+    pub crl: bool,
 }
 
 /// Grant settings.

@@ -531,6 +531,7 @@ impl Validator<'_> {
                 ca_key: self.rel(&f.tls.ca_key),
                 cert: self.rel(&f.tls.cert),
                 key: self.rel(&f.tls.key),
+                crl: f.tls.crl,
             },
             grants: GrantSettings {
                 signing_key: self.rel(&g.signing_key),

@@ -1,5 +1,5 @@
-//! Live tunnels on this broker: who is connected where, bytes so far, and the switch that ends each
-//! one (revocation of its grant, or `DELETE /v1/sessions/{id}`). Session rows reach the store through a
+//! Live tunnels on this broker: who is connected where (and with which certificate), bytes so far,
+//! and the switch that ends each one (revocation of its grant, a lock, or `DELETE /v1/sessions/{id}`). Session rows reach the store through a
 //! background recorder that batches them, so recording never delays or blocks a tunnel; the audit
 //! trail, written before any byte flows, stays the authoritative record.
 
@@ -35,6 +35,8 @@ pub struct Counters {
 pub struct LiveSession {
     /// What the store will hold (`closed_at` unset; bytes are read from `counters`).
     pub record: SessionRecord,
+    /// SHA-256 of the client certificate the tunnel runs under (for locks of one certificate).
+    pub thumbprint: [u8; 32],
     /// Bytes so far.
     pub counters: Arc<Counters>,
     /// Cancelled to end the tunnel.
@@ -182,10 +184,12 @@ impl LiveSessions {
         }
     }
 
-    /// Registers a tunnel before it opens, so a revocation from now on reaches it.
-    pub fn register(self: &Arc<Self>, record: SessionRecord) -> Registration {
+    /// Registers a tunnel (under the client certificate `thumbprint`) before it opens, so a
+    /// revocation or a lock from now on reaches it.
+    pub fn register(self: &Arc<Self>, record: SessionRecord, thumbprint: [u8; 32]) -> Registration {
         let session = Arc::new(LiveSession {
             record,
+            thumbprint,
             counters: Arc::new(Counters::default()),
             stop: CancellationToken::new(),
             cause: Mutex::new(None),
@@ -206,6 +210,20 @@ impl LiveSessions {
         let live = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
         live.iter()
             .filter(|s| s.0.record.grant_id == *gid)
+            .map(|s| s.0.end(cause))
+            .count()
+    }
+
+    /// Ends every tunnel for which `ends` says yes (given its session and certificate); returns how
+    /// many.
+    pub fn end_where(
+        &self,
+        ends: &dyn Fn(&SessionRecord, &[u8; 32]) -> bool,
+        cause: &str,
+    ) -> usize {
+        let live = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
+        live.iter()
+            .filter(|s| ends(&s.0.record, &s.0.thumbprint))
             .map(|s| s.0.end(cause))
             .count()
     }
@@ -252,6 +270,10 @@ impl LiveTunnels for LiveSessions {
 
     fn end_grant(&self, gid: &GrantId, cause: &str) -> usize {
         LiveSessions::end_grant(self, gid, cause)
+    }
+
+    fn end_where(&self, ends: &dyn Fn(&SessionRecord, &[u8; 32]) -> bool, cause: &str) -> usize {
+        LiveSessions::end_where(self, ends, cause)
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
@@ -380,9 +402,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
         let live = LiveSessions::start(store.clone());
-        let a = live.register(record("s1", "g1"));
-        let b = live.register(record("s2", "g1"));
-        let c = live.register(record("s3", "g2"));
+        let a = live.register(record("s1", "g1"), [1; 32]);
+        let b = live.register(record("s2", "g1"), [1; 32]);
+        let c = live.register(record("s3", "g2"), [2; 32]);
         assert!(
             live.snapshot().is_empty(),
             "nothing is listed before it opens"
@@ -396,6 +418,12 @@ mod tests {
         assert!(a.session.stop.is_cancelled() && b.session.stop.is_cancelled());
         assert_eq!(a.session.cause().as_deref(), Some("grant revoked"));
         assert!(!c.session.stop.is_cancelled());
+        // A lock of one certificate reaches the tunnels under it, and only those.
+        assert_eq!(live.end_where(&|_, t| *t == [2; 32], "identity locked"), 1);
+        assert_eq!(c.session.cause().as_deref(), Some("identity locked"));
+        let d = live.register(record("s4", "g2"), [3; 32]);
+        assert!(!d.session.stop.is_cancelled());
+        drop(d);
         a.closed(1_010, "grant revoked");
         drop((a, b));
         assert!(live.get(&id("s1")).is_none() && live.get(&id("s2")).is_none());

@@ -1,11 +1,12 @@
-//! The CONNECT path, top to bottom: rate limit -> grant verified -> [`decide`] (binding, route,
-//! policy: pure) -> not revoked (store) -> audit -> dial -> capture -> audit -> 200 and relay. Each
-//! stage returns a typed result; a refusal carries its status, its reason and how it is audited.
-//! Nothing reaches a target before its allow record is durable.
+//! The CONNECT path, top to bottom: rate limit -> not locked -> grant verified -> [`decide`]
+//! (binding, route, policy: pure) -> registered, not locked, not revoked (store) -> audit -> dial ->
+//! capture -> audit -> 200 and relay. Each stage returns a typed result; a refusal carries its
+//! status, its reason and how it is audited. Nothing reaches a target before its allow record is
+//! durable.
 //!
 //! Statuses: 200 tunnel open; 400 malformed authority; 403 valid grant but another customer or target,
-//! certificate mismatch, or policy deny; 404 unknown target; 407 missing or invalid grant; 429
-//! rate-limited; 502 target unreachable; 503 audit trail not writable.
+//! certificate mismatch, policy deny, or a locked identity or certificate; 404 unknown target; 407
+//! missing or invalid grant; 429 rate-limited; 502 target unreachable; 503 audit trail not writable.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,7 +23,7 @@ use sallyport_config::Config;
 use sallyport_ids::SessionId;
 use sallyport_ids::time::{Clock, rfc3339};
 use sallyport_store::{SessionRecord, StoreError};
-use sallyport_workflow::Db;
+use sallyport_workflow::{Caller, Db, LockGate, WorkflowError};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +42,7 @@ pub struct Tunnels {
     trail: AuditLog,
     db: Db,
     sessions: Arc<LiveSessions>,
+    locks: LockGate,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     clock: Clock,
@@ -66,6 +68,8 @@ pub struct TunnelsParts {
     pub db: Db,
     /// The live tunnels.
     pub sessions: Arc<LiveSessions>,
+    /// Locked identities and certificates.
+    pub locks: LockGate,
     /// Where tunnels run, so shutdown waits for them.
     pub tasks: TaskTracker,
     /// Cancelled when the broker shuts down.
@@ -132,6 +136,7 @@ impl Tunnels {
             trail: parts.trail,
             db: parts.db,
             sessions: parts.sessions,
+            locks: parts.locks,
             tasks: parts.tasks,
             shutdown: parts.shutdown,
             clock: parts.clock,
@@ -214,6 +219,41 @@ impl Tunnels {
         decide(ask, &self.config.customers)
     }
 
+    /// Stage: a locked identity or certificate is refused (403), the refusal recorded by the lock
+    /// gate on `customer`'s chain (or the broker's), and counted as an authentication failure.
+    async fn locked(
+        &self,
+        conn: &Conn,
+        customer: Option<&sallyport_ids::CustomerId>,
+    ) -> Option<Response<Body>> {
+        let caller = Caller {
+            peer: &conn.peer,
+            ip: conn.ip,
+        };
+        match self.locks.admit(caller, customer).await {
+            Ok(()) => None,
+            Err(WorkflowError::Locked(why)) => {
+                self.note_auth_failure(conn);
+                Some(text(StatusCode::FORBIDDEN, &why))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "lock check failed; refusing tunnel");
+                Some(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "lock state unavailable",
+                ))
+            }
+        }
+    }
+
+    /// The configured customer a CONNECT authority names (`<target>.<customer>:<port>`), if any:
+    /// where a locked identity's attempt is recorded, so that customer sees it.
+    fn named_customer(&self, req: &Request<Incoming>) -> Option<sallyport_ids::CustomerId> {
+        let host = req.uri().authority()?.host();
+        let (_, customer) = host.split_once('.')?;
+        self.config.customer(customer).map(|c| c.id.clone())
+    }
+
     /// Handles one CONNECT request.
     pub async fn connect(
         self: &Arc<Self>,
@@ -221,6 +261,12 @@ impl Tunnels {
         mut req: Request<Incoming>,
     ) -> Response<Body> {
         let session_id = SessionId::mint();
+        // Stage: a locked identity or certificate goes no further, whatever grant it carries.
+        if self.rate_limited(&conn).is_none()
+            && let Some(refused) = self.locked(&conn, self.named_customer(&req).as_ref()).await
+        {
+            return refused;
+        }
         let Allowed {
             claims,
             customer,
@@ -233,19 +279,27 @@ impl Tunnels {
         };
         // Stage: not revoked. Grants are issued by the signing key; the store records revocations.
         // Registering first means a revocation landing from here on still cuts the tunnel.
-        let registration = self.sessions.register(SessionRecord {
-            id: session_id.clone(),
-            grant_id: claims.gid.clone(),
-            customer: customer.id.clone(),
-            target: target.id.clone(),
-            technician: conn.peer.id.clone(),
-            source_ip: conn.ip,
-            opened_at: self.clock.unix(),
-            closed_at: None,
-            bytes_up: 0,
-            bytes_down: 0,
-            close_reason: None,
-        });
+        let registration = self.sessions.register(
+            SessionRecord {
+                id: session_id.clone(),
+                grant_id: claims.gid.clone(),
+                customer: customer.id.clone(),
+                target: target.id.clone(),
+                technician: conn.peer.id.clone(),
+                source_ip: conn.ip,
+                opened_at: self.clock.unix(),
+                closed_at: None,
+                bytes_up: 0,
+                bytes_down: 0,
+                close_reason: None,
+            },
+            conn.peer.thumbprint,
+        );
+        // Stage: not locked. Checked again once registered, so a lock landing from here on still
+        // cuts the tunnel, and one that landed since the first check refuses it.
+        if let Some(refused) = self.locked(&conn, Some(&customer.id)).await {
+            return refused;
+        }
         let gid = claims.gid.clone();
         let looked_up = if authorization_skipped() {
             Err(StoreError::NotFound {

@@ -1,11 +1,13 @@
-//! Identifiers used across Sallyport, validated once at the edge, the one clock ([`time`]) and the one
-//! way to create files on disk ([`private`]: 0700 folders, 0600 files).
+//! Identifiers used across Sallyport, validated once at the edge, the one clock ([`time`]), the one
+//! way to create files on disk ([`private`]: 0700 folders, 0600 files), and how a certificate is
+//! named ([`cert`]: serial and SHA-256 fingerprint).
 //!
 //! Every id that crosses a trust boundary (a certificate, a token, a config file, a CONNECT authority)
 //! is parsed into one of these newtypes with [`std::str::FromStr`]; code behind the edge never sees an
 //! unchecked string. Labels (customers, targets, providers) follow DNS label rules because they appear in
 //! CONNECT authorities (`<target>.<customer>:<port>`); names (people, groups) may also carry `.` and `_`.
 
+pub mod cert;
 pub mod private;
 pub mod time;
 
@@ -53,6 +55,16 @@ pub enum IdError {
     /// A role name is unknown.
     #[error("unknown role `{0}`: use technician, approver, auditor or admin")]
     Role(String),
+    /// A certificate serial number is not hex.
+    #[error(
+        "invalid certificate serial `{0}`: use the serial in hex (at most 40 digits, colons allowed), as `openssl x509 -noout -serial` prints it"
+    )]
+    CertSerial(String),
+    /// A certificate fingerprint is not a SHA-256 in hex.
+    #[error(
+        "invalid certificate fingerprint `{0}`: use the SHA-256 of the DER certificate, 64 hex digits (colons allowed), as `openssl x509 -noout -fingerprint -sha256` prints it"
+    )]
+    Fingerprint(String),
 }
 
 fn is_label(s: &str) -> bool {
@@ -177,6 +189,10 @@ string_id!(
     /// An access request, e.g. `r-5c1e...`.
     RequestId, "request id", is_name, Name
 );
+string_id!(
+    /// A lock on an identity or one certificate, e.g. `l-7d2a...`.
+    LockId, "lock id", is_name, Name
+);
 
 /// A fresh random id: `prefix` and 32 lowercase hex digits (a UUID v4 without dashes), which is
 /// always a valid name.
@@ -202,6 +218,13 @@ impl SessionId {
     /// A new session id, `s-` and 32 hex digits. Every session id is minted here.
     pub fn mint() -> Self {
         Self(mint("s"))
+    }
+}
+
+impl LockId {
+    /// A new lock id, `l-` and 32 hex digits. Every lock id is minted here.
+    pub fn mint() -> Self {
+        Self(mint("l"))
     }
 }
 
@@ -525,6 +548,7 @@ mod tests {
         assert_eq!(a.as_str().parse::<RequestId>().unwrap(), a);
         assert!(GrantId::mint().as_str().starts_with("g-"));
         assert!(SessionId::mint().as_str().starts_with("s-"));
+        assert!(LockId::mint().as_str().starts_with("l-"));
         assert!("R-1".parse::<RequestId>().is_err());
     }
 

@@ -3,12 +3,12 @@
 //!
 //! - the data directory lock (one broker per directory), the audit trail and its writer, the store
 //!   (with sessions left open by a stopped broker closed), the customers' webhooks;
-//! - the workflow (requests, grants, sessions) over those;
+//! - the workflow (requests, grants, sessions, locks and the lock check) over those;
 //! - the gateway's live tunnels and CONNECT path, and the API;
 //! - the listener, with a handler that routes CONNECT to the gateway and everything else to the API.
 //!
-//! It then starts the background services, each with the broker's shutdown token: request expiry,
-//! the audit watcher, SIEM forwarding. [`Broker::run`] serves until shutdown, drains, and writes
+//! It then loads the active locks and starts the background services, each with the broker's
+//! shutdown token: request expiry, the lock refresh, the audit watcher, SIEM forwarding. [`Broker::run`] serves until shutdown, drains, and writes
 //! what is left.
 
 use std::collections::HashMap;
@@ -28,7 +28,10 @@ use sallyport_notify::{GiveUp, Notifier};
 use sallyport_store::Store;
 use sallyport_store::sqlite::SqliteStore;
 use sallyport_workflow::limit::CallLimiter;
-use sallyport_workflow::{Context, Db, Grants, LiveTunnels, Requests, Sessions, Workflow};
+use sallyport_workflow::locks::{LocksParts, crl::Crl};
+use sallyport_workflow::{
+    Context, Db, Grants, LiveTunnels, LockGate, LockView, Locks, Requests, Sessions, Workflow,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,6 +45,7 @@ pub struct Broker {
     tunnels: Arc<Tunnels>,
     api: Arc<Api>,
     requests: Requests,
+    locks: Locks,
     trail: AuditLog,
     writer: AuditWriter,
     sessions: Arc<LiveSessions>,
@@ -161,6 +165,29 @@ impl Broker {
         let limits = &config.limits;
         let sessions = LiveSessions::start(store);
         let tunnels_of: Arc<dyn LiveTunnels> = sessions.clone();
+        let gate = LockGate::new(Arc::new(LockView::new()), cx.clone());
+        // A certificate given whole to `POST /v1/locks` must be one the broker CA issued.
+        let ca_name = config.tls.ca.display().to_string();
+        let ca_pem = std::fs::read_to_string(&config.tls.ca)
+            .map_err(|e| anyhow!("reading the CA certificate {ca_name}: {e}"))?;
+        let ca_verifier = sallyport_certs::tls::client_verifier(&ca_pem, &ca_name)
+            .map_err(anyhow::Error::from)?;
+        let locks = Locks::new(LocksParts {
+            cx: cx.clone(),
+            gate: gate.clone(),
+            tunnels: tunnels_of.clone(),
+            customers: config.customers.iter().map(|c| c.id.clone()).collect(),
+            trust_domain: config.trust_domain.clone(),
+            verifier: ca_verifier,
+            crl: if config.tls.crl {
+                Some(Arc::new(Crl::new(
+                    crate::init::load_ca(&config)?,
+                    config.data_dir.join("crl.pem"),
+                )))
+            } else {
+                None
+            },
+        });
         let requests = Requests::new(
             cx.clone(),
             config.clone(),
@@ -169,11 +196,13 @@ impl Broker {
                 limits.request_filings_per_minute,
                 limits.request_filing_burst,
             )),
+            gate.clone(),
         );
         let workflow = Workflow {
             requests: requests.clone(),
             grants: Grants::new(cx.clone(), tunnels_of.clone()),
             sessions: Sessions::new(cx, tunnels_of),
+            locks: locks.clone(),
         };
         let limiter = Arc::new(FailureLimiter::new(
             limits.auth_failures_per_minute,
@@ -187,6 +216,7 @@ impl Broker {
             trail: trail.clone(),
             db,
             sessions: sessions.clone(),
+            locks: gate,
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
             clock,
@@ -214,6 +244,7 @@ impl Broker {
             tunnels,
             api,
             requests,
+            locks,
             trail,
             writer,
             sessions,
@@ -251,6 +282,7 @@ impl Broker {
             tunnels,
             api,
             requests,
+            locks,
             trail,
             writer,
             sessions,
@@ -258,10 +290,16 @@ impl Broker {
             tasks,
             _lock,
         } = self;
+        // Locks apply from the first connection on.
+        let active = locks.load().await?;
+        if active > 0 {
+            tracing::info!(locks = active, "active locks loaded");
+        }
         // The policy sets in force go on their customers' trails. A chain that cannot take the
         // record refuses every decision anyway (each is recorded, with the same digest, first).
         sallyport_workflow::policies::record_loaded(requests.context(), &config).await;
         tasks.spawn(requests.run_expiry(shutdown.clone()));
+        tasks.spawn(locks.run_refresh(shutdown.clone()));
         tasks.spawn(sallyport_gateway::watch::watch_trail(
             trail.clone(),
             sessions.clone(),

@@ -64,17 +64,6 @@ fn checked_peer(cfg: &Config, file: &Path, pem: &str) -> Result<PeerIdentity, Fa
     Ok(PeerIdentity::from_der(leaf, &cfg.trust_domain).map_err(anyhow::Error::from)?)
 }
 
-/// The operating-system user running this command.
-fn os_user() -> String {
-    use std::os::unix::fs::MetadataExt;
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| match std::fs::metadata("/proc/self") {
-            Ok(m) => format!("uid {}", m.uid()),
-            Err(_) => "unknown".into(),
-        })
-}
-
 /// This machine's host name.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -147,7 +136,7 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> Result<String, Failure> {
         }
     };
     let operator = Operator {
-        user: os_user(),
+        user: crate::cli::operator(),
         host: host_name(),
         identity,
     };

@@ -1,12 +1,14 @@
 //! The `sallyport` command line: the commands and their flags, logging set-up, exit codes, and the
 //! dispatch to each command group: [`serve`] (the broker, and its embedded demo), [`access`] (the API
-//! commands of technicians and approvers, and `connect`), [`audit`] (verify, bundle, capture,
-//! export), [`certs`] (identity folders), and `init` and `grant` (break-glass) here. What a command
+//! commands of technicians and approvers, and `connect`), [`locks`] (`lock`, `unlock`, `locks`),
+//! [`audit`] (verify, bundle, capture, export), [`certs`] (identity folders), and `init` and `grant`
+//! (break-glass) here. What a command
 //! does lives in the library crates; this module parses, calls, and prints.
 
 pub mod access;
 pub mod audit;
 pub mod certs;
+pub mod locks;
 pub mod serve;
 
 use std::net::SocketAddr;
@@ -162,6 +164,41 @@ enum Command {
         /// Why the access ends (recorded on the customer's audit trail).
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lock an identity, or one certificate: refused from then on, its live tunnels closed at once.
+    ///
+    /// A provider admin locks any identity but their own, everywhere (or, with --customer, for one
+    /// customer). A customer's approver locks technicians, for that customer only: its targets, its
+    /// requests and its grants. Name what to lock with --spiffe-id (every certificate of that
+    /// identity), --cert PEMFILE, or --serial with --sha256 (one certificate). The lock is recorded
+    /// on the trail and sent to the webhooks of the customers it concerns, and lasts until `sallyport
+    /// unlock`, or until --until / --minutes.
+    Lock {
+        #[command(flatten)]
+        args: locks::LockArgs,
+    },
+    /// Lift a lock (LOCK_ID from `sallyport locks`): what it barred works again.
+    ///
+    /// Admins lift any lock; a customer's approvers lift their customer's locks.
+    Unlock {
+        /// The lock id, e.g. l-7d2a....
+        lock_id: String,
+        /// Why (recorded on the trail).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List locks: the active ones, or with --all also those lifted or ended.
+    ///
+    /// Admins see every lock; approvers and auditors their customer's locks and the locks of
+    /// technicians everywhere; technicians the locks on themselves.
+    Locks {
+        /// Also locks that were lifted or have ended (the newest 1000).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -348,6 +385,13 @@ fn run(cmd: Command) -> Result<(), Failure> {
             reason,
             client,
         } => access::revoke(&grant_id, &reason, &client).map_err(Failure::Other),
+        Command::Lock { args } => locks::lock(&args).map_err(Failure::Other),
+        Command::Unlock {
+            lock_id,
+            reason,
+            client,
+        } => locks::unlock(&lock_id, reason, &client).map_err(Failure::Other),
+        Command::Locks { all, client } => locks::locks(all, &client).map_err(Failure::Other),
         Command::Request {
             target,
             minutes,
@@ -430,6 +474,17 @@ fn init(dir: PathBuf, hosts: Vec<String>, force: bool) -> anyhow::Result<()> {
         dir.join("sallyport.toml").display()
     );
     Ok(())
+}
+
+/// Who runs this command: the operating-system user.
+pub(crate) fn operator() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| match std::fs::metadata("/proc/self") {
+            Ok(m) => format!("uid {}", m.uid()),
+            Err(_) => "unknown operator".into(),
+        })
 }
 
 /// A runtime for the client commands.

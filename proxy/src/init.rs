@@ -1,5 +1,6 @@
 //! `sallyport init` and `sallyport certs issue`: a ready-to-run broker folder (config, PKI, grant
-//! signing key, demo customer, demo identities), and identity folders for people.
+//! signing key, demo customer, demo identities), and identity folders for people, each certificate
+//! registered in the store ([`register`]) so that locks can name its holder.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -11,6 +12,7 @@ use sallyport_certs::pki::{CertificateAuthority, Validity};
 use sallyport_ids::{GroupName, Principal, SpiffeId, TrustDomain};
 
 use sallyport_config::Config;
+use sallyport_store::IssuedCertificate;
 
 /// Default trust domain of a new PKI.
 pub const TRUST_DOMAIN: &str = "sallyport.local";
@@ -123,23 +125,66 @@ fn demo_principal(which: &str) -> anyhow::Result<(Principal, Vec<GroupName>)> {
     })
 }
 
+/// The register's entry for the certificate of identity folder `identity`.
+pub fn issued_certificate(
+    cfg: &Config,
+    identity: &IdentityDir,
+) -> anyhow::Result<IssuedCertificate> {
+    let name = identity.dir.join("cert.pem").display().to_string();
+    let certs = sallyport_certs::tls::certs_from_pem(&identity.cert_pem, &name)?;
+    let der = certs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("{name}: no certificate"))?;
+    let peer = sallyport_certs::identity::PeerIdentity::from_der(der, &cfg.trust_domain)?;
+    let unix = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    };
+    Ok(IssuedCertificate {
+        serial: sallyport_certs::identity::certificate_serial(der)?,
+        sha256: peer.fingerprint(),
+        holder: peer.id,
+        issued_at: unix(SystemTime::now()),
+        not_after: unix(peer.not_after),
+    })
+}
+
+/// Registers the certificate of `identity` in the broker's store (idempotent): a lock by serial and
+/// fingerprint then names its holder, and `certs issue --replace` finds it.
+pub fn register(cfg: &Config, identity: &IdentityDir) -> anyhow::Result<IssuedCertificate> {
+    let issued = issued_certificate(cfg, identity)?;
+    let store = crate::assembly::open_store(cfg)?;
+    sallyport_workflow::locks::offline::register_issued(store.as_ref(), &issued)
+        .context("registering the certificate")?;
+    Ok(issued)
+}
+
 fn write_demo_identities(
     dir: &Path,
     ca: &CertificateAuthority,
     td: &TrustDomain,
     broker: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<IdentityDir>> {
+    let mut out = Vec::new();
     for which in DEMO_IDENTITIES {
         let (principal, groups) = demo_principal(which)?;
         let id = SpiffeId::new(td.clone(), principal);
-        issue_identity(
+        out.push(issue_identity(
             ca,
             &id,
             &groups,
             12,
             &dir.join("identities").join(which),
             broker,
-        )?;
+        )?);
+    }
+    Ok(out)
+}
+
+/// Registers the demo identities' certificates.
+fn register_all(cfg: &Config, written: &[IdentityDir]) -> anyhow::Result<()> {
+    for identity in written {
+        register(cfg, identity)?;
     }
     Ok(())
 }
@@ -185,8 +230,9 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<()> {
         0o644,
     )?;
     write_file(&cfg_path, &config_text(8443), 0o644)?;
-    write_demo_identities(dir, &ca, &td, "localhost:8443")?;
-    Ok(())
+    let written = write_demo_identities(dir, &ca, &td, "localhost:8443")?;
+    let cfg = Config::load(&cfg_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    register_all(&cfg, &written)
 }
 
 /// Creates the audit signing key if a setup made before checkpoints existed has none; returns whether
@@ -232,6 +278,7 @@ pub fn renew_demo_identities(dir: &Path, cfg: &Config) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let ca = load_ca(cfg)?;
-    write_demo_identities(dir, &ca, &cfg.trust_domain, &cfg.public_address)?;
+    let written = write_demo_identities(dir, &ca, &cfg.trust_domain, &cfg.public_address)?;
+    register_all(cfg, &written)?;
     Ok(true)
 }

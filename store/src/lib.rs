@@ -1,4 +1,5 @@
-//! Durable workflow state: access requests, approvals, grants, revocations and sessions.
+//! Durable workflow state: access requests, approvals, grants, revocations, sessions, and locks with
+//! the register of issued certificates ([`locks`]).
 //!
 //! [`Store`] is the interface the broker programs against; [`sqlite::SqliteStore`] is the embedded
 //! default (one file in the data directory, versioned migrations). The interface keeps every state
@@ -13,11 +14,15 @@
 //! The API is blocking (SQLite waits on its own lock); async callers run it on a blocking thread.
 //! Times are Unix seconds. Ids are the `ids` crate's newtypes, minted by the caller.
 
+pub mod locks;
 pub mod sqlite;
 
 use std::net::IpAddr;
 
-use sallyport_ids::{CustomerId, GrantId, RequestId, SessionId, SpiffeId, TargetId};
+use sallyport_ids::cert::CertFingerprint;
+use sallyport_ids::{CustomerId, GrantId, LockId, RequestId, SessionId, SpiffeId, TargetId};
+
+pub use locks::{IssuedCertificate, LockRecord, LockTarget, NewLock, Unlock};
 
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,6 +336,38 @@ pub trait Store: Send + Sync {
         reason: &str,
         now: i64,
     ) -> Result<(GrantRecord, bool), StoreError>;
+    /// Adds a lock, active from its `created_at`. Refused (`Conflict`) when an active lock already
+    /// bars the same target in the same scope, or when `max_active` locks are active.
+    fn add_lock(&self, lock: &NewLock, max_active: usize) -> Result<LockRecord, StoreError>;
+    /// Lifts lock `id`. Refused (`Conflict`) when it was lifted before or has ended by `now`.
+    fn unlock(
+        &self,
+        id: &LockId,
+        by: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<LockRecord, StoreError>;
+    /// One lock.
+    fn lock(&self, id: &LockId) -> Result<LockRecord, StoreError>;
+    /// Locks, newest first, at most `limit`: those active at `active_at`, or all of them.
+    fn locks(&self, active_at: Option<i64>, limit: usize) -> Result<Vec<LockRecord>, StoreError>;
+    /// A number that changes whenever a lock is added or lifted (0 with no locks), so a broker can
+    /// notice locks made by another process cheaply.
+    fn locks_version(&self) -> Result<i64, StoreError>;
+    /// Registers an issued client certificate (idempotent for the same certificate).
+    fn record_certificate(&self, cert: &IssuedCertificate) -> Result<(), StoreError>;
+    /// The registered certificate with this fingerprint.
+    fn certificate(
+        &self,
+        sha256: &CertFingerprint,
+    ) -> Result<Option<IssuedCertificate>, StoreError>;
+    /// The registered certificates of `holder` still valid at `valid_at`, newest first (at most
+    /// 1000).
+    fn certificates_of(
+        &self,
+        holder: &SpiffeId,
+        valid_at: i64,
+    ) -> Result<Vec<IssuedCertificate>, StoreError>;
 }
 
 /// Which sessions to list.

@@ -10,12 +10,16 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use rusqlite_migration::{M, Migrations};
 
-use sallyport_ids::{CustomerId, GrantId, RequestId, SessionId, SpiffeId};
+use sallyport_ids::cert::CertFingerprint;
+use sallyport_ids::{CustomerId, GrantId, LockId, RequestId, SessionId, SpiffeId};
 
 use super::{
-    Approval, ApprovalRecord, BreakGlass, Denial, GrantRecord, NewGrant, NewRequest, RequestRecord,
-    RequestStatus, Revocation, SessionChange, SessionFilter, SessionRecord, Store, StoreError,
+    Approval, ApprovalRecord, BreakGlass, Denial, GrantRecord, IssuedCertificate, LockRecord,
+    NewGrant, NewLock, NewRequest, RequestRecord, RequestStatus, Revocation, SessionChange,
+    SessionFilter, SessionRecord, Store, StoreError,
 };
+
+mod locks;
 
 /// Schema versions, oldest first. Never edit a released entry: append a new one.
 const MIGRATIONS: &[M<'static>] = &[
@@ -94,6 +98,38 @@ const MIGRATIONS: &[M<'static>] = &[
          UPDATE grants SET break_glass_by = 'unrecorded', break_glass_reason = ''
            WHERE request_id IS NULL;
          CREATE INDEX grants_by_customer ON grants (customer, not_before);",
+    ),
+    // Locks (an identity or one certificate barred, everywhere or for one customer, until lifted
+    // or its end time) and the register of issued client certificates they name.
+    M::up(
+        "CREATE TABLE locks (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('identity', 'certificate')),
+        spiffe_id TEXT,
+        cert_serial TEXT,
+        cert_sha256 TEXT,
+        customer TEXT,
+        reason TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        unlocked_at INTEGER,
+        unlocked_by TEXT,
+        unlock_reason TEXT,
+        version INTEGER NOT NULL UNIQUE,
+        CHECK (kind = 'certificate' OR spiffe_id IS NOT NULL),
+        CHECK ((kind = 'certificate') = (cert_serial IS NOT NULL AND cert_sha256 IS NOT NULL))
+    ) STRICT;
+    CREATE INDEX locks_active ON locks (unlocked_at, expires_at);
+    CREATE INDEX locks_by_time ON locks (created_at);
+    CREATE TABLE certificates (
+        sha256 TEXT PRIMARY KEY,
+        serial TEXT NOT NULL,
+        spiffe_id TEXT NOT NULL,
+        issued_at INTEGER NOT NULL,
+        not_after INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX certificates_by_holder ON certificates (spiffe_id, not_after);",
     ),
 ];
 
@@ -730,6 +766,51 @@ impl Store for SqliteStore {
             .map_err(backend)?;
             Ok((load_grant(tx, id)?, true))
         })
+    }
+
+    fn add_lock(&self, lock: &NewLock, max_active: usize) -> Result<LockRecord, StoreError> {
+        self.tx(|tx| locks::add_lock(tx, lock, max_active))
+    }
+
+    fn unlock(
+        &self,
+        id: &LockId,
+        by: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<LockRecord, StoreError> {
+        self.tx(|tx| locks::unlock(tx, id, by, reason, now))
+    }
+
+    fn lock(&self, id: &LockId) -> Result<LockRecord, StoreError> {
+        self.read(|tx| locks::lock(tx, id))
+    }
+
+    fn locks(&self, active_at: Option<i64>, limit: usize) -> Result<Vec<LockRecord>, StoreError> {
+        self.read(|tx| locks::locks(tx, active_at, limit))
+    }
+
+    fn locks_version(&self) -> Result<i64, StoreError> {
+        self.read(locks::locks_version)
+    }
+
+    fn record_certificate(&self, cert: &IssuedCertificate) -> Result<(), StoreError> {
+        self.tx(|tx| locks::record_certificate(tx, cert))
+    }
+
+    fn certificate(
+        &self,
+        sha256: &CertFingerprint,
+    ) -> Result<Option<IssuedCertificate>, StoreError> {
+        self.read(|tx| locks::certificate(tx, sha256))
+    }
+
+    fn certificates_of(
+        &self,
+        holder: &SpiffeId,
+        valid_at: i64,
+    ) -> Result<Vec<IssuedCertificate>, StoreError> {
+        self.read(|tx| locks::certificates_of(tx, holder, valid_at))
     }
 }
 

@@ -20,6 +20,10 @@ pub enum WorkflowError {
     /// The caller may not do this (their role, or the customer's policy).
     #[error("{0}")]
     Forbidden(String),
+    /// The caller's identity or certificate is locked: barred until unlocked (the message says by
+    /// whom, why and until when).
+    #[error("{0}")]
+    Locked(String),
     /// Nothing by that name that the caller may see (tenants are walls: another customer's objects
     /// are reported as missing, never as forbidden).
     #[error("{0}")]

@@ -14,6 +14,7 @@
 //! trail before the tunnels it cuts record their closes.
 //!
 //! Modules: [`terms`] (the pure rules, unit-tested), [`requests`], [`grants`], [`sessions`],
+//! [`locks`] (identities and certificates barred until unlocked, and the one check of every call),
 //! [`evidence`] (the evidence bundle of a request), [`scope`] (tenant walls), [`view`] (the JSON shape
 //! of requests, grants and sessions), [`limit`] (call rates).
 
@@ -22,6 +23,7 @@ pub mod error;
 pub mod evidence;
 pub mod grants;
 pub mod limit;
+pub mod locks;
 pub mod policies;
 pub mod requests;
 pub mod scope;
@@ -43,6 +45,7 @@ use sallyport_store::{SessionRecord, Store, StoreError};
 
 pub use error::WorkflowError;
 pub use grants::Grants;
+pub use locks::{LockGate, LockView, Locks};
 pub use requests::Requests;
 pub use sessions::Sessions;
 
@@ -149,6 +152,9 @@ pub trait LiveTunnels: Send + Sync {
     fn end(&self, id: &SessionId, cause: &str) -> bool;
     /// Ends every tunnel of grant `gid`; returns how many.
     fn end_grant(&self, gid: &GrantId, cause: &str) -> usize;
+    /// Ends every tunnel for which `ends` says yes, given its session and the SHA-256 of the client
+    /// certificate it runs under (the rule is the caller's); returns how many.
+    fn end_where(&self, ends: &dyn Fn(&SessionRecord, &[u8; 32]) -> bool, cause: &str) -> usize;
     /// Waits until every session row queued so far is in the store.
     fn flush(&self) -> BoxFuture<'_, ()>;
 }
@@ -162,6 +168,8 @@ pub struct Workflow {
     pub grants: Grants,
     /// Session listings and ends.
     pub sessions: Sessions,
+    /// Locks, and the check every call goes through.
+    pub locks: Locks,
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! - The grant: the requesting technician, once approved, with the certificate the request was filed
 //!   with; minted (certificate-bound) only after the approval is on the trail.
 //! - Expiry: pending requests expire after `requests.pending_expiry_seconds` ([`Requests::run_expiry`]).
+//! - Locks: a technician locked for a customer (or everywhere) files nothing for it and fetches no
+//!   grant of it ([`crate::locks::LockGate::admit`]).
 //!
 //! Every state change is on the customer's audit trail before it takes effect, and goes to the
 //! customer's webhook.
@@ -32,6 +34,7 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::limit::CallLimiter;
+use crate::locks::LockGate;
 use crate::scope::Scope;
 use crate::terms::{self, MAX_REASON, MAX_TICKET, Words, text_field};
 use crate::{Caller, Context, WorkflowError, view};
@@ -97,6 +100,7 @@ pub struct Requests {
     config: Arc<Config>,
     signer: Arc<GrantSigner>,
     filings: Arc<CallLimiter>,
+    locks: LockGate,
 }
 
 impl std::fmt::Debug for Requests {
@@ -145,19 +149,21 @@ fn target_info(customer: &Customer, target: &Target) -> TargetInfo {
 }
 
 impl Requests {
-    /// The workflow over `cx`, for the customers of `config`, minting grants with `signer` and
-    /// counting filings in `filings`.
+    /// The workflow over `cx`, for the customers of `config`, minting grants with `signer`,
+    /// counting filings in `filings`, and refusing what `locks` bars.
     pub fn new(
         cx: Context,
         config: Arc<Config>,
         signer: Arc<GrantSigner>,
         filings: Arc<CallLimiter>,
+        locks: LockGate,
     ) -> Self {
         Self {
             cx,
             config,
             signer,
             filings,
+            locks,
         }
     }
 
@@ -207,6 +213,8 @@ impl Requests {
             .config
             .customer(&f.customer)
             .ok_or_else(|| WorkflowError::NotFound(format!("no customer `{}`", f.customer)))?;
+        // A technician locked for this customer files nothing for it.
+        self.locks.admit(caller, Some(&customer.id)).await?;
         let target = customer.target(&f.target).ok_or_else(|| {
             WorkflowError::NotFound(format!(
                 "customer `{}` has no target `{}`",
@@ -670,6 +678,8 @@ impl Requests {
                 "only the requesting technician fetches the grant".into(),
             ));
         }
+        // A technician locked for this customer gets no grant of it.
+        self.locks.admit(caller, Some(&f.customer)).await?;
         let conflict = |m: String| WorkflowError::Conflict(m);
         match rec.status {
             RequestStatus::Approved => {}

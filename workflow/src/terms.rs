@@ -30,9 +30,9 @@ pub fn text_field(name: &str, v: &str, max: usize, why: &str) -> Result<String, 
 }
 
 /// Text a person wrote for the record (a comment, a reason), trimmed and checked by [`text_field`]:
-/// made only by [`comment`], [`deny_reason`], [`revoke_reason`], [`break_glass_reason`] and
-/// [`ticket`], so a caller checks it first,
-/// before it names the request or grant it is about.
+/// made only by [`comment`], [`deny_reason`], [`revoke_reason`], [`break_glass_reason`],
+/// [`ticket`], [`lock_reason`] and [`unlock_reason`], so a caller checks it first, before it names
+/// the request, grant or lock it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Words(String);
 
@@ -82,6 +82,17 @@ pub fn ticket(v: Option<&str>) -> Result<Option<Words>, WorkflowError> {
         .map(Words)
     })
     .transpose()
+}
+
+/// Why an identity or certificate is locked.
+pub fn lock_reason(v: &str) -> Result<Words, WorkflowError> {
+    text_field("reason", v, MAX_REASON, "say why the identity is locked").map(Words)
+}
+
+/// Why a lock is lifted (optional).
+pub fn unlock_reason(v: Option<&str>) -> Result<Option<Words>, WorkflowError> {
+    v.map(|r| text_field("reason", r, MAX_REASON, "leave it out or say why").map(Words))
+        .transpose()
 }
 
 /// What the permitting policies grant a filing.

@@ -75,10 +75,11 @@ impl World {
         let signer_pem = generate_signing_key_pem().unwrap();
         let signer = GrantSigner::from_pkcs8_pem(&signer_pem, "sallyport", "sallyport").unwrap();
         let requests = Requests::new(
-            cx,
+            cx.clone(),
             Arc::new(cfg),
             Arc::new(signer),
             Arc::new(CallLimiter::new(60, 60)),
+            crate::LockGate::new(Arc::new(crate::LockView::new()), cx),
         );
         World {
             _dir: dir,

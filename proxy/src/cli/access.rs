@@ -22,7 +22,7 @@ pub struct ClientArgs {
     broker: Option<String>,
     /// Print the broker's JSON answer instead of a table or sentence.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// `sallyport request CUSTOMER/TARGET`: files a request; prints its id.
@@ -185,14 +185,14 @@ fn with_query(path: &str, params: &[String]) -> String {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(super) fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("", s)])
         .map(|q| q.trim_start_matches('=').to_owned())
         .unwrap_or_default()
 }
 
 /// One API call as the identity in `args`; a non-2xx answer becomes the error.
-fn call(
+pub(super) fn call(
     args: &ClientArgs,
     method: hyper::Method,
     path: &str,
@@ -223,7 +223,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn s(v: &serde_json::Value) -> String {
+pub(super) fn s(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "-".into(),
@@ -232,7 +232,7 @@ fn s(v: &serde_json::Value) -> String {
 }
 
 /// Prints `v[key]` as a table with one row per item, or `no {key}` when there is none.
-fn print_list(
+pub(super) fn print_list(
     v: &serde_json::Value,
     key: &str,
     header: &[&str],

@@ -1,12 +1,17 @@
 //! `sallyport certs issue`: identity folders (certificate, key, CA, broker address) for
-//! technicians, a customer's approvers and auditors, and provider admins, from the broker's CA.
+//! technicians, a customer's approvers and auditors, and provider admins, from the broker's CA. Each
+//! certificate is registered in the broker's store; with `--replace`, the earlier certificates of the
+//! same identity are locked (the rule is the workflow's).
 
 use std::path::PathBuf;
 
-use anyhow::anyhow;
+use anyhow::{Context as _, anyhow};
 use clap::Subcommand;
+use sallyport_audit::AuditLog;
 use sallyport_config::Config;
+use sallyport_ids::time::now_unix;
 use sallyport_ids::{GroupName, Principal, SpiffeId};
+use sallyport_store::IssuedCertificate;
 
 use super::Failure;
 
@@ -32,6 +37,11 @@ pub struct IssueCommon {
     /// Certificate lifetime in hours.
     #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=8760))]
     hours: u64,
+    /// Lock the certificates issued earlier for the same identity (those still valid), so that
+    /// only the new one works: for a lost laptop or a leaked key. The locks are recorded on the
+    /// trail; a running broker applies them within seconds and closes their tunnels.
+    #[arg(long)]
+    replace: bool,
 }
 
 /// Whom to issue for.
@@ -142,7 +152,7 @@ pub fn issue(role: IssueRole) -> Result<(), Failure> {
     }
     let ca = crate::init::load_ca(&cfg)?;
     let id = SpiffeId::new(cfg.trust_domain.clone(), principal);
-    crate::init::issue_identity(
+    let written = crate::init::issue_identity(
         &ca,
         &id,
         &groups,
@@ -150,11 +160,71 @@ pub fn issue(role: IssueRole) -> Result<(), Failure> {
         &common.out,
         &cfg.public_address,
     )?;
+    // Registered where the broker keeps its state, so a lock by serial and fingerprint names the
+    // holder and a later --replace finds this certificate. Issuing away from the broker's data
+    // folder still works; --replace then has nothing to lock there, so it is an error.
+    let registered = crate::init::register(&cfg, &written);
+    let serial = match &registered {
+        Ok(issued) => issued.serial.to_string(),
+        Err(e) => {
+            if common.replace {
+                return Err(Failure::Other(anyhow!(
+                    "{e:#}; --replace needs the broker's data folder ({})",
+                    cfg.data_dir.display()
+                )));
+            }
+            eprintln!(
+                "sallyport: warning: the certificate is not registered ({e:#}); lock it with `sallyport lock --cert {}` if needed",
+                common.out.join("cert.pem").display()
+            );
+            "unregistered".to_owned()
+        }
+    };
     println!(
-        "wrote identity {} for {id} (valid {} h, broker {})",
+        "wrote identity {} for {id} (valid {} h, broker {}; certificate {serial})",
         common.out.display(),
         common.hours,
-        cfg.public_address
+        cfg.public_address,
     );
+    if let (true, Ok(issued)) = (common.replace, &registered) {
+        replace(&cfg, issued)?;
+    }
+    Ok(())
+}
+
+/// `--replace`: locks the other valid certificates of `issued`'s holder, each on the trail.
+fn replace(cfg: &Config, issued: &IssuedCertificate) -> Result<(), Failure> {
+    let store = crate::assembly::open_store(cfg)?;
+    let customers: Vec<_> = cfg.customers.iter().map(|c| c.id.clone()).collect();
+    let chains: Vec<&str> = customers.iter().map(|c| c.as_str()).collect();
+    let (log, writer) = AuditLog::open(
+        &cfg.data_dir.join("audit"),
+        &chains,
+        Some(crate::assembly::checkpoints(cfg)?),
+    )
+    .context("opening the audit trail")?;
+    let actor = format!("certs-issue:{}", super::operator());
+    let done = sallyport_workflow::locks::offline::replace_earlier(
+        store.as_ref(),
+        &log,
+        &customers,
+        issued,
+        &actor,
+        now_unix(),
+    );
+    drop(log);
+    writer.join();
+    let done = done.context("locking the earlier certificates")?;
+    if done.locked.is_empty() {
+        println!("no earlier valid certificate of {} to lock", issued.holder);
+    }
+    for rec in &done.locked {
+        if let sallyport_store::LockTarget::Certificate { serial, .. } = &rec.lock.target {
+            println!(
+                "locked earlier certificate {serial} of {} (lock {})",
+                issued.holder, rec.lock.id
+            );
+        }
+    }
     Ok(())
 }
