@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 const CLIENTS: usize = 6;
+/// Kills at most, waiting for one to land while records are in flight.
+const MAX_KILLS: usize = 100;
 
 /// Opens tunnels in a loop until `stop`; records the session id of every 200 it received.
 async fn load(
@@ -60,8 +62,9 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut rng = rand::rng();
     let (mut kills, mut in_flight) = (0, 0);
-    // At least 5 kills, and on until one has provably landed mid-write (bounded).
-    while kills < 5 || (in_flight == 0 && kills < 30) {
+    // At least 5 kills, and on until one has provably landed mid-write (bounded). About one kill in
+    // ten lands while a record is in flight, so 100 kills make a miss of them all vanishingly rare.
+    while kills < 5 || (in_flight == 0 && kills < MAX_KILLS) {
         let mut b = Broker::start(&s);
         let stop = Arc::new(AtomicBool::new(false));
         let before = acked.lock().unwrap().len();
