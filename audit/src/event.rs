@@ -2,8 +2,11 @@
 //! writer, and the line format: [`render`] writes a record line and its hash, [`check_line`] checks one.
 //!
 //! Ids are the `ids` crate's newtypes; `actor` and `target` stay text, since a refused client may
-//! name anything (`unauthenticated`, a target that does not exist) and the record keeps what it said.
+//! name anything (`unauthenticated`, a target that does not exist) and the record keeps what it said,
+//! bounded: [`render`] cuts `actor`, `target` and `reason` to [`MAX_ACTOR`], [`MAX_TARGET`] and
+//! [`MAX_REASON`] characters with a marker ([`clip`]), so no client chooses how long a record is.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use sallyport_ids::{CustomerId, GrantId, RequestId, SessionId, SpiffeId};
@@ -13,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::AuditError;
 
 /// What kind of thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A TLS handshake or a grant failed to authenticate.
@@ -48,6 +51,11 @@ pub enum EventKind {
     TornTailQuarantined,
     /// Segments older than the retention period were retired (deleted) from the chain.
     SegmentsRetired,
+    /// A `/v1` call was refused for the caller's role or tenant (403, or 404 for what it may not see).
+    AccessRefused,
+    /// Refusals of one source or identity that were not recorded one by one in an interval: their
+    /// `count`, their `aggregated_event`, `first_seen` and `last_seen`, and one of them as a sample.
+    RefusalsAggregated,
 }
 
 /// How it ended.
@@ -103,6 +111,14 @@ pub struct AuditEvent {
     pub capture_sha256: Option<String>,
     /// The segments retired (`segments_retired` records).
     pub retired: Vec<Retired>,
+    /// How many refusals the record stands for (`refusals_aggregated`).
+    pub count: Option<u64>,
+    /// The event of the refusals it stands for (`refusals_aggregated`).
+    pub aggregated_event: Option<EventKind>,
+    /// When the first of them happened, RFC 3339 (`refusals_aggregated`).
+    pub first_seen: Option<String>,
+    /// When the last of them happened, RFC 3339 (`refusals_aggregated`).
+    pub last_seen: Option<String>,
 }
 
 impl AuditEvent {
@@ -127,7 +143,27 @@ impl AuditEvent {
             expires_at: None,
             capture_sha256: None,
             retired: Vec::new(),
+            count: None,
+            aggregated_event: None,
+            first_seen: None,
+            last_seen: None,
         }
+    }
+}
+
+/// Longest `actor` written, in characters (a SPIFFE id is far shorter).
+pub const MAX_ACTOR: usize = 512;
+/// Longest `target` written, in characters (`<target>.<customer>` is at most 127).
+pub const MAX_TARGET: usize = 256;
+/// Longest `reason` written, in characters (a person's reason is at most 1000, plus its context).
+pub const MAX_REASON: usize = 2048;
+
+/// `s` cut to at most `max` characters, on a character boundary, with a marker saying how many
+/// bytes were left out; `s` itself when it is short enough.
+pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => Cow::Borrowed(s),
+        Some((at, _)) => Cow::Owned(format!("{}…[{} more bytes]", &s[..at], s.len() - at)),
     }
 }
 
@@ -161,6 +197,14 @@ struct Body<'a> {
     capture_sha256: Option<&'a str>,
     #[serde(skip_serializing_if = "<[Retired]>::is_empty")]
     retired: &'a [Retired],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aggregated_event: Option<EventKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_seen: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen: Option<&'a str>,
     prev_hash: &'a str,
 }
 
@@ -175,22 +219,26 @@ pub struct Appended {
     pub hash: String,
 }
 
-/// Renders one record line (with trailing newline) and its hash.
+/// Renders one record line (with trailing newline) and its hash; text a client may have chosen is
+/// cut to its bound ([`clip`]).
 pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String, String) {
+    let actor = ev.actor.as_deref().map(|a| clip(a, MAX_ACTOR));
+    let target = ev.target.as_deref().map(|t| clip(t, MAX_TARGET));
+    let reason = clip(&ev.reason, MAX_REASON);
     let body = Body {
         seq,
         time: time.to_owned(),
         customer: ev.customer.as_ref(),
         event: ev.event,
-        actor: ev.actor.as_deref(),
-        target: ev.target.as_deref(),
+        actor: actor.as_deref(),
+        target: target.as_deref(),
         subject: ev.subject.as_ref(),
         grant_id: ev.grant_id.as_ref(),
         session_id: ev.session_id.as_ref(),
         request_id: ev.request_id.as_ref(),
         source_ip: ev.source_ip,
         outcome: ev.outcome,
-        reason: &ev.reason,
+        reason: &reason,
         policy_ids: &ev.policy_ids,
         bytes_up: ev.bytes_up,
         bytes_down: ev.bytes_down,
@@ -198,6 +246,10 @@ pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String
         expires_at: ev.expires_at.as_deref(),
         capture_sha256: ev.capture_sha256.as_deref(),
         retired: &ev.retired,
+        count: ev.count,
+        aggregated_event: ev.aggregated_event,
+        first_seen: ev.first_seen.as_deref(),
+        last_seen: ev.last_seen.as_deref(),
         prev_hash,
     };
     // Serializing a struct of strings, numbers and addresses cannot fail.
@@ -249,4 +301,39 @@ pub struct Retired {
     pub last_seq: u64,
     /// Its last record's hash: the `prev_hash` of the record after it.
     pub last_hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_cuts_on_a_character_boundary_with_a_marker() {
+        assert!(matches!(clip("short", 5), Cow::Borrowed("short")));
+        assert_eq!(clip("abcdef", 3), "abc…[3 more bytes]");
+        // Multi-byte characters are never split.
+        assert_eq!(clip("ééé", 2), "éé…[2 more bytes]");
+        assert_eq!(clip("日本語テキスト", 0), "…[21 more bytes]");
+    }
+
+    #[test]
+    fn render_bounds_what_a_client_chose() {
+        let mut ev = AuditEvent::new(EventKind::Decision, Outcome::Deny, "x".repeat(10_000));
+        ev.target = Some("t".repeat(5_000));
+        ev.actor = Some("ü".repeat(3_000));
+        let (line, hash) = render(&ev, 1, "2026-01-01T00:00:00Z", crate::GENESIS);
+        assert!(line.len() < 8_000, "{}", line.len());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .ends_with("…[7952 more bytes]")
+        );
+        assert_eq!(
+            v["target"].as_str().unwrap().chars().count(),
+            MAX_TARGET + 18
+        );
+        assert_eq!(check_line(line.trim_end()).unwrap().2, hash);
+    }
 }
