@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use sallyport_audit::Health;
 use sallyport_config::Config;
+use sallyport_gateway::slots::Slots;
 use sallyport_gateway::{Body, Conn, LiveSessions};
 use sallyport_workflow::limit::CallLimiter;
 use sallyport_workflow::{Caller, Workflow};
@@ -48,6 +49,8 @@ pub struct Api {
     pub trail_health: Arc<Health>,
     /// The live tunnels, for `/metrics`.
     pub sessions: Arc<LiveSessions>,
+    /// The listener's pre-handshake slots, for `/metrics`.
+    pub slots: Arc<Slots>,
 }
 
 impl std::fmt::Debug for Api {

@@ -8,8 +8,8 @@
 //! - the listener, with a handler that routes CONNECT to the gateway and everything else to the API.
 //!
 //! It then starts the background services, each with the broker's shutdown token: request expiry,
-//! the audit watcher, SIEM forwarding. [`Broker::run`] serves until shutdown, drains, and writes
-//! what is left.
+//! the audit watcher, SIEM forwarding, the writing of aggregated refusals. [`Broker::run`] serves
+//! until shutdown, drains, and writes what is left (aggregated refusals included).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,14 +21,17 @@ use sallyport_api::Api;
 use sallyport_audit::{AuditEvent, AuditLog, AuditWriter, Checkpoints, EventKind, Outcome};
 use sallyport_certs::grant::GrantVerifier;
 use sallyport_config::{Config, ConfigError};
-use sallyport_gateway::limiter::FailureLimiter;
+use sallyport_gateway::limiter::{Budget, FailureLimiter};
 use sallyport_gateway::{Listener, LiveSessions, Tunnels, TunnelsParts};
 use sallyport_ids::time::{Clock, now_unix};
 use sallyport_notify::{GiveUp, Notifier};
 use sallyport_store::Store;
 use sallyport_store::sqlite::SqliteStore;
 use sallyport_workflow::limit::CallLimiter;
-use sallyport_workflow::{Context, Db, Grants, LiveTunnels, Requests, Sessions, Workflow};
+use sallyport_workflow::refusals::RefusalLimits;
+use sallyport_workflow::{
+    Context, Db, Grants, LiveTunnels, RefusalTrail, Refusals, Requests, Sessions, Workflow,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,6 +46,7 @@ pub struct Broker {
     api: Arc<Api>,
     requests: Requests,
     trail: AuditLog,
+    refusals: RefusalTrail,
     writer: AuditWriter,
     sessions: Arc<LiveSessions>,
     shutdown: CancellationToken,
@@ -160,13 +164,22 @@ impl Broker {
         let config = Arc::new(cfg);
         let clock = Clock::system();
         let db = Db::new(store.clone());
+        let limits = &config.limits;
+        let refusals = RefusalTrail::new(
+            trail.clone(),
+            RefusalLimits {
+                per_interval: limits.refusals_recorded_per_interval,
+                interval: limits.refusal_interval,
+            },
+            config.customers.iter().map(|c| c.id.clone()),
+        );
         let cx = Context {
             db: db.clone(),
             trail: trail.clone(),
             notifier: notifier(&config, trail.clone(), shutdown.clone()),
             clock: clock.clone(),
+            refusals: refusals.clone(),
         };
-        let limits = &config.limits;
         let sessions = LiveSessions::start(store);
         let tunnels_of: Arc<dyn LiveTunnels> = sessions.clone();
         let requests = Requests::new(
@@ -181,11 +194,18 @@ impl Broker {
         let workflow = Workflow {
             requests: requests.clone(),
             grants: Grants::new(cx.clone(), tunnels_of.clone()),
-            sessions: Sessions::new(cx, tunnels_of),
+            sessions: Sessions::new(cx.clone(), tunnels_of),
+            refusals: Refusals::new(cx),
         };
         let limiter = Arc::new(FailureLimiter::new(
-            limits.auth_failures_per_minute,
-            limits.auth_failure_burst,
+            Budget {
+                per_minute: limits.auth_failures_per_minute,
+                burst: limits.auth_failure_burst,
+            },
+            Budget {
+                per_minute: limits.unauthenticated_failures_per_minute,
+                burst: limits.unauthenticated_failure_burst,
+            },
         ));
         let tasks = TaskTracker::new();
         let tunnels = Tunnels::new(TunnelsParts {
@@ -193,12 +213,22 @@ impl Broker {
             verifier,
             limiter: limiter.clone(),
             trail: trail.clone(),
+            refusals: refusals.clone(),
             db,
             sessions: sessions.clone(),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
             clock,
         });
+        let listener = Listener::new(
+            server_tls,
+            config.trust_domain.clone(),
+            config.limits.clone(),
+            limiter,
+            refusals.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        );
         let api = Arc::new(Api {
             workflow,
             config: config.clone(),
@@ -206,16 +236,8 @@ impl Broker {
             audit_key,
             trail_health: trail.health().clone(),
             sessions: sessions.clone(),
+            slots: listener.slots(),
         });
-        let listener = Listener::new(
-            server_tls,
-            config.trust_domain.clone(),
-            config.limits.clone(),
-            limiter,
-            trail.clone(),
-            shutdown.clone(),
-            tasks.clone(),
-        );
         Ok(Broker {
             config,
             listener,
@@ -223,6 +245,7 @@ impl Broker {
             api,
             requests,
             trail,
+            refusals,
             writer,
             sessions,
             shutdown,
@@ -260,6 +283,7 @@ impl Broker {
             api,
             requests,
             trail,
+            refusals,
             writer,
             sessions,
             shutdown,
@@ -267,6 +291,7 @@ impl Broker {
             _lock,
         } = self;
         tasks.spawn(requests.run_expiry(shutdown.clone()));
+        tasks.spawn(refusals.clone().run(shutdown.clone()));
         tasks.spawn(sallyport_gateway::watch::watch_trail(
             trail.clone(),
             sessions.clone(),
@@ -286,6 +311,9 @@ impl Broker {
             }
         };
         server.run(listener, handler).await;
+        // Nothing is refused any more: what was counted and not yet written goes on the trail.
+        refusals.flush().await;
+        drop(refusals);
         sessions.flush().await;
         drop((sessions, trail));
         tokio::task::spawn_blocking(move || writer.join()).await?;

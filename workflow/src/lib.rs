@@ -13,14 +13,21 @@
 //! be written, and the caller is told so, since ending access is always safe; a revocation is on the
 //! trail before the tunnels it cuts record their closes.
 //!
+//! Refusals are on the trail too, bounded: a call refused for the caller's role or tenant is
+//! recorded on the caller's customer's chain and on the chain of the customer whose object it was
+//! ([`Context::refused`]), and every refusal, of the gateway's as well, goes through one
+//! [`refusals::RefusalTrail`], which records the first of each interval one by one and aggregates
+//! the rest.
+//!
 //! Modules: [`terms`] (the pure rules, unit-tested), [`requests`], [`grants`], [`sessions`],
 //! [`evidence`] (the evidence bundle of a request), [`scope`] (tenant walls), [`view`] (the JSON shape
-//! of requests, grants and sessions), [`limit`] (call rates).
+//! of requests, grants and sessions), [`limit`] (call rates), [`refusals`] (refusals on the trail).
 
 pub mod error;
 pub mod evidence;
 pub mod grants;
 pub mod limit;
+pub mod refusals;
 pub mod requests;
 pub mod scope;
 pub mod sessions;
@@ -41,6 +48,7 @@ use sallyport_store::{SessionRecord, Store, StoreError};
 
 pub use error::WorkflowError;
 pub use grants::Grants;
+pub use refusals::{RefusalTrail, Refusals};
 pub use requests::Requests;
 pub use sessions::Sessions;
 
@@ -90,6 +98,8 @@ pub struct Context {
     pub notifier: Notifier,
     /// Now.
     pub clock: Clock,
+    /// Where refusals are recorded, bounded.
+    pub refusals: RefusalTrail,
 }
 
 impl Context {
@@ -145,6 +155,8 @@ pub struct Workflow {
     pub grants: Grants,
     /// Session listings and ends.
     pub sessions: Sessions,
+    /// Refusals of the API's own checks.
+    pub refusals: Refusals,
 }
 
 #[cfg(test)]
