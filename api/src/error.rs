@@ -145,5 +145,14 @@ mod tests {
         let r = limited.into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert!(r.headers().get(hyper::header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn a_request_that_came_too_slowly_ends_its_connection() {
+        let r =
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "late").into_response();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(r.headers()[hyper::header::CONNECTION], "close");
     }
 }
