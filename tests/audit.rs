@@ -275,7 +275,7 @@ fn auditors_query_and_export_their_customers_records() {
     assert_eq!(rest["records"].as_array().unwrap().len(), 3, "{rest}");
     let (_, none) = get("approver", "?since=2999-01-01");
     assert_eq!(none["records"], serde_json::json!([]));
-    // Walls and bad input.
+    // Walls and bad input; the refused read of another customer's trail is on acme's own chain.
     for (who, query, status, code) in [
         ("technician", "", 403, "forbidden"),
         ("approver", "?customer=globex", 403, "forbidden"),
@@ -344,9 +344,11 @@ fn auditors_query_and_export_their_customers_records() {
         .collect();
     assert_eq!(
         classes,
-        [6003, 6003, 4001, 4001, 4001],
-        "policy loaded, grant minted, decision, open, close"
+        [6003, 6003, 4001, 4001, 4001, 6003],
+        "policy loaded, grant minted, decision, open, close, and the approver's refused read of another trail"
     );
+    assert_eq!(events[5]["activity_name"], "Refuse");
+    assert_eq!(events[5]["api"]["operation"], "access_refused");
     assert_eq!(events[3]["unmapped"]["seq"], 4);
     let (valid, report) = Command::new("python3")
         .arg(concat!(
@@ -356,7 +358,7 @@ fn auditors_query_and_export_their_customers_records() {
         .stdin(std::process::Stdio::piped())
         .output_with_stdin(&ocsf.stdout);
     assert!(
-        valid && report.contains("validated 5 events"),
+        valid && report.contains("validated 6 events"),
         "OCSF validation failed (pip install ocsf-json-schema==1.2.0 jsonschema==4.26.0): {report}"
     );
     let out = Command::new(BIN)

@@ -463,27 +463,46 @@ async fn repeated_failures_are_rate_limited() {
         BIN,
         "auth_failures_per_minute = 1\nauth_failure_burst = 3\n",
     );
-    let b = Broker::start(&s);
+    let mut b = Broker::start(&s);
     let alice = connector(&s.identity("technician"));
-    for i in 0..4 {
+    for i in 0..3 {
         let a = connect(b.addr, &alice, "db01.acme:1", Some("bogus"))
             .await
             .unwrap();
         assert_eq!(a.status, 407, "attempt {i}");
     }
-    let a = connect(b.addr, &alice, "db01.acme:1", Some("bogus"))
-        .await
-        .unwrap();
-    assert_eq!(a.status, 429, "{}", a.body);
-    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry), "{retry}");
-    let rec = s.audit("_broker").into_iter().last().unwrap();
+    // The fourth is past the budget of three, and so is every one after it until it refills.
+    for _ in 0..2 {
+        let a = connect(b.addr, &alice, "db01.acme:1", Some("bogus"))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 429, "{}", a.body);
+        assert!(a.body.contains("too many refused attempts"), "{}", a.body);
+        let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+    // The three within the budget are on the trail one by one; the two past it in one aggregate,
+    // written at the latest when the broker stops.
+    assert!(b.terminate().success());
+    let trail = s.audit("_broker");
+    assert_eq!(trail.len(), 4, "{trail:#?}");
+    assert!(trail[..3].iter().all(|r| r["event"] == "auth_failure"));
+    let aggregate = &trail[3];
+    assert_eq!(aggregate["event"], "refusals_aggregated");
+    assert_eq!(aggregate["aggregated_event"], "auth_failure");
+    assert_eq!(aggregate["count"], 2);
+    assert_eq!(
+        aggregate["actor"],
+        "spiffe://sallyport.local/technician/northwind/alice"
+    );
     assert!(
-        rec["reason"]
+        aggregate["reason"]
             .as_str()
             .unwrap()
-            .contains("too many failed authentications")
+            .contains("past the failure budget"),
+        "{aggregate}"
     );
+    s.assert_trail_verifies();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,4 +573,68 @@ async fn an_unwritable_audit_trail_means_503_and_no_tunnel() {
         std::io::ErrorKind::WouldBlock,
         "the broker dialled the target without a durable audit record"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_takes_only_target_dot_customer_colon_port() {
+    // A bare listener as the target, so the test sees whether the broker ever dialled it.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = target.local_addr().unwrap().port();
+    let s = Setup::init(BIN);
+    s.write_config(
+        &[CustomerSpec {
+            id: "acme",
+            timezone: "UTC",
+            policy: &allow_support("acme"),
+            targets: vec![("db01", target.local_addr().unwrap().to_string(), vec![])],
+        }],
+        "",
+    );
+    let b = Broker::start(&s);
+    let alice = s.identity("technician");
+    let (nbf, exp) = window();
+    let grant = s.mint(&alice, "acme", "db01", port, nbf, exp);
+    let tls = connector(&alice);
+    for (sent, why) in [
+        (format!("http://db01.acme:{port}"), "not a URL"),
+        (format!("http://db01.acme:{port}/"), "not a URL"),
+        (format!("alice@db01.acme:{port}"), "no user name"),
+        (format!("alice:secret@db01.acme:{port}"), "no user name"),
+        (format!("db01.acme:0{port}"), "without leading zeros"),
+        (format!("db01.acme:00{port}"), "without leading zeros"),
+        ("db01.acme:65536".to_owned(), "1 to 65535"),
+        ("db01.acme".to_owned(), "no port"),
+        (format!("DB01.ACME:{port}"), "lowercase names"),
+        (format!("db01.acme.evil:{port}"), "lowercase names"),
+    ] {
+        let before = s.audit("acme").len();
+        let a = connect(b.addr, &tls, &sent, Some(&grant)).await.unwrap();
+        assert_eq!(a.status, 400, "{sent}: {}", a.body);
+        assert!(
+            a.body.contains("is not `<target>.<customer>:<port>`") && a.body.contains(why),
+            "{sent}: {}",
+            a.body
+        );
+        // Refused and recorded as refused; nothing was opened.
+        let records = s.audit("acme");
+        assert_eq!(records.len(), before + 1, "{sent}");
+        let last = records.last().unwrap();
+        assert_eq!(
+            (last["event"].as_str(), last["outcome"].as_str()),
+            (Some("decision"), Some("deny")),
+            "{sent}"
+        );
+    }
+    assert!(s.audit("acme").iter().all(|r| r["event"] != "tunnel_open"));
+    target.set_nonblocking(true).unwrap();
+    assert_eq!(
+        target.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the broker dialled the target for a malformed authority"
+    );
+    // The strict form still opens the tunnel.
+    let a = connect(b.addr, &tls, &format!("db01.acme:{port}"), Some(&grant))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
 }

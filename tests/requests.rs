@@ -369,6 +369,9 @@ fn quorum_self_approval_tenant_walls_and_denial() {
         events(&s, "acme", &id),
         [
             "request_filed",
+            // globex's approver, then the requester, trying to approve.
+            "access_refused",
+            "access_refused",
             "approval_recorded",
             "request_approved",
             "grant_minted"
@@ -378,7 +381,19 @@ fn quorum_self_approval_tenant_walls_and_denial() {
         events(&s, "acme", &other),
         ["request_filed", "request_denied"]
     );
-    assert!(s.audit("globex").iter().all(|r| r["request_id"].is_null()));
+    // globex's chain names acme's request only where its own approver tried it, and says no more
+    // than he was told.
+    let about: Vec<_> = s
+        .audit("globex")
+        .into_iter()
+        .filter(|r| !r["request_id"].is_null())
+        .collect();
+    assert_eq!(about.len(), 1, "{about:#?}");
+    assert_eq!(about[0]["event"], "access_refused");
+    assert_eq!(
+        about[0]["reason"],
+        format!("approve request `{id}`: refused: no request `{id}`")
+    );
 }
 
 #[test]
@@ -487,10 +502,36 @@ fn instant_approval_is_audited_and_sessions_are_ended_by_the_customer_only() {
         "ended by spiffe://sallyport.local/approver/globex/dave"
     );
     assert!(gap(&ended, &close) < 1.0, "{ended} {close}");
+    // acme's chain names globex's session only where acme's approver tried to end it, as he was
+    // told.
+    let about: Vec<_> = s
+        .audit("acme")
+        .into_iter()
+        .filter(|r| r["session_id"] == sid.as_str())
+        .collect();
+    assert_eq!(about.len(), 1, "{about:#?}");
+    assert_eq!(
+        about[0]["reason"],
+        format!("end session `{sid}`: refused: no session `{sid}`")
+    );
     assert!(
-        s.audit("acme")
-            .iter()
-            .all(|r| r["session_id"] != sid.as_str())
+        about[0]["target"].is_null() && about[0]["grant_id"].is_null(),
+        "{}",
+        about[0]
+    );
+    // globex's chain has the attempt with what it was about.
+    let seen = s
+        .audit("globex")
+        .into_iter()
+        .find(|r| {
+            r["event"] == "access_refused"
+                && r["session_id"] == sid.as_str()
+                && r["actor"] == "spiffe://sallyport.local/approver/acme/bob"
+        })
+        .unwrap();
+    assert!(
+        seen["grant_id"].is_string() && seen["target"] == "app",
+        "{seen}"
     );
 }
 
@@ -962,4 +1003,310 @@ async fn filings_and_api_calls_are_rate_limited_per_identity() {
     // The refused filing stored nothing.
     let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
     assert_eq!(v["requests"].as_array().unwrap().len(), 2, "{v}");
+}
+
+/// A raw `/v1` call: `METHOD PATH` with a JSON body (its length in bytes).
+fn call(method: &str, path: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The records of `chain` after the first `from`.
+fn since(s: &Setup, chain: &str, from: usize) -> Vec<serde_json::Value> {
+    s.audit(chain).into_iter().skip(from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_api_calls_are_on_both_chains_and_answered_as_before() {
+    let s = two_customers(1, "");
+    let b = Broker::start(&s);
+    let read = |p: &Path| connector(&sallyport_certs::identity_dir::IdentityDir::read(p).unwrap());
+    let alice = connector(&s.identity("technician"));
+    let bob = connector(&s.identity("approver"));
+    let gus = read(&s.issue("approver", "gus", &["--customer", "globex"]));
+    let carol = read(&s.issue("auditor", "carol", &["--customer", "acme"]));
+    let tom = connector(&s.technician("tom", &["support"], sallyport_testkit::valid_for(3600)));
+    const GUS: &str = "spiffe://sallyport.local/approver/globex/gus";
+    const ALICE: &str = "spiffe://sallyport.local/technician/northwind/alice";
+
+    let body = r#"{"customer":"acme","target":"db01","minutes":5,"reason":"fix"}"#;
+    let filed = request(b.addr, &alice, &call("POST", "/v1/requests", body))
+        .await
+        .unwrap();
+    assert_eq!(filed.status, 201, "{}", filed.body);
+    let id = serde_json::from_str::<serde_json::Value>(&filed.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approve = |id: &str| call("POST", &format!("/v1/requests/{id}/approve"), "");
+
+    // An approver of globex approving acme's request: the 404 anyone gets for a request nobody
+    // filed, word for word.
+    let (acme0, globex0) = (s.audit("acme").len(), s.audit("globex").len());
+    let theirs = request(b.addr, &gus, &approve(&id)).await.unwrap();
+    let nobodys = "r-00000000000000000000000000000000";
+    let acme1 = s.audit("acme").len();
+    let missing = request(b.addr, &gus, &approve(nobodys)).await.unwrap();
+    assert_eq!((theirs.status, missing.status), (404, 404));
+    assert_eq!(theirs.body.replace(&id, nobodys), missing.body);
+    // On globex's chain, both exactly as gus was told: nothing says one of them exists.
+    let told = since(&s, "globex", globex0);
+    assert_eq!(told.len(), 2, "{told:#?}");
+    for (r, asked) in told.iter().zip([id.as_str(), nobodys]) {
+        assert_eq!(r["event"], "access_refused");
+        assert_eq!(r["outcome"], "deny");
+        assert_eq!(r["actor"], GUS);
+        assert_eq!(r["request_id"], asked);
+        assert_eq!(
+            r["reason"],
+            format!("approve request `{asked}`: refused: no request `{asked}`")
+        );
+        assert!(r.get("subject").is_none() && r["target"].is_null(), "{r}");
+    }
+    // On acme's chain, only the attempt on its own request, with who tried and what it was.
+    let seen = since(&s, "acme", acme0);
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(s.audit("acme").len(), acme1);
+    let r = &seen[0];
+    assert_eq!(
+        (
+            r["event"].as_str(),
+            r["actor"].as_str(),
+            r["request_id"].as_str()
+        ),
+        (Some("access_refused"), Some(GUS), Some(id.as_str()))
+    );
+    assert_eq!(
+        (r["subject"].as_str(), r["target"].as_str()),
+        (Some(ALICE), Some("db01"))
+    );
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.contains("approver of customer `globex`") && why.contains("no request"),
+        "{why}"
+    );
+
+    // A technician approving (her own request): 403 as before, on `_broker` and on acme's chain.
+    let (acme0, broker0) = (s.audit("acme").len(), s.audit("_broker").len());
+    let own = request(b.addr, &alice, &approve(&id)).await.unwrap();
+    assert_eq!(own.status, 403, "{}", own.body);
+    assert!(
+        own.body
+            .contains("only the customer's approvers approve requests")
+    );
+    let told = since(&s, "_broker", broker0);
+    assert_eq!((told.len(), told[0]["actor"].as_str()), (1, Some(ALICE)));
+    let seen = since(&s, "acme", acme0);
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert!(seen[0]["reason"].as_str().unwrap().contains("technician"));
+
+    // Another technician reading alice's request: 404, on `_broker` and acme's chain.
+    let (acme0, broker0) = (s.audit("acme").len(), s.audit("_broker").len());
+    let peek = request(
+        b.addr,
+        &tom,
+        &call("GET", &format!("/v1/requests/{id}"), ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(peek.status, 404, "{}", peek.body);
+    assert_eq!(since(&s, "_broker", broker0).len(), 1);
+    assert_eq!(since(&s, "acme", acme0)[0]["event"], "access_refused");
+
+    // The request was approved by acme's approver; acme's auditor trying to revoke its grant gets
+    // 403, recorded once on acme's chain, with the grant and whose it is.
+    let ok = request(b.addr, &bob, &approve(&id)).await.unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let gid = serde_json::from_str::<serde_json::Value>(&ok.body).unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acme0 = s.audit("acme").len();
+    let revoke = call(
+        "POST",
+        &format!("/v1/grants/{gid}/revoke"),
+        r#"{"reason":"curious"}"#,
+    );
+    let no = request(b.addr, &carol, &revoke).await.unwrap();
+    assert_eq!(no.status, 403, "{}", no.body);
+    assert!(
+        no.body.contains("auditors cannot revoke grants"),
+        "{}",
+        no.body
+    );
+    let seen = since(&s, "acme", acme0);
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(
+        (seen[0]["grant_id"].as_str(), seen[0]["subject"].as_str()),
+        (Some(gid.as_str()), Some(ALICE))
+    );
+    // And gus revoking it: 404, on both chains.
+    let (acme0, globex0) = (s.audit("acme").len(), s.audit("globex").len());
+    let no = request(b.addr, &gus, &revoke).await.unwrap();
+    assert_eq!(no.status, 404, "{}", no.body);
+    assert_eq!(since(&s, "globex", globex0).len(), 1);
+    assert_eq!(since(&s, "acme", acme0).len(), 1);
+
+    // An approver of globex asking for acme's trail or sessions: 403, on both chains.
+    for path in ["/v1/audit?customer=acme", "/v1/sessions?customer=acme"] {
+        let (acme0, globex0) = (s.audit("acme").len(), s.audit("globex").len());
+        let no = request(b.addr, &gus, &call("GET", path, "")).await.unwrap();
+        assert_eq!(no.status, 403, "{path}: {}", no.body);
+        assert_eq!(since(&s, "globex", globex0).len(), 1, "{path}");
+        let seen = since(&s, "acme", acme0);
+        assert_eq!(
+            (seen.len(), seen[0]["actor"].as_str()),
+            (1, Some(GUS)),
+            "{path}"
+        );
+    }
+
+    // None of it changed anything: one approval, the grant not revoked; the trail verifies.
+    let now = request(
+        b.addr,
+        &bob,
+        &call("GET", &format!("/v1/requests/{id}"), ""),
+    )
+    .await
+    .unwrap();
+    let now: serde_json::Value = serde_json::from_str(&now.body).unwrap();
+    assert_eq!(now["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(now["grant"]["revoked"], false);
+    s.assert_trail_verifies();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_spoofs_a_reader_and_bodies_that_are_not_objects_are_refused() {
+    let s = two_customers(1, "");
+    let b = Broker::start(&s);
+    let alice = connector(&s.identity("technician"));
+    let bob = connector(&s.identity("approver"));
+    let body = r#"{"customer":"acme","target":"db01","minutes":5,"reason":"fix"}"#;
+    let filed = request(b.addr, &alice, &call("POST", "/v1/requests", body))
+        .await
+        .unwrap();
+    assert_eq!(filed.status, 201, "{}", filed.body);
+    let id = serde_json::from_str::<serde_json::Value>(&filed.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = (s.audit("acme"), s.audit("_broker"));
+    let filing = |extra: &str| {
+        call(
+            "POST",
+            "/v1/requests",
+            &format!(r#"{{"customer":"acme","target":"db01","minutes":5,{extra}}}"#),
+        )
+    };
+    let approve = format!("/v1/requests/{id}/approve");
+    let deny = format!("/v1/requests/{id}/deny");
+    let cases: Vec<(&tokio_rustls::TlsConnector, String, &str, &str)> = vec![
+        // Right-to-left override: "fix \u{202E}evol" reads as "fix love".
+        (
+            &alice,
+            filing("\"reason\":\"fix \u{202E}evol\""),
+            "bad_reason",
+            "U+202E",
+        ),
+        (
+            &alice,
+            filing("\"reason\":\"fix\u{2066}x\""),
+            "bad_reason",
+            "U+2066",
+        ),
+        (
+            &alice,
+            filing("\"reason\":\"fix\",\"ticket\":\"CHG-1\u{200F}\""),
+            "bad_ticket",
+            "U+200F",
+        ),
+        (
+            &alice,
+            filing("\"reason\":\"fix\",\"ticket\":\"CHG-1\u{061C}\""),
+            "bad_ticket",
+            "U+061C",
+        ),
+        (
+            &bob,
+            call(
+                "POST",
+                &approve,
+                "{\"comment\":\"ok\u{2028}approved by security\"}",
+            ),
+            "bad_comment",
+            "U+2028",
+        ),
+        (
+            &bob,
+            call("POST", &deny, "{\"reason\":\"no\u{2029}yes\"}"),
+            "bad_reason",
+            "U+2029",
+        ),
+        (
+            &bob,
+            call("POST", &deny, "{\"reason\":\"\u{202A}no\u{202C}\"}"),
+            "bad_reason",
+            "U+202A",
+        ),
+        // Bodies that are not a JSON object, though serde could read the fields from an array.
+        (
+            &alice,
+            call("POST", "/v1/requests", r#"["acme","db01",5,"fix"]"#),
+            "bad_json",
+            "must be a JSON object",
+        ),
+        (
+            &bob,
+            call("POST", &deny, r#""no""#),
+            "bad_json",
+            "must be a JSON object",
+        ),
+        (
+            &bob,
+            call("POST", &approve, "null"),
+            "bad_json",
+            "must be a JSON object",
+        ),
+        (
+            &bob,
+            call("POST", &approve, "[]"),
+            "bad_json",
+            "must be a JSON object",
+        ),
+        (
+            &bob,
+            call("POST", &deny, "42"),
+            "bad_json",
+            "must be a JSON object",
+        ),
+    ];
+    for (who, head, code, needle) in cases {
+        let a = request(b.addr, who, &head).await.unwrap();
+        assert_eq!(a.status, 400, "{head}\n{}", a.body);
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{head}\n{}", a.body);
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{head}\n{message}");
+        if code != "bad_json" {
+            let field = code.trim_start_matches("bad_");
+            assert!(message.contains(&format!("`{field}`")), "{message}");
+        }
+    }
+    // Nothing was filed, approved or denied, and nothing was recorded.
+    assert_eq!((s.audit("acme"), s.audit("_broker")), before);
+    let all = request(b.addr, &bob, &call("GET", "/v1/requests", ""))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&all.body).unwrap();
+    let list = v["requests"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(
+        (
+            list[0]["status"].as_str(),
+            list[0]["approvals"].as_array().unwrap().len()
+        ),
+        (Some("pending"), 0)
+    );
 }

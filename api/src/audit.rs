@@ -1,16 +1,19 @@
 //! `GET /v1/audit?customer=&since=&until=&event=&technician=&after_seq=&limit=`: a customer's records
 //! for that customer's auditors and approvers; provider admins may read any customer's chain (and
 //! `_broker`). Records come back as written, oldest first, at most `limit` (default 1000, at most
-//! 10000) per call; page on with `after_seq`.
+//! 10000) per call; page on with `after_seq`. Asking for another customer's chain, or for any as a
+//! technician, is refused and recorded (`access_refused`, the workflow's `Refusals`).
 
 use hyper::{Response, StatusCode};
 use sallyport_audit::query::{Filter, parse_time, read};
 use sallyport_gateway::{Body, Conn};
 use sallyport_ids::Principal;
+use sallyport_workflow::WorkflowError;
+use sallyport_workflow::refusals::Attempt;
 use serde::Deserialize;
 
 use crate::input::query;
-use crate::{Api, ApiError, ok};
+use crate::{Api, ApiError, caller, ok};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,13 +30,28 @@ struct AuditQuery {
 /// `GET /v1/audit`.
 pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Body>, ApiError> {
     let q: AuditQuery = query(q)?;
+    let refused = |attempt: Attempt, message: String| async move {
+        let answer = WorkflowError::Forbidden(message);
+        ApiError::from(
+            api.workflow
+                .refusals
+                .refused(caller(conn), attempt, answer)
+                .await,
+        )
+    };
     let customer = match (conn.peer.id.principal(), q.customer) {
         (Principal::Approver { customer, .. } | Principal::Auditor { customer, .. }, asked) => {
             let mine = customer.to_string();
-            if asked.as_ref().is_some_and(|a| *a != mine) {
-                return Err(ApiError::forbidden(format!(
-                    "you can only read the audit trail of customer `{mine}`"
-                )));
+            if let Some(asked) = asked.filter(|a| *a != mine) {
+                let attempt = Attempt {
+                    named: asked.parse().ok(),
+                    ..Attempt::new(format!(
+                        "read the audit trail of customer `{}`",
+                        sallyport_audit::clip(&asked, 64)
+                    ))
+                };
+                let message = format!("you can only read the audit trail of customer `{mine}`");
+                return Err(refused(attempt, message).await);
             }
             mine
         }
@@ -44,10 +62,17 @@ pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Bo
                 "name the chain to read: `customer=<id>` (or `_broker`)",
             ));
         }
-        (Principal::Technician { .. }, _) => {
-            return Err(ApiError::forbidden(
-                "the audit trail is for the customer's auditors and approvers, and provider admins",
-            ));
+        (Principal::Technician { .. }, asked) => {
+            let attempt = Attempt {
+                named: asked.as_deref().and_then(|a| a.parse().ok()),
+                ..Attempt::new(format!(
+                    "read the audit trail of `{}`",
+                    sallyport_audit::clip(asked.as_deref().unwrap_or("(no customer named)"), 64)
+                ))
+            };
+            let message =
+                "the audit trail is for the customer's auditors and approvers, and provider admins";
+            return Err(refused(attempt, message.into()).await);
         }
     };
     if customer != sallyport_audit::BROKER_CHAIN && api.config.customer(&customer).is_none() {

@@ -1,5 +1,5 @@
 //! [`ApiError`]: every failure of a `/v1` call as its answer, `{"error": {"code", "message"}}` with
-//! its status (and `Retry-After` for 429). Workflow errors map one to one; internal detail (a store
+//! its status (and `Retry-After` for 429, `Connection: close` for 408). Workflow errors map one to one; internal detail (a store
 //! error) is logged where it happens, never shown.
 
 use std::time::Duration;
@@ -69,6 +69,11 @@ impl ApiError {
             && let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
         {
             r.headers_mut().insert(RETRY_AFTER, v);
+        }
+        // A request that did not arrive in time ends its connection: what is left of it is not read.
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }
@@ -146,5 +151,14 @@ mod tests {
         let r = limited.into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert!(r.headers().get(hyper::header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn a_request_that_came_too_slowly_ends_its_connection() {
+        let r =
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "late").into_response();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(r.headers()[hyper::header::CONNECTION], "close");
     }
 }

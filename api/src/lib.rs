@@ -1,10 +1,13 @@
 //! The HTTPS JSON API under `/v1`, on the broker's mTLS listener, and the operational endpoints
 //! (`/healthz`, `/metrics`). The caller's role and scope come from its client certificate. Handlers
 //! parse, call the workflow, and render JSON; they return `Result` and use `?`, and [`ApiError`] maps
-//! every failure to its answer. Errors are `{"error": {"code", "message"}}`: 400 malformed JSON,
-//! unknown fields or bad values; 403 the wrong role; 404 unknown, or another tenant's (tenants are
-//! walls: nothing reveals that another customer's object exists); 409 a state conflict; 413 over the
-//! body limit; 429 rate limited (with `Retry-After`); 503 store or audit trail unavailable.
+//! every failure to its answer. Errors are `{"error": {"code", "message"}}`: 400 malformed JSON, a
+//! body that is not a JSON object, unknown fields or bad values; 403 the wrong role; 404 unknown, or
+//! another tenant's (tenants are walls: nothing reveals that another customer's object exists); 408
+//! a body not in by the request's deadline (the connection closes); 409 a state conflict; 413 over
+//! the body limit; 429 rate limited (with `Retry-After`); 503 store or audit trail unavailable. A
+//! 403 or 404 for the caller's role or tenant is recorded by the workflow (`access_refused`), the
+//! answer unchanged.
 //!
 //! Routes ([`Api::route`]): [`requests`] (file, list, show, approve, deny, fetch the grant),
 //! [`grants`] (revoke), [`sessions`] (list, end), [`locks`] (lock, list, unlock, the CRL),
@@ -29,6 +32,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use sallyport_audit::Health;
 use sallyport_config::Config;
+use sallyport_gateway::slots::Slots;
 use sallyport_gateway::{Body, Conn, LiveSessions};
 use sallyport_workflow::limit::CallLimiter;
 use sallyport_workflow::{Caller, Workflow};
@@ -50,6 +54,8 @@ pub struct Api {
     pub trail_health: Arc<Health>,
     /// The live tunnels, for `/metrics`.
     pub sessions: Arc<LiveSessions>,
+    /// The listener's pre-handshake slots, for `/metrics`.
+    pub slots: Arc<Slots>,
 }
 
 impl std::fmt::Debug for Api {

@@ -25,9 +25,17 @@ pub fn metrics(api: &Api, conn: &Conn) -> Result<Response<Body>, ApiError> {
          sallyport_audit_failures_total {}\n\
          # HELP sallyport_live_sessions Tunnels open now.\n\
          # TYPE sallyport_live_sessions gauge\n\
-         sallyport_live_sessions {}\n",
+         sallyport_live_sessions {}\n\
+         # HELP sallyport_handshakes_in_progress Connections that have not completed their TLS handshake.\n\
+         # TYPE sallyport_handshakes_in_progress gauge\n\
+         sallyport_handshakes_in_progress {}\n\
+         # HELP sallyport_handshake_slots_refused_total Connections closed at accept: their source, or the broker, had no handshake slot free.\n\
+         # TYPE sallyport_handshake_slots_refused_total counter\n\
+         sallyport_handshake_slots_refused_total {}\n",
         api.trail_health.failures(),
-        api.sessions.snapshot().len()
+        api.sessions.snapshot().len(),
+        api.slots.in_use(),
+        api.slots.refused(),
     );
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(

@@ -41,7 +41,7 @@ pub async fn file(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let requests = &api.workflow.requests;
-    let filer = requests.filer(caller(conn))?;
+    let filer = requests.filer(caller(conn)).await?;
     let f: FileBody = body(req).await?;
     let rec = requests
         .file(

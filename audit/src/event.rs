@@ -2,8 +2,11 @@
 //! writer, and the line format: [`render`] writes a record line and its hash, [`check_line`] checks one.
 //!
 //! Ids are the `ids` crate's newtypes; `actor` and `target` stay text, since a refused client may
-//! name anything (`unauthenticated`, a target that does not exist) and the record keeps what it said.
+//! name anything (`unauthenticated`, a target that does not exist) and the record keeps what it said,
+//! bounded: [`render`] cuts `actor`, `target` and `reason` to [`MAX_ACTOR`], [`MAX_TARGET`] and
+//! [`MAX_REASON`] characters with a marker ([`clip`]), so no client chooses how long a record is.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use sallyport_ids::cert::{CertFingerprint, CertSerial};
@@ -14,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::AuditError;
 
 /// What kind of thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A TLS handshake or a grant failed to authenticate.
@@ -55,6 +58,11 @@ pub enum EventKind {
     IdentityLocked,
     /// A lock was lifted.
     IdentityUnlocked,
+    /// A `/v1` call was refused for the caller's role or tenant (403, or 404 for what it may not see).
+    AccessRefused,
+    /// Refusals of one source or identity that were not recorded one by one in an interval: their
+    /// `count`, their `aggregated_event`, `first_seen` and `last_seen`, and one of them as a sample.
+    RefusalsAggregated,
 }
 
 /// How it ended.
@@ -138,6 +146,14 @@ pub struct AuditEvent {
     pub cert_serial: Option<CertSerial>,
     /// The SHA-256 fingerprint of the certificate concerned (locks of one certificate).
     pub cert_sha256: Option<CertFingerprint>,
+    /// How many refusals the record stands for (`refusals_aggregated`).
+    pub count: Option<u64>,
+    /// The event of the refusals it stands for (`refusals_aggregated`).
+    pub aggregated_event: Option<EventKind>,
+    /// When the first of them happened, RFC 3339 (`refusals_aggregated`).
+    pub first_seen: Option<String>,
+    /// When the last of them happened, RFC 3339 (`refusals_aggregated`).
+    pub last_seen: Option<String>,
 }
 
 impl AuditEvent {
@@ -175,7 +191,27 @@ impl AuditEvent {
             lock_scope: None,
             cert_serial: None,
             cert_sha256: None,
+            count: None,
+            aggregated_event: None,
+            first_seen: None,
+            last_seen: None,
         }
+    }
+}
+
+/// Longest `actor` written, in characters (a SPIFFE id is far shorter).
+pub const MAX_ACTOR: usize = 512;
+/// Longest `target` written, in characters (`<target>.<customer>` is at most 127).
+pub const MAX_TARGET: usize = 256;
+/// Longest `reason` written, in characters (a person's reason is at most 1000, plus its context).
+pub const MAX_REASON: usize = 2048;
+
+/// `s` cut to at most `max` characters, on a character boundary, with a marker saying how many
+/// bytes were left out; `s` itself when it is short enough.
+pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => Cow::Borrowed(s),
+        Some((at, _)) => Cow::Owned(format!("{}…[{} more bytes]", &s[..at], s.len() - at)),
     }
 }
 
@@ -235,6 +271,13 @@ struct Body<'a> {
     cert_serial: Option<&'a CertSerial>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cert_sha256: Option<&'a CertFingerprint>,
+    count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aggregated_event: Option<EventKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_seen: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen: Option<&'a str>,
     prev_hash: &'a str,
 }
 
@@ -249,22 +292,26 @@ pub struct Appended {
     pub hash: String,
 }
 
-/// Renders one record line (with trailing newline) and its hash.
+/// Renders one record line (with trailing newline) and its hash; text a client may have chosen is
+/// cut to its bound ([`clip`]).
 pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String, String) {
+    let actor = ev.actor.as_deref().map(|a| clip(a, MAX_ACTOR));
+    let target = ev.target.as_deref().map(|t| clip(t, MAX_TARGET));
+    let reason = clip(&ev.reason, MAX_REASON);
     let body = Body {
         seq,
         time: time.to_owned(),
         customer: ev.customer.as_ref(),
         event: ev.event,
-        actor: ev.actor.as_deref(),
-        target: ev.target.as_deref(),
+        actor: actor.as_deref(),
+        target: target.as_deref(),
         subject: ev.subject.as_ref(),
         grant_id: ev.grant_id.as_ref(),
         session_id: ev.session_id.as_ref(),
         request_id: ev.request_id.as_ref(),
         source_ip: ev.source_ip,
         outcome: ev.outcome,
-        reason: &ev.reason,
+        reason: &reason,
         policy_ids: &ev.policy_ids,
         bytes_up: ev.bytes_up,
         bytes_down: ev.bytes_down,
@@ -285,6 +332,10 @@ pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String
         lock_scope: ev.lock_scope.as_deref(),
         cert_serial: ev.cert_serial.as_ref(),
         cert_sha256: ev.cert_sha256.as_ref(),
+        count: ev.count,
+        aggregated_event: ev.aggregated_event,
+        first_seen: ev.first_seen.as_deref(),
+        last_seen: ev.last_seen.as_deref(),
         prev_hash,
     };
     // Serializing a struct of strings, numbers and addresses cannot fail.
@@ -349,4 +400,39 @@ pub struct Operator {
     /// The admin identity given with `--identity`, checked against the broker's CA.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<SpiffeId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_cuts_on_a_character_boundary_with_a_marker() {
+        assert!(matches!(clip("short", 5), Cow::Borrowed("short")));
+        assert_eq!(clip("abcdef", 3), "abc…[3 more bytes]");
+        // Multi-byte characters are never split.
+        assert_eq!(clip("ééé", 2), "éé…[2 more bytes]");
+        assert_eq!(clip("日本語テキスト", 0), "…[21 more bytes]");
+    }
+
+    #[test]
+    fn render_bounds_what_a_client_chose() {
+        let mut ev = AuditEvent::new(EventKind::Decision, Outcome::Deny, "x".repeat(10_000));
+        ev.target = Some("t".repeat(5_000));
+        ev.actor = Some("ü".repeat(3_000));
+        let (line, hash) = render(&ev, 1, "2026-01-01T00:00:00Z", crate::GENESIS);
+        assert!(line.len() < 8_000, "{}", line.len());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .ends_with("…[7952 more bytes]")
+        );
+        assert_eq!(
+            v["target"].as_str().unwrap().chars().count(),
+            MAX_TARGET + 18
+        );
+        assert_eq!(check_line(line.trim_end()).unwrap().2, hash);
+    }
 }

@@ -40,7 +40,9 @@ pub mod writer;
 use std::path::PathBuf;
 
 pub use checkpoint::Checkpoints;
-pub use event::{Appended, AuditEvent, EventKind, Operator, Outcome, Retired, check_line, render};
+pub use event::{
+    Appended, AuditEvent, EventKind, Operator, Outcome, Retired, check_line, clip, render,
+};
 pub use verify::verify_chain;
 pub use writer::{AuditLog, AuditWriter, Health};
 

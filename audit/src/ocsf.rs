@@ -22,6 +22,8 @@
 //! | `segments_retired` | API Activity (6003) | 4 Delete | retention deleted old segments of the chain |
 //! | `identity_locked` | Account Change (3001) | 9 Lock | `user` = the locked identity (`subject`), or the certificate when its holder is unknown |
 //! | `identity_unlocked` | Account Change (3001) | 12 Unlock | as above |
+//! | `access_refused` | API Activity (6003) | 99 Other, `activity_name` "Refuse" | a `/v1` call refused for the caller's role or tenant |
+//! | `refusals_aggregated` | the class and activity of its `aggregated_event` | as that event | `count`, `start_time` = `first_seen`, `end_time` = `last_seen` |
 //! | `webhook_failed`, `torn_tail_quarantined`, `policy_loaded`, any other event | API Activity (6003) | 99 Other, `activity_name` = event | |
 //!
 //! Every event: `type_uid` = `class_uid` × 100 + `activity_id`; `time` = the record's `time` in epoch
@@ -147,7 +149,12 @@ impl<'a> Record<'a> {
 /// Maps one Sallyport audit record (as parsed from a chain line) to one OCSF event.
 pub fn to_ocsf(record: &serde_json::Value, product_version: &str) -> serde_json::Value {
     let r = Record(record.as_object());
-    let event = r.event();
+    // An aggregate is mapped as the refusals it stands for, with their count and time span.
+    let aggregate = r.event() == "refusals_aggregated";
+    let event = match r.str("aggregated_event") {
+        Some(kind) if aggregate => kind,
+        _ => r.event(),
+    };
     let mut out = match event {
         "auth_failure" => authentication(&r),
         "decision" | "tunnel_open" | "tunnel_close" | "tunnel_failed" => {
@@ -156,6 +163,16 @@ pub fn to_ocsf(record: &serde_json::Value, product_version: &str) -> serde_json:
         "identity_locked" | "identity_unlocked" => account_change(&r, event),
         _ => api_activity(&r, event),
     };
+    if aggregate {
+        if let Some(count) = r.u64("count") {
+            out.insert("count".into(), json!(count));
+        }
+        for (from, to) in [("first_seen", "start_time"), ("last_seen", "end_time")] {
+            if let Some(ms) = r.str(from).and_then(epoch_ms) {
+                out.insert(to.into(), json!(ms));
+            }
+        }
+    }
     common(&r, product_version, &mut out);
     Value::Object(out)
 }
@@ -294,6 +311,7 @@ fn api_activity(r: &Record<'_>, event: &str) -> Map<String, Value> {
         "approval_recorded" | "request_approved" | "request_denied" | "request_expired"
         | "grant_revoked" => Activity::new(3, "Update"),
         "session_ended" | "segments_retired" => Activity::new(4, "Delete"),
+        "access_refused" => Activity::new(OTHER, "Refuse"),
         _ => Activity::new(OTHER, event),
     };
     let mut out = header(&API_ACTIVITY, &activity);
@@ -689,6 +707,40 @@ mod tests {
         assert_eq!(ev["user"]["uid"], "sha256:ab");
         assert_eq!(ev["user"]["name"], "certificate 5f");
         assert_eq!(ev["src_endpoint"]["svc_name"], "sallyport");
+    }
+
+    #[test]
+    fn api_refusals_and_aggregates_map_as_the_refusals_they_are() {
+        let refused = to_ocsf(
+            &record(json!({"event": "access_refused", "outcome": "deny", "request_id": "r-1"})),
+            "0.1.0",
+        );
+        check(&refused, 6003, 99);
+        assert_eq!(refused["activity_name"], "Refuse");
+        assert_eq!(refused["status_id"], 2);
+        let aggregate = to_ocsf(
+            &record(json!({
+                "event": "refusals_aggregated", "outcome": "deny", "aggregated_event": "decision",
+                "count": 1995, "first_seen": "2026-03-14T09:25:53.589793Z",
+                "last_seen": "2026-03-14T09:26:53.589793Z",
+            })),
+            "0.1.0",
+        );
+        check(&aggregate, 4001, 5);
+        assert_eq!(aggregate["count"], 1995);
+        assert_eq!(aggregate["start_time"], MS - 60_000);
+        assert_eq!(aggregate["end_time"], MS);
+        assert_eq!(aggregate["metadata"]["event_code"], "refusals_aggregated");
+        // Of refused API calls: API Activity, with the operation of the refusals.
+        let aggregate = to_ocsf(
+            &record(json!({
+                "event": "refusals_aggregated", "outcome": "deny",
+                "aggregated_event": "access_refused", "count": 3,
+            })),
+            "0.1.0",
+        );
+        check(&aggregate, 6003, 99);
+        assert_eq!(aggregate["api"]["operation"], "access_refused");
     }
 
     #[test]

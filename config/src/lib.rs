@@ -96,10 +96,30 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most concurrent client connections.
     pub max_connections: usize,
-    /// Failed authentications allowed per source IP or identity per minute.
+    /// Most connections in their TLS handshake at once, from all sources (at most
+    /// `max_connections`); one over it is closed at accept.
+    pub max_handshakes: usize,
+    /// Most connections from one source address (IPv6 by its /64) that have not completed their
+    /// handshake (at most `max_handshakes`); one over it is closed at accept.
+    pub max_handshakes_per_source: usize,
+    /// A request's body must have arrived within this of the connection being ready for the request
+    /// (its head within `header_timeout`); past it the answer is 408 and the connection closes.
+    pub request_timeout: Duration,
+    /// Refusals allowed per authenticated identity per minute (every kind: bad grants, another
+    /// customer, target or port, policy denials); past the budget its CONNECTs get 429.
     pub auth_failures_per_minute: u32,
-    /// Burst of failed authentications allowed before the rate applies.
+    /// Burst of refusals of one identity allowed before that rate applies.
     pub auth_failure_burst: u32,
+    /// Failed handshakes (no, untrusted or expired certificate) allowed per source address per
+    /// minute; past the budget the address's failures are aggregated, never its good clients refused.
+    pub unauthenticated_failures_per_minute: u32,
+    /// Burst of failed handshakes from one address allowed before that rate applies.
+    pub unauthenticated_failure_burst: u32,
+    /// Refusals recorded one by one per chain, source or identity and kind in each interval; the rest
+    /// go into one aggregate record at its end.
+    pub refusals_recorded_per_interval: u32,
+    /// The interval of `refusals_recorded_per_interval`.
+    pub refusal_interval: Duration,
     /// Access requests a technician may file per minute.
     pub request_filings_per_minute: u32,
     /// Burst of filings before that rate applies.

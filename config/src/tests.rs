@@ -42,6 +42,46 @@ fn limits_that_would_disable_a_protection_are_refused() {
     assert_eq!(err.field, "grants.leeway_seconds");
     let err = parse(&format!("{base}[limits]\nmax_connections = 0\n")).unwrap_err();
     assert_eq!(err.field, "limits.max_connections");
+    for key in [
+        "max_handshakes",
+        "max_handshakes_per_source",
+        "unauthenticated_failures_per_minute",
+        "unauthenticated_failure_burst",
+        "refusals_recorded_per_interval",
+        "request_timeout_seconds",
+        "refusal_interval_seconds",
+    ] {
+        let err = parse(&format!("{base}[limits]\n{key} = 0\n")).unwrap_err();
+        assert_eq!(err.field, format!("limits.{key}"), "{err}");
+    }
+    let err = parse(&format!(
+        "{base}[limits]\nrequest_timeout_seconds = 86400\n"
+    ))
+    .unwrap_err();
+    assert_eq!(err.field, "limits.request_timeout_seconds");
+    assert!(err.fix.contains("1 to 3600"), "{err}");
+}
+
+#[test]
+fn handshake_caps_are_never_more_than_the_connections_they_hold() {
+    let base = "[server]\nlisten = \"127.0.0.1:1\"\n";
+    let cfg = parse(base).unwrap();
+    let l = &cfg.limits;
+    assert_eq!(
+        (
+            l.max_connections,
+            l.max_handshakes,
+            l.max_handshakes_per_source
+        ),
+        (10_000, 1024, 64)
+    );
+    assert_eq!(l.request_timeout, std::time::Duration::from_secs(30));
+    let cfg = parse(&format!(
+        "{base}[limits]\nmax_connections = 100\nmax_handshakes = 500\nmax_handshakes_per_source = 200\n"
+    ))
+    .unwrap();
+    let l = &cfg.limits;
+    assert_eq!((l.max_handshakes, l.max_handshakes_per_source), (100, 100));
 }
 
 #[test]

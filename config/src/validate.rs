@@ -320,7 +320,24 @@ impl Validator<'_> {
                 u64::from(l.auth_failures_per_minute),
             ),
             ("limits.auth_failure_burst", u64::from(l.auth_failure_burst)),
+            (
+                "limits.unauthenticated_failures_per_minute",
+                u64::from(l.unauthenticated_failures_per_minute),
+            ),
+            (
+                "limits.unauthenticated_failure_burst",
+                u64::from(l.unauthenticated_failure_burst),
+            ),
+            (
+                "limits.refusals_recorded_per_interval",
+                u64::from(l.refusals_recorded_per_interval),
+            ),
             ("limits.max_connections", l.max_connections as u64),
+            ("limits.max_handshakes", l.max_handshakes as u64),
+            (
+                "limits.max_handshakes_per_source",
+                l.max_handshakes_per_source as u64,
+            ),
             (
                 "limits.request_filings_per_minute",
                 u64::from(l.request_filings_per_minute),
@@ -341,6 +358,27 @@ impl Validator<'_> {
                     field: name.into(),
                     message: "must be at least 1".into(),
                     fix: format!("remove `{name}` to use the default, or set a positive value"),
+                });
+            }
+        }
+        for (name, value, max) in [
+            (
+                "limits.request_timeout_seconds",
+                l.request_timeout_seconds,
+                3600,
+            ),
+            (
+                "limits.refusal_interval_seconds",
+                l.refusal_interval_seconds,
+                3600,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(ConfigError {
+                    location: self.loc(None),
+                    field: name.into(),
+                    message: format!("{value} is out of range"),
+                    fix: format!("use 1 to {max} seconds"),
                 });
             }
         }
@@ -547,8 +585,19 @@ impl Validator<'_> {
                 connect_timeout: Duration::from_secs(l.connect_timeout_seconds),
                 max_header_bytes: l.max_header_bytes,
                 max_connections: l.max_connections,
+                // Handshakes hold connection slots too: more than `max_connections` is never in use.
+                max_handshakes: l.max_handshakes.min(l.max_connections),
+                max_handshakes_per_source: l
+                    .max_handshakes_per_source
+                    .min(l.max_handshakes)
+                    .min(l.max_connections),
+                request_timeout: Duration::from_secs(l.request_timeout_seconds),
                 auth_failures_per_minute: l.auth_failures_per_minute,
                 auth_failure_burst: l.auth_failure_burst,
+                unauthenticated_failures_per_minute: l.unauthenticated_failures_per_minute,
+                unauthenticated_failure_burst: l.unauthenticated_failure_burst,
+                refusals_recorded_per_interval: l.refusals_recorded_per_interval,
+                refusal_interval: Duration::from_secs(l.refusal_interval_seconds),
                 request_filings_per_minute: l.request_filings_per_minute,
                 request_filing_burst: l.request_filing_burst,
                 api_calls_per_minute: l.api_calls_per_minute,

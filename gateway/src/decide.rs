@@ -5,17 +5,21 @@
 //! customer, target and port -> the customer's `connect` policy. The first failing stage refuses with
 //! its status, its reason and how it is audited. No I/O: the caller verifies the grant's signature,
 //! checks revocation and rate limits, and writes the records.
+//!
+//! The request target is read strictly ([`route`]): exactly `<target>.<customer>:<port>`, in
+//! authority form, the names valid ids, the port 1 to 65535 in digits without a leading zero; no
+//! absolute form (`http://...`), no userinfo (`user@`), no path.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use hyper::StatusCode;
-use hyper::http::uri::Authority;
-use sallyport_audit::EventKind;
+use hyper::Uri;
+use sallyport_audit::{EventKind, clip};
 use sallyport_certs::grant::{GrantClaims, GrantError};
 use sallyport_certs::identity::PeerIdentity;
 use sallyport_config::{Customer, Target};
-use sallyport_ids::{Principal, Role};
+use sallyport_ids::{CustomerId, Principal, Role, TargetId};
 use sallyport_policy::{Action, RequestContext, Subject, TargetInfo};
 
 /// The grant a CONNECT carried, as verification left it.
@@ -42,8 +46,8 @@ pub struct Ask<'a> {
     pub peer: &'a PeerIdentity,
     /// From where.
     pub ip: IpAddr,
-    /// The authority of the CONNECT, `<target>.<customer>:<port>`.
-    pub authority: Option<&'a Authority>,
+    /// The request target of the CONNECT, `<target>.<customer>:<port>`.
+    pub uri: &'a Uri,
     /// The grant.
     pub grant: GrantCheck,
     /// Now.
@@ -69,8 +73,9 @@ pub struct Refusal {
     pub policy_ids: Vec<String>,
     /// SHA-256 of the customer's policy set that decided a policy refusal.
     pub policy_digest: Option<String>,
-    /// Counts as a failed authentication (rate-limited by source and identity).
-    pub auth_failure: bool,
+    /// Spends the identity's failure budget: every refusal of the client's own making does; a 429
+    /// or the broker's own failure (503) does not.
+    pub counts: bool,
     /// For a 429: when to try again.
     pub retry_after: Option<Duration>,
     /// Another customer whose target was named: the attempt goes on that customer's chain too.
@@ -89,7 +94,7 @@ impl Refusal {
             grant_id: None,
             policy_ids: Vec::new(),
             policy_digest: None,
-            auth_failure: event == EventKind::AuthFailure,
+            counts: true,
             retry_after: None,
             also_for: None,
         })
@@ -101,6 +106,65 @@ impl Refusal {
         self.target = Some(claims.target.to_string());
         self.grant_id = Some(claims.gid.to_string());
         self
+    }
+}
+
+/// Where a CONNECT asks to go, read strictly from its request target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The target's name.
+    pub target: TargetId,
+    /// The customer's name.
+    pub customer: CustomerId,
+    /// The port.
+    pub port: u16,
+}
+
+/// Longest authority quoted back in a refusal.
+const MAX_QUOTED: usize = 256;
+
+/// Reads `<target>.<customer>:<port>` from a CONNECT's request target, strictly; the error says what
+/// is wrong with it.
+pub fn route(uri: &Uri) -> Result<Route, String> {
+    let Some(authority) = uri.authority() else {
+        return Err("CONNECT needs an authority `<target>.<customer>:<port>`".into());
+    };
+    let text = authority.as_str();
+    let bad = |why: &str| {
+        format!(
+            "authority `{}` is not `<target>.<customer>:<port>`: {why}",
+            clip(text, MAX_QUOTED)
+        )
+    };
+    if uri.scheme().is_some() || uri.path_and_query().is_some_and(|p| !p.as_str().is_empty()) {
+        return Err(bad("send the authority alone, not a URL"));
+    }
+    if text.contains('@') {
+        return Err(bad("no user name belongs in it"));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(bad("it names no port"));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p > 0 && !port.starts_with('0') && port.bytes().all(|b| b.is_ascii_digit()) => p,
+        _ => {
+            return Err(bad(
+                "the port must be 1 to 65535, in digits, without leading zeros",
+            ));
+        }
+    };
+    let Some((target, customer)) = host.split_once('.') else {
+        return Err(bad("it names no customer"));
+    };
+    match (target.parse(), customer.parse()) {
+        (Ok(target), Ok(customer)) => Ok(Route {
+            target,
+            customer,
+            port,
+        }),
+        _ => Err(bad(
+            "the target and the customer are lowercase names of letters, digits and dashes",
+        )),
     }
 }
 
@@ -173,23 +237,10 @@ pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>
         .about(&claims));
     }
     // Stage: route the authority to a configured target.
-    let authority = ask.authority.ok_or_else(|| {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            EventKind::Decision,
-            "CONNECT needs an authority `<target>.<customer>:<port>`",
-        )
-        .about(&claims)
+    let asked = route(ask.uri).map_err(|why| {
+        Refusal::new(StatusCode::BAD_REQUEST, EventKind::Decision, why).about(&claims)
     })?;
-    let port = authority.port_u16();
-    let (t_name, c_name) = authority.host().split_once('.').ok_or_else(|| {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            EventKind::Decision,
-            format!("authority `{authority}` is not `<target>.<customer>:<port>`"),
-        )
-        .about(&claims)
-    })?;
+    let (t_name, c_name, port) = (asked.target.as_str(), asked.customer.as_str(), asked.port);
     let wrong = |status, why: String| {
         let mut r = Refusal::new(status, EventKind::Decision, why).about(&claims);
         r.target = Some(format!("{t_name}.{c_name}"));
@@ -227,7 +278,7 @@ pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>
             format!("grant is for target `{}`, not `{t_name}`", claims.target),
         ));
     }
-    if port != Some(target.port) || claims.port != target.port {
+    if port != target.port || claims.port != target.port {
         return Err(wrong(
             StatusCode::FORBIDDEN,
             format!("target `{t_name}` is reached on port {}", target.port),
@@ -289,21 +340,18 @@ pub fn unauthorized<'a>(
     audience: &str,
 ) -> Result<Allowed<'a>, Box<Refusal>> {
     let refuse = |status, why: String| Refusal::new(status, EventKind::Decision, why);
-    let authority = ask.authority.ok_or_else(|| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "CONNECT needs an authority `<target>.<customer>:<port>`".into(),
-        )
-    })?;
-    let (customer, target) = authority
-        .host()
-        .split_once('.')
-        .and_then(|(t, c)| {
-            let customer = customers.iter().find(|x| x.id.as_str() == c)?;
-            Some((customer, customer.target(t)?))
-        })
-        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no target `{authority}`")))?;
-    if authority.port_u16() != Some(target.port) {
+    let asked = route(ask.uri).map_err(|why| refuse(StatusCode::BAD_REQUEST, why))?;
+    let (customer, target) = customers
+        .iter()
+        .find(|x| x.id == asked.customer)
+        .and_then(|customer| Some((customer, customer.target(asked.target.as_str())?)))
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                format!("no target `{}.{}`", asked.target, asked.customer),
+            )
+        })?;
+    if asked.port != target.port {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             format!("target is reached on port {}", target.port),

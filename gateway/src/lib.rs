@@ -1,5 +1,6 @@
-//! The data plane: the mTLS [`listener`] (handshake under a timeout, the peer identified from its
-//! certificate, failed handshakes limited by [`limiter`]), the CONNECT path ([`tunnel`], with every
+//! The data plane: the mTLS [`listener`] (pre-handshake [`slots`] per source and in all, handshake
+//! under a timeout, the peer identified from its certificate, failures budgeted by [`limiter`]: per
+//! identity once a certificate is presented, per address before), the CONNECT path ([`tunnel`], with every
 //! check before a tunnel in the pure [`decide`]), the [`relay`] of bytes both ways until expiry,
 //! revocation or shutdown, the registry of [`live`] tunnels (which the workflow ends through its
 //! `LiveTunnels` trait), session [`capture`], and the [`watch`] that ends tunnels when the trail
@@ -16,6 +17,7 @@ pub mod limiter;
 pub mod listener;
 pub mod live;
 pub mod relay;
+pub mod slots;
 pub mod tunnel;
 pub mod watch;
 
@@ -26,7 +28,7 @@ use http_body_util::Full;
 use sallyport_certs::identity::PeerIdentity;
 use tokio::sync::OwnedSemaphorePermit;
 
-pub use listener::Listener;
+pub use listener::{Listener, RequestDeadline};
 pub use live::LiveSessions;
 pub use tunnel::{Tunnels, TunnelsParts};
 

@@ -1,6 +1,18 @@
-//! Failed authentications (governor): per source IP and per identity, with a penalty box. A key that
-//! spends its failure budget is refused (429, or dropped before its next handshake) until the budget
-//! refills. Plain call rates (API calls, request filings) are the workflow crate's `CallLimiter`.
+//! Failure budgets (governor), with a penalty box. Plain call rates (API calls, request filings) are
+//! the workflow crate's `CallLimiter`.
+//!
+//! The rule: a client that presented a valid certificate is judged by its identity alone. Every
+//! refusal of its CONNECTs (a missing, forged or expired grant, another customer, target or port,
+//! a policy denial, a revoked grant) spends that identity's budget (`limits.auth_failures_per_minute`,
+//! `limits.auth_failure_burst`); past it the identity's CONNECTs are answered 429 until the budget
+//! refills, and nobody else is affected, whatever address they share. A failed handshake (no,
+//! untrusted or expired certificate) can only be pinned on its source address: it spends that
+//! address's budget (`limits.unauthenticated_failures_per_minute`, `limits.unauthenticated_failure_burst`),
+//! larger, since a NAT or VPN address carries many clients. An address past it is never dropped
+//! before its handshake: the broker cannot tell its good clients from its bad one until a
+//! certificate is presented, and a valid certificate is always served. What the budget ends is the
+//! address's failed handshakes being recorded one by one (they are aggregated); what one address
+//! can hold at once is bounded by the pre-handshake slots ([`crate::slots`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,12 +29,27 @@ const MAX_BLOCKED: usize = 100_000;
 /// Who failed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FailKey {
-    /// A source address (IPv6 by its /64) that failed TLS handshakes: dropped before the next one.
-    Handshake(IpAddr),
-    /// A source address (IPv6 by its /64) that failed grant checks: answered 429.
-    Ip(IpAddr),
-    /// A certificate identity (SPIFFE id) that failed grant checks: answered 429.
+    /// A source address (IPv6 by its /64) whose handshakes failed: unauthenticated failures.
+    Source(IpAddr),
+    /// A certificate identity (SPIFFE id) whose CONNECTs were refused: answered 429 past its budget.
     Identity(String),
+}
+
+/// A failure budget: a steady rate per minute, and a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Failures per minute, steady.
+    pub per_minute: u32,
+    /// Failures allowed at once before the rate applies.
+    pub burst: u32,
+}
+
+impl Budget {
+    fn quota(self) -> Quota {
+        let per_minute = NonZeroU32::new(self.per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
+        Quota::per_minute(per_minute).allow_burst(burst)
+    }
 }
 
 /// The address a limit applies to: IPv4 as is, IPv6 by its /64 (one host's usual allocation).
@@ -41,7 +68,8 @@ pub fn source(ip: IpAddr) -> IpAddr {
 
 /// Counts failures and blocks keys that fail too often.
 pub struct FailureLimiter {
-    limiter: DefaultKeyedRateLimiter<FailKey>,
+    identities: DefaultKeyedRateLimiter<FailKey>,
+    sources: DefaultKeyedRateLimiter<FailKey>,
     blocked: Mutex<HashMap<FailKey, Instant>>,
     failures: AtomicU64,
 }
@@ -53,14 +81,27 @@ impl std::fmt::Debug for FailureLimiter {
 }
 
 impl FailureLimiter {
-    /// Allows `per_minute` failures per key, with bursts of `burst`.
-    pub fn new(per_minute: u32, burst: u32) -> Self {
-        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    /// Allows each identity the failures of `identity`, each source address those of `source`.
+    pub fn new(identity: Budget, source: Budget) -> Self {
         Self {
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
+            identities: RateLimiter::keyed(identity.quota()),
+            sources: RateLimiter::keyed(source.quota()),
             blocked: Mutex::new(HashMap::new()),
             failures: AtomicU64::new(0),
+        }
+    }
+
+    fn limiter(&self, key: &FailKey) -> &DefaultKeyedRateLimiter<FailKey> {
+        match key {
+            FailKey::Source(_) => &self.sources,
+            FailKey::Identity(_) => &self.identities,
+        }
+    }
+
+    fn retain_recent(&self) {
+        for l in [&self.identities, &self.sources] {
+            l.retain_recent();
+            l.shrink_to_fit();
         }
     }
 
@@ -77,20 +118,20 @@ impl FailureLimiter {
         }
     }
 
-    /// Records a failure by `key`; returns true when that failure spent the budget.
+    /// Records a failure by `key`; returns true when that failure is over the budget (it spent the
+    /// last of it, or there was none left).
     pub fn record_failure(&self, key: FailKey) -> bool {
         let clock = DefaultClock::default();
         // Forget keys whose budget has refilled, now and then, so memory stays bounded.
         if self.failures.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
-            self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
+            self.retain_recent();
             let now = Instant::now();
             self.blocked
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|_, until| *until > now);
         }
-        match self.limiter.check_key(&key) {
+        match self.limiter(&key).check_key(&key) {
             Ok(()) => false,
             Err(not_until) => {
                 let wait = not_until.wait_time_from(clock.now());
@@ -98,7 +139,7 @@ impl FailureLimiter {
                 if map.len() >= MAX_BLOCKED {
                     let now = Instant::now();
                     map.retain(|_, until| *until > now);
-                    self.limiter.retain_recent();
+                    self.retain_recent();
                 }
                 if map.len() < MAX_BLOCKED {
                     map.insert(key, Instant::now() + wait.max(Duration::from_secs(1)));
@@ -113,11 +154,15 @@ impl FailureLimiter {
 mod tests {
     use super::*;
 
+    fn budget(per_minute: u32, burst: u32) -> Budget {
+        Budget { per_minute, burst }
+    }
+
     #[test]
     fn blocks_after_the_burst_and_only_that_key() {
-        let l = FailureLimiter::new(1, 3);
-        let bad = FailKey::Ip("10.0.0.1".parse().unwrap());
-        let good = FailKey::Ip("10.0.0.2".parse().unwrap());
+        let l = FailureLimiter::new(budget(1, 3), budget(1, 3));
+        let bad = FailKey::Identity("mallory".into());
+        let good = FailKey::Identity("alice".into());
         for _ in 0..3 {
             assert!(!l.record_failure(bad.clone()));
             assert!(l.blocked_for(&bad).is_none());
@@ -129,7 +174,26 @@ mod tests {
             "{wait:?}"
         );
         assert!(l.blocked_for(&good).is_none());
-        assert!(l.blocked_for(&FailKey::Identity("x".into())).is_none());
+        assert!(
+            l.blocked_for(&FailKey::Source("10.0.0.1".parse().unwrap()))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn identities_and_addresses_have_their_own_budgets() {
+        let l = FailureLimiter::new(budget(1, 2), budget(1, 5));
+        let nat = FailKey::Source("198.51.100.7".parse().unwrap());
+        for _ in 0..5 {
+            assert!(!l.record_failure(nat.clone()));
+        }
+        assert!(l.record_failure(nat.clone()));
+        // An address over its budget says nothing about the identities behind it.
+        let alice = FailKey::Identity("alice".into());
+        assert!(l.blocked_for(&alice).is_none());
+        assert!(!l.record_failure(alice.clone()) && !l.record_failure(alice.clone()));
+        assert!(l.record_failure(alice.clone()));
+        assert!(l.blocked_for(&alice).is_some());
     }
 
     #[test]

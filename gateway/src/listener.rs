@@ -5,10 +5,16 @@
 //! the binary's assembly passes a handler that sends CONNECT to [`crate::tunnel`] and the rest to the
 //! API.
 //!
-//! Per connection: accept -> (dropped if its address failed too many handshakes) -> TLS handshake ->
-//! identify -> HTTP. A failed handshake or an unusable certificate is on the `_broker` audit chain
-//! and counts against the source address. On shutdown it stops accepting, lets each connection finish
-//! its request (graceful HTTP shutdown), and waits up to 10 s for connections and tunnels.
+//! Per connection: accept -> a pre-handshake slot ([`crate::slots`]: per source and in all; closed at
+//! once without one) -> a connection slot (`max_connections`) -> TLS handshake under its timeout ->
+//! the slot given back -> identify -> HTTP. A failed handshake or an unusable certificate is on the
+//! `_broker` audit chain (through the [`RefusalTrail`], so a flood is aggregated) and spends the
+//! source address's budget of unauthenticated failures; no connection is dropped before its
+//! handshake for its address's failures (see [`crate::limiter`] for the rule). Each request carries a
+//! [`RequestDeadline`]: the connection became ready for it (handshake, or the previous answer) plus
+//! `limits.request_timeout`; the API reads bodies until then. On shutdown it stops accepting, lets each
+//! connection finish its request (graceful HTTP shutdown), and waits up to 10 s for connections and
+//! tunnels.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,18 +25,26 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sallyport_audit::{AuditEvent, AuditLog, EventKind, Outcome};
+use sallyport_audit::{AuditEvent, EventKind, Outcome};
 use sallyport_certs::identity::PeerIdentity;
 use sallyport_config::Limits;
 use sallyport_ids::TrustDomain;
+use sallyport_workflow::refusals::{RefusalTrail, RefusedBy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::limiter::{FailKey, FailureLimiter, source};
+use crate::slots::{Slot, Slots};
 use crate::{Body, Conn};
+
+/// A request extension: by when the request's body must have arrived (the connection was ready for
+/// the request at one moment; `limits.request_timeout` after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestDeadline(pub Instant);
 
 /// How long connections and tunnels may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -41,7 +55,8 @@ pub struct Listener {
     trust_domain: TrustDomain,
     limits: Limits,
     limiter: Arc<FailureLimiter>,
-    trail: AuditLog,
+    refusals: RefusalTrail,
+    slots: Arc<Slots>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -54,26 +69,33 @@ impl std::fmt::Debug for Listener {
 
 impl Listener {
     /// A listener serving TLS with `tls`, for peers of `trust_domain`, within `limits`. Failed
-    /// handshakes count in `limiter` and are recorded on `trail`; connections run in `tasks` until
-    /// `shutdown`.
+    /// handshakes count in `limiter` and are recorded through `refusals`; connections run in `tasks`
+    /// until `shutdown`.
     pub fn new(
         tls: rustls::ServerConfig,
         trust_domain: TrustDomain,
         limits: Limits,
         limiter: Arc<FailureLimiter>,
-        trail: AuditLog,
+        refusals: RefusalTrail,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
+        let slots = Slots::new(limits.max_handshakes, limits.max_handshakes_per_source);
         Self {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             trust_domain,
             limits,
             limiter,
-            trail,
+            refusals,
+            slots,
             shutdown,
             tasks,
         }
+    }
+
+    /// The pre-handshake slots (for `/metrics`).
+    pub fn slots(&self) -> Arc<Slots> {
+        self.slots.clone()
     }
 
     /// Accepts connections on `listener` until shutdown, serving each request with `handler`; then
@@ -98,12 +120,22 @@ impl Listener {
                     }
                 },
             };
+            // A flood is closed here, before any TLS work: counted, logged at debug, not recorded.
+            let slot = match this.slots.take(addr.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    tracing::debug!(source_ip = %addr.ip(), reason = why.as_str(), "closing a connection before its handshake");
+                    continue;
+                }
+            };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 tracing::warn!(source_ip = %addr.ip(), "connection limit reached; dropping connection");
                 continue;
             };
-            this.tasks
-                .spawn(this.clone().connection(tcp, addr, permit, handler.clone()));
+            this.tasks.spawn(
+                this.clone()
+                    .connection(tcp, addr, permit, slot, handler.clone()),
+            );
         }
         drop(listener);
         this.tasks.close();
@@ -116,15 +148,24 @@ impl Listener {
     }
 
     async fn refused_handshake(&self, ip: IpAddr, reason: String) {
-        tracing::info!(source_ip = %ip, reason = %reason, "tls handshake refused");
+        let from = source(ip);
+        // No 429 can be sent before TLS; an address over its budget has its failures aggregated.
+        let over = self.limiter.record_failure(FailKey::Source(from));
+        if over {
+            tracing::debug!(source_ip = %ip, reason = %reason, "tls handshake refused (source over its failure budget)");
+        } else {
+            tracing::info!(source_ip = %ip, reason = %reason, "tls handshake refused");
+        }
         let mut ev = AuditEvent::new(EventKind::AuthFailure, Outcome::Deny, reason);
         ev.source_ip = Some(ip);
         ev.actor = Some("unauthenticated".into());
-        if let Err(e) = self.trail.append(ev).await {
+        if let Err(e) = self
+            .refusals
+            .refused(RefusedBy::Source(from), ev, over)
+            .await
+        {
             tracing::error!(error = %e, "could not audit a refused handshake");
         }
-        // No 429 can be sent before TLS: an address over budget is dropped before its next handshake.
-        self.limiter.record_failure(FailKey::Handshake(source(ip)));
     }
 
     async fn connection<H, F>(
@@ -132,23 +173,19 @@ impl Listener {
         tcp: TcpStream,
         addr: SocketAddr,
         permit: OwnedSemaphorePermit,
+        slot: Slot,
         handler: H,
     ) where
         H: Fn(Arc<Conn>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let ip = addr.ip();
-        if self
-            .limiter
-            .blocked_for(&FailKey::Handshake(source(ip)))
-            .is_some()
-        {
-            tracing::debug!(source_ip = %ip, "source is rate-limited; dropping before handshake");
-            return;
-        }
         let _ = tcp.set_nodelay(true);
         let handshake = self.acceptor.accept(tcp);
-        let tls = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
+        let done = tokio::time::timeout(self.limits.handshake_timeout, handshake).await;
+        // The handshake is over, whichever way: its slot is free before anything is recorded.
+        drop(slot);
+        let tls = match done {
             Ok(Ok(s)) => s,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 tracing::debug!(source_ip = %ip, "connection closed before the handshake finished");
@@ -183,9 +220,19 @@ impl Listener {
         };
         tracing::debug!(source_ip = %ip, peer = %peer.id, "client authenticated");
         let conn = Arc::new(Conn { peer, ip, permit });
-        let service = hyper::service::service_fn(move |req| {
-            let (handler, conn) = (handler.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(handler(conn, req).await) }
+        // When the connection became ready for its next request: the handshake, then each answer.
+        let ready = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let request_timeout = self.limits.request_timeout;
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let (handler, conn, ready) = (handler.clone(), conn.clone(), ready.clone());
+            let since = *ready.lock().unwrap_or_else(|p| p.into_inner());
+            req.extensions_mut()
+                .insert(RequestDeadline(since + request_timeout));
+            async move {
+                let answer = handler(conn, req).await;
+                *ready.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                Ok::<_, Infallible>(answer)
+            }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder

@@ -4,6 +4,12 @@
 //! status, its reason and how it is audited. Nothing reaches a target before its allow record is
 //! durable.
 //!
+//! Every refusal of the client's own making spends its identity's failure budget (never its
+//! address's: see [`crate::limiter`]); past it the identity gets 429. Refusals are recorded through
+//! the [`RefusalTrail`]: the first of each interval one by one and durably (a 503 when the trail
+//! cannot take them), the rest and every 429 counted into one aggregate record, so a flood of
+//! wrong-customer CONNECTs cannot write hundreds of records into another customer's chain.
+//!
 //! Statuses: 200 tunnel open; 400 malformed authority; 403 valid grant but another customer or target,
 //! certificate mismatch, policy deny, or a locked identity or certificate; 404 unknown target; 407
 //! missing or invalid grant; 429 rate-limited; 502 target unreachable; 503 audit trail not writable.
@@ -23,6 +29,7 @@ use sallyport_config::Config;
 use sallyport_ids::SessionId;
 use sallyport_ids::time::{Clock, rfc3339};
 use sallyport_store::{SessionRecord, StoreError};
+use sallyport_workflow::refusals::{RefusalTrail, RefusedBy};
 use sallyport_workflow::{Caller, Db, LockGate, WorkflowError};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -30,9 +37,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::Capture;
 use crate::decide::{Allowed, Ask, GrantCheck, Refusal, decide};
-use crate::limiter::{FailKey, FailureLimiter, source};
+use crate::limiter::{FailKey, FailureLimiter};
 use crate::live::{LiveSessions, Registration};
 use crate::{Body, Conn, relay};
+
+/// The answer to an identity past its failure budget.
+const RATE_LIMITED: &str = "too many refused attempts; try again later";
 
 /// The CONNECT data plane and what it needs. Shared by every connection.
 pub struct Tunnels {
@@ -40,6 +50,7 @@ pub struct Tunnels {
     verifier: GrantVerifier,
     limiter: Arc<FailureLimiter>,
     trail: AuditLog,
+    refusals: RefusalTrail,
     db: Db,
     sessions: Arc<LiveSessions>,
     locks: LockGate,
@@ -64,6 +75,8 @@ pub struct TunnelsParts {
     pub limiter: Arc<FailureLimiter>,
     /// The audit trail.
     pub trail: AuditLog,
+    /// Where refusals are recorded, bounded.
+    pub refusals: RefusalTrail,
     /// Revocations (and session rows, through `sessions`).
     pub db: Db,
     /// The live tunnels.
@@ -134,6 +147,7 @@ impl Tunnels {
             verifier: parts.verifier,
             limiter: parts.limiter,
             trail: parts.trail,
+            refusals: parts.refusals,
             db: parts.db,
             sessions: parts.sessions,
             locks: parts.locks,
@@ -143,29 +157,17 @@ impl Tunnels {
         })
     }
 
-    /// Counts an authentication failure of a connection that has a certificate: against its source
-    /// and its identity (answered 429 once over budget).
-    fn note_auth_failure(&self, conn: &Conn) {
-        self.limiter.record_failure(FailKey::Ip(source(conn.ip)));
-        self.limiter
-            .record_failure(FailKey::Identity(conn.peer.id.to_string()));
-    }
-
-    /// Stage: a source or identity that failed too often is refused until its budget refills.
+    /// Stage: an identity refused too often is refused until its budget refills; its address, and
+    /// whoever else shares it, play no part.
     fn rate_limited(&self, conn: &Conn) -> Option<Box<Refusal>> {
-        [
-            FailKey::Ip(source(conn.ip)),
-            FailKey::Identity(conn.peer.id.to_string()),
-        ]
-        .iter()
-        .find_map(|key| self.limiter.blocked_for(key))
-        .map(|wait| {
+        let key = FailKey::Identity(conn.peer.id.to_string());
+        self.limiter.blocked_for(&key).map(|wait| {
             let mut r = Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 EventKind::AuthFailure,
-                "too many failed authentications; try again later",
+                RATE_LIMITED,
             );
-            r.auth_failure = false;
+            r.counts = false;
             r.retry_after = Some(wait);
             r
         })
@@ -202,7 +204,7 @@ impl Tunnels {
         let mut ask = Ask {
             peer: &conn.peer,
             ip: conn.ip,
-            authority: req.uri().authority(),
+            uri: req.uri(),
             grant: GrantCheck::Missing,
             now: self.clock.now(),
         };
@@ -233,7 +235,11 @@ impl Tunnels {
         match self.locks.admit(caller, customer).await {
             Ok(()) => None,
             Err(WorkflowError::Locked(why)) => {
-                self.note_auth_failure(conn);
+                // Counted against the identity: a locked client that keeps trying is soon answered
+                // 429 before the lock is looked at, and leaves no more records.
+                let _spent = self
+                    .limiter
+                    .record_failure(FailKey::Identity(conn.peer.id.to_string()));
                 Some(text(StatusCode::FORBIDDEN, &why))
             }
             Err(e) => {
@@ -321,11 +327,12 @@ impl Tunnels {
             Ok(_) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => {
                 tracing::error!(error = %e, "store unreadable; refusing tunnel");
-                let r = Refusal::new(
+                let mut r = Refusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     EventKind::Decision,
                     "grant state unavailable",
                 );
+                r.counts = false;
                 return self.refuse(&conn, &session_id, r.about(&claims)).await;
             }
         }
@@ -519,18 +526,39 @@ impl Tunnels {
     }
 
     async fn refuse(&self, conn: &Conn, session_id: &SessionId, r: Box<Refusal>) -> Response<Body> {
-        tracing::info!(
-            status = r.status.as_u16(),
-            peer = %conn.peer.id,
-            source_ip = %conn.ip,
-            customer = r.customer.as_deref().unwrap_or(""),
-            target = r.target.as_deref().unwrap_or(""),
-            reason = %r.reason,
-            "tunnel refused"
-        );
-        if r.auth_failure {
-            self.note_auth_failure(conn);
+        let key = FailKey::Identity(conn.peer.id.to_string());
+        // A refusal past the identity's budget is answered 429, as every later attempt will be
+        // until it refills, and counted into an aggregate, not recorded alone. Counting it first
+        // makes that hold for concurrent attempts too.
+        let spent = r.counts && self.limiter.record_failure(key.clone());
+        let over = spent || r.status == StatusCode::TOO_MANY_REQUESTS;
+        let (status, answer, retry_after) = if spent {
+            let wait = self
+                .limiter
+                .blocked_for(&key)
+                .unwrap_or(Duration::from_secs(1));
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                RATE_LIMITED.to_owned(),
+                Some(wait),
+            )
+        } else {
+            (r.status, r.reason.clone(), r.retry_after)
+        };
+        if over {
+            tracing::debug!(peer = %conn.peer.id, source_ip = %conn.ip, reason = %r.reason, "tunnel refused: over the failure budget");
+        } else {
+            tracing::info!(
+                status = r.status.as_u16(),
+                peer = %conn.peer.id,
+                source_ip = %conn.ip,
+                customer = r.customer.as_deref().unwrap_or(""),
+                target = r.target.as_deref().unwrap_or(""),
+                reason = %r.reason,
+                "tunnel refused"
+            );
         }
+        let by = RefusedBy::Identity(conn.peer.id.to_string());
         // Only configured customers have chains.
         let configured = |c: &String| self.config.customer(c).map(|customer| customer.id.clone());
         let mut ev = AuditEvent::new(r.event, Outcome::Deny, r.reason.clone());
@@ -549,23 +577,25 @@ impl Tunnels {
             copy
         });
         let written = match copy {
-            Some(copy) => {
-                tokio::try_join!(self.trail.append(ev), self.trail.append(copy)).map(|_| ())
-            }
-            None => self.trail.append(ev).await.map(|_| ()),
+            Some(copy) => tokio::try_join!(
+                self.refusals.refused(by.clone(), ev, over),
+                self.refusals.refused(by, copy, over)
+            )
+            .map(|_| ()),
+            None => self.refusals.refused(by, ev, over).await.map(|_| ()),
         };
         if let Err(e) = written {
             tracing::error!(error = %e, "audit trail not writable");
             return text(StatusCode::SERVICE_UNAVAILABLE, "audit trail not writable");
         }
-        let mut resp = text(r.status, &r.reason);
-        if r.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        let mut resp = text(status, &answer);
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             resp.headers_mut().insert(
                 PROXY_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"sallyport\""),
             );
         }
-        if let Some(wait) = r.retry_after
+        if let Some(wait) = retry_after
             && let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
         {
             resp.headers_mut().insert(RETRY_AFTER, v);

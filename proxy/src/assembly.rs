@@ -8,8 +8,9 @@
 //! - the listener, with a handler that routes CONNECT to the gateway and everything else to the API.
 //!
 //! It then loads the active locks and starts the background services, each with the broker's
-//! shutdown token: request expiry, the lock refresh, the audit watcher, SIEM forwarding. [`Broker::run`] serves until shutdown, drains, and writes
-//! what is left.
+//! shutdown token: request expiry, the lock refresh, the audit watcher, SIEM forwarding, the writing
+//! of aggregated refusals. [`Broker::run`] serves until shutdown, drains, and writes what is left
+//! (aggregated refusals included).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use sallyport_api::Api;
 use sallyport_audit::{AuditLog, AuditWriter, Checkpoints};
 use sallyport_certs::grant::GrantVerifier;
 use sallyport_config::{Config, ConfigError};
-use sallyport_gateway::limiter::FailureLimiter;
+use sallyport_gateway::limiter::{Budget, FailureLimiter};
 use sallyport_gateway::{Listener, LiveSessions, Tunnels, TunnelsParts};
 use sallyport_ids::time::{Clock, now_unix};
 use sallyport_notify::{GiveUp, Notifier};
@@ -29,8 +30,10 @@ use sallyport_store::Store;
 use sallyport_store::sqlite::SqliteStore;
 use sallyport_workflow::limit::CallLimiter;
 use sallyport_workflow::locks::{LocksParts, crl::Crl};
+use sallyport_workflow::refusals::RefusalLimits;
 use sallyport_workflow::{
-    Context, Db, Grants, LiveTunnels, LockGate, LockView, Locks, Requests, Sessions, Workflow,
+    Context, Db, Grants, LiveTunnels, LockGate, LockView, Locks, RefusalTrail, Refusals, Requests,
+    Sessions, Workflow,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +50,7 @@ pub struct Broker {
     requests: Requests,
     locks: Locks,
     trail: AuditLog,
+    refusals: RefusalTrail,
     writer: AuditWriter,
     sessions: Arc<LiveSessions>,
     shutdown: CancellationToken,
@@ -156,13 +160,22 @@ impl Broker {
         let config = Arc::new(cfg);
         let clock = Clock::system();
         let db = Db::new(store.clone());
+        let limits = &config.limits;
+        let refusals = RefusalTrail::new(
+            trail.clone(),
+            RefusalLimits {
+                per_interval: limits.refusals_recorded_per_interval,
+                interval: limits.refusal_interval,
+            },
+            config.customers.iter().map(|c| c.id.clone()),
+        );
         let cx = Context {
             db: db.clone(),
             trail: trail.clone(),
             notifier: notifier(&config, trail.clone(), shutdown.clone()),
             clock: clock.clone(),
+            refusals: refusals.clone(),
         };
-        let limits = &config.limits;
         let sessions = LiveSessions::start(store);
         let tunnels_of: Arc<dyn LiveTunnels> = sessions.clone();
         let gate = LockGate::new(Arc::new(LockView::new()), cx.clone());
@@ -201,12 +214,19 @@ impl Broker {
         let workflow = Workflow {
             requests: requests.clone(),
             grants: Grants::new(cx.clone(), tunnels_of.clone()),
-            sessions: Sessions::new(cx, tunnels_of),
+            sessions: Sessions::new(cx.clone(), tunnels_of),
             locks: locks.clone(),
+            refusals: Refusals::new(cx),
         };
         let limiter = Arc::new(FailureLimiter::new(
-            limits.auth_failures_per_minute,
-            limits.auth_failure_burst,
+            Budget {
+                per_minute: limits.auth_failures_per_minute,
+                burst: limits.auth_failure_burst,
+            },
+            Budget {
+                per_minute: limits.unauthenticated_failures_per_minute,
+                burst: limits.unauthenticated_failure_burst,
+            },
         ));
         let tasks = TaskTracker::new();
         let tunnels = Tunnels::new(TunnelsParts {
@@ -214,6 +234,7 @@ impl Broker {
             verifier,
             limiter: limiter.clone(),
             trail: trail.clone(),
+            refusals: refusals.clone(),
             db,
             sessions: sessions.clone(),
             locks: gate,
@@ -221,6 +242,15 @@ impl Broker {
             shutdown: shutdown.clone(),
             clock,
         });
+        let listener = Listener::new(
+            server_tls,
+            config.trust_domain.clone(),
+            config.limits.clone(),
+            limiter,
+            refusals.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        );
         let api = Arc::new(Api {
             workflow,
             config: config.clone(),
@@ -228,16 +258,8 @@ impl Broker {
             audit_key,
             trail_health: trail.health().clone(),
             sessions: sessions.clone(),
+            slots: listener.slots(),
         });
-        let listener = Listener::new(
-            server_tls,
-            config.trust_domain.clone(),
-            config.limits.clone(),
-            limiter,
-            trail.clone(),
-            shutdown.clone(),
-            tasks.clone(),
-        );
         Ok(Broker {
             config,
             listener,
@@ -246,6 +268,7 @@ impl Broker {
             requests,
             locks,
             trail,
+            refusals,
             writer,
             sessions,
             shutdown,
@@ -259,8 +282,20 @@ impl Broker {
         &self.config
     }
 
-    /// Binds the configured listen address.
+    /// Loads the active locks, records the policy sets in force, and binds the configured listen
+    /// address: once it is bound, the first connection already meets both.
     pub async fn bind(&self) -> Result<TcpListener, Failure> {
+        let active = self
+            .locks
+            .load()
+            .await
+            .map_err(|e| Failure::Other(anyhow!("loading the active locks: {e}")))?;
+        if active > 0 {
+            tracing::info!(locks = active, "active locks loaded");
+        }
+        // The policy sets in force go on their customers' trails. A chain that cannot take the
+        // record refuses every decision anyway (each is recorded, with the same digest, first).
+        sallyport_workflow::policies::record_loaded(self.requests.context(), &self.config).await;
         let addr = self.config.listen;
         TcpListener::bind(addr).await.map_err(|e| {
             Failure::Config(ConfigError {
@@ -284,22 +319,16 @@ impl Broker {
             requests,
             locks,
             trail,
+            refusals,
             writer,
             sessions,
             shutdown,
             tasks,
             _lock,
         } = self;
-        // Locks apply from the first connection on.
-        let active = locks.load().await?;
-        if active > 0 {
-            tracing::info!(locks = active, "active locks loaded");
-        }
-        // The policy sets in force go on their customers' trails. A chain that cannot take the
-        // record refuses every decision anyway (each is recorded, with the same digest, first).
-        sallyport_workflow::policies::record_loaded(requests.context(), &config).await;
         tasks.spawn(requests.run_expiry(shutdown.clone()));
         tasks.spawn(locks.run_refresh(shutdown.clone()));
+        tasks.spawn(refusals.clone().run(shutdown.clone()));
         tasks.spawn(sallyport_gateway::watch::watch_trail(
             trail.clone(),
             sessions.clone(),
@@ -319,6 +348,9 @@ impl Broker {
             }
         };
         server.run(listener, handler).await;
+        // Nothing is refused any more: what was counted and not yet written goes on the trail.
+        refusals.flush().await;
+        drop(refusals);
         sessions.flush().await;
         drop((sessions, trail));
         tokio::task::spawn_blocking(move || writer.join()).await?;

@@ -166,6 +166,15 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> Result<String, Failure> {
         );
         let cx = sallyport_workflow::Context {
             db: Db::new(store),
+            // Break-glass refuses nothing on the trail; the recorder is there for the type.
+            refusals: sallyport_workflow::RefusalTrail::new(
+                trail.clone(),
+                sallyport_workflow::refusals::RefusalLimits {
+                    per_interval: cfg.limits.refusals_recorded_per_interval,
+                    interval: cfg.limits.refusal_interval,
+                },
+                [customer.id.clone()],
+            ),
             trail: trail.clone(),
             notifier: notifier.clone(),
             clock: Clock::system(),

@@ -3,7 +3,8 @@
 //! on the trail before the tunnels it cuts record their closes; every live tunnel of the grant is
 //! cut at once, whether or not the record could be written (ending access is always safe), and the
 //! token is refused from then on (the gateway reads the revocation from the store). Anyone else
-//! learns nothing (`NotFound`); the customer's auditors are told they cannot (`Forbidden`).
+//! learns nothing (`NotFound`); the customer's auditors are told they cannot (`Forbidden`). Both
+//! refusals are recorded ([`Context::refused`]).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use sallyport_ids::{CustomerId, GrantId, Principal};
 use sallyport_notify::Notification;
 use sallyport_store::{GrantRecord, Revocation, StoreError};
 
+use crate::refusals::{Attempt, Owner};
 use crate::scope::Scope;
 use crate::terms::Words;
 use crate::{Caller, Context, LiveTunnels, WorkflowError};
@@ -87,24 +89,38 @@ impl Grants {
     ) -> Result<Revoked, WorkflowError> {
         let reason = reason.as_str().to_owned();
         let not_found = || WorkflowError::NotFound(format!("no grant `{gid}`"));
+        let attempt = |owner: Option<Owner>| Attempt {
+            grant_id: Some(gid.clone()),
+            owner,
+            ..Attempt::new(format!("revoke grant `{gid}`"))
+        };
         let lookup = gid.clone();
         let grant = match self.cx.db.run(move |s| s.grant(&lookup)).await {
             Ok(g) => g,
-            Err(StoreError::NotFound { .. }) => return Err(not_found()),
+            Err(StoreError::NotFound { .. }) => {
+                return Err(self.cx.refused(caller, attempt(None), not_found()).await);
+            }
             Err(e) => return Err(e.into()),
+        };
+        let owner = || Owner {
+            customer: grant.customer.clone(),
+            technician: Some(grant.technician.clone()),
+            target: Some(grant.target.to_string()),
+            grant_id: None,
         };
         // Tenants are walls: another customer's approver or another technician learns nothing.
         let actor = caller.peer.id.clone();
-        match actor.principal() {
-            Principal::Admin { .. } => {}
-            Principal::Technician { .. } if grant.technician == actor => {}
-            Principal::Approver { customer, .. } if *customer == grant.customer => {}
-            Principal::Auditor { customer, .. } if *customer == grant.customer => {
-                return Err(WorkflowError::Forbidden(
-                    "auditors cannot revoke grants".into(),
-                ));
-            }
-            _ => return Err(not_found()),
+        let refusal = match actor.principal() {
+            Principal::Admin { .. } => None,
+            Principal::Technician { .. } if grant.technician == actor => None,
+            Principal::Approver { customer, .. } if *customer == grant.customer => None,
+            Principal::Auditor { customer, .. } if *customer == grant.customer => Some(
+                WorkflowError::Forbidden("auditors cannot revoke grants".into()),
+            ),
+            _ => Some(not_found()),
+        };
+        if let Some(no) = refusal {
+            return Err(self.cx.refused(caller, attempt(Some(owner())), no).await);
         }
         let at = self.cx.clock.unix();
         let (g, by, why) = (gid.clone(), actor.clone(), reason.clone());

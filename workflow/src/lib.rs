@@ -13,10 +13,16 @@
 //! be written, and the caller is told so, since ending access is always safe; a revocation is on the
 //! trail before the tunnels it cuts record their closes.
 //!
+//! Refusals are on the trail too, bounded: a call refused for the caller's role or tenant is
+//! recorded on the caller's customer's chain and on the chain of the customer whose object it was
+//! ([`Context::refused`]), and every refusal, of the gateway's as well, goes through one
+//! [`refusals::RefusalTrail`], which records the first of each interval one by one and aggregates
+//! the rest.
+//!
 //! Modules: [`terms`] (the pure rules, unit-tested), [`requests`], [`grants`], [`sessions`],
 //! [`locks`] (identities and certificates barred until unlocked, and the one check of every call),
 //! [`evidence`] (the evidence bundle of a request), [`scope`] (tenant walls), [`view`] (the JSON shape
-//! of requests, grants and sessions), [`limit`] (call rates).
+//! of requests, grants and sessions), [`limit`] (call rates), [`refusals`] (refusals on the trail).
 
 pub mod breakglass;
 pub mod error;
@@ -25,6 +31,7 @@ pub mod grants;
 pub mod limit;
 pub mod locks;
 pub mod policies;
+pub mod refusals;
 pub mod requests;
 pub mod scope;
 pub mod sessions;
@@ -46,6 +53,7 @@ use sallyport_store::{SessionRecord, Store, StoreError};
 pub use error::WorkflowError;
 pub use grants::Grants;
 pub use locks::{LockGate, LockView, Locks};
+pub use refusals::{RefusalTrail, Refusals};
 pub use requests::Requests;
 pub use sessions::Sessions;
 
@@ -95,6 +103,8 @@ pub struct Context {
     pub notifier: Notifier,
     /// Now.
     pub clock: Clock,
+    /// Where refusals are recorded, bounded.
+    pub refusals: RefusalTrail,
 }
 
 impl Context {
@@ -170,6 +180,8 @@ pub struct Workflow {
     pub sessions: Sessions,
     /// Locks, and the check every call goes through.
     pub locks: Locks,
+    /// Refusals of the API's own checks.
+    pub refusals: Refusals,
 }
 
 #[cfg(test)]

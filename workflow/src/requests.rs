@@ -15,7 +15,9 @@
 //!   grant of it ([`crate::locks::LockGate::admit`]).
 //!
 //! Every state change is on the customer's audit trail before it takes effect, and goes to the
-//! customer's webhook.
+//! customer's webhook. A call refused for the caller's role or tenant is recorded
+//! ([`Context::refused`]): on the caller's chain as it was answered, and on the request's customer's
+//! chain with what was tried.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limit::CallLimiter;
 use crate::locks::LockGate;
+use crate::refusals::{Attempt, Owner};
 use crate::scope::Scope;
 use crate::terms::{self, MAX_REASON, MAX_TICKET, Words, text_field};
 use crate::{Caller, Context, WorkflowError, view};
@@ -106,6 +109,25 @@ pub struct Requests {
 impl std::fmt::Debug for Requests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Requests").finish_non_exhaustive()
+    }
+}
+
+/// Request `rec` as the object of a refused call.
+fn owner(rec: &RequestRecord) -> Owner {
+    Owner {
+        customer: rec.filed.customer.clone(),
+        technician: Some(rec.filed.technician.clone()),
+        target: Some(rec.filed.target.to_string()),
+        grant_id: None,
+    }
+}
+
+/// An attempt at `asked` on request `rec`.
+fn on(rec: &RequestRecord, asked: String) -> Attempt {
+    Attempt {
+        request_id: Some(rec.filed.id.clone()),
+        owner: Some(owner(rec)),
+        ..Attempt::new(asked)
     }
 }
 
@@ -184,12 +206,15 @@ impl Requests {
         });
     }
 
-    /// Checks that `caller` may file a request now: a technician within their filing rate.
-    pub fn filer<'a>(&self, caller: Caller<'a>) -> Result<Filer<'a>, WorkflowError> {
+    /// Checks that `caller` may file a request now: a technician (anyone else is refused, and
+    /// recorded) within their filing rate.
+    pub async fn filer<'a>(&self, caller: Caller<'a>) -> Result<Filer<'a>, WorkflowError> {
         if caller.peer.id.role() != Role::Technician {
-            return Err(WorkflowError::Forbidden(
-                "only technicians file access requests".into(),
-            ));
+            let no = WorkflowError::Forbidden("only technicians file access requests".into());
+            return Err(self
+                .cx
+                .refused(caller, Attempt::new("file an access request"), no)
+                .await);
         }
         self.filings
             .check(&caller.peer.id.to_string())
@@ -444,10 +469,18 @@ impl Requests {
             match Scope::of(&caller.peer.id) {
                 Scope::All => (customer, None),
                 Scope::Customer(c) => {
-                    if customer.as_ref().is_some_and(|asked| *asked != c.as_str()) {
-                        return Err(WorkflowError::Forbidden(format!(
+                    if let Some(asked) = customer.as_ref().filter(|asked| **asked != c.as_str()) {
+                        let no = WorkflowError::Forbidden(format!(
                             "you can only see requests of customer `{c}`"
-                        )));
+                        ));
+                        let attempt = Attempt {
+                            named: asked.parse().ok(),
+                            ..Attempt::new(format!(
+                                "list the requests of customer `{}`",
+                                sallyport_audit::clip(asked, 64)
+                            ))
+                        };
+                        return Err(self.cx.refused(caller, attempt, no).await);
                     }
                     (Some(c.to_string()), None)
                 }
@@ -466,21 +499,39 @@ impl Requests {
             .await?)
     }
 
-    /// The request `id` if `caller` may see it; anything else is `NotFound`.
+    /// The request `id` if `caller` may see it; anything else is `NotFound`, and recorded.
     pub async fn visible(
         &self,
         caller: Caller<'_>,
         id: &RequestId,
     ) -> Result<RequestRecord, WorkflowError> {
+        self.find(caller, id, "read").await
+    }
+
+    /// The request `id` if `caller` may see it; anything else is `NotFound`, recorded as an attempt
+    /// to `verb` it (on the request's customer's chain too, when it exists).
+    async fn find(
+        &self,
+        caller: Caller<'_>,
+        id: &RequestId,
+        verb: &str,
+    ) -> Result<RequestRecord, WorkflowError> {
         let not_found = || WorkflowError::NotFound(format!("no request `{id}`"));
         let rid = id.clone();
-        match self.cx.db.run(move |s| s.request(&rid)).await {
+        let hidden = match self.cx.db.run(move |s| s.request(&rid)).await {
             Ok(r) if Scope::of(&caller.peer.id).sees(&r.filed.customer, &r.filed.technician) => {
-                Ok(r)
+                return Ok(r);
             }
-            Ok(_) | Err(StoreError::NotFound { .. }) => Err(not_found()),
-            Err(e) => Err(e.into()),
-        }
+            Ok(r) => Some(owner(&r)),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let attempt = Attempt {
+            request_id: Some(id.clone()),
+            owner: hidden,
+            ..Attempt::new(format!("{verb} request `{id}`"))
+        };
+        Err(self.cx.refused(caller, attempt, not_found()).await)
     }
 
     /// Checks that the caller is an approver of the request's customer and that the customer's
@@ -491,12 +542,16 @@ impl Requests {
         rec: &RequestRecord,
         deciding: &str,
     ) -> Result<Decided, WorkflowError> {
+        let asked = || format!("{deciding} request `{}`", rec.filed.id);
         let Principal::Approver { customer, name } = caller.peer.id.principal() else {
-            return Err(WorkflowError::Forbidden(format!(
+            let no = WorkflowError::Forbidden(format!(
                 "only the customer's approvers {deciding} requests"
-            )));
+            ));
+            return Err(self.cx.refused(caller, on(rec, asked()), no).await);
         };
-        terms::may_decide(&caller.peer.id, rec)?;
+        if let Err(no) = terms::may_decide(&caller.peer.id, rec) {
+            return Err(self.cx.refused(caller, on(rec, asked()), no).await);
+        }
         let f = &rec.filed;
         let Some(c) = self.config.customer(f.customer.as_str()) else {
             return Err(WorkflowError::Conflict(format!(
@@ -555,7 +610,7 @@ impl Requests {
         comment: Option<Words>,
     ) -> Result<Approved, WorkflowError> {
         let comment = comment.map(|c| c.as_str().to_owned());
-        let rec = self.visible(caller, id).await?;
+        let rec = self.find(caller, id, "approve").await?;
         let decided = self.approver_may_decide(caller, &rec, "approve").await?;
         let approver = caller.peer.id.clone();
         let (rid, by, at) = (rec.filed.id.clone(), approver.clone(), self.cx.clock.unix());
@@ -624,7 +679,7 @@ impl Requests {
         reason: Words,
     ) -> Result<RequestRecord, WorkflowError> {
         let reason = reason.as_str().to_owned();
-        let rec = self.visible(caller, id).await?;
+        let rec = self.find(caller, id, "deny").await?;
         let decided = self.approver_may_decide(caller, &rec, "deny").await?;
         let approver = caller.peer.id.clone();
         let (rid, by, why, at) = (
@@ -670,13 +725,14 @@ impl Requests {
         caller: Caller<'_>,
         id: &RequestId,
     ) -> Result<FetchedGrant, WorkflowError> {
-        let rec = self.visible(caller, id).await?;
+        let rec = self.find(caller, id, "fetch the grant of").await?;
         let f = &rec.filed;
         let peer = caller.peer;
+        let asked = || on(&rec, format!("fetch the grant of request `{id}`"));
         if peer.id.role() != Role::Technician || f.technician != peer.id {
-            return Err(WorkflowError::Forbidden(
-                "only the requesting technician fetches the grant".into(),
-            ));
+            let no =
+                WorkflowError::Forbidden("only the requesting technician fetches the grant".into());
+            return Err(self.cx.refused(caller, asked(), no).await);
         }
         // A technician locked for this customer gets no grant of it.
         self.locks.admit(caller, Some(&f.customer)).await?;
@@ -694,10 +750,11 @@ impl Requests {
         // Bound to the certificate that filed the request, and to no other.
         let presented = B64.encode(peer.thumbprint);
         if !bool::from(f.cert_thumbprint.as_bytes().ct_eq(presented.as_bytes())) {
-            return Err(WorkflowError::Forbidden(
+            let no = WorkflowError::Forbidden(
                 "this request was filed with another certificate; file a new request with this one"
                     .into(),
-            ));
+            );
+            return Err(self.cx.refused(caller, asked(), no).await);
         }
         let Some(gid) = rec.grant_id.clone() else {
             return Err(conflict(format!("request `{id}` has no grant")));

@@ -1,7 +1,9 @@
 //! Sessions: listing them (bytes and durations; live ones with their bytes so far, from this
 //! broker's tunnels) and ending one (that customer's approvers, the session's technician, or an
 //! admin). Ending is on the trail before the tunnel records its close, and happens even when that
-//! record cannot be written, since ending access is always safe.
+//! record cannot be written, since ending access is always safe. A listing of another customer's
+//! or technician's sessions, and ending a session the caller may not, are refused and recorded
+//! ([`Context::refused`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use sallyport_audit::{AuditEvent, EventKind, Outcome};
 use sallyport_ids::{CustomerId, GrantId, Role, SessionId, SpiffeId};
 use sallyport_store::{SessionFilter, SessionRecord, StoreError};
 
+use crate::refusals::{Attempt, Owner};
 use crate::scope::Scope;
 use crate::{Caller, Context, LiveTunnels, WorkflowError};
 
@@ -60,24 +63,35 @@ impl Sessions {
         let (customer, technician) = match Scope::of(&caller.peer.id) {
             Scope::All => (q.customer, q.technician),
             Scope::Customer(c) => {
-                if q.customer
-                    .as_ref()
-                    .is_some_and(|asked| *asked != c.as_str())
-                {
-                    return Err(WorkflowError::Forbidden(format!(
+                if let Some(asked) = q.customer.as_ref().filter(|asked| **asked != c.as_str()) {
+                    let no = WorkflowError::Forbidden(format!(
                         "you can only see sessions of customer `{c}`"
-                    )));
+                    ));
+                    let attempt = Attempt {
+                        named: asked.parse().ok(),
+                        ..Attempt::new(format!(
+                            "list the sessions of customer `{}`",
+                            sallyport_audit::clip(asked, 64)
+                        ))
+                    };
+                    return Err(self.cx.refused(caller, attempt, no).await);
                 }
                 (Some(c.to_string()), q.technician)
             }
             Scope::Technician(t) => {
-                if q.technician
+                if let Some(asked) = q
+                    .technician
                     .as_ref()
-                    .is_some_and(|asked| *asked != t.to_string())
+                    .filter(|asked| **asked != t.to_string())
                 {
-                    return Err(WorkflowError::Forbidden(
+                    let no = WorkflowError::Forbidden(
                         "technicians can only see their own sessions".into(),
+                    );
+                    let attempt = Attempt::new(format!(
+                        "list the sessions of technician `{}`",
+                        sallyport_audit::clip(asked, 128)
                     ));
+                    return Err(self.cx.refused(caller, attempt, no).await);
                 }
                 (q.customer, Some(t.to_string()))
             }
@@ -167,28 +181,45 @@ impl Sessions {
     ) -> Result<SessionRecord, WorkflowError> {
         let scope = Scope::of(&caller.peer.id);
         let not_found = || WorkflowError::NotFound(format!("no session `{id}`"));
+        let attempt = |s: Option<&SessionRecord>| Attempt {
+            session_id: Some(id.clone()),
+            owner: s.map(|s| Owner {
+                customer: s.customer.clone(),
+                technician: Some(s.technician.clone()),
+                target: Some(s.target.to_string()),
+                grant_id: Some(s.grant_id.clone()),
+            }),
+            ..Attempt::new(format!("end session `{id}`"))
+        };
         let sid = id.clone();
         let Some(rec) = self.tunnels.get(&sid) else {
             // A session that just closed has its row written after this.
             self.tunnels.flush().await;
-            return match self.cx.db.run(move |s| s.session(&sid)).await {
+            let hidden = match self.cx.db.run(move |s| s.session(&sid)).await {
                 Ok(s) if scope.sees(&s.customer, &s.technician) => {
-                    Err(WorkflowError::Conflict(match &s.close_reason {
+                    return Err(WorkflowError::Conflict(match &s.close_reason {
                         Some(why) => format!("session `{id}` is already closed ({why})"),
                         None => format!("session `{id}` is not live on this broker"),
-                    }))
+                    }));
                 }
-                Ok(_) | Err(StoreError::NotFound { .. }) => Err(not_found()),
-                Err(e) => Err(e.into()),
+                Ok(s) => Some(s),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
             };
+            return Err(self
+                .cx
+                .refused(caller, attempt(hidden.as_ref()), not_found())
+                .await);
         };
         if !scope.sees(&rec.customer, &rec.technician) {
-            return Err(not_found());
+            return Err(self
+                .cx
+                .refused(caller, attempt(Some(&rec)), not_found())
+                .await);
         }
         if caller.peer.id.role() == Role::Auditor {
-            return Err(WorkflowError::Forbidden(
-                "auditors cannot end sessions".into(),
-            ));
+            let no = WorkflowError::Forbidden("auditors cannot end sessions".into());
+            return Err(self.cx.refused(caller, attempt(Some(&rec)), no).await);
         }
         let actor = caller.peer.id.to_string();
         let mut ev = AuditEvent::new(

@@ -17,9 +17,35 @@ pub const MAX_REASON: usize = 1000;
 /// Longest ticket, in characters.
 pub const MAX_TICKET: usize = 200;
 
-/// A trimmed, bounded, non-empty text field without control characters.
+/// Characters that change what a reader sees without being seen: the bidirectional embeddings,
+/// overrides, isolates and marks (which can make `deny` read as `allow`, or hide text), and the
+/// line and paragraph separators (which fake a new line in a log or a console).
+pub fn is_spoofing(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{061C}'
+            | '\u{2028}'
+            | '\u{2029}'
+    )
+}
+
+/// A trimmed, bounded, non-empty text field without control characters or characters that spoof
+/// what a reader sees ([`is_spoofing`]).
 pub fn text_field(name: &str, v: &str, max: usize, why: &str) -> Result<String, WorkflowError> {
     let v = v.trim();
+    if let Some(c) = v.chars().find(|c| is_spoofing(*c)) {
+        return Err(WorkflowError::invalid(
+            format!("bad_{name}"),
+            format!(
+                "`{name}` must not contain bidirectional-override, direction-mark or line/paragraph separator characters (found U+{:04X}): they change what a reader sees",
+                u32::from(c)
+            ),
+        ));
+    }
     if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
         return Err(WorkflowError::invalid(
             format!("bad_{name}"),
@@ -311,5 +337,28 @@ permit (principal, action == Sallyport::Action::"request", resource);
         assert!(text_field("reason", "", 10, "say why").is_err());
         assert!(text_field("reason", "a\u{7}b", 10, "say why").is_err());
         assert!(text_field("reason", &"x".repeat(11), 10, "say why").is_err());
+    }
+
+    #[test]
+    fn text_that_spoofs_what_a_reader_sees_is_refused_naming_the_field() {
+        for c in [
+            '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}', '\u{2028}', '\u{2029}',
+        ] {
+            for field in ["reason", "comment", "ticket"] {
+                let err = text_field(field, &format!("fix{c}ed"), 100, "say why").unwrap_err();
+                assert!(
+                    matches!(&err, WorkflowError::Invalid { code, message }
+                        if *code == format!("bad_{field}") && message.contains(&format!("`{field}`"))
+                            && message.contains(&format!("U+{:04X}", u32::from(c)))),
+                    "{c:?} {field}: {err}"
+                );
+            }
+        }
+        // Other scripts, and right-to-left text itself, are fine.
+        assert!(text_field("reason", "إصلاح الخادم 修理", 100, "say why").is_ok());
+        assert!(deny_reason("\u{202E}wolla").is_err());
+        assert!(revoke_reason("done\u{2028}approved by security").is_err());
+        assert!(comment(Some("ok\u{2069}")).is_err());
     }
 }

@@ -71,6 +71,14 @@ impl World {
                 CancellationToken::new(),
             ),
             clock: clock.clone(),
+            refusals: crate::RefusalTrail::new(
+                trail.clone(),
+                crate::refusals::RefusalLimits {
+                    per_interval: 20,
+                    interval: Duration::from_secs(60),
+                },
+                ["acme".parse().unwrap()],
+            ),
         };
         let signer_pem = generate_signing_key_pem().unwrap();
         let signer = GrantSigner::from_pkcs8_pem(&signer_pem, "sallyport", "sallyport").unwrap();
@@ -90,6 +98,15 @@ impl World {
             _writer: writer,
             signer_pem,
         }
+    }
+
+    /// The records of `chain` so far, parsed.
+    fn raw(&self, chain: &str) -> Vec<serde_json::Value> {
+        let dir = sallyport_audit::segment::chain_dir(&self.audit, chain);
+        sallyport_audit::segment::Reader::open(&dir, sallyport_audit::segment::Start::Oldest, None)
+            .unwrap()
+            .map(|l| serde_json::from_str(&l.unwrap().text).unwrap())
+            .collect()
     }
 
     /// The records on acme's chain so far (each was durable before its call returned), as
@@ -162,7 +179,7 @@ async fn file(
     who: &PeerIdentity,
     f: Filing,
 ) -> Result<sallyport_store::RequestRecord, WorkflowError> {
-    let filer = w.requests.filer(caller(who))?;
+    let filer = w.requests.filer(caller(who)).await?;
     w.requests.file(filer, f).await
 }
 
@@ -247,6 +264,9 @@ async fn a_quorum_of_two_approvers_mints_a_grant_bound_to_the_filing_certificate
             "request_filed",
             "approval_recorded",
             "request_approved",
+            // The approver's and the other certificate's attempts on the grant.
+            "access_refused",
+            "access_refused",
             "grant_minted"
         ]
     );
@@ -277,7 +297,11 @@ async fn the_policy_sets_the_terms_and_refusals_are_recorded() {
     let gid = rec.grant_id.unwrap();
     assert!(w.store.grant(&gid).unwrap().audited);
     // Only technicians file; bad values name their field.
-    let err = w.requests.filer(caller(&approver("bob"))).unwrap_err();
+    let err = w
+        .requests
+        .filer(caller(&approver("bob")))
+        .await
+        .unwrap_err();
     assert!(matches!(err, WorkflowError::Forbidden(_)));
     for (f, code) in [
         (filing(0), "bad_minutes"),
@@ -320,6 +344,8 @@ async fn the_policy_sets_the_terms_and_refusals_are_recorded() {
             ("request_filed".into(), "deny".into()),
             ("request_filed".into(), "success".into()),
             ("request_approved".into(), "success".into()),
+            // An approver trying to file.
+            ("access_refused".into(), "deny".into()),
         ]
     );
 }
@@ -358,6 +384,30 @@ async fn tenants_are_walls_and_a_denial_ends_a_request() {
     let globex = peer("spiffe://sallyport.local/approver/globex/gus", &[]);
     let err = w.requests.visible(caller(&globex), &id).await.unwrap_err();
     assert_eq!(err, WorkflowError::NotFound(format!("no request `{id}`")));
+    // The attempt is on acme's chain, naming who tried what; the answer stays a 404.
+    let seen = w.raw("acme").pop().unwrap();
+    assert_eq!(seen["event"], "access_refused");
+    assert_eq!(
+        seen["actor"],
+        "spiffe://sallyport.local/approver/globex/gus"
+    );
+    assert_eq!(seen["request_id"], id.as_str());
+    assert_eq!(
+        seen["subject"],
+        "spiffe://sallyport.local/technician/northwind/alice"
+    );
+    let why = seen["reason"].as_str().unwrap();
+    assert!(
+        why.contains("approver of customer `globex`") && why.contains("no request"),
+        "{why}"
+    );
+    // globex has no chain here: its approver's own record is on `_broker`, told only the answer.
+    let told = w.raw("_broker").pop().unwrap();
+    assert_eq!(
+        told["reason"],
+        format!("read request `{id}`: refused: no request `{id}`")
+    );
+    assert!(told.get("subject").is_none(), "{told}");
     let bob_tech = peer(
         "spiffe://sallyport.local/technician/northwind/bob",
         &["support"],

@@ -611,15 +611,49 @@ impl Answer {
     }
 }
 
+/// A TCP connection to `addr` from the local address `from`: every address of 127/8 is loopback on
+/// Linux, so `127.0.0.2` is a second source, and two clients on `127.0.0.5` share one address.
+pub async fn dial_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
+/// A TLS connection over `tcp`, presenting what `connector` presents.
+pub async fn tls_on(
+    tcp: TcpStream,
+    connector: &TlsConnector,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
+}
+
 /// Sends one raw HTTP/1.1 request head over TLS and reads the answer's head and `Content-Length` body.
 pub async fn request(
     addr: SocketAddr,
     connector: &TlsConnector,
     head: &str,
 ) -> std::io::Result<Answer> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await?;
+    request_on(TcpStream::connect(addr).await?, connector, head).await
+}
+
+/// [`request`] from the local address `from` (see [`dial_from`]).
+pub async fn request_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    connector: &TlsConnector,
+    head: &str,
+) -> std::io::Result<Answer> {
+    request_on(dial_from(from, addr).await?, connector, head).await
+}
+
+/// [`request`] over an open TCP connection.
+pub async fn request_on(
+    tcp: TcpStream,
+    connector: &TlsConnector,
+    head: &str,
+) -> std::io::Result<Answer> {
+    let mut tls = tls_on(tcp, connector).await?;
     tls.write_all(head.as_bytes()).await?;
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
@@ -669,15 +703,26 @@ pub async fn connect(
     authority: &str,
     grant: Option<&str>,
 ) -> std::io::Result<Answer> {
+    request(addr, connector, &connect_head(authority, grant)).await
+}
+
+/// [`connect`] from the local address `from` (see [`dial_from`]).
+pub async fn connect_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    connector: &TlsConnector,
+    authority: &str,
+    grant: Option<&str>,
+) -> std::io::Result<Answer> {
+    request_from(from, addr, connector, &connect_head(authority, grant)).await
+}
+
+/// The head of `CONNECT authority`, with an optional bearer grant.
+pub fn connect_head(authority: &str, grant: Option<&str>) -> String {
     let auth = grant
         .map(|g| format!("Proxy-Authorization: Bearer {g}\r\n"))
         .unwrap_or_default();
-    request(
-        addr,
-        connector,
-        &format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n"),
-    )
-    .await
+    format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n")
 }
 
 /// Validity from now for `secs` seconds.

@@ -127,6 +127,14 @@ impl World {
                 CancellationToken::new(),
             ),
             clock: clock.clone(),
+            refusals: crate::RefusalTrail::new(
+                trail.clone(),
+                crate::refusals::RefusalLimits {
+                    per_interval: 20,
+                    interval: std::time::Duration::from_secs(60),
+                },
+                customers(),
+            ),
         };
         let td: TrustDomain = "sallyport.local".parse().unwrap();
         let ca = CertificateAuthority::generate(&td).unwrap();
