@@ -276,7 +276,9 @@ impl LockGate {
         ev.actor = Some(caller.peer.id.to_string());
         ev.source_ip = Some(caller.ip);
         ev.lock_id = Some(lock.id.clone());
-        if let Err(e) = self.cx.trail.append(ev).await {
+        // Bounded like every refusal: the first ones of an interval one by one, then an aggregate.
+        let by = crate::refusals::RefusedBy::Identity(caller.peer.id.to_string());
+        if let Err(e) = self.cx.refusals.refused(by, ev, false).await {
             tracing::error!(error = %e, "could not audit the refusal of a locked identity");
         }
         Err(WorkflowError::Locked(why))
