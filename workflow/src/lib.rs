@@ -124,6 +124,39 @@ impl Context {
     }
 }
 
+/// A context for the unit tests: a trail and store in `dir`, the `chains` given, no webhooks and
+/// a hand-set clock at `now` (Unix seconds).
+#[cfg(test)]
+pub(crate) fn test_context(
+    dir: &std::path::Path,
+    chains: &[&str],
+    now: i64,
+) -> (Context, Arc<dyn Store>, sallyport_audit::AuditWriter) {
+    let (trail, writer) = AuditLog::open(&dir.join("audit"), chains, None).unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(sallyport_store::sqlite::SqliteStore::open(&dir.join("sallyport.db")).unwrap());
+    let cx = Context {
+        db: Db::new(store.clone()),
+        trail: trail.clone(),
+        notifier: Notifier::start(
+            Default::default(),
+            &sallyport_certs::tls::default_client(),
+            |_| {},
+            tokio_util::sync::CancellationToken::new(),
+        ),
+        clock: Clock::manual(now),
+        refusals: RefusalTrail::new(
+            trail,
+            refusals::RefusalLimits {
+                per_interval: 20,
+                interval: std::time::Duration::from_secs(60),
+            },
+            chains.iter().filter_map(|c| c.parse().ok()),
+        ),
+    };
+    (cx, store, writer)
+}
+
 /// The `webhook_failed` record of a notification its customer's webhook never got. It names the
 /// event and delivery, never the URL (whose path may hold a token).
 pub fn webhook_failed(g: GiveUp) -> AuditEvent {

@@ -5,19 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sallyport_audit::{AuditLog, AuditWriter};
+use sallyport_audit::AuditWriter;
 use sallyport_certs::grant::{GrantSigner, GrantVerifier, generate_signing_key_pem};
 use sallyport_certs::identity::PeerIdentity;
 use sallyport_config::Config;
 use sallyport_ids::time::Clock;
-use sallyport_notify::Notifier;
-use sallyport_store::sqlite::SqliteStore;
 use sallyport_store::{RequestStatus, Store};
-use tokio_util::sync::CancellationToken;
 
 use crate::limit::CallLimiter;
 use crate::requests::Filing;
-use crate::{Caller, Context, Db, Requests, WorkflowError};
+use crate::{Caller, Requests, WorkflowError};
 
 const NOW: i64 = 1_767_261_600; // 2026-01-01T10:00:00Z
 
@@ -57,29 +54,8 @@ impl World {
         )
         .unwrap();
         let audit = dir.path().join("audit");
-        let (trail, writer) = AuditLog::open(&audit, &["acme"], None).unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("sallyport.db")).unwrap());
-        let clock = Clock::manual(NOW);
-        let cx = Context {
-            db: Db::new(store.clone()),
-            trail: trail.clone(),
-            notifier: Notifier::start(
-                Default::default(),
-                &sallyport_certs::tls::default_client(),
-                |_| {},
-                CancellationToken::new(),
-            ),
-            clock: clock.clone(),
-            refusals: crate::RefusalTrail::new(
-                trail.clone(),
-                crate::refusals::RefusalLimits {
-                    per_interval: 20,
-                    interval: Duration::from_secs(60),
-                },
-                ["acme".parse().unwrap()],
-            ),
-        };
+        let (cx, store, writer) = crate::test_context(dir.path(), &["acme"], NOW);
+        let clock = cx.clock.clone();
         let signer_pem = generate_signing_key_pem().unwrap();
         let signer = GrantSigner::from_pkcs8_pem(&signer_pem, "sallyport", "sallyport").unwrap();
         let requests = Requests::new(

@@ -225,6 +225,50 @@ impl Setup {
         })
     }
 
+    /// Exports `chain` with the real `sallyport audit export --format ocsf`, checks every event
+    /// against the official OCSF schema (`tests/ocsf/validate.py`), and returns the events.
+    pub fn ocsf_export(&self, chain: &str) -> Vec<serde_json::Value> {
+        let out = Command::new(&self.bin)
+            .args([
+                "audit",
+                "export",
+                "--format",
+                "ocsf",
+                "--customer",
+                chain,
+                "--data",
+            ])
+            .arg(self.root.join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut check = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../ocsf/validate.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        check.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+        let checked = check.wait_with_output().unwrap();
+        let report = String::from_utf8_lossy(&checked.stdout).into_owned()
+            + &String::from_utf8_lossy(&checked.stderr);
+        assert!(
+            checked.status.success()
+                && report.contains(&format!("validated {} events", events.len())),
+            "OCSF validation of {chain} failed (pip install ocsf-json-schema==1.2.0 jsonschema==4.26.0): {report}"
+        );
+        events
+    }
+
     /// A demo identity's folder (`technician`, `approver`, `admin`).
     pub fn demo(&self, which: &str) -> PathBuf {
         self.root.join("identities").join(which)

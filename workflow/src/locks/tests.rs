@@ -9,13 +9,10 @@ use sallyport_certs::identity::{PeerIdentity, certificate_serial};
 use sallyport_certs::pki::{CertificateAuthority, Validity};
 use sallyport_ids::time::Clock;
 use sallyport_ids::{CustomerId, GrantId, SessionId, SpiffeId, TrustDomain};
-use sallyport_notify::Notifier;
-use sallyport_store::sqlite::SqliteStore;
 use sallyport_store::{IssuedCertificate, SessionRecord, Store};
-use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::{BoxFuture, Db};
+use crate::BoxFuture;
 
 const NOW: i64 = 1_767_261_600; // 2026-01-01T10:00:00Z
 const ALICE: &str = "spiffe://sallyport.local/technician/northwind/alice";
@@ -112,30 +109,8 @@ fn customers() -> Vec<CustomerId> {
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
-        let (trail, writer) =
-            AuditLog::open(&dir.path().join("audit"), &["acme", "globex"], None).unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("sallyport.db")).unwrap());
-        let clock = Clock::manual(NOW);
-        let cx = Context {
-            db: Db::new(store.clone()),
-            trail: trail.clone(),
-            notifier: Notifier::start(
-                Default::default(),
-                &sallyport_certs::tls::default_client(),
-                |_| {},
-                CancellationToken::new(),
-            ),
-            clock: clock.clone(),
-            refusals: crate::RefusalTrail::new(
-                trail.clone(),
-                crate::refusals::RefusalLimits {
-                    per_interval: 20,
-                    interval: std::time::Duration::from_secs(60),
-                },
-                customers(),
-            ),
-        };
+        let (cx, store, writer) = crate::test_context(dir.path(), &["acme", "globex"], NOW);
+        let (trail, clock) = (cx.trail.clone(), cx.clock.clone());
         let td: TrustDomain = "sallyport.local".parse().unwrap();
         let ca = CertificateAuthority::generate(&td).unwrap();
         let crl_ca = CertificateAuthority::from_pem(ca.cert_pem(), &ca.key_pem(), "ca").unwrap();
