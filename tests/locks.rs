@@ -113,21 +113,7 @@ async fn api(
 
 /// `sallyport certs issue ROLE NAME EXTRA... --out OUT` against the broker folder.
 fn issue_to(s: &Setup, out: &Path, role: &str, name: &str, extra: &[&str]) -> IdentityDir {
-    let done = Command::new(BIN)
-        .args(["certs", "issue", role, name])
-        .args(extra)
-        .arg("--dir")
-        .arg(&s.root)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    IdentityDir::read(out).unwrap()
+    IdentityDir::read(&s.issue_at(out, role, name, extra)).unwrap()
 }
 
 /// The locks `who` sees (`--all`: also lifted and ended ones), as the broker's JSON.

@@ -161,7 +161,12 @@ impl Setup {
 
     /// Issues an identity folder with the real `sallyport certs issue ROLE NAME EXTRA...`; returns it.
     pub fn issue(&self, role: &str, name: &str, extra: &[&str]) -> PathBuf {
-        let out = self.root.join("people").join(name);
+        self.issue_at(&self.root.join("people").join(name), role, name, extra)
+    }
+
+    /// As [`Setup::issue`], into the folder `out` (several certificates of one identity).
+    pub fn issue_at(&self, out: &Path, role: &str, name: &str, extra: &[&str]) -> PathBuf {
+        let out = out.to_owned();
         let done = Command::new(&self.bin)
             .args(["certs", "issue", role, name])
             .args(extra)
