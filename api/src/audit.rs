@@ -75,7 +75,8 @@ pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Bo
             return Err(refused(attempt, message.into()).await);
         }
     };
-    if customer != sallyport_audit::BROKER_CHAIN && api.config.customer(&customer).is_none() {
+    let config = api.config.load();
+    if customer != sallyport_audit::BROKER_CHAIN && config.customer(&customer).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -101,7 +102,7 @@ pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Bo
         technician: q.technician,
         after_seq: q.after_seq,
     };
-    let path = sallyport_audit::segment::chain_dir(&api.config.data_dir.join("audit"), &customer);
+    let path = sallyport_audit::segment::chain_dir(&config.data_dir.join("audit"), &customer);
     let unreadable = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "reading the audit trail failed");
         ApiError::new(

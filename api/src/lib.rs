@@ -11,7 +11,7 @@
 //!
 //! Routes ([`Api::route`]): [`requests`] (file, list, show, approve, deny, fetch the grant),
 //! [`grants`] (revoke), [`sessions`] (list, end), [`locks`] (lock, list, unlock, the CRL),
-//! [`audit`] (read a chain, the checkpoint key), [`ops`] (health, metrics). Every `/v1` call counts
+//! [`audit`] (read a chain, the checkpoint key), [`ops`] (health, metrics, reload). Every `/v1` call counts
 //! against the caller's API rate (`limits.api_calls_*`), and a caller locked everywhere is refused
 //! every `/v1` call and `/metrics` (403 `locked`).
 
@@ -31,7 +31,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use sallyport_audit::Health;
-use sallyport_config::Config;
+use sallyport_config::SharedConfig;
 use sallyport_gateway::slots::Slots;
 use sallyport_gateway::{Body, Conn, LiveSessions};
 use sallyport_workflow::limit::CallLimiter;
@@ -44,8 +44,8 @@ pub use input::MAX_BODY_BYTES;
 pub struct Api {
     /// The workflow it calls.
     pub workflow: Workflow,
-    /// Customers (for the audit routes) and the data directory.
-    pub config: Arc<Config>,
+    /// Customers (for the audit routes) and the data directory: the configuration in force.
+    pub config: SharedConfig,
     /// API calls per identity.
     pub api_calls: CallLimiter,
     /// The audit checkpoint key, as published (`GET /v1/audit/key`).
@@ -150,6 +150,7 @@ impl Api {
                 locks::unlock(self, conn, id, req).await
             }
             (&Method::GET, ["v1", "crl"]) => locks::crl(self),
+            (&Method::POST, ["v1", "reload"]) => ops::reload(self, conn).await,
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

@@ -63,6 +63,13 @@ pub enum EventKind {
     /// Refusals of one source or identity that were not recorded one by one in an interval: their
     /// `count`, their `aggregated_event`, `first_seen` and `last_seen`, and one of them as a sample.
     RefusalsAggregated,
+    /// The configuration was reloaded (SIGHUP or `sallyport reload`): on `_broker` with what
+    /// changed, and on each customer added, changed or removed. The policy sets it put in force
+    /// follow as `policy_loaded` records.
+    ConfigReloaded,
+    /// A reload was refused: the new file's error is the reason; the configuration in force is
+    /// unchanged.
+    ConfigReloadRefused,
 }
 
 /// How it ended.

@@ -9,6 +9,7 @@
 //! The crate reads files but starts nothing: it depends on `ids`, `certs` and `policy` only.
 
 mod file;
+mod shared;
 pub mod sinks;
 mod validate;
 
@@ -24,6 +25,7 @@ use sallyport_ids::{CustomerId, TargetId, TrustDomain};
 use sallyport_policy::CustomerPolicy;
 use serde::Deserialize;
 
+pub use shared::{Change, SharedConfig};
 pub use sinks::{SinkKind, WebhookTarget};
 
 /// A configuration problem: where, which field, what is wrong, and how to fix it.
@@ -51,7 +53,7 @@ pub enum OnAuditFailure {
 }
 
 /// Paths of the broker's TLS material.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsPaths {
     /// CA certificate.
     pub ca: PathBuf,
@@ -67,7 +69,7 @@ pub struct TlsPaths {
 }
 
 /// Grant settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GrantSettings {
     /// Ed25519 PKCS#8 signing key.
     pub signing_key: PathBuf,
@@ -82,7 +84,7 @@ pub struct GrantSettings {
 }
 
 /// Bounds on what a client may cost the broker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// TLS handshake must finish within this.
     pub handshake_timeout: Duration,
@@ -131,7 +133,7 @@ pub struct Limits {
 }
 
 /// The audit trail's signed checkpoints.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditSettings {
     /// Ed25519 PKCS#8 key that signs checkpoints.
     pub signing_key: PathBuf,
@@ -146,7 +148,7 @@ pub struct AuditSettings {
 }
 
 /// The access-request workflow.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RequestSettings {
     /// A request nobody decided on expires after this.
     pub pending_expiry: Duration,

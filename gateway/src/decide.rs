@@ -285,35 +285,14 @@ pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>
         ));
     }
     // Stage: the customer's policy.
-    let Principal::Technician { provider, name } = peer.id.principal() else {
+    let minutes = claims.exp.saturating_sub(claims.nbf).div_ceil(60);
+    let minutes = u32::try_from(minutes).unwrap_or(u32::MAX);
+    let Some(decision) = connect_policy(customer, target, peer, ask.ip, minutes, ask.now) else {
         return Err(wrong(
             StatusCode::FORBIDDEN,
             "only technicians open tunnels".into(),
         ));
     };
-    let subject = Subject::Technician {
-        id: peer.id.clone(),
-        provider: provider.clone(),
-        name: name.clone(),
-        groups: peer.groups.clone(),
-    };
-    let info = TargetInfo {
-        customer: customer.id.clone(),
-        id: target.id.clone(),
-        tags: target.tags.clone(),
-        port: target.port,
-        protocol: target.protocol.clone(),
-    };
-    let minutes = claims.exp.saturating_sub(claims.nbf).div_ceil(60);
-    let ctx = RequestContext {
-        now: ask.now,
-        minutes: u32::try_from(minutes).unwrap_or(u32::MAX),
-        source_ip: ask.ip,
-        ticket: None,
-    };
-    let decision = customer
-        .policy
-        .decide(Action::Connect, &subject, &info, &ctx);
     if !decision.allowed {
         let mut r = Refusal::new(StatusCode::FORBIDDEN, EventKind::Decision, decision.reason)
             .about(&claims);
@@ -328,6 +307,94 @@ pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>
         policy_ids: decision.policy_ids,
         reason: decision.reason,
     })
+}
+
+/// The customer's `connect` policy on a technician's tunnel to `target` (`None` for anyone else).
+fn connect_policy(
+    customer: &Customer,
+    target: &Target,
+    peer: &PeerIdentity,
+    ip: IpAddr,
+    minutes: u32,
+    now: jiff::Timestamp,
+) -> Option<sallyport_policy::Decision> {
+    let Principal::Technician { provider, name } = peer.id.principal() else {
+        return None;
+    };
+    let subject = Subject::Technician {
+        id: peer.id.clone(),
+        provider: provider.clone(),
+        name: name.clone(),
+        groups: peer.groups.clone(),
+    };
+    let info = TargetInfo {
+        customer: customer.id.clone(),
+        id: target.id.clone(),
+        tags: target.tags.clone(),
+        port: target.port,
+        protocol: target.protocol.clone(),
+    };
+    let ctx = RequestContext {
+        now,
+        minutes,
+        source_ip: ip,
+        ticket: None,
+    };
+    Some(
+        customer
+            .policy
+            .decide(Action::Connect, &subject, &info, &ctx),
+    )
+}
+
+/// What a live tunnel was allowed on, to be checked again under a new configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Live<'a> {
+    /// Its customer.
+    pub customer: &'a CustomerId,
+    /// Its target.
+    pub target: &'a TargetId,
+    /// The technician, from the client certificate.
+    pub peer: &'a PeerIdentity,
+    /// From where.
+    pub ip: IpAddr,
+    /// The grant's length.
+    pub minutes: u32,
+    /// The address it dialled.
+    pub address: &'a str,
+    /// The port the grant names.
+    pub port: u16,
+}
+
+/// Whether a live tunnel is still allowed under `customers` at `now`: its customer and target
+/// still configured, at the address it dialled and the port its grant names, and the customer's
+/// `connect` policy still permitting it. The error says what changed; pure.
+pub fn still_allowed(
+    live: Live<'_>,
+    customers: &[Customer],
+    now: jiff::Timestamp,
+) -> Result<(), String> {
+    let customer = customers
+        .iter()
+        .find(|c| c.id == *live.customer)
+        .ok_or_else(|| format!("customer `{}` is no longer configured", live.customer))?;
+    let target = customer.target(live.target.as_str()).ok_or_else(|| {
+        format!(
+            "customer `{}` no longer has target `{}`",
+            customer.id, live.target
+        )
+    })?;
+    if target.address != live.address || target.port != live.port {
+        return Err(format!(
+            "target `{}.{}` now has another address",
+            live.target, customer.id
+        ));
+    }
+    match connect_policy(customer, target, live.peer, live.ip, live.minutes, now) {
+        Some(d) if d.allowed => Ok(()),
+        Some(d) => Err(d.reason),
+        None => Err("only technicians open tunnels".into()),
+    }
 }
 
 /// `bench-insecure` builds only: routes the authority to a configured target without any

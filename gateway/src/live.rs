@@ -45,6 +45,22 @@ pub struct LiveSession {
     cause: Mutex<Option<String>>,
     /// Set once the tunnel is open (its allow and open records are durable).
     open: AtomicBool,
+    /// What it was allowed on, to check it again when the configuration changes.
+    pub basis: Option<Basis>,
+}
+
+/// What a tunnel was allowed on, beyond its session record: its connection (certificate and
+/// source), its grant's length and port, and the address it dialled.
+#[derive(Debug)]
+pub struct Basis {
+    /// The technician's connection.
+    pub conn: Arc<crate::Conn>,
+    /// The grant's length.
+    pub minutes: u32,
+    /// The port the grant names.
+    pub port: u16,
+    /// The address dialled.
+    pub address: String,
 }
 
 impl LiveSession {
@@ -186,8 +202,14 @@ impl LiveSessions {
 
     /// Registers a tunnel (under the client certificate `thumbprint`) before it opens, so a
     /// revocation or a lock from now on reaches it.
-    pub fn register(self: &Arc<Self>, record: SessionRecord, thumbprint: [u8; 32]) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        record: SessionRecord,
+        thumbprint: [u8; 32],
+        basis: Option<Basis>,
+    ) -> Registration {
         let session = Arc::new(LiveSession {
+            basis,
             record,
             thumbprint,
             counters: Arc::new(Counters::default()),
@@ -226,6 +248,38 @@ impl LiveSessions {
             .filter(|s| ends(&s.0.record, &s.0.thumbprint))
             .map(|s| s.0.end(cause))
             .count()
+    }
+
+    /// Ends, with `cause`, every tunnel that [`crate::decide::still_allowed`] no longer allows under
+    /// `config` at `now`; returns each one ended with what changed. A tunnel registered without a
+    /// basis (a benchmark build's) is left.
+    pub fn recheck(
+        &self,
+        config: &sallyport_config::Config,
+        now: jiff::Timestamp,
+        cause: &str,
+    ) -> Vec<(SessionRecord, String)> {
+        let live = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ended = Vec::new();
+        for s in live.iter() {
+            let (s, Some(basis)) = (&s.0, &s.0.basis) else {
+                continue;
+            };
+            let asked = crate::decide::Live {
+                customer: &s.record.customer,
+                target: &s.record.target,
+                peer: &basis.conn.peer,
+                ip: basis.conn.ip,
+                minutes: basis.minutes,
+                address: &basis.address,
+                port: basis.port,
+            };
+            if let Err(why) = crate::decide::still_allowed(asked, &config.customers, now) {
+                s.end(cause);
+                ended.push((s.snapshot(), why));
+            }
+        }
+        ended
     }
 
     /// Ends every tunnel; returns how many.
@@ -274,6 +328,15 @@ impl LiveTunnels for LiveSessions {
 
     fn end_where(&self, ends: &dyn Fn(&SessionRecord, &[u8; 32]) -> bool, cause: &str) -> usize {
         LiveSessions::end_where(self, ends, cause)
+    }
+
+    fn recheck(
+        &self,
+        config: &sallyport_config::Config,
+        now: jiff::Timestamp,
+        cause: &str,
+    ) -> Vec<(SessionRecord, String)> {
+        LiveSessions::recheck(self, config, now, cause)
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
@@ -402,9 +465,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
         let live = LiveSessions::start(store.clone());
-        let a = live.register(record("s1", "g1"), [1; 32]);
-        let b = live.register(record("s2", "g1"), [1; 32]);
-        let c = live.register(record("s3", "g2"), [2; 32]);
+        let a = live.register(record("s1", "g1"), [1; 32], None);
+        let b = live.register(record("s2", "g1"), [1; 32], None);
+        let c = live.register(record("s3", "g2"), [2; 32], None);
         assert!(
             live.snapshot().is_empty(),
             "nothing is listed before it opens"
@@ -421,7 +484,7 @@ mod tests {
         // A lock of one certificate reaches the tunnels under it, and only those.
         assert_eq!(live.end_where(&|_, t| *t == [2; 32], "identity locked"), 1);
         assert_eq!(c.session.cause().as_deref(), Some("identity locked"));
-        let d = live.register(record("s4", "g2"), [3; 32]);
+        let d = live.register(record("s4", "g2"), [3; 32], None);
         assert!(!d.session.stop.is_cancelled());
         drop(d);
         a.closed(1_010, "grant revoked");

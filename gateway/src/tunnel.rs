@@ -25,7 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sallyport_audit::{AuditEvent, AuditLog, EventKind, Outcome};
 use sallyport_certs::grant::{GrantError, GrantVerifier};
-use sallyport_config::Config;
+use sallyport_config::{Config, SharedConfig};
 use sallyport_ids::SessionId;
 use sallyport_ids::time::{Clock, rfc3339};
 use sallyport_store::{SessionRecord, StoreError};
@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use crate::capture::Capture;
 use crate::decide::{Allowed, Ask, GrantCheck, Refusal, decide};
 use crate::limiter::{FailKey, FailureLimiter};
-use crate::live::{LiveSessions, Registration};
+use crate::live::{Basis, LiveSessions, Registration};
 use crate::{Body, Conn, relay};
 
 /// The answer to an identity past its failure budget.
@@ -46,7 +46,7 @@ const RATE_LIMITED: &str = "too many refused attempts; try again later";
 
 /// The CONNECT data plane and what it needs. Shared by every connection.
 pub struct Tunnels {
-    config: Arc<Config>,
+    config: SharedConfig,
     verifier: GrantVerifier,
     limiter: Arc<FailureLimiter>,
     trail: AuditLog,
@@ -67,8 +67,9 @@ impl std::fmt::Debug for Tunnels {
 
 /// What [`Tunnels`] is built from.
 pub struct TunnelsParts {
-    /// Customers and their targets, limits, the data directory (captures).
-    pub config: Arc<Config>,
+    /// Customers and their targets, limits, the data directory (captures): the configuration in
+    /// force, taken once per CONNECT.
+    pub config: SharedConfig,
     /// Verifies grants.
     pub verifier: GrantVerifier,
     /// Failed authentications.
@@ -194,7 +195,8 @@ impl Tunnels {
     }
 
     fn allowed<'a>(
-        &'a self,
+        &self,
+        config: &'a Config,
         conn: &Conn,
         req: &Request<Incoming>,
     ) -> Result<Allowed<'a>, Box<Refusal>> {
@@ -212,13 +214,13 @@ impl Tunnels {
         if authorization_skipped() {
             return crate::decide::unauthorized(
                 ask,
-                &self.config.customers,
-                &self.config.grants.issuer,
-                &self.config.grants.audience,
+                &config.customers,
+                &config.grants.issuer,
+                &config.grants.audience,
             );
         }
         ask.grant = self.check_grant(bearer(req));
-        decide(ask, &self.config.customers)
+        decide(ask, &config.customers)
     }
 
     /// Stage: a locked identity or certificate is refused (403), the refusal recorded by the lock
@@ -254,10 +256,13 @@ impl Tunnels {
 
     /// The configured customer a CONNECT authority names (`<target>.<customer>:<port>`), if any:
     /// where a locked identity's attempt is recorded, so that customer sees it.
-    fn named_customer(&self, req: &Request<Incoming>) -> Option<sallyport_ids::CustomerId> {
+    fn named_customer(
+        config: &Config,
+        req: &Request<Incoming>,
+    ) -> Option<sallyport_ids::CustomerId> {
         let host = req.uri().authority()?.host();
         let (_, customer) = host.split_once('.')?;
-        self.config.customer(customer).map(|c| c.id.clone())
+        config.customer(customer).map(|c| c.id.clone())
     }
 
     /// Handles one CONNECT request.
@@ -267,9 +272,14 @@ impl Tunnels {
         mut req: Request<Incoming>,
     ) -> Response<Body> {
         let session_id = SessionId::mint();
+        // One configuration for the whole decision, even if a reload lands meanwhile (the reload
+        // then checks this tunnel again once it is registered).
+        let config = self.config.load();
         // Stage: a locked identity or certificate goes no further, whatever grant it carries.
         if self.rate_limited(&conn).is_none()
-            && let Some(refused) = self.locked(&conn, self.named_customer(&req).as_ref()).await
+            && let Some(refused) = self
+                .locked(&conn, Self::named_customer(&config, &req).as_ref())
+                .await
         {
             return refused;
         }
@@ -279,7 +289,7 @@ impl Tunnels {
             target,
             policy_ids,
             reason,
-        } = match self.allowed(&conn, &req) {
+        } = match self.allowed(&config, &conn, &req) {
             Ok(ok) => ok,
             Err(refusal) => return self.refuse(&conn, &session_id, refusal).await,
         };
@@ -300,7 +310,41 @@ impl Tunnels {
                 close_reason: None,
             },
             conn.peer.thumbprint,
+            (!authorization_skipped()).then(|| Basis {
+                conn: conn.clone(),
+                minutes: u32::try_from(claims.exp.saturating_sub(claims.nbf).div_ceil(60))
+                    .unwrap_or(u32::MAX),
+                port: claims.port,
+                address: target.address.clone(),
+            }),
         );
+        // Stage: still allowed. A reload that put a new configuration in force since the decision
+        // did not see this tunnel; it is checked against that configuration here, and a reload
+        // from here on checks it itself.
+        let in_force = self.config.load();
+        if !Arc::ptr_eq(&in_force, &config)
+            && let Some(basis) = &registration.session.basis
+        {
+            let live = crate::decide::Live {
+                customer: &customer.id,
+                target: &target.id,
+                peer: &conn.peer,
+                ip: conn.ip,
+                minutes: basis.minutes,
+                address: &basis.address,
+                port: basis.port,
+            };
+            if let Err(why) =
+                crate::decide::still_allowed(live, &in_force.customers, self.clock.now())
+            {
+                let r = Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    EventKind::Decision,
+                    format!("policy changed: {why}"),
+                );
+                return self.refuse(&conn, &session_id, r.about(&claims)).await;
+            }
+        }
         // Stage: not locked. Checked again once registered, so a lock landing from here on still
         // cuts the tunnel, and one that landed since the first check refuses it.
         if let Some(refused) = self.locked(&conn, Some(&customer.id)).await {
@@ -349,7 +393,7 @@ impl Tunnels {
         }
         // Stage: dial the configured address, never one the client names.
         let dialled = tokio::time::timeout(
-            self.config.limits.connect_timeout,
+            config.limits.connect_timeout,
             TcpStream::connect(&target.address),
         )
         .await;
@@ -372,7 +416,7 @@ impl Tunnels {
         // A recorded target's session is captured; no capture, no session.
         let capture = if target.record {
             let path = crate::capture::path_of(
-                &self.config.data_dir,
+                &config.data_dir,
                 customer.id.as_str(),
                 session_id.as_str(),
             );
@@ -422,7 +466,7 @@ impl Tunnels {
                 .unwrap_or(Duration::ZERO);
         let ends = relay::Ends {
             deadline,
-            idle: self.config.limits.idle_timeout,
+            idle: config.limits.idle_timeout,
             shutdown: self.shutdown.clone(),
             stop: registration.session.stop.clone(),
         };
@@ -560,7 +604,8 @@ impl Tunnels {
         }
         let by = RefusedBy::Identity(conn.peer.id.to_string());
         // Only configured customers have chains.
-        let configured = |c: &String| self.config.customer(c).map(|customer| customer.id.clone());
+        let config = self.config.load();
+        let configured = |c: &String| config.customer(c).map(|customer| customer.id.clone());
         let mut ev = AuditEvent::new(r.event, Outcome::Deny, r.reason.clone());
         ev.customer = r.customer.as_ref().and_then(configured);
         ev.actor = Some(conn.peer.id.to_string());

@@ -27,6 +27,7 @@
 //! later cut back or rewritten no longer matches them (`sallyport audit verify
 //! --expect-checkpoints`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,7 +212,33 @@ pub fn syslog_frame(customer: &CustomerId, seq: u64, line: &str, host: &str) -> 
     format!("{} {msg}", msg.len())
 }
 
-/// Starts one delivery task per sink; they stop when `shutdown` is cancelled.
+/// The running SIEM forwarders, customer by customer, so that a reload can start, stop and replace
+/// them. Stopping a customer's forwarders waits until they have stopped, so a replacement never
+/// races its predecessor on a cursor file.
+pub struct Forwarders {
+    audit_dir: PathBuf,
+    cursor_dir: PathBuf,
+    host: String,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+    running: tokio::sync::Mutex<HashMap<CustomerId, Running>>,
+}
+
+/// One customer's forwarders.
+struct Running {
+    stop: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl std::fmt::Debug for Forwarders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarders").finish_non_exhaustive()
+    }
+}
+
+/// Starts one forwarder per sink, each on `tasks` (so shutdown waits for them) and ending when
+/// `shutdown` is cancelled.
 pub fn start(
     sinks: Vec<Sink>,
     audit_dir: PathBuf,
@@ -219,29 +246,78 @@ pub fn start(
     health: Arc<Health>,
     shutdown: CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
-) -> std::io::Result<()> {
-    if sinks.is_empty() {
-        return Ok(());
-    }
+) -> std::io::Result<Forwarders> {
     sallyport_ids::private::dir_all(&cursor_dir)?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "-".into());
-    for sink in sinks {
-        let chain = segment::chain_dir(&audit_dir, sink.customer.as_str());
-        let cursor = cursor_dir.join(format!("{}.{}.cursor", sink.customer, sink.index));
-        tasks.spawn(run(
-            sink,
-            chain,
-            cursor,
-            host.clone(),
-            health.clone(),
-            shutdown.clone(),
-        ));
+    let mut forwarders = Forwarders {
+        audit_dir,
+        cursor_dir,
+        host,
+        health,
+        shutdown,
+        tasks: tasks.clone(),
+        running: tokio::sync::Mutex::new(HashMap::new()),
+    };
+    let mut running = HashMap::new();
+    forwarders.start_all(sinks, &mut running);
+    *forwarders.running.get_mut() = running;
+    Ok(forwarders)
+}
+
+impl Forwarders {
+    /// After a reload: the forwarders of customers no longer in `sinks`, and of those `changed`
+    /// says changed, stop (each finishes or abandons its batch; its cursor stays); then every
+    /// customer in `sinks` without forwarders gets them, resuming from its cursors.
+    pub async fn reconfigure(
+        &self,
+        sinks: Vec<Sink>,
+        changed: &(dyn Fn(&CustomerId) -> bool + Sync),
+    ) {
+        let mut running = self.running.lock().await;
+        let keep = |c: &CustomerId| !changed(c) && sinks.iter().any(|s| &s.customer == c);
+        let gone: Vec<CustomerId> = running.keys().filter(|c| !keep(c)).cloned().collect();
+        for c in gone {
+            if let Some(r) = running.remove(&c) {
+                r.stop.cancel();
+                r.tasks.close();
+                r.tasks.wait().await;
+                tracing::debug!(customer = %c, "SIEM forwarding stopped for a reload");
+            }
+        }
+        let fresh: Vec<Sink> = sinks
+            .into_iter()
+            .filter(|s| !running.contains_key(&s.customer))
+            .collect();
+        self.start_all(fresh, &mut running);
     }
-    Ok(())
+
+    fn start_all(&self, sinks: Vec<Sink>, running: &mut HashMap<CustomerId, Running>) {
+        for sink in sinks {
+            let group = running
+                .entry(sink.customer.clone())
+                .or_insert_with(|| Running {
+                    stop: self.shutdown.child_token(),
+                    tasks: tokio_util::task::TaskTracker::new(),
+                });
+            let chain = segment::chain_dir(&self.audit_dir, sink.customer.as_str());
+            let cursor = self
+                .cursor_dir
+                .join(format!("{}.{}.cursor", sink.customer, sink.index));
+            let forward = run(
+                sink,
+                chain,
+                cursor,
+                self.host.clone(),
+                self.health.clone(),
+                group.stop.clone(),
+            );
+            self.tasks.spawn(group.tasks.track_future(forward));
+        }
+    }
 }
 
 async fn run(

@@ -161,15 +161,48 @@ pub struct Notifier {
 }
 
 struct Inner {
-    customers: HashMap<CustomerId, Slot>,
+    /// Replaced, customer by customer, by [`Notifier::reconfigure`].
+    customers: std::sync::RwLock<HashMap<CustomerId, Slot>>,
     on_give_up: GiveUpFn,
     /// The delivery workers.
     workers: TaskTracker,
+    /// What new workers are made with.
+    client: HttpsClient,
+    shutdown: CancellationToken,
 }
 
 type GiveUpFn = Arc<dyn Fn(GiveUp) + Send + Sync + 'static>;
 
+impl Inner {
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, HashMap<CustomerId, Slot>> {
+        self.customers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slots_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<CustomerId, Slot>> {
+        self.customers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A worker for `customer`'s webhook, or the refusal of its URL.
+    fn slot(&self, customer: &CustomerId, target: WebhookTarget) -> Slot {
+        if let Some(problem) = WebhookTarget::url_problem(&target.url) {
+            tracing::error!(%customer, %problem, "webhook not started");
+            return Slot::Refused(problem);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let worker = Worker {
+            customer: customer.clone(),
+            origin: Origin::of(&target.url).to_string(),
+            target,
+            client: self.client.clone(),
+            on_give_up: self.on_give_up.clone(),
+        };
+        self.workers.spawn(worker.run(rx, self.shutdown.clone()));
+        Slot::Queue(tx)
+    }
+}
+
 /// What `notify` does for one configured customer.
+#[derive(Clone)]
 enum Slot {
     /// The customer's worker queue.
     Queue(mpsc::Sender<Job>),
@@ -179,7 +212,7 @@ enum Slot {
 
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut customers: Vec<&CustomerId> = self.inner.customers.keys().collect();
+        let mut customers: Vec<CustomerId> = self.inner.slots().keys().cloned().collect();
         customers.sort();
         f.debug_struct("Notifier")
             .field("customers", &customers)
@@ -222,32 +255,42 @@ impl Notifier {
         shutdown: CancellationToken,
     ) -> Notifier {
         let on_give_up: GiveUpFn = Arc::new(on_give_up);
-        let workers = TaskTracker::new();
-        let client = HttpsClient::new(tls);
-        let mut customers = HashMap::with_capacity(targets.len());
-        for (customer, target) in targets {
-            if let Some(problem) = WebhookTarget::url_problem(&target.url) {
-                tracing::error!(%customer, %problem, "webhook not started");
-                customers.insert(customer, Slot::Refused(problem));
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-            let worker = Worker {
-                customer: customer.clone(),
-                origin: Origin::of(&target.url).to_string(),
-                target,
-                client: client.clone(),
-                on_give_up: on_give_up.clone(),
-            };
-            workers.spawn(worker.run(rx, shutdown.clone()));
-            customers.insert(customer, Slot::Queue(tx));
-        }
+        let inner = Inner {
+            customers: std::sync::RwLock::new(HashMap::with_capacity(targets.len())),
+            on_give_up,
+            workers: TaskTracker::new(),
+            client: HttpsClient::new(tls),
+            shutdown,
+        };
+        let slots = targets
+            .into_iter()
+            .map(|(customer, target)| {
+                let slot = inner.slot(&customer, target);
+                (customer, slot)
+            })
+            .collect();
+        *inner.slots_mut() = slots;
         Notifier {
-            inner: Arc::new(Inner {
-                customers,
-                on_give_up,
-                workers,
-            }),
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// After a reload: customers in `targets` whose webhook is new or changed (`changed` says which
+    /// of them) get a new worker, and customers no longer in it get none. A replaced worker delivers
+    /// what it had queued, then ends; customers not in `changed` keep theirs, queue and order.
+    pub fn reconfigure(
+        &self,
+        targets: HashMap<CustomerId, WebhookTarget>,
+        changed: &dyn Fn(&CustomerId) -> bool,
+    ) {
+        let inner = &self.inner;
+        let mut slots = inner.slots_mut();
+        slots.retain(|c, _| targets.contains_key(c));
+        for (customer, target) in targets {
+            if !slots.contains_key(&customer) || changed(&customer) {
+                let slot = inner.slot(&customer, target);
+                slots.insert(customer, slot);
+            }
         }
     }
 
@@ -265,7 +308,7 @@ impl Notifier {
     /// webhook: nothing happens. A full queue ([`QUEUE_CAPACITY`]): the notification is dropped,
     /// logged at warn and reported to `on_give_up` with `attempts == 0` and error `queue full`.
     pub fn notify(&self, mut n: Notification) {
-        let Some(slot) = self.inner.customers.get(&n.customer) else {
+        let Some(slot) = self.inner.slots().get(&n.customer).cloned() else {
             return;
         };
         // `text` carries people's words (reasons, tickets): Slack must not read them as markup.

@@ -12,7 +12,6 @@
 //! of aggregated refusals. [`Broker::run`] serves until shutdown, drains, and writes what is left
 //! (aggregated refusals included).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,7 +20,7 @@ use hyper::Method;
 use sallyport_api::Api;
 use sallyport_audit::{AuditLog, AuditWriter, Checkpoints};
 use sallyport_certs::grant::GrantVerifier;
-use sallyport_config::{Config, ConfigError};
+use sallyport_config::{Config, ConfigError, SharedConfig};
 use sallyport_gateway::limiter::{Budget, FailureLimiter};
 use sallyport_gateway::{Listener, LiveSessions, Tunnels, TunnelsParts};
 use sallyport_ids::time::{Clock, now_unix};
@@ -31,6 +30,7 @@ use sallyport_store::sqlite::SqliteStore;
 use sallyport_workflow::limit::CallLimiter;
 use sallyport_workflow::locks::{LocksParts, crl::Crl};
 use sallyport_workflow::refusals::RefusalLimits;
+use sallyport_workflow::reload::{Overrides, Reloader, ReloaderParts};
 use sallyport_workflow::{
     Context, Db, Grants, LiveTunnels, LockGate, LockView, Locks, RefusalTrail, Refusals, Requests,
     Sessions, Workflow,
@@ -43,7 +43,8 @@ use crate::cli::Failure;
 
 /// A broker, built and not yet serving.
 pub struct Broker {
-    config: Arc<Config>,
+    config: SharedConfig,
+    reloader: Reloader,
     listener: Listener,
     tunnels: Arc<Tunnels>,
     api: Arc<Api>,
@@ -103,13 +104,8 @@ fn lock_data_dir(cfg: &Config) -> anyhow::Result<std::fs::File> {
 
 /// The customers' webhooks; a delivery that gives up is logged and recorded on the customer's trail.
 fn notifier(cfg: &Config, trail: AuditLog, shutdown: CancellationToken) -> Notifier {
-    let targets: HashMap<_, _> = cfg
-        .customers
-        .iter()
-        .filter_map(|c| Some((c.id.clone(), c.webhook.clone()?)))
-        .collect();
     Notifier::start(
-        targets,
+        sallyport_workflow::reload::webhooks(cfg),
         &sallyport_certs::tls::default_client(),
         move |g: GiveUp| {
             tracing::warn!(customer = %g.customer, event = %g.event, delivery = %g.delivery_id, attempts = g.attempts, error = %g.error, "webhook delivery failed");
@@ -126,9 +122,14 @@ fn notifier(cfg: &Config, trail: AuditLog, shutdown: CancellationToken) -> Notif
 }
 
 impl Broker {
-    /// Builds a broker from `cfg`: keys, trail, store and every service, none started yet. Must be
-    /// called within the runtime that will run it.
-    pub fn build(cfg: Config, shutdown: CancellationToken) -> Result<Broker, Failure> {
+    /// Builds a broker from `cfg` (the file with the command line's `overrides` applied; a reload
+    /// applies them again): keys, trail, store and every service, none started yet but SIEM
+    /// forwarding. Must be called within the runtime that will run it.
+    pub fn build(
+        cfg: Config,
+        overrides: Overrides,
+        shutdown: CancellationToken,
+    ) -> Result<Broker, Failure> {
         let server_tls = cfg.server_tls()?;
         let signer = cfg.grant_signer()?;
         let verifier =
@@ -157,22 +158,23 @@ impl Broker {
                 "closed sessions left open by a broker that stopped"
             );
         }
-        let config = Arc::new(cfg);
+        let config = SharedConfig::new(cfg);
+        let cfg = config.load();
         let clock = Clock::system();
         let db = Db::new(store.clone());
-        let limits = &config.limits;
+        let limits = &cfg.limits;
         let refusals = RefusalTrail::new(
             trail.clone(),
             RefusalLimits {
                 per_interval: limits.refusals_recorded_per_interval,
                 interval: limits.refusal_interval,
             },
-            config.customers.iter().map(|c| c.id.clone()),
+            cfg.customers.iter().map(|c| c.id.clone()),
         );
         let cx = Context {
             db: db.clone(),
             trail: trail.clone(),
-            notifier: notifier(&config, trail.clone(), shutdown.clone()),
+            notifier: notifier(&cfg, trail.clone(), shutdown.clone()),
             clock: clock.clone(),
             refusals: refusals.clone(),
         };
@@ -180,8 +182,8 @@ impl Broker {
         let tunnels_of: Arc<dyn LiveTunnels> = sessions.clone();
         let gate = LockGate::new(Arc::new(LockView::new()), cx.clone());
         // A certificate given whole to `POST /v1/locks` must be one the broker CA issued.
-        let ca_name = config.tls.ca.display().to_string();
-        let ca_pem = std::fs::read_to_string(&config.tls.ca)
+        let ca_name = cfg.tls.ca.display().to_string();
+        let ca_pem = std::fs::read_to_string(&cfg.tls.ca)
             .map_err(|e| anyhow!("reading the CA certificate {ca_name}: {e}"))?;
         let ca_verifier = sallyport_certs::tls::client_verifier(&ca_pem, &ca_name)
             .map_err(anyhow::Error::from)?;
@@ -189,13 +191,13 @@ impl Broker {
             cx: cx.clone(),
             gate: gate.clone(),
             tunnels: tunnels_of.clone(),
-            customers: config.customers.iter().map(|c| c.id.clone()).collect(),
-            trust_domain: config.trust_domain.clone(),
+            customers: cfg.customers.iter().map(|c| c.id.clone()).collect(),
+            trust_domain: cfg.trust_domain.clone(),
             verifier: ca_verifier,
-            crl: if config.tls.crl {
+            crl: if cfg.tls.crl {
                 Some(Arc::new(Crl::new(
-                    crate::init::load_ca(&config)?,
-                    config.data_dir.join("crl.pem"),
+                    crate::init::load_ca(&cfg)?,
+                    cfg.data_dir.join("crl.pem"),
                 )))
             } else {
                 None
@@ -211,12 +213,23 @@ impl Broker {
             )),
             gate.clone(),
         );
+        let tasks = TaskTracker::new();
+        let siem = start_siem(&cfg, &trail, &shutdown, &tasks);
+        let reloader = Reloader::new(ReloaderParts {
+            config: config.clone(),
+            overrides,
+            cx: cx.clone(),
+            tunnels: tunnels_of.clone(),
+            locks: locks.clone(),
+            siem,
+        });
         let workflow = Workflow {
             requests: requests.clone(),
             grants: Grants::new(cx.clone(), tunnels_of.clone()),
             sessions: Sessions::new(cx.clone(), tunnels_of),
             locks: locks.clone(),
             refusals: Refusals::new(cx),
+            reload: reloader.clone(),
         };
         let limiter = Arc::new(FailureLimiter::new(
             Budget {
@@ -228,7 +241,6 @@ impl Broker {
                 burst: limits.unauthenticated_failure_burst,
             },
         ));
-        let tasks = TaskTracker::new();
         let tunnels = Tunnels::new(TunnelsParts {
             config: config.clone(),
             verifier,
@@ -244,8 +256,8 @@ impl Broker {
         });
         let listener = Listener::new(
             server_tls,
-            config.trust_domain.clone(),
-            config.limits.clone(),
+            cfg.trust_domain.clone(),
+            cfg.limits.clone(),
             limiter,
             refusals.clone(),
             shutdown.clone(),
@@ -262,6 +274,7 @@ impl Broker {
         });
         Ok(Broker {
             config,
+            reloader,
             listener,
             tunnels,
             api,
@@ -277,9 +290,14 @@ impl Broker {
         })
     }
 
-    /// The validated configuration it runs on.
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load()
+    }
+
+    /// Reloads the configuration (`SIGHUP`, `POST /v1/reload`).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Loads the active locks, records the policy sets in force, and binds the configured listen
@@ -295,11 +313,12 @@ impl Broker {
         }
         // The policy sets in force go on their customers' trails. A chain that cannot take the
         // record refuses every decision anyway (each is recorded, with the same digest, first).
-        sallyport_workflow::policies::record_loaded(self.requests.context(), &self.config).await;
-        let addr = self.config.listen;
+        let config = self.config.load();
+        sallyport_workflow::policies::record_loaded(self.requests.context(), &config).await;
+        let addr = config.listen;
         TcpListener::bind(addr).await.map_err(|e| {
             Failure::Config(ConfigError {
-                location: self.config.file.display().to_string(),
+                location: config.file.display().to_string(),
                 field: "server.listen".into(),
                 message: format!("cannot listen on {addr}: {e}"),
                 fix: "stop whatever uses that port, or pick another with --listen or server.listen"
@@ -313,6 +332,7 @@ impl Broker {
     pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
         let Broker {
             config,
+            reloader,
             listener: server,
             tunnels,
             api,
@@ -332,10 +352,9 @@ impl Broker {
         tasks.spawn(sallyport_gateway::watch::watch_trail(
             trail.clone(),
             sessions.clone(),
-            config.audit.on_failure,
+            config.load().audit.on_failure,
             shutdown.clone(),
         ));
-        start_siem(&config, &trail, &shutdown, &tasks);
         let handler = move |conn: Arc<sallyport_gateway::Conn>,
                             req: hyper::Request<hyper::body::Incoming>| {
             let (tunnels, api) = (tunnels.clone(), api.clone());
@@ -352,42 +371,33 @@ impl Broker {
         refusals.flush().await;
         drop(refusals);
         sessions.flush().await;
-        drop((sessions, trail));
+        // Every handle on the trail goes, so that the writer ends once it has written the rest.
+        drop((sessions, trail, reloader));
         tokio::task::spawn_blocking(move || writer.join()).await?;
         Ok(())
     }
 }
 
-/// Starts one SIEM forwarder per configured sink.
+/// Starts one SIEM forwarder per configured sink; `None` (logged) when they cannot start.
 fn start_siem(
     config: &Config,
     trail: &AuditLog,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
-) {
-    let sinks: Vec<sallyport_notify::siem::Sink> = config
-        .customers
-        .iter()
-        .flat_map(|c| {
-            c.siem
-                .iter()
-                .enumerate()
-                .map(|(index, kind)| sallyport_notify::siem::Sink {
-                    customer: c.id.clone(),
-                    index,
-                    kind: kind.clone(),
-                })
-        })
-        .collect();
+) -> Option<Arc<sallyport_notify::siem::Forwarders>> {
     let audit: PathBuf = config.data_dir.join("audit");
-    if let Err(e) = sallyport_notify::siem::start(
-        sinks,
+    match sallyport_notify::siem::start(
+        sallyport_workflow::reload::sinks(config),
         audit,
         config.data_dir.join("siem"),
         trail.health().clone(),
         shutdown.clone(),
         tasks,
     ) {
-        tracing::error!(error = %e, "cannot start SIEM forwarding");
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start SIEM forwarding");
+            None
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod access;
 pub mod audit;
 pub mod certs;
 pub mod locks;
+pub mod reload;
 pub mod serve;
 
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub const DEFAULT_DATA: &str = "sallyport-data/data";
 pub enum Failure {
     /// The configuration, or a file it names, is not usable.
     Config(ConfigError),
+    /// The broker refused a configuration (exit 64, like an invalid file): its words.
+    Refused(String),
     /// Anything else.
     Other(anyhow::Error),
 }
@@ -178,6 +181,19 @@ enum Command {
     Lock {
         #[command(flatten)]
         args: locks::LockArgs,
+    },
+    /// Reload the broker's configuration and policies without a restart (provider admins).
+    ///
+    /// The broker reads its configuration file again, with every policy. A bad file is refused
+    /// with its error (exit 64) and the configuration in force keeps serving. A reload changes the
+    /// customers (targets, policies, webhooks, SIEM sinks); other sections need a restart. Live
+    /// tunnels the new configuration no longer allows are closed with reason `policy changed`,
+    /// and the reload is on the audit trail (`config_reloaded`, and `policy_loaded` with each new
+    /// policy digest). On the broker host, `kill -HUP` (or `systemctl reload sallyport`) does the
+    /// same.
+    Reload {
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Lift a lock (LOCK_ID from `sallyport locks`): what it barred works again.
     ///
@@ -327,6 +343,10 @@ pub fn main() -> ExitCode {
             eprintln!("sallyport: invalid configuration: {cfg}");
             ExitCode::from(EXIT_CONFIG)
         }
+        Err(Failure::Refused(why)) => {
+            eprintln!("sallyport: {why}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(Failure::Other(e)) => {
             eprintln!("sallyport: {e:#}");
             ExitCode::FAILURE
@@ -386,6 +406,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
             client,
         } => access::revoke(&grant_id, &reason, &client).map_err(Failure::Other),
         Command::Lock { args } => locks::lock(&args).map_err(Failure::Other),
+        Command::Reload { client } => reload::reload(&client),
         Command::Unlock {
             lock_id,
             reason,

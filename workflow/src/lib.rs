@@ -32,6 +32,7 @@ pub mod limit;
 pub mod locks;
 pub mod policies;
 pub mod refusals;
+pub mod reload;
 pub mod requests;
 pub mod scope;
 pub mod sessions;
@@ -198,6 +199,15 @@ pub trait LiveTunnels: Send + Sync {
     /// Ends every tunnel for which `ends` says yes, given its session and the SHA-256 of the client
     /// certificate it runs under (the rule is the caller's); returns how many.
     fn end_where(&self, ends: &dyn Fn(&SessionRecord, &[u8; 32]) -> bool, cause: &str) -> usize;
+    /// Checks every tunnel against `config` at `now` and ends, with `cause`, each it no longer
+    /// allows (customer or target gone, another address, the policy no longer permitting it);
+    /// returns each one ended with what changed.
+    fn recheck(
+        &self,
+        config: &sallyport_config::Config,
+        now: jiff::Timestamp,
+        cause: &str,
+    ) -> Vec<(SessionRecord, String)>;
     /// Waits until every session row queued so far is in the store.
     fn flush(&self) -> BoxFuture<'_, ()>;
 }
@@ -215,6 +225,8 @@ pub struct Workflow {
     pub locks: Locks,
     /// Refusals of the API's own checks.
     pub refusals: Refusals,
+    /// Reloading the configuration.
+    pub reload: reload::Reloader,
 }
 
 #[cfg(test)]

@@ -332,7 +332,8 @@ struct Inner {
     cx: Context,
     gate: LockGate,
     tunnels: Arc<dyn LiveTunnels>,
-    customers: Vec<CustomerId>,
+    /// Replaced whole by a reload.
+    customers: std::sync::RwLock<Arc<Vec<CustomerId>>>,
     trust_domain: TrustDomain,
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     crl: Option<Arc<crl::Crl>>,
@@ -365,6 +366,24 @@ pub struct LocksParts {
 }
 
 impl Locks {
+    /// The configured customers now.
+    fn customers(&self) -> Arc<Vec<CustomerId>> {
+        self.inner
+            .customers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The configured customers, after a reload: a lock names, records on and announces to these.
+    pub fn set_customers(&self, customers: Vec<CustomerId>) {
+        *self
+            .inner
+            .customers
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(customers);
+    }
+
     /// Locks over `parts`. Call [`Locks::load`] before serving.
     pub fn new(parts: LocksParts) -> Self {
         Self {
@@ -372,7 +391,7 @@ impl Locks {
                 cx: parts.cx,
                 gate: parts.gate,
                 tunnels: parts.tunnels,
-                customers: parts.customers,
+                customers: std::sync::RwLock::new(Arc::new(parts.customers)),
                 trust_domain: parts.trust_domain,
                 verifier: parts.verifier,
                 crl: parts.crl,
@@ -423,7 +442,7 @@ impl Locks {
             Some(c) => Some(
                 c.parse::<CustomerId>()
                     .ok()
-                    .filter(|c| me.customers.contains(c))
+                    .filter(|c| self.customers().contains(c))
                     .ok_or_else(|| WorkflowError::NotFound(format!("no customer `{c}`")))?,
             ),
             None => None,
@@ -726,7 +745,7 @@ impl Locks {
         kind: EventKind,
         ip: Option<std::net::IpAddr>,
     ) -> Result<(), WorkflowError> {
-        let evs = events(rec, kind, &self.inner.customers, ip);
+        let evs = events(rec, kind, &self.customers(), ip);
         let mut pending = tokio::task::JoinSet::new();
         for ev in evs {
             let trail = self.inner.cx.trail.clone();
@@ -779,10 +798,7 @@ impl Locks {
         data["event"] = event.into();
         data["sessions_closed"] = cut.into();
         tracing::debug!(by = %who, lock = %l.id, event, "announcing");
-        for customer in rules::chains(l, &self.inner.customers)
-            .into_iter()
-            .flatten()
-        {
+        for customer in rules::chains(l, &self.customers()).into_iter().flatten() {
             self.inner.cx.notify(Notification {
                 customer,
                 event: event.into(),

@@ -4,9 +4,9 @@
 //! tell which policy text decided (and `sha256sum` of a kept copy of the file shows it is that one).
 
 use sallyport_audit::{AuditEvent, EventKind, Outcome};
-use sallyport_config::Config;
+use sallyport_config::{Config, Customer};
 
-use crate::Context;
+use crate::{Context, WorkflowError};
 
 /// Records the policy set of every customer in `config`. A chain that cannot take its record is
 /// logged and left: every decision under that policy set is recorded first, with the same digest,
@@ -14,22 +14,7 @@ use crate::Context;
 pub async fn record_loaded(cx: &Context, config: &Config) -> usize {
     let mut written = 0;
     for c in &config.customers {
-        let ids = c.policy.policy_ids();
-        let mut ev = AuditEvent::new(
-            EventKind::PolicyLoaded,
-            Outcome::Success,
-            format!(
-                "policy set loaded from {} ({} polic{})",
-                c.policy_path.display(),
-                ids.len(),
-                if ids.len() == 1 { "y" } else { "ies" }
-            ),
-        );
-        ev.customer = Some(c.id.clone());
-        ev.actor = Some("broker".into());
-        ev.policy_ids = ids;
-        ev.policy_digest = Some(c.policy.digest().to_owned());
-        match cx.record(ev).await {
+        match record_one(cx, c, "broker").await {
             Ok(()) => written += 1,
             Err(e) => {
                 tracing::error!(customer = %c.id, error = %e, "could not record the policy set in force");
@@ -37,4 +22,25 @@ pub async fn record_loaded(cx: &Context, config: &Config) -> usize {
         }
     }
     written
+}
+
+/// Records the policy set of customer `c`, loaded for `actor` (`broker` at start, the reload's
+/// trigger on a reload), and waits until it is durable.
+pub async fn record_one(cx: &Context, c: &Customer, actor: &str) -> Result<(), WorkflowError> {
+    let ids = c.policy.policy_ids();
+    let mut ev = AuditEvent::new(
+        EventKind::PolicyLoaded,
+        Outcome::Success,
+        format!(
+            "policy set loaded from {} ({} polic{})",
+            c.policy_path.display(),
+            ids.len(),
+            if ids.len() == 1 { "y" } else { "ies" }
+        ),
+    );
+    ev.customer = Some(c.id.clone());
+    ev.actor = Some(actor.to_owned());
+    ev.policy_ids = ids;
+    ev.policy_digest = Some(c.policy.digest().to_owned());
+    cx.record(ev).await
 }

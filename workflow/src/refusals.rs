@@ -228,7 +228,8 @@ impl Tally {
 pub struct RefusalTrail {
     trail: AuditLog,
     limits: RefusalLimits,
-    chains: Arc<HashSet<CustomerId>>,
+    /// Replaced whole by a reload.
+    chains: Arc<std::sync::RwLock<Arc<HashSet<CustomerId>>>>,
     tally: Arc<Mutex<Tally>>,
 }
 
@@ -249,14 +250,29 @@ impl RefusalTrail {
         Self {
             trail,
             limits,
-            chains: Arc::new(customers.into_iter().collect()),
+            chains: Arc::new(std::sync::RwLock::new(Arc::new(
+                customers.into_iter().collect(),
+            ))),
             tally: Arc::new(Mutex::new(Tally::new(limits, MAX_TRACKED))),
         }
     }
 
     /// Whether `customer` has a chain here (is configured).
     pub fn knows(&self, customer: &CustomerId) -> bool {
-        self.chains.contains(customer)
+        self.chains().contains(customer)
+    }
+
+    /// The configured customers, after a reload: refusals naming one go on its chain.
+    pub fn set_customers(&self, customers: impl IntoIterator<Item = CustomerId>) {
+        *self.chains.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(customers.into_iter().collect());
+    }
+
+    fn chains(&self) -> Arc<HashSet<CustomerId>> {
+        self.chains
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
@@ -277,7 +293,7 @@ impl RefusalTrail {
         if ev
             .customer
             .as_ref()
-            .is_some_and(|c| !self.chains.contains(c))
+            .is_some_and(|c| !self.chains().contains(c))
         {
             ev.customer = None;
         }

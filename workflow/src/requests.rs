@@ -26,7 +26,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sallyport_audit::{AuditEvent, EventKind, Outcome};
 use sallyport_certs::grant::{GrantSigner, GrantSpec};
-use sallyport_config::{Config, Customer, Target};
+use sallyport_config::{Customer, SharedConfig, Target};
 use sallyport_ids::time::rfc3339;
 use sallyport_ids::{CustomerId, GrantId, Principal, RequestId, Role, SpiffeId};
 use sallyport_notify::Notification;
@@ -100,7 +100,7 @@ pub struct FetchedGrant {
 #[derive(Clone)]
 pub struct Requests {
     cx: Context,
-    config: Arc<Config>,
+    config: SharedConfig,
     signer: Arc<GrantSigner>,
     filings: Arc<CallLimiter>,
     locks: LockGate,
@@ -175,7 +175,7 @@ impl Requests {
     /// counting filings in `filings`, and refusing what `locks` bars.
     pub fn new(
         cx: Context,
-        config: Arc<Config>,
+        config: SharedConfig,
         signer: Arc<GrantSigner>,
         filings: Arc<CallLimiter>,
         locks: LockGate,
@@ -234,8 +234,8 @@ impl Requests {
             ));
         };
         let technician = &caller.peer.id;
-        let customer = self
-            .config
+        let config = self.config.load();
+        let customer = config
             .customer(&f.customer)
             .ok_or_else(|| WorkflowError::NotFound(format!("no customer `{}`", f.customer)))?;
         // A technician locked for this customer files nothing for it.
@@ -246,7 +246,7 @@ impl Requests {
                 customer.id, f.target
             ))
         })?;
-        let max = self.config.grants.max_minutes;
+        let max = config.grants.max_minutes;
         if f.minutes == 0 || f.minutes > max {
             return Err(WorkflowError::invalid(
                 "bad_minutes",
@@ -294,7 +294,7 @@ impl Requests {
         );
         let terms = terms::terms(&customer.policy, &decision, max);
         let pending =
-            i64::try_from(self.config.requests.pending_expiry.as_secs()).unwrap_or(i64::MAX);
+            i64::try_from(self.config.load().requests.pending_expiry.as_secs()).unwrap_or(i64::MAX);
         let filed = NewRequest {
             id: RequestId::mint(),
             customer: customer.id.clone(),
@@ -553,7 +553,8 @@ impl Requests {
             return Err(self.cx.refused(caller, on(rec, asked()), no).await);
         }
         let f = &rec.filed;
-        let Some(c) = self.config.customer(f.customer.as_str()) else {
+        let config = self.config.load();
+        let Some(c) = config.customer(f.customer.as_str()) else {
             return Err(WorkflowError::Conflict(format!(
                 "customer `{}` is no longer configured",
                 f.customer
@@ -794,6 +795,7 @@ impl Requests {
                 policy_ids: Vec::new(),
                 digest: self
                     .config
+                    .load()
                     .customer(g.customer.as_str())
                     .map(|c| c.policy.digest().to_owned())
                     .unwrap_or_default(),
@@ -801,8 +803,8 @@ impl Requests {
             self.record_approval(&rec, &actor, None, &late, comment)
                 .await?;
         }
-        let Some((customer, target)) = self
-            .config
+        let config = self.config.load();
+        let Some((customer, target)) = config
             .customer(g.customer.as_str())
             .and_then(|c| Some((c, c.target(g.target.as_str())?)))
         else {
@@ -894,7 +896,7 @@ impl Requests {
 
     /// Expires pending requests every `requests.sweep_interval_seconds` until `shutdown`.
     pub async fn run_expiry(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.config.requests.sweep_interval);
+        let mut tick = tokio::time::interval(self.config.load().requests.sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

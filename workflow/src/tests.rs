@@ -60,7 +60,7 @@ impl World {
         let signer = GrantSigner::from_pkcs8_pem(&signer_pem, "sallyport", "sallyport").unwrap();
         let requests = Requests::new(
             cx.clone(),
-            Arc::new(cfg),
+            sallyport_config::SharedConfig::new(cfg),
             Arc::new(signer),
             Arc::new(CallLimiter::new(60, 60)),
             crate::LockGate::new(Arc::new(crate::LockView::new()), cx),

@@ -388,3 +388,39 @@ fn the_authority_is_read_strictly() {
     let long: Uri = format!("{}.acme:1", "x".repeat(2000)).parse().unwrap();
     assert!(route(&long).unwrap_err().len() < 500);
 }
+
+#[test]
+fn a_live_tunnel_is_checked_again_under_a_new_catalogue() {
+    let now = jiff::Timestamp::from_second(NOW).unwrap();
+    let peer = alice();
+    let (acme, web): (CustomerId, TargetId) = (id("acme"), id("web"));
+    let live = |address: &'static str| Live {
+        customer: &acme,
+        target: &web,
+        peer: &peer,
+        ip: "10.1.2.3".parse().unwrap(),
+        minutes: 30,
+        address,
+        port: 7070,
+    };
+    let customers = catalogue();
+    assert_eq!(
+        still_allowed(live("127.0.0.1:7070"), &customers, now),
+        Ok(())
+    );
+    // The target moved.
+    let moved = still_allowed(live("127.0.0.1:9999"), &customers, now).unwrap_err();
+    assert!(moved.contains("another address"), "{moved}");
+    // Outside the hours the policy permits.
+    let night = jiff::Timestamp::from_second(NOW + 10 * 3600).unwrap();
+    let why = still_allowed(live("127.0.0.1:7070"), &customers, night).unwrap_err();
+    assert!(why.contains("no policy permits"), "{why}");
+    // The target, then the customer, gone.
+    let mut fewer = catalogue();
+    fewer[0].targets.retain(|t| t.id.as_str() != "web");
+    let gone = still_allowed(live("127.0.0.1:7070"), &fewer, now).unwrap_err();
+    assert!(gone.contains("no longer has target `web`"), "{gone}");
+    fewer.remove(0);
+    let gone = still_allowed(live("127.0.0.1:7070"), &fewer, now).unwrap_err();
+    assert!(gone.contains("no longer configured"), "{gone}");
+}

@@ -264,7 +264,8 @@ async fn shutdown_stops_the_worker_and_drops_pending_deliveries() {
     let r = next(&mut requests).await;
     assert_eq!(header(&r, "x-sallyport-event"), "request_filed");
     shutdown.cancel();
-    let Some(Slot::Queue(tx)) = notifier.inner.customers.get("acme") else {
+    let slot = notifier.inner.slots().get("acme").cloned();
+    let Some(Slot::Queue(tx)) = slot else {
         panic!("no queue for acme");
     };
     tokio::time::timeout(WAIT, tx.closed()).await.unwrap();
@@ -344,4 +345,50 @@ async fn https_to_a_plain_http_receiver_is_a_tls_error() {
     assert_eq!(g.attempts, 2);
     assert!(g.error.contains("TLS handshake"), "{}", g.error);
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_reconfigured_webhook_delivers_to_its_new_url_and_a_removed_one_to_none() {
+    let (old_port, mut old) = receiver(vec![], false).await;
+    let (new_port, mut new) = receiver(vec![], false).await;
+    let (notifier, mut give_ups, _shutdown) =
+        start(target(&format!("http://127.0.0.1:{old_port}/"), 3));
+    notifier.notify(notification("request_filed"));
+    assert_eq!(
+        header(&next(&mut old).await, "x-sallyport-event"),
+        "request_filed"
+    );
+    let acme: CustomerId = "acme".parse().unwrap();
+    // Unchanged: the same worker (and queue) stays.
+    let before = notifier.inner.slots().get(&acme).cloned();
+    notifier.reconfigure(
+        HashMap::from([(
+            acme.clone(),
+            target(&format!("http://127.0.0.1:{old_port}/"), 3),
+        )]),
+        &|_| false,
+    );
+    let after = notifier.inner.slots().get(&acme).cloned();
+    assert!(
+        matches!((before, after), (Some(Slot::Queue(a)), Some(Slot::Queue(b))) if a.same_channel(&b))
+    );
+    // Changed: deliveries go to the new URL.
+    notifier.reconfigure(
+        HashMap::from([(
+            acme.clone(),
+            target(&format!("http://127.0.0.1:{new_port}/"), 3),
+        )]),
+        &|c| *c == acme,
+    );
+    notifier.notify(notification("request_approved"));
+    assert_eq!(
+        header(&next(&mut new).await, "x-sallyport-event"),
+        "request_approved"
+    );
+    // Removed: nothing is delivered, nothing given up.
+    notifier.reconfigure(HashMap::new(), &|_| false);
+    notifier.notify(notification("grant_revoked"));
+    assert!(notifier.inner.slots().is_empty());
+    assert!(matches!(give_ups.try_recv(), Err(TryRecvError::Empty)));
+    assert!(matches!(old.try_recv(), Err(TryRecvError::Empty)));
 }

@@ -25,6 +25,18 @@ pub struct ClientArgs {
     pub(super) json: bool,
 }
 
+impl ClientArgs {
+    /// The identity folder.
+    pub(super) fn identity(&self) -> &std::path::Path {
+        &self.identity
+    }
+
+    /// The broker address given, if any.
+    pub(super) fn broker(&self) -> Option<&str> {
+        self.broker.as_deref()
+    }
+}
+
 /// `sallyport request CUSTOMER/TARGET`: files a request; prints its id.
 pub fn request(
     target: &str,

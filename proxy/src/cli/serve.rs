@@ -4,12 +4,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use sallyport_config::Config;
 use tokio_util::sync::CancellationToken;
 
 use super::Failure;
+use sallyport_workflow::reload::{Overrides, Reloader};
+
 use crate::assembly::Broker;
 
 /// `sallyport serve`: the broker on `config`, or on the embedded demo set-up in ./sallyport-data.
@@ -34,18 +37,24 @@ pub fn serve(
             dir.join("sallyport.toml")
         }
     };
-    let mut cfg = Config::load(&config)?;
-    if let Some(l) = listen {
-        cfg.listen = l;
+    if let Some(n) = worker_threads
+        && n > 1024
+    {
+        return Err(Failure::Other(anyhow!(
+            "--worker-threads {n}: use 0 (one thread per core) to 1024"
+        )));
     }
-    if let Some(n) = worker_threads {
-        if n > 1024 {
-            return Err(Failure::Other(anyhow!(
-                "--worker-threads {n}: use 0 (one thread per core) to 1024"
-            )));
+    // The command line's overrides, applied to the file now and again at each reload.
+    let overrides: Overrides = Arc::new(move |cfg: &mut Config| {
+        if let Some(l) = listen {
+            cfg.listen = l;
         }
-        cfg.worker_threads = n;
-    }
+        if let Some(n) = worker_threads {
+            cfg.worker_threads = n;
+        }
+    });
+    let mut cfg = Config::load(&config)?;
+    overrides(&mut cfg);
     #[cfg(feature = "bench-insecure")]
     sallyport_gateway::bench_insecure::enable_from_env().map_err(anyhow::Error::from)?;
     if embedded && crate::init::renew_demo_identities(Path::new("sallyport-data"), &cfg)? {
@@ -65,10 +74,13 @@ pub fn serve(
             .customer("acme")
             .and_then(|c| c.target("web"))
             .and_then(|t| t.address.parse::<SocketAddr>().ok());
-        let broker = Broker::build(cfg, shutdown)?;
+        // Taken before anything is built: from here on a SIGHUP reloads, never ends the broker.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let broker = Broker::build(cfg, overrides, shutdown.clone())?;
         let listener = broker.bind().await?;
+        reload_on_hangup(hangups, broker.reloader(), shutdown);
         let addr = listener.local_addr()?;
-        let cfg = broker.config().clone();
+        let cfg = broker.config();
         println!("sallyport: listening on {addr}");
         tracing::info!(listen = %addr, config = %cfg.file.display(), "broker started");
         if embedded {
@@ -119,6 +131,38 @@ fn shutdown_on_signals(token: CancellationToken) -> anyhow::Result<()> {
         token.cancel();
     });
     Ok(())
+}
+
+/// `SIGHUP` reloads the configuration and policies (what `systemctl reload` sends). The outcome is
+/// logged and on the trail; a refused file leaves the configuration in force serving.
+/// Ends at shutdown, letting go of the reloader (and the audit trail it writes to) so the broker
+/// can finish writing the trail.
+fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    reloader: Reloader,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading the configuration");
+            match reloader.reload("SIGHUP").await {
+                Ok(done) => println!(
+                    "sallyport: reloaded: {} customer(s) added, {} changed, {} removed; {} tunnel(s) closed (policy changed)",
+                    done.change.added.len(),
+                    done.change.changed.len(),
+                    done.change.removed.len(),
+                    done.closed.len()
+                ),
+                Err(e) => eprintln!(
+                    "sallyport: reload refused, the configuration in force keeps serving: {e}"
+                ),
+            }
+        }
+    });
 }
 
 fn rel(p: &Path) -> String {

@@ -76,6 +76,14 @@ impl LiveTunnels for Tunnels {
     fn end_grant(&self, _: &GrantId, _: &str) -> usize {
         0
     }
+    fn recheck(
+        &self,
+        _: &sallyport_config::Config,
+        _: jiff::Timestamp,
+        _: &str,
+    ) -> Vec<(SessionRecord, String)> {
+        Vec::new()
+    }
     fn end_where(&self, ends: &dyn Fn(&SessionRecord, &[u8; 32]) -> bool, cause: &str) -> usize {
         let mut n = 0;
         for (s, t, c) in self.live.lock().unwrap().iter_mut() {
