@@ -408,10 +408,27 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<Written> {
     for h in &opts.hosts {
         check_host(h)?;
     }
+    if let InitMode::Production { data_dir } = &opts.mode
+        && !data_dir.is_absolute()
+    {
+        bail!(
+            "--data-dir {}: use an absolute path (a real broker's state directory, default {STATE_DIR})",
+            data_dir.display()
+        );
+    }
     let first = opts
         .hosts
         .first()
         .ok_or_else(|| anyhow::anyhow!("init needs at least one --host"))?;
+    // Everything that can be refused is refused before anything is written.
+    let production = match &opts.mode {
+        InitMode::Demo => None,
+        InitMode::Production { data_dir } => Some(production_config_text(
+            PORT,
+            &host_port(first, PORT),
+            data_dir,
+        )?),
+    };
     let td: TrustDomain = TRUST_DOMAIN.parse()?;
     let w = Writer {
         group: opts.group.as_ref(),
@@ -440,8 +457,8 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<Written> {
         &generate_signing_key_pem()?,
         Access::Broker,
     )?;
-    let identities = match &opts.mode {
-        InitMode::Demo => {
+    let identities = match production {
+        None => {
             w.file(
                 &dir.join("policies").join("acme.cedar"),
                 sallyport_policy::DEMO_POLICY,
@@ -455,14 +472,7 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<Written> {
             register_all(&cfg, &written)?;
             written
         }
-        InitMode::Production { data_dir } => {
-            if !data_dir.is_absolute() {
-                bail!(
-                    "--data-dir {}: use an absolute path (a real broker's state directory, default {STATE_DIR})",
-                    data_dir.display()
-                );
-            }
-            let text = production_config_text(PORT, &host_port(first, PORT), data_dir)?;
+        Some(text) => {
             w.file(&cfg_path, &text, Access::Readable)?;
             Vec::new()
         }
