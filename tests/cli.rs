@@ -1,6 +1,7 @@
-//! The command line as a new user meets it: `init`, `certs issue`, `serve` on embedded defaults with its
-//! printed example session, invalid configs and policies (exit 64 naming file, line, field and fix),
-//! `--help`, and `/healthz`.
+//! The command line as a new user meets it: `init` (the demo, and with `--host` a real broker's, with
+//! `--group`), `certs issue`, `config check`, `serve` on embedded defaults with its printed example
+//! session, invalid configs and policies (exit 64 naming file, line, key and fix), `--help`, and
+//! `/healthz`.
 #![expect(
     clippy::unwrap_used,
     clippy::panic,
@@ -268,7 +269,7 @@ fn invalid_policy_stops_start_up_naming_file_and_line() {
 fn help_explains_the_commands() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["serve", "init", "certs", "grant", "connect"] {
+    for cmd in ["serve", "init", "config", "certs", "grant", "connect"] {
         assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
     }
     let out = Command::new(BIN)
@@ -276,6 +277,17 @@ fn help_explains_the_commands() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("SALLYPORT_IDENTITY"));
+    let out = Command::new(BIN).args(["init", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for what in [
+        "0.0.0.0:8443",
+        "/var/lib/sallyport",
+        "--data-dir",
+        "--group",
+        "demo",
+    ] {
+        assert!(text.contains(what), "init --help lacks {what}:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

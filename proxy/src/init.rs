@@ -565,3 +565,52 @@ pub fn renew_demo_identities(dir: &Path, cfg: &Config) -> anyhow::Result<bool> {
     register_all(cfg, &written)?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_found_by_name_in_an_etc_group_file() {
+        let groups = "root:x:0:\nsallyportish:x:7:\nsallyport:x:998:alice,bob\n";
+        assert_eq!(gid_in(groups, "sallyport"), Some(998));
+        assert_eq!(gid_in(groups, "root"), Some(0));
+        assert_eq!(gid_in(groups, "sally"), None);
+        assert_eq!(gid_in("broken\n", "broken"), None);
+        assert_eq!(ServiceGroup::resolve("10001").unwrap().gid, 10001);
+    }
+
+    #[test]
+    fn hosts_are_dns_names_or_addresses_and_ipv6_is_bracketed() {
+        for ok in [
+            "broker.msp.example",
+            "10.0.0.10",
+            "::1",
+            "localhost",
+            "b-1.example",
+        ] {
+            assert!(check_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "broker..example", "\"x\"", "x/y"] {
+            let e = check_host(bad).unwrap_err().to_string();
+            assert!(e.contains("not a DNS name or an IP address"), "{bad}: {e}");
+        }
+        assert_eq!(
+            host_port("broker.msp.example", 8443),
+            "broker.msp.example:8443"
+        );
+        assert_eq!(host_port("2001:db8::1", 8443), "[2001:db8::1]:8443");
+    }
+
+    #[test]
+    fn a_real_brokers_config_is_valid_with_no_customer() {
+        let text =
+            production_config_text(PORT, "broker.msp.example:8443", Path::new(STATE_DIR)).unwrap();
+        let cfg = Config::parse(Path::new("/etc/sallyport/sallyport.toml"), &text).unwrap();
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(cfg.data_dir, Path::new(STATE_DIR));
+        assert_eq!(cfg.public_address, "broker.msp.example:8443");
+        assert!(cfg.customers.is_empty());
+        assert!(production_config_text(PORT, "b:1", Path::new("/var/\"x")).is_err());
+    }
+}
