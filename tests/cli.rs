@@ -1,6 +1,7 @@
-//! The command line as a new user meets it: `init`, `certs issue`, `serve` on embedded defaults with its
-//! printed example session, invalid configs and policies (exit 64 naming file, line, field and fix),
-//! `--help`, and `/healthz`.
+//! The command line as a new user meets it: `init` (the demo, and with `--host` a real broker's, with
+//! `--group`), `certs issue`, `config check`, `serve` on embedded defaults with its printed example
+//! session, invalid configs and policies (exit 64 naming file, line, key and fix), `--help`, and
+//! `/healthz`.
 #![expect(
     clippy::unwrap_used,
     clippy::panic,
@@ -268,7 +269,7 @@ fn invalid_policy_stops_start_up_naming_file_and_line() {
 fn help_explains_the_commands() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["serve", "init", "certs", "grant", "connect"] {
+    for cmd in ["serve", "init", "config", "certs", "grant", "connect"] {
         assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
     }
     let out = Command::new(BIN)
@@ -276,6 +277,17 @@ fn help_explains_the_commands() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("SALLYPORT_IDENTITY"));
+    let out = Command::new(BIN).args(["init", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for what in [
+        "0.0.0.0:8443",
+        "/var/lib/sallyport",
+        "--data-dir",
+        "--group",
+        "demo",
+    ] {
+        assert!(text.contains(what), "init --help lacks {what}:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,4 +621,266 @@ fn break_glass_refuses_bad_input_and_records_nothing() {
         !recorded.contains("grant_minted"),
         "a refused grant was recorded"
     );
+}
+
+/// Runs `sallyport ARGS`; returns (exit code, stdout, stderr).
+fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+#[test]
+fn init_with_host_writes_a_real_broker_with_no_demo_customer_or_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("etc-sallyport");
+    let state = tmp.path().join("state");
+    let (code, out, err) = run(&[
+        os("init"),
+        os("--dir"),
+        dir.as_os_str(),
+        os("--host"),
+        os("broker.msp.example"),
+        os("--host"),
+        os("10.0.0.10"),
+        os("--data-dir"),
+        state.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let cfg = sallyport_config::Config::load(&dir.join("sallyport.toml")).unwrap();
+    assert_eq!(cfg.listen.to_string(), "0.0.0.0:8443");
+    assert_eq!(cfg.public_address, "broker.msp.example:8443");
+    assert_eq!(cfg.data_dir, state);
+    assert!(cfg.customers.is_empty());
+    assert!(!dir.join("identities").exists(), "demo identities written");
+    assert!(
+        !dir.join("policies/acme.cedar").exists(),
+        "demo policy written"
+    );
+    assert!(!state.exists(), "init touched the state directory");
+    // It says what it did and what comes next.
+    for text in [
+        "broker.msp.example:8443",
+        "no customer and no identity",
+        "sallyport config check --config",
+        "sallyport certs issue",
+        "--group sallyport",
+    ] {
+        assert!(out.contains(text), "{text} not in:\n{out}");
+    }
+    let san = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(dir.join("pki/server.pem"))
+        .output()
+        .unwrap();
+    let san = String::from_utf8_lossy(&san.stdout);
+    assert!(
+        san.contains("DNS:broker.msp.example") && san.contains("IP Address:10.0.0.10"),
+        "{san}"
+    );
+    // The configuration checks as it is, with no customer.
+    let (code, out, err) = run(&[
+        os("config"),
+        os("check"),
+        os("--config"),
+        dir.join("sallyport.toml").as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("customers: 0"), "{out}");
+    // Identities issued from it point at the host, and are registered in the state directory.
+    let alice = tmp.path().join("alice");
+    let (code, _, err) = run(&[
+        os("certs"),
+        os("issue"),
+        os("technician"),
+        os("alice"),
+        os("--provider"),
+        os("northwind"),
+        os("--dir"),
+        dir.as_os_str(),
+        os("--out"),
+        alice.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(alice.join("broker"))
+            .unwrap()
+            .trim(),
+        "broker.msp.example:8443"
+    );
+    assert!(state.join("sallyport.db").is_file());
+    // Without --data-dir, the state directory is the packages' one.
+    let dir2 = tmp.path().join("second");
+    let (code, _, err) = run(&[
+        os("init"),
+        os("--dir"),
+        dir2.as_os_str(),
+        os("--host"),
+        os("broker.msp.example"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(dir2.join("sallyport.toml")).unwrap();
+    assert!(text.contains("data_dir = \"/var/lib/sallyport\""), "{text}");
+}
+
+#[test]
+fn init_refuses_bad_hosts_data_dirs_and_groups_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("broker");
+    let d = dir.as_os_str();
+    for (args, expect) in [
+        (
+            vec![os("--host"), os("broker msp!")],
+            "--host `broker msp!`: not a DNS name or an IP address",
+        ),
+        (
+            vec![os("--host"), os("b.example"), os("--data-dir"), os("state")],
+            "--data-dir state: use an absolute path",
+        ),
+        (vec![os("--data-dir"), os("/srv/state")], "--host"),
+        (
+            vec![os("--group"), os("no-such-group-here")],
+            "--group no-such-group-here: no such group in /etc/group",
+        ),
+    ] {
+        let mut all = vec![os("init"), os("--dir"), d];
+        all.extend(args);
+        let (code, _, err) = run(&all);
+        assert_ne!(code, 0);
+        assert!(err.contains(expect), "{expect} not in: {err}");
+        assert!(!dir.join("pki").exists(), "written despite: {err}");
+    }
+}
+
+#[test]
+fn init_with_group_lets_that_group_read_the_config_and_the_brokers_keys() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("broker");
+    // Root may give files to any group; anyone else to a group they are in.
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let gid = if root {
+        4242
+    } else {
+        std::fs::metadata(tmp.path()).unwrap().gid()
+    };
+    let (code, _, err) = run(&[
+        os("init"),
+        os("--dir"),
+        dir.as_os_str(),
+        os("--host"),
+        os("broker.msp.example"),
+        os("--data-dir"),
+        tmp.path().join("state").as_os_str(),
+        os("--group"),
+        os(&gid.to_string()),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for (path, mode, group) in [
+        ("", 0o750, true),
+        ("pki", 0o750, true),
+        ("policies", 0o750, true),
+        ("sallyport.toml", 0o640, true),
+        ("pki/server.key", 0o640, true),
+        ("pki/grant-signing.key", 0o640, true),
+        ("pki/audit-signing.key", 0o640, true),
+        ("pki/ca.pem", 0o644, true),
+        ("pki/server.pem", 0o644, true),
+        ("pki/ca.key", 0o600, false),
+    ] {
+        let m = std::fs::metadata(dir.join(path)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, mode, "mode of {path}");
+        if group {
+            assert_eq!(m.gid(), gid, "group of {path}");
+        }
+    }
+}
+
+#[test]
+fn config_check_prints_customers_targets_policies_and_sinks() {
+    use sha2::Digest as _;
+    let (s, port) = Setup::with_echo_target(BIN, "");
+    std::fs::write(s.root.join("hook.secret"), "0123456789abcdef0123").unwrap();
+    s.append_config(
+        "[customers.webhook]\nurl = \"https://hooks.example/services/T0/B0/SECRETPATH\"\nsecret_file = \"hook.secret\"\n\n[[customers.siem]]\nkind = \"syslog\"\naddress = \"siem.acme.example:514\"\n",
+    );
+    let (code, out, err) = run(&[
+        os("config"),
+        os("check"),
+        os("--config"),
+        s.config().as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let policy = std::fs::read(s.root.join("policies/acme.cedar")).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(&policy));
+    for text in [
+        ": valid".to_owned(),
+        "customers: 1".to_owned(),
+        "acme (time zone Europe/Berlin)".to_owned(),
+        format!("db01 -> 127.0.0.1:{port} (tcp; tags prod)"),
+        format!("(sha256 {digest})"),
+        "      support\n".to_owned(),
+        "webhook: https://hooks.example/...".to_owned(),
+        "siem: syslog siem.acme.example:514".to_owned(),
+    ] {
+        assert!(out.contains(&text), "{text:?} not in:\n{out}");
+    }
+    assert!(
+        !out.contains("SECRETPATH"),
+        "the webhook's path is printed:\n{out}"
+    );
+}
+
+#[test]
+fn config_check_exits_64_naming_the_key_line_and_fix() {
+    let s = Setup::init(BIN);
+    let cfg = std::fs::read_to_string(s.config()).unwrap();
+    let check = || {
+        run(&[
+            os("config"),
+            os("check"),
+            os("--config"),
+            s.config().as_os_str(),
+        ])
+    };
+    std::fs::write(s.config(), cfg.replace("\nlisten = ", "\nlistn = ")).unwrap();
+    let line = cfg.lines().position(|l| l.starts_with("listen")).unwrap() + 1;
+    let (code, out, err) = check();
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "sallyport.toml:{line}: `server.listn`: unknown key `listn` in [server]"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("fix: did you mean `listen`?"), "{err}");
+    assert!(out.is_empty(), "{out}");
+
+    std::fs::write(
+        s.config(),
+        cfg.replace("\"pki/server.key\"", "\"pki/gone.key\""),
+    )
+    .unwrap();
+    let (code, _, err) = check();
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("`tls.key`") && err.contains("gone.key"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(&[
+        os("config"),
+        os("check"),
+        os("--config"),
+        s.root.join("nope.toml").as_os_str(),
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("cannot read the configuration"), "{err}");
 }

@@ -1,7 +1,8 @@
 //! `sallyport.toml`: the validated [`Config`] every crate takes its settings from, and the customer
 //! catalogue (customers, their targets, policies, webhooks and SIEM sinks).
 //!
-//! Modules: [`file`] (the file structs, unknown keys refused), [`validate`] (file to `Config`, reading
+//! Modules: [`file`] (the file structs, unknown keys refused), [`keys`] (which key a parse error is
+//! about, and the keys its table takes), [`validate`] (file to `Config`, reading
 //! and checking every file the configuration names), [`sinks`] (webhook and SIEM settings). Paths in
 //! the file are relative to the file's own folder. Every error names the file, the line where it can
 //! (from TOML spans), the field, and what to change; the binary exits 64 on them.
@@ -9,6 +10,7 @@
 //! The crate reads files but starts nothing: it depends on `ids`, `certs` and `policy` only.
 
 mod file;
+mod keys;
 mod shared;
 pub mod sinks;
 mod validate;
@@ -249,15 +251,7 @@ impl Config {
     /// Validates configuration text that was read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let v = validate::Validator { path, text };
-        let file: file::FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| v.line(s.start));
-            ConfigError {
-                location: v.loc(line),
-                field: "(syntax)".into(),
-                message: e.message().trim().to_owned(),
-                fix: "see deploy/sallyport.toml for every key and its meaning".into(),
-            }
-        })?;
+        let file: file::FileConfig = toml::from_str(text).map_err(|e| v.parse_error(&e))?;
         v.validate(file)
     }
 

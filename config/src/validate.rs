@@ -13,6 +13,7 @@ use sallyport_policy::CustomerPolicy;
 use toml::Spanned;
 
 use crate::file::{FileConfig, FileSiem, FileWebhook};
+use crate::keys;
 use crate::{
     AuditSettings, Config, ConfigError, Customer, GrantSettings, Limits, RequestSettings, SinkKind,
     Target, TlsPaths, WebhookTarget,
@@ -36,6 +37,50 @@ impl Validator<'_> {
         match line {
             Some(l) => format!("{}:{l}", self.path.display()),
             None => self.path.display().to_string(),
+        }
+    }
+
+    /// A TOML error as a [`ConfigError`]: the key it is about (from the document's spans), its
+    /// line, and for an unknown key the keys its table takes and the nearest one.
+    pub(crate) fn parse_error(&self, e: &toml::de::Error) -> ConfigError {
+        let line = e.span().map(|s| self.line(s.start));
+        let message = e.message().trim().to_owned();
+        let path = e.span().and_then(|s| keys::path_at(self.text, s.start));
+        if let Some(unknown) = keys::UnknownKey::from_message(&message) {
+            // The span is the unknown key itself; its table is everything before it.
+            let field = path.unwrap_or_else(|| unknown.key.clone());
+            let table = keys::table_of(&field);
+            return ConfigError {
+                location: self.loc(line),
+                message: format!("unknown key `{}` in {table}", unknown.key),
+                fix: unknown.fix(&table),
+                field,
+            };
+        }
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split_once('`'))
+            .map(|(k, _)| k.to_owned());
+        let field = match missing {
+            // The span is the table that lacks the key.
+            Some(key) => match e.span().and_then(|s| keys::table_at(self.text, s)) {
+                Some(table) if !table.is_empty() => format!("{table}.{key}"),
+                _ => key,
+            },
+            None => path.unwrap_or_else(|| "(syntax)".into()),
+        };
+        ConfigError {
+            location: self.loc(line),
+            fix: if field == "(syntax)" {
+                format!("correct the TOML at that line; {}", keys::DOCUMENTED)
+            } else {
+                format!(
+                    "see `{}` in deploy/sallyport.toml for what it takes",
+                    field.rsplit('.').next().unwrap_or(&field)
+                )
+            },
+            field,
+            message,
         }
     }
 
@@ -485,7 +530,7 @@ impl Validator<'_> {
                 location: self.loc(Some(self.line(c.policy.span().start))),
                 field: field("policy"),
                 message: format!("invalid policy: {e}"),
-                fix: "correct the policy file; the Sallyport Cedar schema is in policy/src/sallyport.cedarschema"
+                fix: "correct the policy file: the entity types, actions and context it may use are in the README's \"Policies (Cedar)\""
                     .into(),
             })?;
             self.check_annotations(&policy, &policy_path, g.max_minutes)

@@ -1,13 +1,15 @@
 //! The `sallyport` command line: the commands and their flags, logging set-up, exit codes, and the
 //! dispatch to each command group: [`serve`] (the broker, and its embedded demo), [`access`] (the API
 //! commands of technicians and approvers, and `connect`), [`locks`] (`lock`, `unlock`, `locks`),
-//! [`audit`] (verify, bundle, capture, export), [`certs`] (identity folders), and `init` and `grant`
+//! [`audit`] (verify, bundle, capture, export), [`certs`] (identity folders), [`config`] (`config
+//! check`), and `init` and `grant`
 //! (break-glass) here. What a command
 //! does lives in the library crates; this module parses, calls, and prints.
 
 pub mod access;
 pub mod audit;
 pub mod certs;
+pub mod config;
 pub mod locks;
 pub mod reload;
 pub mod serve;
@@ -99,17 +101,44 @@ enum Command {
         #[arg(long, value_name = "N")]
         worker_threads: Option<usize>,
     },
-    /// Create a ready-to-run broker folder: config, PKI, grant signing key, demo customer and identities.
+    /// Create a broker folder: config, PKI, grant and audit signing keys; the demo, or with --host a
+    /// real broker.
+    ///
+    /// Without --host: the ready-to-run demo. It listens on 127.0.0.1:8443, keeps its data in
+    /// DIR/data, and has the demo customer `acme` and the demo identities (technician, approver,
+    /// admin) in DIR/identities.
+    ///
+    /// With --host: a real broker. It listens on all interfaces (0.0.0.0:8443), the first --host is
+    /// its public address (written into every identity folder by `certs issue`), its state lives in
+    /// /var/lib/sallyport (or --data-dir), and it has no customer and no identity: add customers to
+    /// the config, check it with `sallyport config check`, and issue identities with `sallyport certs
+    /// issue`. For the systemd unit, pass --group sallyport so that the service user can read the
+    /// config and the broker's keys (README: "Running a real broker").
     Init {
-        /// Folder to create.
+        /// Folder to create (e.g. /etc/sallyport).
         #[arg(long)]
         dir: PathBuf,
-        /// DNS name or IP address for the server certificate (repeatable; default localhost and 127.0.0.1).
-        #[arg(long = "host")]
+        /// DNS name or IP address of the broker (repeatable): all go into the server certificate and
+        /// the first is the public address. Makes this a real broker's folder (see above); without
+        /// it, the demo's localhost and 127.0.0.1.
+        #[arg(long = "host", value_name = "HOST")]
         hosts: Vec<String>,
+        /// A real broker's state directory (`server.data_dir`), absolute; needs --host.
+        #[arg(long, value_name = "DIR", requires = "hosts")]
+        data_dir: Option<PathBuf>,
+        /// Make DIR, its folders (0750), the config, policies and the broker's own keys (0640)
+        /// readable by GROUP (a name or a numeric id): the service user's group. The CA key stays
+        /// 0600: only `certs issue` needs it.
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
         /// Replace an existing setup in DIR.
         #[arg(long)]
         force: bool,
+    },
+    /// The configuration file: check it before starting or reloading a broker.
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
     },
     /// The audit trail: verify it (no secret needed).
     Audit {
@@ -361,7 +390,14 @@ fn run(cmd: Command) -> Result<(), Failure> {
             listen,
             worker_threads,
         } => serve::serve(config, listen, worker_threads),
-        Command::Init { dir, hosts, force } => init(dir, hosts, force).map_err(Failure::Other),
+        Command::Init {
+            dir,
+            hosts,
+            data_dir,
+            group,
+            force,
+        } => init(dir, hosts, data_dir, group, force).map_err(Failure::Other),
+        Command::Config { command } => config::run(command),
         Command::Certs {
             command: certs::CertsCommand::Issue { role },
         } => certs::issue(role),
@@ -390,6 +426,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
                     identity: identity.as_deref(),
                 },
             )?;
+            crate::init::hand_back(&cfg.data_dir)?;
             match out {
                 None => println!("{token}"),
                 Some(file) => {
@@ -465,35 +502,99 @@ fn run(cmd: Command) -> Result<(), Failure> {
     }
 }
 
-/// `sallyport init`: a ready-to-run broker folder.
-fn init(dir: PathBuf, hosts: Vec<String>, force: bool) -> anyhow::Result<()> {
-    let hosts = if hosts.is_empty() {
-        vec!["localhost".into(), "127.0.0.1".into()]
+/// `sallyport init`: the demo broker folder, or with `--host` a real broker's; prints what it
+/// wrote and what to do next.
+fn init(
+    dir: PathBuf,
+    hosts: Vec<String>,
+    data_dir: Option<PathBuf>,
+    group: Option<String>,
+    force: bool,
+) -> anyhow::Result<()> {
+    use crate::init::{InitMode, STATE_DIR};
+    let (hosts, mode) = if hosts.is_empty() {
+        (vec!["localhost".into(), "127.0.0.1".into()], InitMode::Demo)
     } else {
-        hosts
+        let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(STATE_DIR));
+        (hosts, InitMode::Production { data_dir })
     };
-    crate::init::init(&crate::init::InitOptions {
+    let group = group
+        .as_deref()
+        .map(crate::init::ServiceGroup::resolve)
+        .transpose()?;
+    let written = crate::init::init(&crate::init::InitOptions {
         dir: dir.clone(),
-        hosts,
+        hosts: hosts.clone(),
         force,
+        mode: mode.clone(),
+        group: group.clone(),
     })?;
-    println!("wrote a broker folder at {}:", dir.display());
-    println!("  config      {}", dir.join("sallyport.toml").display());
-    println!("  PKI         {}", dir.join("pki").display());
+    let cfg = &written.cfg;
+    let config = written.config.display();
+    let kind = match mode {
+        InitMode::Demo => "the demo broker",
+        InitMode::Production { .. } => "a real broker",
+    };
+    println!("wrote {kind} at {}:", dir.display());
     println!(
-        "  policy      {}",
-        dir.join("policies/acme.cedar").display()
+        "  config      {config} (listen {}, public address {}, data {})",
+        cfg.listen,
+        cfg.public_address,
+        cfg.data_dir.display()
     );
-    for which in crate::init::DEMO_IDENTITIES {
-        println!(
-            "  {which:<11} {}",
-            dir.join("identities").join(which).display()
-        );
+    println!(
+        "  CA          {} (its key {} is 0600: only `certs issue` needs it)",
+        cfg.tls.ca.display(),
+        cfg.tls.ca_key.display()
+    );
+    println!(
+        "  server      {} for {}",
+        cfg.tls.cert.display(),
+        hosts.join(", ")
+    );
+    let access = match &group {
+        Some(g) => format!("0640, readable by group {}", g.name),
+        None => "0600".into(),
+    };
+    println!(
+        "  keys        {}, {}, {} ({access})",
+        cfg.tls.key.display(),
+        cfg.grants.signing_key.display(),
+        cfg.audit.signing_key.display()
+    );
+    match cfg.customers.first() {
+        Some(c) => println!("  policy      {}", c.policy_path.display()),
+        None => println!("  policies    {} (empty)", dir.join("policies").display()),
     }
-    println!(
-        "run it with: sallyport serve --config {}",
-        dir.join("sallyport.toml").display()
-    );
+    for identity in &written.identities {
+        let which = identity
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        println!("  {which:<11} {}", identity.dir.display());
+    }
+    if written.identities.is_empty() {
+        println!("no customer and no identity yet. Next:");
+        println!(
+            "  1. add customers, their targets and policies to {config} (every key: deploy/sallyport.toml)"
+        );
+        println!("  2. check it:        sallyport config check --config {config}");
+        println!(
+            "  3. issue people:    sallyport certs issue technician NAME --provider PROVIDER --group GROUP --dir {} --out NAME",
+            dir.display()
+        );
+        println!(
+            "  4. start it:        systemctl enable --now sallyport   (or: sallyport serve --config {config})"
+        );
+        if group.is_none() {
+            println!(
+                "note: the broker's keys are 0600 for the user who ran init; for the systemd unit (user sallyport) run init with --group sallyport"
+            );
+        }
+    } else {
+        println!("run it with: sallyport serve --config {config}");
+    }
     Ok(())
 }
 

@@ -1,7 +1,12 @@
-//! `sallyport init` and `sallyport certs issue`: a ready-to-run broker folder (config, PKI, grant
-//! signing key, demo customer, demo identities), and identity folders for people, each certificate
-//! registered in the store ([`register`]) so that locks can name its holder.
+//! `sallyport init` and `sallyport certs issue`: a broker folder (config, PKI, grant and audit
+//! signing keys), either the ready-to-run demo (loopback, demo customer, demo identities) or, with
+//! `--host`, a real broker's (all interfaces, the host as public address, an absolute state
+//! directory, no customer, no identity), its files optionally readable by the service's group; and
+//! identity folders for people, each certificate registered in the store ([`register`]) so that
+//! locks can name its holder. [`hand_back`] keeps the state directory owned by the service user when
+//! root runs these commands.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -18,30 +23,164 @@ use sallyport_store::IssuedCertificate;
 pub const TRUST_DOMAIN: &str = "sallyport.local";
 /// Demo identities written by `init`: (folder, principal description).
 pub const DEMO_IDENTITIES: [&str; 3] = ["technician", "approver", "admin"];
+/// The port `init` configures.
+pub const PORT: u16 = 8443;
+/// A real broker's state directory unless `--data-dir` says otherwise: the systemd unit's
+/// `StateDirectory=sallyport` and the container image's volume.
+pub const STATE_DIR: &str = "/var/lib/sallyport";
+
+/// Which broker folder `init` writes.
+#[derive(Debug, Clone)]
+pub enum InitMode {
+    /// The demo: listens on 127.0.0.1, data in `data/` next to the config, the demo customer `acme`
+    /// and the demo identities.
+    Demo,
+    /// A real broker: listens on all interfaces, the first host is the public address, state in an
+    /// absolute directory, and no customer or identity (the configuration is valid without them).
+    Production {
+        /// The state directory (`server.data_dir`).
+        data_dir: PathBuf,
+    },
+}
+
+/// The group that may read the broker's configuration and keys (the service user's group).
+#[derive(Debug, Clone)]
+pub struct ServiceGroup {
+    /// As given: a name or a numeric id.
+    pub name: String,
+    /// Its numeric id.
+    pub gid: u32,
+}
+
+impl ServiceGroup {
+    /// A group by name (looked up in /etc/group) or by numeric id.
+    pub fn resolve(name: &str) -> anyhow::Result<ServiceGroup> {
+        if let Ok(gid) = name.parse::<u32>() {
+            return Ok(ServiceGroup {
+                name: name.into(),
+                gid,
+            });
+        }
+        let groups = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
+        match gid_in(&groups, name) {
+            Some(gid) => Ok(ServiceGroup {
+                name: name.into(),
+                gid,
+            }),
+            None => bail!(
+                "--group {name}: no such group in /etc/group (create the service user first: `systemd-sysusers` with deploy/sysusers.d/sallyport.conf, or `useradd --system --user-group {name}`)"
+            ),
+        }
+    }
+}
+
+/// The id of group `name` in the text of an /etc/group file.
+fn gid_in(groups: &str, name: &str) -> Option<u32> {
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1).and_then(|g| g.trim().parse().ok()))
+            .flatten()
+    })
+}
 
 /// What `init` writes.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
     /// Target folder.
     pub dir: PathBuf,
-    /// Names and addresses for the server certificate.
+    /// Names and addresses for the server certificate; in production the first is the public
+    /// address.
     pub hosts: Vec<String>,
     /// Overwrite an existing folder.
     pub force: bool,
+    /// Demo or a real broker.
+    pub mode: InitMode,
+    /// Make the folder, the config, policies and the broker's own keys readable by this group
+    /// (folders 0750, files 0640); the CA key stays 0600.
+    pub group: Option<ServiceGroup>,
 }
 
-fn config_text(port: u16) -> String {
-    format!(
-        r#"# Sallyport broker configuration, written by `sallyport init`.
-# Paths are relative to this file. deploy/sallyport.toml in the source tree explains every key.
+/// Who may read a file `init` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone (certificates).
+    Public,
+    /// The service group when there is one, else anyone (the config, policies).
+    Readable,
+    /// The broker: the service group when there is one, else the owner only.
+    Broker,
+    /// Only the owner (the CA key: only issuing needs it).
+    Owner,
+}
 
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "data"
-trust_domain = "{TRUST_DOMAIN}"
-public_address = "localhost:{port}"
+/// Writes `init`'s files with the modes and group they need.
+struct Writer<'a> {
+    group: Option<&'a ServiceGroup>,
+}
 
-[tls]
+impl Writer<'_> {
+    fn file(&self, path: &Path, text: &str, access: Access) -> anyhow::Result<()> {
+        let mode = match (access, self.group) {
+            (Access::Public, _) | (Access::Readable, None) => 0o644,
+            (Access::Readable, Some(_)) => 0o640,
+            (Access::Broker, Some(_)) => 0o640,
+            (Access::Broker, None) | (Access::Owner, _) => 0o600,
+        };
+        write_file(path, text, mode)?;
+        if let (Some(g), false) = (self.group, access == Access::Owner) {
+            chgrp(path, g)?;
+        }
+        Ok(())
+    }
+
+    fn dir(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        if let Some(g) = self.group {
+            chgrp(path, g)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o750))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn chgrp(path: &Path, g: &ServiceGroup) -> anyhow::Result<()> {
+    std::os::unix::fs::chown(path, None, Some(g.gid)).with_context(|| {
+        format!(
+            "giving {} to group {} (changing a file's group to one you are not in needs root)",
+            path.display(),
+            g.name
+        )
+    })
+}
+
+/// `host:port` for a host name or address (IPv6 in brackets).
+fn host_port(host: &str, port: u16) -> String {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A `--host` must be a DNS name or an IP address.
+fn check_host(host: &str) -> anyhow::Result<()> {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && (host.parse::<std::net::IpAddr>().is_ok()
+            || host.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    if !ok {
+        bail!(
+            "--host `{host}`: not a DNS name or an IP address (e.g. broker.msp.example or 10.0.0.10)"
+        );
+    }
+    Ok(())
+}
+
+const COMMON_TABLES: &str = r#"[tls]
 ca = "pki/ca.pem"
 ca_key = "pki/ca.key"
 cert = "pki/server.pem"
@@ -64,7 +203,20 @@ handshake_timeout_seconds = 10
 header_timeout_seconds = 10
 idle_timeout_seconds = 900
 connect_timeout_seconds = 5
+"#;
 
+fn config_text(port: u16) -> String {
+    format!(
+        r#"# Sallyport broker configuration, written by `sallyport init`.
+# Paths are relative to this file. deploy/sallyport.toml in the source tree explains every key.
+
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "data"
+trust_domain = "{TRUST_DOMAIN}"
+public_address = "localhost:{port}"
+
+{COMMON_TABLES}
 # The demo customer. Its one target is a small web page that `sallyport serve` (run without
 # --config) serves itself on 127.0.0.1:7070, so a first session works on a fresh machine.
 [[customers]]
@@ -79,6 +231,49 @@ protocol = "http"
 tags = ["demo"]
 "#
     )
+}
+
+/// A real broker's configuration: all interfaces, `public` as the address in identity folders,
+/// state in `data_dir`, no customer.
+fn production_config_text(port: u16, public: &str, data_dir: &Path) -> anyhow::Result<String> {
+    let data = data_dir
+        .to_str()
+        .filter(|d| !d.contains(['"', '\\']) && !d.chars().any(char::is_control))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--data-dir {}: use a path without quotes, backslashes or control characters",
+                data_dir.display()
+            )
+        })?;
+    Ok(format!(
+        r#"# Sallyport broker configuration, written by `sallyport init --host`.
+# Paths are relative to this file. deploy/sallyport.toml explains every key; check this file with
+# `sallyport config check --config FILE`.
+
+[server]
+# Every interface: technicians reach the broker at public_address.
+listen = "0.0.0.0:{port}"
+# The state directory: the audit trail, the store, captures (systemd: StateDirectory=sallyport).
+data_dir = "{data}"
+trust_domain = "{TRUST_DOMAIN}"
+# Written into every identity folder (`broker` file) by `sallyport certs issue`.
+public_address = "{public}"
+
+{COMMON_TABLES}
+# No customer yet: the broker starts and serves with none. Add one [[customers]] table per
+# customer, each with its Cedar policy file (README: "Policies (Cedar)"), for example:
+#
+# [[customers]]
+# id = "acme"
+# policy = "policies/acme.cedar"
+# timezone = "Europe/Berlin"
+#
+# [[customers.targets]]
+# id = "db01"
+# address = "10.20.0.5:5432"
+# tags = ["prod"]
+"#
+    ))
 }
 
 /// Issues a client identity folder.
@@ -189,8 +384,19 @@ fn register_all(cfg: &Config, written: &[IdentityDir]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a ready-to-run broker folder.
-pub fn init(opts: &InitOptions) -> anyhow::Result<()> {
+/// What `init` wrote.
+#[derive(Debug)]
+pub struct Written {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The validated configuration.
+    pub cfg: Config,
+    /// The demo identities (none in production).
+    pub identities: Vec<IdentityDir>,
+}
+
+/// Writes a broker folder: the demo, or a real broker's.
+pub fn init(opts: &InitOptions) -> anyhow::Result<Written> {
     let dir = &opts.dir;
     let cfg_path = dir.join("sallyport.toml");
     if !opts.force && (cfg_path.exists() || dir.join("pki").exists()) {
@@ -199,40 +405,117 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    for h in &opts.hosts {
+        check_host(h)?;
+    }
+    if let InitMode::Production { data_dir } = &opts.mode
+        && !data_dir.is_absolute()
+    {
+        bail!(
+            "--data-dir {}: use an absolute path (a real broker's state directory, default {STATE_DIR})",
+            data_dir.display()
+        );
+    }
+    let first = opts
+        .hosts
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("init needs at least one --host"))?;
+    // Everything that can be refused is refused before anything is written.
+    let production = match &opts.mode {
+        InitMode::Demo => None,
+        InitMode::Production { data_dir } => Some(production_config_text(
+            PORT,
+            &host_port(first, PORT),
+            data_dir,
+        )?),
+    };
     let td: TrustDomain = TRUST_DOMAIN.parse()?;
-    for sub in ["pki", "policies", "identities"] {
-        std::fs::create_dir_all(dir.join(sub))
-            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    let w = Writer {
+        group: opts.group.as_ref(),
+    };
+    w.dir(dir)?;
+    for sub in ["pki", "policies"] {
+        w.dir(&dir.join(sub))?;
     }
     let ca = CertificateAuthority::generate(&td)?;
     let pki = dir.join("pki");
-    write_file(&pki.join("ca.pem"), ca.cert_pem(), 0o644)?;
-    write_file(&pki.join("ca.key"), &ca.key_pem(), 0o600)?;
+    w.file(&pki.join("ca.pem"), ca.cert_pem(), Access::Public)?;
+    w.file(&pki.join("ca.key"), &ca.key_pem(), Access::Owner)?;
     let server = ca.issue_server(
         &opts.hosts,
         Validity::from_now(Duration::from_secs(365 * 24 * 3600)),
     )?;
-    write_file(&pki.join("server.pem"), &server.cert_pem, 0o644)?;
-    write_file(&pki.join("server.key"), &server.key_pem, 0o600)?;
-    write_file(
+    w.file(&pki.join("server.pem"), &server.cert_pem, Access::Public)?;
+    w.file(&pki.join("server.key"), &server.key_pem, Access::Broker)?;
+    w.file(
         &pki.join("grant-signing.key"),
         &generate_signing_key_pem()?,
-        0o600,
+        Access::Broker,
     )?;
-    write_file(
+    w.file(
         &pki.join("audit-signing.key"),
         &generate_signing_key_pem()?,
-        0o600,
+        Access::Broker,
     )?;
-    write_file(
-        &dir.join("policies").join("acme.cedar"),
-        sallyport_policy::DEMO_POLICY,
-        0o644,
-    )?;
-    write_file(&cfg_path, &config_text(8443), 0o644)?;
-    let written = write_demo_identities(dir, &ca, &td, "localhost:8443")?;
+    let identities = match production {
+        None => {
+            w.file(
+                &dir.join("policies").join("acme.cedar"),
+                sallyport_policy::DEMO_POLICY,
+                Access::Readable,
+            )?;
+            w.file(&cfg_path, &config_text(PORT), Access::Readable)?;
+            std::fs::create_dir_all(dir.join("identities"))
+                .with_context(|| format!("creating {}", dir.join("identities").display()))?;
+            let cfg = Config::load(&cfg_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let written = write_demo_identities(dir, &ca, &td, &cfg.public_address)?;
+            register_all(&cfg, &written)?;
+            written
+        }
+        Some(text) => {
+            w.file(&cfg_path, &text, Access::Readable)?;
+            Vec::new()
+        }
+    };
     let cfg = Config::load(&cfg_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    register_all(&cfg, &written)
+    Ok(Written {
+        config: cfg_path,
+        cfg,
+        identities,
+    })
+}
+
+/// After an offline command run as root wrote into the state directory (the store, the trail):
+/// gives what it created there to the directory's owner, the service user, so that the broker
+/// running as that user can still open it. Does nothing unless run as root and the directory
+/// belongs to someone else.
+pub fn hand_back(data_dir: &Path) -> anyhow::Result<()> {
+    let running_as_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let Ok(top) = std::fs::metadata(data_dir) else {
+        return Ok(());
+    };
+    if !running_as_root || top.uid() == 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (top.uid(), top.gid());
+    let mut stack = vec![data_dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            let meta = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if meta.uid() != uid || meta.gid() != gid {
+                std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).with_context(|| {
+                    format!("giving {} to the state directory's owner", path.display())
+                })?;
+            }
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates the audit signing key if a setup made before checkpoints existed has none; returns whether
@@ -281,4 +564,53 @@ pub fn renew_demo_identities(dir: &Path, cfg: &Config) -> anyhow::Result<bool> {
     let written = write_demo_identities(dir, &ca, &cfg.trust_domain, &cfg.public_address)?;
     register_all(cfg, &written)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_found_by_name_in_an_etc_group_file() {
+        let groups = "root:x:0:\nsallyportish:x:7:\nsallyport:x:998:alice,bob\n";
+        assert_eq!(gid_in(groups, "sallyport"), Some(998));
+        assert_eq!(gid_in(groups, "root"), Some(0));
+        assert_eq!(gid_in(groups, "sally"), None);
+        assert_eq!(gid_in("broken\n", "broken"), None);
+        assert_eq!(ServiceGroup::resolve("10001").unwrap().gid, 10001);
+    }
+
+    #[test]
+    fn hosts_are_dns_names_or_addresses_and_ipv6_is_bracketed() {
+        for ok in [
+            "broker.msp.example",
+            "10.0.0.10",
+            "::1",
+            "localhost",
+            "b-1.example",
+        ] {
+            assert!(check_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "broker..example", "\"x\"", "x/y"] {
+            let e = check_host(bad).unwrap_err().to_string();
+            assert!(e.contains("not a DNS name or an IP address"), "{bad}: {e}");
+        }
+        assert_eq!(
+            host_port("broker.msp.example", 8443),
+            "broker.msp.example:8443"
+        );
+        assert_eq!(host_port("2001:db8::1", 8443), "[2001:db8::1]:8443");
+    }
+
+    #[test]
+    fn a_real_brokers_config_is_valid_with_no_customer() {
+        let text =
+            production_config_text(PORT, "broker.msp.example:8443", Path::new(STATE_DIR)).unwrap();
+        let cfg = Config::parse(Path::new("/etc/sallyport/sallyport.toml"), &text).unwrap();
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(cfg.data_dir, Path::new(STATE_DIR));
+        assert_eq!(cfg.public_address, "broker.msp.example:8443");
+        assert!(cfg.customers.is_empty());
+        assert!(production_config_text(PORT, "b:1", Path::new("/var/\"x")).is_err());
+    }
 }

@@ -1,7 +1,8 @@
 //! `sallyport certs issue`: identity folders (certificate, key, CA, broker address) for
 //! technicians, a customer's approvers and auditors, and provider admins, from the broker's CA. Each
 //! certificate is registered in the broker's store; with `--replace`, the earlier certificates of the
-//! same identity are locked (the rule is the workflow's).
+//! same identity are locked (the rule is the workflow's). Whatever root creates in the state
+//! directory is handed back to its owner, the service user.
 
 use std::path::PathBuf;
 
@@ -164,6 +165,8 @@ pub fn issue(role: IssueRole) -> Result<(), Failure> {
     // holder and a later --replace finds this certificate. Issuing away from the broker's data
     // folder still works; --replace then has nothing to lock there, so it is an error.
     let registered = crate::init::register(&cfg, &written);
+    // Run as root next to a broker running as its service user: the store stays the broker's.
+    crate::init::hand_back(&cfg.data_dir)?;
     let serial = match &registered {
         Ok(issued) => issued.serial.to_string(),
         Err(e) => {
@@ -188,6 +191,7 @@ pub fn issue(role: IssueRole) -> Result<(), Failure> {
     );
     if let (true, Ok(issued)) = (common.replace, &registered) {
         replace(&cfg, issued)?;
+        crate::init::hand_back(&cfg.data_dir)?;
     }
     Ok(())
 }

@@ -31,6 +31,8 @@ pub fn serve(
                     dir: dir.clone(),
                     hosts: vec!["localhost".into(), "127.0.0.1".into()],
                     force: false,
+                    mode: crate::init::InitMode::Demo,
+                    group: None,
                 })?;
                 println!("created ./sallyport-data (config, PKI, demo customer and identities)");
             }

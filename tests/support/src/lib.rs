@@ -668,12 +668,23 @@ pub async fn dial_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Res
     socket.connect(addr).await
 }
 
-/// A TLS connection over `tcp`, presenting what `connector` presents.
+/// A TLS connection over `tcp`, presenting what `connector` presents, to a broker whose
+/// certificate names `localhost` (the demo's).
 pub async fn tls_on(
     tcp: TcpStream,
     connector: &TlsConnector,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tls_on_named(tcp, connector, "localhost").await
+}
+
+/// A TLS connection over `tcp` to a broker verified as `server_name` (a real broker's host name,
+/// reached at a loopback address).
+pub async fn tls_on_named(
+    tcp: TcpStream,
+    connector: &TlsConnector,
+    server_name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
     connector.connect(name, tcp).await
 }
 
@@ -702,7 +713,17 @@ pub async fn request_on(
     connector: &TlsConnector,
     head: &str,
 ) -> std::io::Result<Answer> {
-    let mut tls = tls_on(tcp, connector).await?;
+    request_named(tcp, connector, "localhost", head).await
+}
+
+/// [`request_on`] to a broker verified as `server_name`; `head` may carry a body after it.
+pub async fn request_named(
+    tcp: TcpStream,
+    connector: &TlsConnector,
+    server_name: &str,
+    head: &str,
+) -> std::io::Result<Answer> {
+    let mut tls = tls_on_named(tcp, connector, server_name).await?;
     tls.write_all(head.as_bytes()).await?;
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
