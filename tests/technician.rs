@@ -1,0 +1,1 @@
+//! End-to-end tests of a technician's day.
