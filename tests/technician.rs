@@ -80,11 +80,14 @@ fn http_server(body: &'static str) -> SocketAddr {
 }
 
 /// `globex` (target `app`, whose policy lets nobody of group `support` in) and `acme` (targets
-/// `web`, an HTTP page, and `db01`, an echo server).
+/// `web`, an HTTP page, `db01`, an echo server, and `vault`, which acme's policy lets technicians
+/// request but never connect to).
 fn world() -> (Setup, u16) {
     let s = Setup::init(BIN);
     let web = http_server("hello from acme/web\n");
-    let acme = policy("acme");
+    // A vault may be asked for, but nobody connects to it.
+    let acme = policy("acme")
+        + "@id(\"no-vault\")\nforbid (principal, action == Sallyport::Action::\"connect\", resource)\nwhen { resource.tags.contains(\"vault\") };\n";
     // acme last, so a test can append its webhook table.
     s.write_config(
         &[
@@ -101,6 +104,7 @@ fn world() -> (Setup, u16) {
                 targets: vec![
                     ("web", web.to_string(), vec!["http"]),
                     ("db01", echo_server().to_string(), vec!["prod"]),
+                    ("vault", echo_server().to_string(), vec!["vault"]),
                 ],
             },
         ],
@@ -113,7 +117,8 @@ fn world() -> (Setup, u16) {
 struct Running {
     child: Child,
     lines: Receiver<(bool, String)>,
-    seen: Vec<String>,
+    /// Every line so far: on stderr, the text, and whether [`Running::line`] returned it.
+    seen: Vec<(bool, String, bool)>,
 }
 
 impl Drop for Running {
@@ -124,15 +129,25 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// Waits (up to 30 s) for a line (`stderr`: on stderr, else on stdout) for which `pred` holds.
+    /// Waits (up to 30 s) for a line (`stderr`: on stderr, else on stdout) for which `pred` holds,
+    /// among those not returned before, in the order printed.
     fn line(&mut self, stderr: bool, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(i) = self
+            .seen
+            .iter()
+            .position(|(err, l, taken)| !taken && *err == stderr && pred(l))
+        {
+            self.seen[i].2 = true;
+            return self.seen[i].1.clone();
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((err, l)) => {
-                    self.seen.push(l.clone());
-                    if err == stderr && pred(&l) {
+                    let hit = err == stderr && pred(&l);
+                    self.seen.push((err, l.clone(), hit));
+                    if hit {
                         return l;
                     }
                 }
@@ -150,10 +165,17 @@ impl Running {
     /// Waits for the process to end; returns whether it succeeded and every stderr line.
     fn finish(mut self) -> (bool, String) {
         let status = self.child.wait().unwrap();
-        let mut err = self.seen.join("\n");
-        while let Ok((_, l)) = self.lines.recv_timeout(Duration::from_secs(10)) {
-            err.push('\n');
-            err.push_str(&l);
+        let mut err: String = self
+            .seen
+            .iter()
+            .filter(|(e, _, _)| *e)
+            .map(|(_, l, _)| format!("{l}\n"))
+            .collect();
+        while let Ok((e, l)) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            if e {
+                err.push_str(&l);
+                err.push('\n');
+            }
         }
         (status.success(), err)
     }
@@ -339,6 +361,20 @@ fn stdio_carries_one_tunnel_and_nothing_else() {
     s.wait_for_audit("acme", |r| {
         r["event"] == "tunnel_close" && r["bytes_up"] == 14 && r["bytes_down"] == 14
     });
+
+    // A policy's refusal is said as the customer's policy's, without a status.
+    let id = file(&s, &b, "acme/vault", "30", &[]);
+    approve(&s, &b, &id);
+    let denied = s.cli(
+        &s.demo("technician"),
+        b.addr,
+        &["connect", "acme/vault", "--stdio"],
+    );
+    assert_eq!(
+        denied.err().trim(),
+        "sallyport: the broker refused the tunnel to acme/vault: denied by acme's policy: forbidden by policy `no-vault`"
+    );
+    assert!(denied.stdout.is_empty());
 }
 
 #[test]
@@ -572,7 +608,8 @@ fn targets_lists_what_each_may_request_per_customer() {
         listed,
         [
             ("acme".into(), "web".into()),
-            ("acme".into(), "db01".into())
+            ("acme".into(), "db01".into()),
+            ("acme".into(), "vault".into())
         ]
     );
     assert_eq!(v["targets"][0]["approvals_required"], 1);
@@ -582,7 +619,7 @@ fn targets_lists_what_each_may_request_per_customer() {
         .cli(&s.demo("approver"), b.addr, &["targets", "--json"])
         .json();
     let all = v["targets"].as_array().unwrap();
-    assert_eq!(all.len(), 2, "{v}");
+    assert_eq!(all.len(), 3, "{v}");
     assert!(all.iter().all(|t| t["customer"] == "acme"), "{v}");
 }
 

@@ -137,6 +137,35 @@ impl std::fmt::Display for Refused {
     }
 }
 
+impl Refused {
+    /// The refusal of a tunnel under `grant`, in words that say what to do: an expired or early
+    /// grant with its time, a policy's decision as the customer's.
+    pub fn explain(&self, grant: &Grant) -> String {
+        let w = self.words.as_str();
+        if w == "grant has expired" {
+            return format!(
+                "the grant expired at {}: file a new request with `sallyport request {} --minutes M --reason TEXT`",
+                when(grant.exp),
+                grant.spec()
+            );
+        }
+        if w == "grant is not yet valid" {
+            return format!("the grant is not valid until {}", when(grant.nbf));
+        }
+        if [
+            "forbidden by",
+            "no policy permits",
+            "denied: evaluation failed",
+        ]
+        .iter()
+        .any(|p| w.starts_with(p))
+        {
+            return format!("denied by {}'s policy: {w}", grant.customer);
+        }
+        w.to_owned()
+    }
+}
+
 /// The broker's reason in a refusal body (`403 Forbidden: why`), without its status line; a body
 /// with nothing in it is described from the status alone.
 pub fn refusal_words(status: StatusCode, body: &str) -> String {
@@ -330,9 +359,10 @@ pub async fn serve(
             match tunnel(&client, &grant, &mut local).await {
                 Ok(Ok(None)) => {}
                 Ok(Ok(Some(why))) => eprintln!("sallyport: tunnel to {spec} ended: {why}"),
-                Ok(Err(refused)) => {
-                    eprintln!("sallyport: the broker refused the tunnel to {spec}: {refused}")
-                }
+                Ok(Err(refused)) => eprintln!(
+                    "sallyport: the broker refused the tunnel to {spec}: {}",
+                    refused.explain(&grant)
+                ),
                 Err(e) => {
                     tracing::debug!(client = %addr, error = %format!("{e:#}"), "tunnel failed");
                     eprintln!("sallyport: tunnel to {spec} failed: {e:#}");
@@ -371,6 +401,32 @@ mod tests {
         );
         assert_eq!(refusal_words(StatusCode::NOT_FOUND, ""), "no such target");
         assert_eq!(refusal_words(StatusCode::FORBIDDEN, "odd"), "odd");
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        let grant = Grant {
+            token: "t".into(),
+            customer: "acme".into(),
+            target: "db01".into(),
+            port: 5432,
+            gid: "g-1".into(),
+            nbf: 0,
+            exp: 60,
+        };
+        let said = |words: &str| {
+            Refused {
+                status: StatusCode::FORBIDDEN,
+                words: words.into(),
+            }
+            .explain(&grant)
+        };
+        assert!(said("grant has expired").starts_with("the grant expired at 1970-01-01T00:01:00Z"));
+        assert_eq!(
+            said("forbidden by policy `no-weekend-prod`"),
+            "denied by acme's policy: forbidden by policy `no-weekend-prod`"
+        );
+        assert_eq!(said("target unreachable"), "target unreachable");
     }
 
     #[test]

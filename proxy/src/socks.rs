@@ -353,7 +353,7 @@ async fn one<S: AsyncRead + AsyncWrite + Unpin>(grants: &Grants, local: &mut S) 
         Ok(Ok(o)) => o,
         Ok(Err(refused)) => {
             let code = Reply::for_refusal(refused.status);
-            refuse(code, &refused.words);
+            refuse(code, &refused.explain(&grant));
             if matches!(
                 refused.status,
                 StatusCode::FORBIDDEN | StatusCode::PROXY_AUTHENTICATION_REQUIRED

@@ -275,7 +275,8 @@ pub fn connect(args: &ConnectArgs) -> anyhow::Result<()> {
                     Ok(None) => Ok(()),
                     Ok(Some(why)) => Err(anyhow!("the tunnel to {spec} ended: {why}")),
                     Err(refused) => Err(anyhow!(
-                        "the broker refused the tunnel to {spec}: {refused}"
+                        "the broker refused the tunnel to {spec}: {}",
+                        refused.explain(&grant)
                     )),
                 }
             }
