@@ -725,6 +725,13 @@ fn a_technician_cancels_their_own_pending_request_and_nobody_approves_it_after()
         }
     }
     s.assert_trail_verifies();
+    // And it maps to a valid OCSF event.
+    let ocsf = s.ocsf_export("acme");
+    assert!(
+        ocsf.iter()
+            .any(|e| e["api"]["operation"] == "request_cancelled" && e["class_uid"] == 6003),
+        "{ocsf:#?}"
+    );
 }
 
 #[test]

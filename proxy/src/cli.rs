@@ -1,9 +1,9 @@
 //! The `sallyport` command line: the commands and their flags, logging set-up, exit codes, and the
 //! dispatch to each command group: [`serve`] (the broker, and its embedded demo), [`access`] (the API
-//! commands of technicians and approvers), [`connect`] (the technician's tunnels), [`locks`] (`lock`, `unlock`, `locks`),
-//! [`audit`] (verify, bundle, capture, export), [`certs`] (identity folders), and `init` and `grant`
-//! (break-glass) here. What a command
-//! does lives in the library crates; this module parses, calls, and prints.
+//! commands of technicians, approvers and auditors), [`connect`] (the technician's tunnels),
+//! [`locks`] (`lock`, `unlock`, `locks`), [`audit`] (verify, bundle, capture, export), [`certs`]
+//! (identity folders), and `init` and `grant` (break-glass) here. What a command does lives in the
+//! library crates; this module parses, calls, and prints.
 
 pub mod access;
 pub mod audit;

@@ -1,7 +1,7 @@
 //! `sallyport audit`: verify a trail or an evidence bundle offline, write the evidence bundle of a
 //! request, extract a recorded session after checking it against the trail, and export a customer's
-//! records as stored or as OCSF (ending quietly when the reader goes away, as in `| head`). The checks themselves are the audit crate's; the bundle is gathered
-//! by the workflow crate.
+//! records as stored or as OCSF (ending quietly when the reader goes away, as in `| head`). The
+//! checks themselves are the audit crate's; the bundle is gathered by the workflow crate.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
