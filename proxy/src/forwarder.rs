@@ -311,23 +311,54 @@ pub async fn tunnel<L: AsyncRead + AsyncWrite + Unpin>(
         Ok(o) => o,
         Err(refused) => return Ok(Err(refused)),
     };
-    relay(local, &mut opened.io).await;
-    Ok(Ok(why_ended(client, grant, opened.session.as_deref()).await))
+    Ok(Ok(match relay(local, &mut opened.io).await {
+        // The local client finished first: an ordinary end, nothing to explain.
+        Ended::LocalFirst => None,
+        Ended::RemoteFirst => ask_why(client, grant, opened.session.as_deref()).await,
+    }))
+}
+
+/// Lookups of why a tunnel ended that may run at once; when all are busy, a tunnel's end goes
+/// unexplained rather than adding to the caller's API rate (a SOCKS client may end many at once).
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// [`why_ended`], within the [`LOOKUPS`] bound.
+pub async fn ask_why(
+    client: &BrokerClient,
+    grant: &Grant,
+    session: Option<&str>,
+) -> Option<String> {
+    let Ok(_slot) = LOOKUPS.try_acquire() else {
+        tracing::debug!("not asking why a tunnel ended: enough lookups running");
+        return None;
+    };
+    why_ended(client, grant, session).await
+}
+
+/// Which end of a relay finished first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The local client sent its end of file before the tunnel's far end closed.
+    LocalFirst,
+    /// The broker ended the tunnel (the target closed, or the broker cut it) first.
+    RemoteFirst,
 }
 
 /// Copies both ways until the tunnel's far end is done: a local end-of-file is passed on (and the
 /// answer still read to its end), while the broker closing the tunnel ends it here too, so a client
 /// that would keep its side open learns at once.
-pub async fn relay<L, R>(local: &mut L, remote: &mut R)
+pub async fn relay<L, R>(local: &mut L, remote: &mut R) -> Ended
 where
     L: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt as _;
+    let local_done = std::sync::atomic::AtomicBool::new(false);
     let (mut lr, mut lw) = tokio::io::split(local);
     let (mut rr, mut rw) = tokio::io::split(remote);
     let up = async {
         let n = tokio::io::copy(&mut lr, &mut rw).await;
+        local_done.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = rw.shutdown().await;
         tracing::debug!(bytes_up = ?n.ok(), "local side done");
         std::future::pending::<()>().await
@@ -340,6 +371,11 @@ where
     tokio::select! {
         () = up => {}
         () = down => {}
+    }
+    if local_done.load(std::sync::atomic::Ordering::Relaxed) {
+        Ended::LocalFirst
+    } else {
+        Ended::RemoteFirst
     }
 }
 

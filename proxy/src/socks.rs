@@ -373,9 +373,10 @@ async fn one<S: AsyncRead + AsyncWrite + Unpin>(grants: &Grants, local: &mut S) 
         return;
     }
     let mut io = opened.io;
-    forwarder::relay(local, &mut io).await;
-    if let Some(why) = forwarder::why_ended(&grants.client, &grant, opened.session.as_deref()).await
-    {
+    if forwarder::relay(local, &mut io).await == forwarder::Ended::LocalFirst {
+        return;
+    }
+    if let Some(why) = forwarder::ask_why(&grants.client, &grant, opened.session.as_deref()).await {
         eprintln!("sallyport: tunnel to {spec} ended: {why}");
         grants.forget(&spec).await;
     }
