@@ -79,9 +79,25 @@ fn http_server(body: &'static str) -> SocketAddr {
     addr
 }
 
+/// A loopback server that greets each connection with an SSH banner, reads a line and hangs up.
+fn ssh_banner_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = conn.write_all(b"SSH-2.0-sallyport-test\r\n");
+                let _ = BufReader::new(conn).read_line(&mut String::new());
+            });
+        }
+    });
+    addr
+}
+
 /// `globex` (target `app`, whose policy lets nobody of group `support` in) and `acme` (targets
-/// `web`, an HTTP page, `db01`, an echo server, and `vault`, which acme's policy lets technicians
-/// request but never connect to).
+/// `web`, an HTTP page, `db01`, an echo server, `vault`, which acme's policy lets technicians
+/// request but never connect to, and `bastion`, an SSH banner).
 fn world() -> (Setup, u16) {
     let s = Setup::init(BIN);
     let web = http_server("hello from acme/web\n");
@@ -105,6 +121,7 @@ fn world() -> (Setup, u16) {
                     ("web", web.to_string(), vec!["http"]),
                     ("db01", echo_server().to_string(), vec!["prod"]),
                     ("vault", echo_server().to_string(), vec!["vault"]),
+                    ("bastion", ssh_banner_server().to_string(), vec!["ssh"]),
                 ],
             },
         ],
@@ -362,6 +379,43 @@ fn stdio_carries_one_tunnel_and_nothing_else() {
         r["event"] == "tunnel_close" && r["bytes_up"] == 14 && r["bytes_down"] == 14
     });
 
+    // Real ssh through `--stdio` as its ProxyCommand: the bastion's banner reaches ssh through the
+    // tunnel (the bastion then hangs up, so ssh fails after reading it).
+    let proxy = format!(
+        "{BIN} connect acme/bastion --stdio --identity {} --broker {}",
+        s.demo("technician").display(),
+        b.addr
+    );
+    let id = file(&s, &b, "acme/bastion", "30", &[]);
+    approve(&s, &b, &id);
+    let ssh = Command::new("timeout")
+        .args([
+            "60",
+            "ssh",
+            "-v",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=20",
+        ])
+        .arg("-o")
+        .arg(format!("ProxyCommand={proxy}"))
+        .arg("bastion.acme")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&ssh.stderr);
+    assert!(
+        said.contains("Remote protocol version 2.0, remote software version sallyport-test"),
+        "{said}"
+    );
+
     // A policy's refusal is said as the customer's policy's, without a status.
     let id = file(&s, &b, "acme/vault", "30", &[]);
     approve(&s, &b, &id);
@@ -609,7 +663,8 @@ fn targets_lists_what_each_may_request_per_customer() {
         [
             ("acme".into(), "web".into()),
             ("acme".into(), "db01".into()),
-            ("acme".into(), "vault".into())
+            ("acme".into(), "vault".into()),
+            ("acme".into(), "bastion".into())
         ]
     );
     assert_eq!(v["targets"][0]["approvals_required"], 1);
@@ -619,7 +674,7 @@ fn targets_lists_what_each_may_request_per_customer() {
         .cli(&s.demo("approver"), b.addr, &["targets", "--json"])
         .json();
     let all = v["targets"].as_array().unwrap();
-    assert_eq!(all.len(), 3, "{v}");
+    assert_eq!(all.len(), 4, "{v}");
     assert!(all.iter().all(|t| t["customer"] == "acme"), "{v}");
 }
 
