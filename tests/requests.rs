@@ -328,7 +328,7 @@ fn quorum_self_approval_tenant_walls_and_denial() {
         &["connect", "acme/db01", "--listen", "127.0.0.1:0"],
     );
     assert!(
-        early.err().contains("no approved request"),
+        early.err().contains("is still pending") && early.stderr.contains("--wait"),
         "{}",
         early.stderr
     );

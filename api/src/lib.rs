@@ -9,7 +9,8 @@
 //! 403 or 404 for the caller's role or tenant is recorded by the workflow (`access_refused`), the
 //! answer unchanged.
 //!
-//! Routes ([`Api::route`]): [`requests`] (file, list, show, approve, deny, fetch the grant),
+//! Routes ([`Api::route`]): [`requests`] (file, list, show, approve, deny, cancel, fetch the grant,
+//! and what may be requested),
 //! [`grants`] (revoke), [`sessions`] (list, end), [`locks`] (lock, list, unlock, the CRL),
 //! [`audit`] (read a chain, the checkpoint key), [`ops`] (health, metrics, reload). Every `/v1` call counts
 //! against the caller's API rate (`limits.api_calls_*`), and a caller locked everywhere is refused
@@ -128,6 +129,10 @@ impl Api {
             (&Method::POST, ["v1", "requests", id, "deny"]) => {
                 requests::deny(self, conn, id, req).await
             }
+            (&Method::POST, ["v1", "requests", id, "cancel"]) => {
+                requests::cancel(self, conn, id, req).await
+            }
+            (&Method::GET, ["v1", "targets"]) => Ok(requests::targets(self, conn)),
             (&Method::GET, ["v1", "requests", id, "grant"]) => {
                 requests::grant(self, conn, id).await
             }

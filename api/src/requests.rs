@@ -6,6 +6,8 @@
 //! - `GET /v1/requests/{id}` -> the request, with its approvals.
 //! - `POST /v1/requests/{id}/approve` `{comment?}` -> the request and `approvals_missing`.
 //! - `POST /v1/requests/{id}/deny` `{reason}` -> the request.
+//! - `POST /v1/requests/{id}/cancel` `{reason?}` -> the request, `cancelled` (its technician only).
+//! - `GET /v1/targets` -> `{targets: [...]}`: what the caller may ask for, per customer.
 //! - `GET /v1/requests/{id}/grant` -> `{token, grant_id, request_id, customer, target, port,
 //!   not_before, expires_at}`.
 
@@ -136,6 +138,44 @@ pub async fn deny(
         .deny(caller(conn), &id, reason)
         .await?;
     Ok(ok(StatusCode::OK, view::request(&rec)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/requests/{id}/cancel`.
+pub async fn cancel(
+    api: &Api,
+    conn: &Conn,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let CancelBody { reason } = body(req).await?;
+    let reason = terms::cancel_reason(reason.as_deref())?;
+    let id = parse_id("request", id)?;
+    let rec = api
+        .workflow
+        .requests
+        .cancel(caller(conn), &id, reason)
+        .await?;
+    Ok(ok(StatusCode::OK, view::request(&rec)))
+}
+
+/// `GET /v1/targets`: for a technician, per customer, the targets that customer's policy would let
+/// them request now (with the longest window and the approvals a filing needs); for an approver or
+/// auditor, their customer's targets; for an admin, every target.
+pub fn targets(api: &Api, conn: &Conn) -> Response<Body> {
+    let list = api.workflow.requests.targets(caller(conn));
+    ok(
+        StatusCode::OK,
+        serde_json::json!({
+            "targets": list.iter().map(sallyport_workflow::targets::view).collect::<Vec<_>>(),
+        }),
+    )
 }
 
 /// `GET /v1/requests/{id}/grant`.

@@ -316,10 +316,12 @@ pub fn derive(records: &[serde_json::Value], rid: &str) -> Result<Views, AuditEr
     let approved = of("request_approved").find(succeeded);
     let denied = of("request_denied").find(succeeded);
     let expired = of("request_expired").next();
-    let status = match (approved, denied, expired) {
-        (Some(_), _, _) => "approved",
-        (_, Some(_), _) => "denied",
-        (_, _, Some(_)) => "expired",
+    let cancelled = of("request_cancelled").find(succeeded);
+    let status = match (approved, denied, expired, cancelled) {
+        (Some(_), _, _, _) => "approved",
+        (_, Some(_), _, _) => "denied",
+        (_, _, Some(_), _) => "expired",
+        (_, _, _, Some(_)) => "cancelled",
         _ => "pending",
     };
     let approval = |v: &Value| {

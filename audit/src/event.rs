@@ -44,6 +44,8 @@ pub enum EventKind {
     RequestDenied,
     /// A pending request expired undecided.
     RequestExpired,
+    /// The technician who filed a pending request withdrew it.
+    RequestCancelled,
     /// A live session was ended through the API.
     SessionEnded,
     /// A webhook notification could not be delivered.

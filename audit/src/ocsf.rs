@@ -16,7 +16,7 @@
 //! | `tunnel_failed` | Network Activity (4001) | 4 Fail | |
 //! | `request_filed` | API Activity (6003) | 1 Create | |
 //! | `grant_minted` | API Activity (6003) | 1 Create | |
-//! | `approval_recorded`, `request_approved`, `request_denied`, `request_expired` | API Activity (6003) | 3 Update | the request changes state |
+//! | `approval_recorded`, `request_approved`, `request_denied`, `request_expired`, `request_cancelled` | API Activity (6003) | 3 Update | the request changes state |
 //! | `grant_revoked` | API Activity (6003) | 3 Update | the grant is marked revoked, not removed |
 //! | `session_ended` | API Activity (6003) | 4 Delete | `DELETE /v1/sessions/{id}` |
 //! | `segments_retired` | API Activity (6003) | 4 Delete | retention deleted old segments of the chain |
@@ -309,7 +309,7 @@ fn api_activity(r: &Record<'_>, event: &str) -> Map<String, Value> {
     let activity = match event {
         "request_filed" | "grant_minted" => Activity::new(1, "Create"),
         "approval_recorded" | "request_approved" | "request_denied" | "request_expired"
-        | "grant_revoked" => Activity::new(3, "Update"),
+        | "request_cancelled" | "grant_revoked" => Activity::new(3, "Update"),
         "session_ended" | "segments_retired" => Activity::new(4, "Delete"),
         "access_refused" => Activity::new(OTHER, "Refuse"),
         _ => Activity::new(OTHER, event),
@@ -663,6 +663,7 @@ mod tests {
             ("request_approved", 3),
             ("request_denied", 3),
             ("request_expired", 3),
+            ("request_cancelled", 3),
             ("grant_revoked", 3),
             ("session_ended", 4),
             ("segments_retired", 4),

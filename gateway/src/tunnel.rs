@@ -361,10 +361,16 @@ impl Tunnels {
         };
         match looked_up {
             Ok(g) if g.revoked.is_some() => {
+                // Who revoked it and why, in their words: the technician is told what happened.
+                let (by, why) = g
+                    .revoked
+                    .as_ref()
+                    .map(|r| (r.by.short(), r.reason.as_str()))
+                    .unwrap_or_default();
                 let r = Refusal::new(
                     StatusCode::FORBIDDEN,
                     EventKind::Decision,
-                    format!("grant `{}` was revoked", claims.gid),
+                    format!("grant `{}` was revoked by {by}: {why}", claims.gid),
                 );
                 return self.refuse(&conn, &session_id, r.about(&claims)).await;
             }

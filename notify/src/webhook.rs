@@ -36,9 +36,9 @@
 //!
 //! `time` is when the event was queued (RFC 3339, UTC); `data` is the structured event, whose fields
 //! depend on `event`. Known events: `request_filed`, `request_approved`, `request_denied`,
-//! `grant_revoked`, `request_expired`, `grant_break_glass` (a grant minted without approval: `data` is
-//! the grant, with `break_glass` naming who minted it, why and the ticket), `identity_locked`,
-//! `identity_unlocked`; a receiver should ignore events it does not know.
+//! `grant_revoked`, `request_expired`, `request_cancelled`, `grant_break_glass` (a grant minted
+//! without approval: `data` is the grant, with `break_glass` naming who minted it, why and the
+//! ticket), `identity_locked`, `identity_unlocked`; a receiver should ignore events it does not know.
 //!
 //! ## Verifying a delivery (receiver side)
 //!
@@ -97,7 +97,7 @@ pub struct Notification {
     /// The customer whose webhook receives it.
     pub customer: CustomerId,
     /// The event name: `request_filed`, `request_approved`, `request_denied`, `grant_revoked`,
-    /// `request_expired`, `identity_locked`, `identity_unlocked`, ...
+    /// `request_expired`, `request_cancelled`, `identity_locked`, `identity_unlocked`, ...
     pub event: String,
     /// One human sentence (Slack-compatible `text`).
     pub text: String,

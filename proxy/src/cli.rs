@@ -1,15 +1,16 @@
 //! The `sallyport` command line: the commands and their flags, logging set-up, exit codes, and the
 //! dispatch to each command group: [`serve`] (the broker, and its embedded demo), [`access`] (the API
-//! commands of technicians and approvers, and `connect`), [`locks`] (`lock`, `unlock`, `locks`),
-//! [`audit`] (verify, bundle, capture, export), [`certs`] (identity folders), [`config`] (`config
-//! check`), and `init` and `grant`
-//! (break-glass) here. What a command
-//! does lives in the library crates; this module parses, calls, and prints.
+//! commands of technicians, approvers and auditors), [`connect`] (the technician's tunnels),
+//! [`locks`] (`lock`, `unlock`, `locks`), [`audit`] (verify, bundle, capture, export), [`certs`]
+//! (identity folders), [`config`] (`config check`), [`reload`], and `init` and `grant`
+//! (break-glass) here. What a command does lives in the library crates; this module parses, calls,
+//! and prints.
 
 pub mod access;
 pub mod audit;
 pub mod certs;
 pub mod config;
+pub mod connect;
 pub mod locks;
 pub mod reload;
 pub mod serve;
@@ -100,6 +101,10 @@ enum Command {
         /// thread for everything).
         #[arg(long, value_name = "N")]
         worker_threads: Option<usize>,
+        /// On the embedded defaults (no --config): the port of the demo target acme/web on
+        /// 127.0.0.1 (default 7070), when 7070 is taken.
+        #[arg(long, value_name = "N", conflicts_with = "config")]
+        demo_port: Option<u16>,
     },
     /// Create a broker folder: config, PKI, grant and audit signing keys; the demo, or with --host a
     /// real broker.
@@ -271,7 +276,7 @@ enum Command {
     },
     /// List access requests: a technician's own, or the approver's or auditor's customer's.
     Requests {
-        /// Only this status: pending, approved, denied or expired.
+        /// Only this status: pending, approved, denied, expired or cancelled.
         #[arg(long)]
         status: Option<String>,
         #[command(flatten)]
@@ -323,28 +328,34 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Forward a local port through a broker tunnel to CUSTOMER/TARGET (one tunnel per connection).
+    /// Reach a target through the broker: a local port (--listen), a SOCKS5 proxy for every target
+    /// you hold a grant for (--socks), or one tunnel over stdin/stdout (--stdio, for ssh
+    /// ProxyCommand).
     ///
-    /// Without --grant, fetches the grant of your approved request for CUSTOMER/TARGET.
+    /// Without --grant, fetches the grant of your approved request for CUSTOMER/TARGET (--wait:
+    /// waits for a pending one to be decided). Says why a tunnel was refused or ended, and warns
+    /// five minutes before the grant ends.
     Connect {
-        /// `customer/target`, e.g. acme/db01.
-        target: String,
-        /// File holding a grant token (e.g. from `sallyport grant`); default: fetch the approved one.
+        #[command(flatten)]
+        args: connect::ConnectArgs,
+    },
+    /// Withdraw your own pending request (technicians): it is `cancelled`, on the customer's trail
+    /// and told to the customer's webhook, and nobody can approve it after.
+    Cancel {
+        /// The request id, e.g. r-5c1e....
+        request_id: String,
+        /// Why (recorded).
         #[arg(long)]
-        grant: Option<PathBuf>,
-        /// Local address to listen on, e.g. 127.0.0.1:15432 (port 0 picks a free port).
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Identity folder (cert.pem, key.pem, ca.pem, broker).
-        #[arg(long, env = "SALLYPORT_IDENTITY")]
-        identity: PathBuf,
-        /// Broker address, overriding the identity folder's `broker` file.
-        #[arg(long)]
-        broker: Option<String>,
-        /// Allow a non-loopback --listen address. Anyone who can reach it uses your certificate and
-        /// grant, so this is off by default.
-        #[arg(long)]
-        allow_remote: bool,
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// What you may request, per customer: for a technician, the targets each customer's policy
+    /// would let you file a request for now (with the longest window and the approvals needed);
+    /// for approvers and auditors, their customer's targets.
+    Targets {
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -389,7 +400,8 @@ fn run(cmd: Command) -> Result<(), Failure> {
             config,
             listen,
             worker_threads,
-        } => serve::serve(config, listen, worker_threads),
+            demo_port,
+        } => serve::serve(config, listen, worker_threads, demo_port),
         Command::Init {
             dir,
             hosts,
@@ -483,22 +495,13 @@ fn run(cmd: Command) -> Result<(), Failure> {
             customer,
             client,
         } => access::grants(break_glass, customer, &client).map_err(Failure::Other),
-        Command::Connect {
-            target,
-            grant,
-            listen,
-            identity,
-            broker,
-            allow_remote,
-        } => access::connect(
-            &target,
-            grant.as_deref(),
-            listen,
-            &identity,
-            broker.as_deref(),
-            allow_remote,
-        )
-        .map_err(Failure::Other),
+        Command::Connect { args } => connect::connect(&args).map_err(Failure::Other),
+        Command::Cancel {
+            request_id,
+            reason,
+            client,
+        } => access::cancel(&request_id, reason, &client).map_err(Failure::Other),
+        Command::Targets { client } => access::targets(&client).map_err(Failure::Other),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The client side of the broker for the CLI: an mTLS HTTP/1.1 connection to the broker with an
-//! identity folder, used by `sallyport connect` (CONNECT tunnels) and the API commands.
+//! identity folder, used by `sallyport connect` (CONNECT tunnels, and finding the grant to use) and
+//! the API commands.
 
 use std::sync::Arc;
 
@@ -65,7 +66,10 @@ impl BrokerClient {
             .connector
             .connect(self.server_name.clone(), tcp)
             .await
-            .context("TLS handshake with the broker")?;
+            .map_err(|e| {
+                tracing::debug!(error = %e, "TLS handshake with the broker failed");
+                anyhow!(handshake_words(&e, &self.broker))
+            })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn.with_upgrades());
         Ok(sender)
@@ -97,43 +101,88 @@ impl BrokerClient {
     }
 }
 
+/// A failed TLS handshake with the broker, in words (the TLS library's own message is logged at
+/// debug).
+fn handshake_words(e: &std::io::Error, broker: &str) -> String {
+    use tokio_rustls::rustls::Error as Tls;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Tls>()) {
+        Some(Tls::InvalidCertificate(_)) => format!(
+            "the broker at {broker} is not the one this identity folder trusts (its certificate does not check against ca.pem): check --broker"
+        ),
+        Some(Tls::AlertReceived(_)) => format!(
+            "the broker at {broker} refused this identity's certificate (expired, locked, or from another CA): get a new one with `sallyport certs issue`"
+        ),
+        Some(_) => format!("could not set up a secure connection with the broker at {broker}"),
+        None => format!("the broker at {broker} closed the connection during the TLS handshake"),
+    }
+}
+
 /// The message of a JSON API error answer.
 pub fn error_message(status: StatusCode, body: &serde_json::Value) -> String {
     let msg = body["error"]["message"].as_str().unwrap_or("no details");
     format!("the broker answered {status}: {msg}")
 }
 
-/// The grant of the caller's newest approved request for `customer/target` that still has one to
-/// give (not revoked, not expired).
-pub async fn approved_grant(client: &BrokerClient, spec: &str) -> anyhow::Result<String> {
-    let (customer, target) = spec
-        .split_once('/')
-        .ok_or_else(|| anyhow!("`{spec}` is not CUSTOMER/TARGET, e.g. acme/db01"))?;
-    let (status, list) = client
-        .call(Method::GET, "/v1/requests?status=approved", None)
-        .await?;
-    if !status.is_success() {
-        return Err(anyhow!(error_message(status, &list)));
+/// The broker's words in a JSON API error answer, without its status: for `connect`, which speaks
+/// to people only in words.
+pub fn words(status: StatusCode, body: &serde_json::Value) -> String {
+    match body["error"]["message"].as_str() {
+        Some(m) => m.to_owned(),
+        None => crate::forwarder::refusal_words(status, ""),
     }
+}
+
+/// `customer/target` split in two.
+pub fn split(spec: &str) -> anyhow::Result<(&str, &str)> {
+    spec.split_once('/')
+        .filter(|(c, t)| !c.is_empty() && !t.is_empty())
+        .ok_or_else(|| anyhow!("`{spec}` is not CUSTOMER/TARGET, e.g. acme/db01"))
+}
+
+/// A `GET` of the API; a non-2xx answer becomes the error, in the broker's words.
+pub async fn get(client: &BrokerClient, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, v) = client.call(Method::GET, path, None).await?;
+    if !status.is_success() {
+        return Err(anyhow!(words(status, &v)));
+    }
+    Ok(v)
+}
+
+/// What the caller's requests for one target come to.
+#[derive(Debug)]
+pub enum Usable {
+    /// A grant to use.
+    Token(String),
+    /// No usable grant, but this request is pending: it can be waited for.
+    Pending(String),
+    /// Nothing to use or wait for, and why.
+    None(String),
+}
+
+/// The grant of the caller's newest approved request for `customer/target` that still has one to
+/// give (not revoked, not expired), or the newest pending request for it.
+pub async fn usable_grant(client: &BrokerClient, spec: &str) -> anyhow::Result<Usable> {
+    let (customer, target) = split(spec)?;
+    let list = get(client, "/v1/requests").await?;
     let now = jiff::Timestamp::now();
+    let mine = |r: &&serde_json::Value| r["customer"] == customer && r["target"] == target;
     let usable = |r: &&serde_json::Value| {
-        r["customer"] == customer
-            && r["target"] == target
+        r["status"] == "approved"
             && r["grant"]["revoked"] == false
             && r["grant"]["expires_at"]
                 .as_str()
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 .is_some_and(|t| t > now)
     };
-    let mut last_refusal = None;
-    // Newest first; a handful of tries is plenty and keeps within the API rate.
-    for r in list["requests"]
+    let requests: Vec<&serde_json::Value> = list["requests"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(usable)
-        .take(5)
-    {
+        .filter(mine)
+        .collect();
+    let mut last_refusal = None;
+    // Newest first; a handful of tries is plenty and keeps within the API rate.
+    for r in requests.iter().copied().filter(usable).take(5) {
         let id = r["id"].as_str().unwrap_or_default();
         let (status, body) = client
             .call(Method::GET, &format!("/v1/requests/{id}/grant"), None)
@@ -141,22 +190,23 @@ pub async fn approved_grant(client: &BrokerClient, spec: &str) -> anyhow::Result
         if status.is_success()
             && let Some(token) = body["token"].as_str()
         {
-            return Ok(token.to_owned());
+            return Ok(Usable::Token(token.to_owned()));
         }
-        last_refusal = Some(error_message(status, &body));
+        last_refusal = Some(words(status, &body));
     }
-    let any_approved = list["requests"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|r| r["customer"] == customer && r["target"] == target);
-    Err(match last_refusal {
-        Some(why) => anyhow!("no usable grant for {spec}: {why}"),
-        None if any_approved => anyhow!(
+    if let Some(r) = requests.iter().find(|r| r["status"] == "pending") {
+        return Ok(Usable::Pending(
+            r["id"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    let any_approved = requests.iter().any(|r| r["status"] == "approved");
+    Ok(Usable::None(match last_refusal {
+        Some(why) => format!("no usable grant for {spec}: {why}"),
+        None if any_approved => format!(
             "no usable grant for {spec}: your approved requests' grants were revoked or have expired; file a new one with `sallyport request {spec} --minutes M --reason TEXT`"
         ),
-        None => anyhow!(
-            "no approved request for {spec}: file one with `sallyport request {spec} --minutes M --reason TEXT` and wait for approval, or pass --grant FILE"
+        None => format!(
+            "no approved request for {spec}: file one with `sallyport request {spec} --minutes M --reason TEXT` and wait for approval (`connect --wait` waits), or pass --grant FILE"
         ),
-    })
+    }))
 }

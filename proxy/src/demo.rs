@@ -13,6 +13,25 @@ use tokio::net::TcpListener;
 const PAGE: &str =
     "Hello from acme/web: you reached this demo target through a Sallyport tunnel.\n";
 
+/// The demo customer and target of the embedded defaults.
+pub const DEMO: (&str, &str) = ("acme", "web");
+
+/// Moves the demo target `acme/web` of `cfg` to `127.0.0.1:port` (the address it is served on and
+/// dialled at, and the port a technician names).
+pub fn move_to(cfg: &mut sallyport_config::Config, port: u16) {
+    let (customer, target) = DEMO;
+    for c in cfg
+        .customers
+        .iter_mut()
+        .filter(|c| c.id.as_str() == customer)
+    {
+        for t in c.targets.iter_mut().filter(|t| t.id.as_str() == target) {
+            t.address = format!("127.0.0.1:{port}");
+            t.port = port;
+        }
+    }
+}
+
 /// Serves the demo page on `addr` until the process ends.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;

@@ -35,6 +35,8 @@ pub enum RequestStatus {
     Denied,
     /// Nobody decided in time.
     Expired,
+    /// The technician who filed it withdrew it while it was pending.
+    Cancelled,
 }
 
 impl RequestStatus {
@@ -45,6 +47,7 @@ impl RequestStatus {
             RequestStatus::Approved => "approved",
             RequestStatus::Denied => "denied",
             RequestStatus::Expired => "expired",
+            RequestStatus::Cancelled => "cancelled",
         }
     }
 
@@ -55,6 +58,7 @@ impl RequestStatus {
             "approved" => RequestStatus::Approved,
             "denied" => RequestStatus::Denied,
             "expired" => RequestStatus::Expired,
+            "cancelled" => RequestStatus::Cancelled,
             _ => return None,
         })
     }
@@ -302,6 +306,8 @@ pub trait Store: Send + Sync {
         reason: &str,
         now: i64,
     ) -> Result<RequestRecord, StoreError>;
+    /// Cancels a pending request that has not expired by `now` (its technician withdrew it).
+    fn cancel(&self, id: &RequestId, now: i64) -> Result<RequestRecord, StoreError>;
     /// Expires pending requests whose time is up; returns them.
     fn expire_pending(&self, now: i64) -> Result<Vec<RequestRecord>, StoreError>;
     /// Records a grant issued without a request (break-glass).

@@ -131,6 +131,39 @@ const MIGRATIONS: &[M<'static>] = &[
     ) STRICT;
     CREATE INDEX certificates_by_holder ON certificates (spiffe_id, not_after);",
     ),
+    // A technician withdraws a pending request: the status `cancelled`. SQLite cannot change a
+    // CHECK constraint, so the table is rebuilt (foreign keys are off while migrating, and checked
+    // before the migration commits).
+    M::up(
+        "CREATE TABLE requests_new (
+        id TEXT PRIMARY KEY,
+        customer TEXT NOT NULL,
+        target TEXT NOT NULL,
+        technician TEXT NOT NULL,
+        cert_thumbprint TEXT NOT NULL,
+        minutes INTEGER NOT NULL CHECK (minutes > 0),
+        reason TEXT NOT NULL,
+        ticket TEXT,
+        start_at INTEGER,
+        approvals_required INTEGER NOT NULL CHECK (approvals_required >= 0),
+        policy_id TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        status TEXT NOT NULL
+          CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'cancelled')),
+        denied_by TEXT,
+        deny_reason TEXT,
+        decided_at INTEGER
+    ) STRICT;
+    INSERT INTO requests_new SELECT id, customer, target, technician, cert_thumbprint, minutes,
+        reason, ticket, start_at, approvals_required, policy_id, created_at, expires_at, status,
+        denied_by, deny_reason, decided_at FROM requests;
+    DROP TABLE requests;
+    ALTER TABLE requests_new RENAME TO requests;
+    CREATE INDEX requests_by_customer ON requests (customer, status, created_at);
+    CREATE INDEX requests_by_technician ON requests (technician, created_at);",
+    )
+    .foreign_key_check(),
 ];
 
 /// The columns `grant_row` reads, in order.
@@ -163,9 +196,16 @@ impl SqliteStore {
         let mut conn = connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
-        Migrations::from_slice(MIGRATIONS)
+        // A migration that rebuilds a table needs foreign keys off (they are checked before it
+        // commits); they are back on before anything else runs.
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .map_err(backend)?;
+        let migrated = Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
-            .map_err(|e| StoreError::Backend(format!("{}: migrating: {e}", path.display())))?;
+            .map_err(|e| StoreError::Backend(format!("{}: migrating: {e}", path.display())));
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        migrated?;
         let reader = connect(path)?;
         reader
             .pragma_update(None, "query_only", "ON")
@@ -420,6 +460,10 @@ fn check_pending(rec: &RequestRecord, now: i64) -> Result<(), StoreError> {
             format!("request `{}` has expired", rec.filed.id),
         )),
         RequestStatus::Pending => Ok(()),
+        RequestStatus::Cancelled => Err(StoreError::Conflict(format!(
+            "request `{}` was cancelled by the technician who filed it",
+            rec.filed.id
+        ))),
         other => Err(StoreError::Conflict(format!(
             "request `{}` is already {}",
             rec.filed.id,
@@ -587,6 +631,19 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE requests SET status = 'denied', denied_by = ?2, deny_reason = ?3, decided_at = ?4 WHERE id = ?1",
                 params![id.as_str(), approver.to_string(), reason, now],
+            )
+            .map_err(backend)?;
+            load(tx, id)
+        })
+    }
+
+    fn cancel(&self, id: &RequestId, now: i64) -> Result<RequestRecord, StoreError> {
+        self.tx(|tx| {
+            let rec = load(tx, id)?;
+            check_pending(&rec, now)?;
+            tx.execute(
+                "UPDATE requests SET status = 'cancelled', decided_at = ?2 WHERE id = ?1",
+                params![id.as_str(), now],
             )
             .map_err(backend)?;
             load(tx, id)

@@ -19,7 +19,8 @@
 //! [`refusals::RefusalTrail`], which records the first of each interval one by one and aggregates
 //! the rest.
 //!
-//! Modules: [`terms`] (the pure rules, unit-tested), [`requests`], [`grants`], [`sessions`],
+//! Modules: [`terms`] (the pure rules, unit-tested), [`requests`], [`targets`] (what a caller may
+//! request, from the policies), [`grants`], [`sessions`],
 //! [`locks`] (identities and certificates barred until unlocked, and the one check of every call),
 //! [`evidence`] (the evidence bundle of a request), [`scope`] (tenant walls), [`view`] (the JSON shape
 //! of requests, grants and sessions), [`limit`] (call rates), [`refusals`] (refusals on the trail).
@@ -36,6 +37,7 @@ pub mod reload;
 pub mod requests;
 pub mod scope;
 pub mod sessions;
+pub mod targets;
 pub mod terms;
 pub mod view;
 

@@ -8,6 +8,10 @@
 //!   all ([`crate::scope`]).
 //! - Deciding: that customer's approvers, under Cedar action `approve`; never the requester; a quorum
 //!   of distinct approvers; one denial ends it.
+//! - Cancelling: the technician who filed a pending request withdraws it ([`Requests::cancel`]);
+//!   nobody decides it after that.
+//! - What may be asked for: [`Requests::targets`] lists, per customer, the targets the caller's
+//!   customers' policies would let them request ([`crate::targets`]).
 //! - The grant: the requesting technician, once approved, with the certificate the request was filed
 //!   with; minted (certificate-bound) only after the approval is on the trail.
 //! - Expiry: pending requests expire after `requests.pending_expiry_seconds` ([`Requests::run_expiry`]).
@@ -461,7 +465,9 @@ impl Requests {
             Some((s, None)) => {
                 return Err(WorkflowError::invalid(
                     "bad_status",
-                    format!("unknown status `{s}`: use pending, approved, denied or expired"),
+                    format!(
+                        "unknown status `{s}`: use pending, approved, denied, expired or cancelled"
+                    ),
                 ));
             }
         };
@@ -717,6 +723,112 @@ impl Requests {
         );
         tracing::info!(request = %f.id, approver = %approver, "request denied");
         Ok(rec)
+    }
+
+    /// Withdraws pending request `id`: only the technician who filed it (anyone else is refused,
+    /// and recorded). The withdrawal is on the customer's trail before the request changes, and goes
+    /// to the customer's webhook.
+    pub async fn cancel(
+        &self,
+        caller: Caller<'_>,
+        id: &RequestId,
+        reason: Option<Words>,
+    ) -> Result<RequestRecord, WorkflowError> {
+        let reason = reason.map(|r| r.as_str().to_owned());
+        let rec = self.find(caller, id, "cancel").await?;
+        if caller.peer.id.role() != Role::Technician || rec.filed.technician != caller.peer.id {
+            let no = WorkflowError::Forbidden(
+                "only the technician who filed a request cancels it; approvers deny it".into(),
+            );
+            return Err(self
+                .cx
+                .refused(caller, on(&rec, format!("cancel request `{id}`")), no)
+                .await);
+        }
+        let at = self.cx.clock.unix();
+        // What the store would refuse, refused before anything is recorded.
+        match rec.status {
+            RequestStatus::Pending if rec.filed.expires_at > at => {}
+            RequestStatus::Pending => {
+                return Err(WorkflowError::Conflict(format!(
+                    "request `{id}` has expired"
+                )));
+            }
+            RequestStatus::Cancelled => {
+                return Err(WorkflowError::Conflict(format!(
+                    "request `{id}` is already cancelled"
+                )));
+            }
+            other => {
+                return Err(WorkflowError::Conflict(format!(
+                    "request `{id}` is already {}: only a pending request is cancelled{}",
+                    other.as_str(),
+                    if other == RequestStatus::Approved {
+                        "; revoke its grant to end the access"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        let f = &rec.filed;
+        let words = reason
+            .clone()
+            .unwrap_or_else(|| "withdrawn by the technician".into());
+        // On the trail before it takes effect.
+        let mut ev = event(
+            f,
+            EventKind::RequestCancelled,
+            Outcome::Success,
+            words.clone(),
+        );
+        ev.actor = Some(caller.peer.id.to_string());
+        ev.source_ip = Some(caller.ip);
+        self.cx.record(ev).await?;
+        let rid = f.id.clone();
+        let cancelled = match self.cx.db.run(move |s| s.cancel(&rid, at)).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Decided in between (or the store failed): the record above did not take effect.
+                let mut ev = event(
+                    f,
+                    EventKind::RequestCancelled,
+                    Outcome::Failure,
+                    format!("not cancelled: {e}"),
+                );
+                ev.actor = Some(caller.peer.id.to_string());
+                ev.source_ip = Some(caller.ip);
+                if let Err(e) = self.cx.trail.append(ev).await {
+                    tracing::error!(error = %e, "could not audit a failed cancellation");
+                }
+                return Err(e.into());
+            }
+        };
+        self.notify(
+            &cancelled,
+            "request_cancelled",
+            format!(
+                "{} cancelled their request for {}/{} (request {}): {words}",
+                f.technician.short(),
+                f.customer,
+                f.target,
+                f.id
+            ),
+        );
+        tracing::info!(request = %f.id, peer = %caller.peer.id, "request cancelled");
+        Ok(cancelled)
+    }
+
+    /// What `caller` may ask for now, per customer ([`crate::targets`]): a technician, the targets
+    /// whose `request` action each customer's policy permits them; an approver or auditor, their
+    /// customer's targets; an admin, every target.
+    pub fn targets(&self, caller: Caller<'_>) -> Vec<crate::targets::Requestable> {
+        crate::targets::requestable(
+            &self.config.load(),
+            caller.peer,
+            caller.ip,
+            self.cx.clock.now(),
+        )
     }
 
     /// Hands the grant of approved request `id` to its technician, bound to the certificate the

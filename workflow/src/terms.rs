@@ -56,7 +56,7 @@ pub fn text_field(name: &str, v: &str, max: usize, why: &str) -> Result<String, 
 }
 
 /// Text a person wrote for the record (a comment, a reason), trimmed and checked by [`text_field`]:
-/// made only by [`comment`], [`deny_reason`], [`revoke_reason`], [`break_glass_reason`],
+/// made only by [`comment`], [`deny_reason`], [`cancel_reason`], [`revoke_reason`], [`break_glass_reason`],
 /// [`ticket`], [`lock_reason`] and [`unlock_reason`], so a caller checks it first, before it names
 /// the request, grant or lock it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +78,12 @@ pub fn comment(v: Option<&str>) -> Result<Option<Words>, WorkflowError> {
 /// Why a request is denied.
 pub fn deny_reason(v: &str) -> Result<Words, WorkflowError> {
     text_field("reason", v, MAX_REASON, "tell the technician why").map(Words)
+}
+
+/// Why a technician withdraws their own request (optional).
+pub fn cancel_reason(v: Option<&str>) -> Result<Option<Words>, WorkflowError> {
+    v.map(|r| text_field("reason", r, MAX_REASON, "leave it out or say why").map(Words))
+        .transpose()
 }
 
 /// Why a grant is revoked.

@@ -33,6 +33,7 @@ permit (principal is Sallyport::Approver in Sallyport::Customer::"acme",
 
 struct World {
     _dir: tempfile::TempDir,
+    config: Arc<Config>,
     audit: std::path::PathBuf,
     store: Arc<dyn Store>,
     requests: Requests,
@@ -58,15 +59,17 @@ impl World {
         let clock = cx.clock.clone();
         let signer_pem = generate_signing_key_pem().unwrap();
         let signer = GrantSigner::from_pkcs8_pem(&signer_pem, "sallyport", "sallyport").unwrap();
+        let config = Arc::new(cfg);
         let requests = Requests::new(
             cx.clone(),
-            sallyport_config::SharedConfig::new(cfg),
+            sallyport_config::SharedConfig::new((*config).clone()),
             Arc::new(signer),
             Arc::new(CallLimiter::new(60, 60)),
             crate::LockGate::new(Arc::new(crate::LockView::new()), cx),
         );
         World {
             _dir: dir,
+            config,
             audit,
             store,
             requests,
@@ -74,6 +77,11 @@ impl World {
             _writer: writer,
             signer_pem,
         }
+    }
+
+    /// The configuration the requests run on.
+    fn requests_config(&self) -> Arc<Config> {
+        self.config.clone()
     }
 
     /// The records of `chain` so far, parsed.
@@ -432,4 +440,102 @@ async fn without_a_writable_trail_nothing_is_filed() {
         w.store.requests(None, None, None).unwrap().is_empty(),
         "a request never exists unrecorded"
     );
+}
+
+#[tokio::test]
+async fn the_filer_cancels_a_pending_request_on_the_trail_first_and_nobody_decides_it_after() {
+    let w = World::new();
+    let a = alice();
+    let rec = file(&w, &a, filing(60)).await.unwrap();
+    let id = rec.filed.id.clone();
+    // Approvers deny; they do not cancel. Another technician does not even see it.
+    let err = w
+        .requests
+        .cancel(caller(&approver("bob")), &id, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, WorkflowError::Forbidden(m) if m.contains("approvers deny")),
+        "{err}"
+    );
+    let mallory = peer(
+        "spiffe://sallyport.local/technician/northwind/mallory",
+        &["support"],
+    );
+    let err = w
+        .requests
+        .cancel(caller(&mallory), &id, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WorkflowError::NotFound(_)), "{err}");
+    let done = w
+        .requests
+        .cancel(
+            caller(&a),
+            &id,
+            crate::terms::cancel_reason(Some("fixed it myself")).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, RequestStatus::Cancelled);
+    let cancelled = w
+        .raw("acme")
+        .into_iter()
+        .find(|r| r["event"] == "request_cancelled")
+        .unwrap();
+    assert_eq!(cancelled["reason"], "fixed it myself");
+    assert_eq!(cancelled["outcome"], "success");
+    assert_eq!(cancelled["request_id"], id.as_str());
+    let err = w
+        .requests
+        .approve(caller(&approver("bob")), &id, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, WorkflowError::Conflict(m) if m.contains("was cancelled")),
+        "{err}"
+    );
+    let err = w.requests.cancel(caller(&a), &id, None).await.unwrap_err();
+    assert!(
+        matches!(&err, WorkflowError::Conflict(m) if m.contains("already cancelled")),
+        "{err}"
+    );
+    let listed = w
+        .requests
+        .list(caller(&a), Some("cancelled"), None)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+}
+
+#[test]
+fn a_technician_may_ask_for_what_the_policy_would_let_them_file() {
+    let w = World::new();
+    let now = jiff::Timestamp::from_second(NOW).unwrap();
+    let ip = "10.0.0.1".parse().unwrap();
+    let cfg = &w.requests_config();
+    let listed = crate::targets::requestable(cfg, &alice(), ip, now);
+    assert_eq!(listed.len(), 1);
+    let t = &listed[0];
+    assert_eq!((t.customer.as_str(), t.target.as_str()), ("acme", "db01"));
+    assert_eq!(
+        (t.port, t.max_minutes, t.approvals),
+        (5432, Some(120), Some(2))
+    );
+    assert_eq!(t.policy_ids, ["support"]);
+    // Another group is permitted by another policy, with other terms; no group, nothing.
+    let oncall = peer(
+        "spiffe://sallyport.local/technician/northwind/olga",
+        &["oncall"],
+    );
+    let listed = crate::targets::requestable(cfg, &oncall, ip, now);
+    assert_eq!(listed[0].approvals, Some(0));
+    let nobody = peer("spiffe://sallyport.local/technician/northwind/nina", &[]);
+    assert!(crate::targets::requestable(cfg, &nobody, ip, now).is_empty());
+    // Approvers and auditors see their customer's targets, without terms; another customer's
+    // approver sees nothing.
+    let listed = crate::targets::requestable(cfg, &approver("bob"), ip, now);
+    assert_eq!((listed.len(), listed[0].max_minutes), (1, None));
+    let other = peer("spiffe://sallyport.local/auditor/globex/gina", &[]);
+    assert!(crate::targets::requestable(cfg, &other, ip, now).is_empty());
 }

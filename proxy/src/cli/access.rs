@@ -1,12 +1,12 @@
 //! The API commands of technicians, approvers and auditors (`request`, `requests`, `approve`,
-//! `deny`, `revoke`, `sessions`) and `connect`: each one call to the broker as the identity folder
-//! given, printed as a table or sentence (or the broker's JSON with `--json`).
+//! `deny`, `cancel`, `targets`, `grants`, `revoke`, `sessions`): each one call to the broker as the
+//! identity folder given, printed as a table or sentence (or the broker's JSON with `--json`).
+//! Output ends quietly when its reader goes away (`| head`): see [`emit`].
 
 use std::io::Write as _;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use sallyport_certs::identity_dir::IdentityDir;
 
 use super::runtime;
@@ -58,7 +58,7 @@ pub fn request(
     }
     let v = call(client, hyper::Method::POST, "/v1/requests", Some(body))?;
     if client.json {
-        println!("{v}");
+        emit(&v);
         return Ok(());
     }
     println!("{}", v["id"].as_str().unwrap_or(""));
@@ -85,7 +85,7 @@ pub fn requests(status: Option<&str>, client: &ClientArgs) -> anyhow::Result<()>
     };
     let v = call(client, hyper::Method::GET, &path, None)?;
     if client.json {
-        println!("{v}");
+        emit(&v);
     } else {
         print_requests(&v);
     }
@@ -109,7 +109,7 @@ pub fn approve(
         Some(body),
     )?;
     if client.json {
-        println!("{v}");
+        emit(&v);
     } else if v["status"] == "approved" {
         println!(
             "approved {request_id}: granted (grant {})",
@@ -133,7 +133,7 @@ pub fn deny(request_id: &str, reason: &str, client: &ClientArgs) -> anyhow::Resu
         Some(serde_json::json!({ "reason": reason })),
     )?;
     if client.json {
-        println!("{v}");
+        emit(&v);
     } else {
         println!("denied {request_id}");
     }
@@ -155,7 +155,7 @@ pub fn sessions(
             None,
         )?;
         if client.json {
-            println!("{v}");
+            emit(&v);
         } else {
             println!("ended session {id}");
         }
@@ -175,7 +175,7 @@ pub fn sessions(
         None,
     )?;
     if client.json {
-        println!("{v}");
+        emit(&v);
     } else {
         print_sessions(&v);
     }
@@ -183,9 +183,18 @@ pub fn sessions(
 }
 
 fn split_target(spec: &str) -> anyhow::Result<(&str, &str)> {
-    spec.split_once('/')
-        .filter(|(c, t)| !c.is_empty() && !t.is_empty())
-        .ok_or_else(|| anyhow!("`{spec}` is not CUSTOMER/TARGET, e.g. acme/db01"))
+    crate::client::split(spec)
+}
+
+/// Prints one line on stdout. When stdout is gone (`sallyport requests | head -1`), the command ends
+/// there, quietly and successfully, as `head`'s other writers do.
+pub(crate) fn emit(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
 }
 
 /// `path` with the query `params` (`key=value`, already encoded), if any.
@@ -231,7 +240,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         c.set_padding((0, 2));
     }
     for line in t.lines() {
-        println!("{}", line.trim_end());
+        emit(line.trim_end());
     }
 }
 
@@ -252,13 +261,35 @@ pub(super) fn print_list(
 ) {
     let list = v[key].as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        println!("no {key}");
+        emit(format!("no {key}"));
         return;
     }
     table(header, list.iter().map(row).collect());
 }
 
+/// Where a grant stands at `now`: `active`, `not yet valid`, `expired` or `revoked`.
+pub(super) fn grant_state(g: &serde_json::Value, now: jiff::Timestamp) -> String {
+    if g.is_null() {
+        return "-".into();
+    }
+    let at = |k: &str| {
+        g[k].as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    // A request's grant says `revoked: true`; a listed grant carries the revocation itself.
+    if g["revoked"] == true || g["revoked"].is_object() {
+        return "revoked".into();
+    }
+    match (at("not_before"), at("expires_at")) {
+        (_, Some(end)) if end <= now => "expired",
+        (Some(start), _) if start > now => "not yet valid",
+        _ => "active",
+    }
+    .into()
+}
+
 fn print_requests(v: &serde_json::Value) {
+    let now = jiff::Timestamp::now();
     print_list(
         v,
         "requests",
@@ -269,6 +300,9 @@ fn print_requests(v: &serde_json::Value) {
             "TECHNICIAN",
             "MINUTES",
             "APPROVALS",
+            "TICKET",
+            "GRANT",
+            "GRANT STATE",
             "CREATED",
             "REASON",
         ],
@@ -284,6 +318,9 @@ fn print_requests(v: &serde_json::Value) {
                     r["approvals"].as_array().map_or(0, Vec::len),
                     s(&r["approvals_required"])
                 ),
+                s(&r["ticket"]),
+                s(&r["grant_id"]),
+                grant_state(&r["grant"], now),
                 s(&r["created_at"]),
                 s(&r["reason"]),
             ]
@@ -300,6 +337,8 @@ fn print_sessions(v: &serde_json::Value) {
             "STATE",
             "TARGET",
             "TECHNICIAN",
+            "GRANT",
+            "BREAK-GLASS",
             "OPENED",
             "DURATION",
             "BYTES UP",
@@ -309,15 +348,16 @@ fn print_sessions(v: &serde_json::Value) {
         |r| {
             vec![
                 s(&r["id"]),
-                match (r["live"] == true, r["break_glass"] == true) {
-                    (true, true) => "live, BREAK-GLASS",
-                    (true, false) => "live",
-                    (false, true) => "closed, BREAK-GLASS",
-                    (false, false) => "closed",
-                }
-                .into(),
+                if r["live"] == true { "live" } else { "closed" }.into(),
                 format!("{}/{}", s(&r["customer"]), s(&r["target"])),
                 sallyport_ids::short(&s(&r["technician"])),
+                s(&r["grant_id"]),
+                if r["break_glass"] == true {
+                    "BREAK-GLASS"
+                } else {
+                    "no"
+                }
+                .into(),
                 s(&r["opened_at"]),
                 format!("{}s", s(&r["duration_seconds"])),
                 s(&r["bytes_up"]),
@@ -326,6 +366,75 @@ fn print_sessions(v: &serde_json::Value) {
             ]
         },
     );
+}
+
+/// `sallyport cancel REQUEST_ID`: the technician withdraws their pending request.
+pub fn cancel(request_id: &str, reason: Option<String>, client: &ClientArgs) -> anyhow::Result<()> {
+    let body = match reason {
+        Some(r) => serde_json::json!({ "reason": r }),
+        None => serde_json::json!({}),
+    };
+    let v = call(
+        client,
+        hyper::Method::POST,
+        &format!("/v1/requests/{}/cancel", urlencode(request_id)),
+        Some(body),
+    )?;
+    if client.json {
+        emit(&v);
+    } else {
+        emit(format!(
+            "cancelled {request_id} ({}/{}): nobody can approve it now",
+            s(&v["customer"]),
+            s(&v["target"])
+        ));
+    }
+    Ok(())
+}
+
+/// `sallyport targets`: what the identity may request, per customer.
+pub fn targets(client: &ClientArgs) -> anyhow::Result<()> {
+    let v = call(client, hyper::Method::GET, "/v1/targets", None)?;
+    if client.json {
+        emit(&v);
+        return Ok(());
+    }
+    print_list(
+        &v,
+        "targets",
+        &[
+            "CUSTOMER",
+            "TARGET",
+            "PORT",
+            "PROTOCOL",
+            "TAGS",
+            "MAX MINUTES",
+            "APPROVALS",
+            "REQUEST WITH",
+        ],
+        |t| {
+            let tags: Vec<String> = t["tags"].as_array().into_iter().flatten().map(s).collect();
+            vec![
+                s(&t["customer"]),
+                s(&t["target"]),
+                s(&t["port"]),
+                s(&t["protocol"]),
+                if tags.is_empty() {
+                    "-".into()
+                } else {
+                    tags.join(",")
+                },
+                s(&t["max_minutes"]),
+                s(&t["approvals_required"]),
+                format!(
+                    "sallyport request {}/{}",
+                    s(&t["customer"]),
+                    s(&t["target"])
+                ),
+            ]
+        },
+    );
+    Ok(())
 }
 
 /// `sallyport grants`: lists grants (break-glass ones marked, with who minted them and why).
@@ -348,7 +457,7 @@ pub fn grants(
         None,
     )?;
     if client.json {
-        println!("{v}");
+        emit(&v);
         return Ok(());
     }
     print_list(
@@ -404,7 +513,7 @@ pub fn revoke(grant_id: &str, reason: &str, args: &ClientArgs) -> anyhow::Result
         return Err(anyhow!(crate::client::error_message(status, &body)));
     }
     if args.json {
-        println!("{body}");
+        emit(&body);
     } else {
         println!(
             "revoked grant {} ({} live session(s) closed)",
@@ -413,49 +522,4 @@ pub fn revoke(grant_id: &str, reason: &str, args: &ClientArgs) -> anyhow::Result
         );
     }
     Ok(())
-}
-
-/// `sallyport connect CUSTOMER/TARGET --listen ADDR`: a local forwarder, one tunnel per connection.
-pub fn connect(
-    target: &str,
-    grant: Option<&Path>,
-    listen: SocketAddr,
-    identity: &Path,
-    broker: Option<&str>,
-    allow_remote: bool,
-) -> anyhow::Result<()> {
-    if !listen.ip().is_loopback() && !allow_remote {
-        return Err(anyhow!(
-            "--listen {listen} is not a loopback address: anyone who can reach it would use your certificate and grant; use 127.0.0.1:PORT, or pass --allow-remote if you mean it"
-        ));
-    }
-    let identity = IdentityDir::read(identity)?;
-    let rt = runtime()?;
-    let token = match grant {
-        Some(grant) => std::fs::read_to_string(grant)
-            .with_context(|| format!("reading the grant {}", grant.display()))?
-            .trim()
-            .to_owned(),
-        None => {
-            let client = crate::client::BrokerClient::new(&identity, broker)?;
-            rt.block_on(crate::client::approved_grant(&client, target))?
-        }
-    };
-    let (fwd, expires) = crate::forwarder::Forwarder::new(target, &token, &identity, broker)?;
-    rt.block_on(async move {
-        let listener = crate::forwarder::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        // The forwarder keeps serving when nobody reads its output any more (e.g. `| head -1`).
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "sallyport: listening on {addr}");
-        let _ = writeln!(
-            out,
-            "forwarding {addr} -> {target} (grant expires {expires}); Ctrl-C to stop"
-        );
-        let _ = out.flush();
-        tokio::select! {
-            r = fwd.serve(listener) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
-        }
-    })
 }

@@ -1,7 +1,7 @@
 //! `sallyport audit`: verify a trail or an evidence bundle offline, write the evidence bundle of a
 //! request, extract a recorded session after checking it against the trail, and export a customer's
-//! records as stored or as OCSF. The checks themselves are the audit crate's; the bundle is gathered
-//! by the workflow crate.
+//! records as stored or as OCSF (ending quietly when the reader goes away, as in `| head`). The
+//! checks themselves are the audit crate's; the bundle is gathered by the workflow crate.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -291,20 +291,32 @@ fn audit_export(
         ));
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // When the reader goes away (`| head -1`), the export stops there, quietly and successfully.
+    let mut reader_gone = false;
+    let mut write = |text: &str| {
+        let r = writeln!(out, "{text}");
+        if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe) {
+            reader_gone = true;
+        }
+        r
+    };
     let n = query::each(&path, filter, |line| match format {
-        ExportFormat::Jsonl => writeln!(out, "{line}"),
+        ExportFormat::Jsonl => write(line),
         ExportFormat::Ocsf => {
             let v: serde_json::Value = serde_json::from_str(line)?;
-            writeln!(
-                out,
-                "{}",
-                sallyport_audit::ocsf::to_ocsf(&v, env!("CARGO_PKG_VERSION"))
-            )
+            write(&sallyport_audit::ocsf::to_ocsf(&v, env!("CARGO_PKG_VERSION")).to_string())
         }
-    })
-    .with_context(|| format!("reading {}", path.display()))?;
-    out.flush()?;
-    eprintln!("exported {n} record(s) of {customer}");
+    });
+    let flushed = if reader_gone { Ok(()) } else { out.flush() };
+    match (n, flushed) {
+        _ if reader_gone => return Ok(()),
+        (_, Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        (Ok(n), Ok(())) => eprintln!("exported {n} record(s) of {customer}"),
+        (Err(e), _) => {
+            return Err(anyhow!(e)).with_context(|| format!("reading {}", path.display()));
+        }
+        (_, Err(e)) => return Err(anyhow!(e).context("writing to stdout")),
+    }
     Ok(())
 }
 fn audit_verify(

@@ -1,6 +1,6 @@
 //! `sallyport serve`: the broker's runtime (threads as configured), signal handling, and on the
-//! embedded defaults the demo: a set-up in ./sallyport-data made on first run, the demo target, and a
-//! printed session that works as written. Building and running the broker is the assembly's.
+//! embedded defaults the demo: a set-up in ./sallyport-data made on first run, the demo target (on
+//! `--demo-port`, default 7070), and a printed session that works as written. Building and running the broker is the assembly's.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,8 +20,14 @@ pub fn serve(
     config: Option<PathBuf>,
     listen: Option<SocketAddr>,
     worker_threads: Option<usize>,
+    demo_port: Option<u16>,
 ) -> Result<(), Failure> {
     let embedded = config.is_none();
+    if demo_port == Some(0) {
+        return Err(Failure::Other(anyhow!(
+            "--demo-port 0: give the port the demo target listens on, 1 to 65535 (a technician names it when connecting)"
+        )));
+    }
     let config = match config {
         Some(c) => c,
         None => {
@@ -53,6 +59,11 @@ pub fn serve(
         }
         if let Some(n) = worker_threads {
             cfg.worker_threads = n;
+        }
+        // The demo target of the embedded defaults moves to --demo-port (its port is the one a
+        // technician names, so both change together).
+        if embedded && let Some(port) = demo_port {
+            crate::demo::move_to(cfg, port);
         }
     });
     let mut cfg = Config::load(&config)?;
@@ -89,7 +100,15 @@ pub fn serve(
             if let Some(t) = demo_target {
                 match crate::demo::serve(t).await {
                     Ok(a) => println!("demo target acme/web served on {a}"),
-                    Err(e) => println!("note: could not serve the demo target on {t}: {e}"),
+                    Err(e) => {
+                        println!(
+                            "warning: the demo target acme/web cannot listen on {t} ({e}): something else already uses port {}, so the demo session below reaches that program, not the demo page.",
+                            t.port()
+                        );
+                        println!(
+                            "  To use another port: stop this broker and run `sallyport serve --demo-port N` with a free port N."
+                        );
+                    }
                 }
             }
             print_demo(addr, &cfg);

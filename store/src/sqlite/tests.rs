@@ -424,3 +424,84 @@ fn rows_without_identity_from_an_earlier_version_are_removed_at_open() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+#[test]
+fn a_cancelled_request_stays_cancelled_and_cannot_be_decided() {
+    let (_d, s) = open();
+    let r1: RequestId = id("r1");
+    s.file_request(&req("r1", 2), None, 1_000).unwrap();
+    s.approve(&r1, &bob(), None, &|_| Ok(grant("g1", 1_001, 30)), 1_001)
+        .unwrap();
+    let rec = s.cancel(&r1, 1_002).unwrap();
+    assert_eq!(rec.status, RequestStatus::Cancelled);
+    let listed = s
+        .requests(None, None, Some(RequestStatus::Cancelled))
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let cancelled =
+        StoreError::Conflict("request `r1` was cancelled by the technician who filed it".into());
+    let err = s
+        .approve(&r1, &carol(), None, &|_| Ok(grant("g1", 1_003, 30)), 1_003)
+        .unwrap_err();
+    assert_eq!(err, cancelled);
+    assert_eq!(s.deny(&r1, &carol(), "no", 1_003).unwrap_err(), cancelled);
+    assert_eq!(s.cancel(&r1, 1_004).unwrap_err(), cancelled);
+    // Only a pending request is withdrawn.
+    s.file_request(&req("r2", 1), None, 1_000).unwrap();
+    s.deny(&id("r2"), &bob(), "no", 1_001).unwrap();
+    let err = s.cancel(&id("r2"), 1_002).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict("request `r2` is already denied".into())
+    );
+    assert!(matches!(
+        s.cancel(&id("r9"), 1_002),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn the_cancelled_status_migration_keeps_every_row_and_its_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sallyport.db");
+    // A database of the version before `cancelled`, with a request, its approval and its grant.
+    {
+        let mut conn = connect(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        Migrations::from_slice(&MIGRATIONS[..MIGRATIONS.len() - 1])
+            .to_latest(&mut conn)
+            .unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        conn.execute_batch(
+            "INSERT INTO requests (id, customer, target, technician, cert_thumbprint, minutes, reason,
+               approvals_required, created_at, expires_at, status)
+             VALUES ('r1', 'acme', 'db01', 'spiffe://sallyport.local/technician/northwind/alice',
+               't', 30, 'patching', 1, 1000, 90000, 'approved');
+             INSERT INTO approvals (request_id, approver, at)
+               VALUES ('r1', 'spiffe://sallyport.local/approver/acme/bob', 1001);
+             INSERT INTO grants (id, request_id, customer, target, technician, not_before, expires_at)
+               VALUES ('g1', 'r1', 'acme', 'db01',
+                 'spiffe://sallyport.local/technician/northwind/alice', 1001, 2801);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let rec = s.request(&id("r1")).unwrap();
+    assert_eq!(rec.status, RequestStatus::Approved);
+    assert_eq!(rec.approvals.len(), 1);
+    assert_eq!(rec.grant_id, Some(id("g1")));
+    s.file_request(&req("r2", 1), None, 1_000).unwrap();
+    assert_eq!(
+        s.cancel(&id("r2"), 1_001).unwrap().status,
+        RequestStatus::Cancelled
+    );
+    // Foreign keys are on again: an approval of no request is refused.
+    let conn = s.conn.lock().unwrap();
+    assert!(
+        conn.execute(
+            "INSERT INTO approvals (request_id, approver, at) VALUES ('nope', 'x', 1)",
+            [],
+        )
+        .is_err()
+    );
+}
