@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -33,6 +32,7 @@ use labels::{
     BytesLabels, CustomerLabel, KindLabel, LimiterLabel, RefusalLabels, RequestLabels, SinkLabels,
 };
 pub use labels::{Direction, HandshakeFailure, Limiter, RequestState, TunnelRefusal};
+pub use prometheus_client::metrics::counter::Counter;
 
 /// The `Content-Type` of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -59,6 +59,8 @@ pub struct Sink {
     pub index: usize,
     /// Where to.
     pub kind: SinkKind,
+    /// Its failed deliveries and its lag.
+    pub metrics: sallyport_metrics::SinkMetrics,
 }
 
 /// Where a sink stands: the last seq delivered, and where the line after it starts.
@@ -266,6 +268,7 @@ async fn run(
             }
             Err(_) => Vec::new(),
         };
+        sink.metrics.set_lag(lag(&batch));
         if batch.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -297,6 +300,7 @@ async fn run(
                     _ => "timed out".into(),
                 };
                 tracing::warn!(customer = %sink.customer, sink = ?sink.kind, error = %why, retry_in = ?backoff, waiting = batch.len(), "SIEM delivery failed; records wait on disk");
+                sink.metrics.delivery_failed();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -305,6 +309,18 @@ async fn run(
             }
         }
     }
+}
+
+/// How far behind a sink is that has `batch` to deliver next: the age of its oldest record (a
+/// checkpoint line has no `time` of its own and counts as caught up).
+fn lag(batch: &[Pending]) -> Duration {
+    let oldest = batch.first().and_then(|(_, line, _)| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        v["time"].as_str()?.parse::<jiff::Timestamp>().ok()
+    });
+    oldest
+        .and_then(|t| Duration::try_from(jiff::Timestamp::now().duration_since(t)).ok())
+        .unwrap_or(Duration::ZERO)
 }
 
 async fn deliver(sink: &Sink, batch: &[Pending], host: &str) -> Result<(), NotifyError> {

@@ -1,13 +1,15 @@
 //! The `sallyport` command line: the commands and their flags, logging set-up, exit codes, and the
 //! dispatch to each command group: [`serve`] (the broker, and its embedded demo), [`access`] (the API
 //! commands of technicians and approvers, and `connect`), [`locks`] (`lock`, `unlock`, `locks`),
-//! [`audit`] (verify, bundle, capture, export), [`certs`] (identity folders), and `init` and `grant`
+//! [`audit`] (verify, bundle, capture, export), [`certs`] (identity folders), [`health`] (a
+//! readiness probe of the admin listener), and `init` and `grant`
 //! (break-glass) here. What a command
 //! does lives in the library crates; this module parses, calls, and prints.
 
 pub mod access;
 pub mod audit;
 pub mod certs;
+pub mod health;
 pub mod locks;
 pub mod serve;
 
@@ -95,6 +97,19 @@ enum Command {
         /// thread for everything).
         #[arg(long, value_name = "N")]
         worker_threads: Option<usize>,
+        /// Serve health, readiness and metrics over plain HTTP here, instead of `admin.listen`
+        /// (port 0 picks a free port; the address is printed).
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Ask a broker's admin listener whether it is ready: exits 0 when it is, 1 (saying why) when not.
+    ///
+    /// GETs http://ADDR/readyz (audit trail writable, store answering, policies loaded), for a
+    /// container HEALTHCHECK or a script; no certificate needed.
+    Health {
+        /// The admin listener, HOST:PORT (`admin.listen`), e.g. 127.0.0.1:9090.
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
     },
     /// Create a ready-to-run broker folder: config, PKI, grant signing key, demo customer and identities.
     Init {
@@ -340,7 +355,9 @@ fn run(cmd: Command) -> Result<(), Failure> {
             config,
             listen,
             worker_threads,
-        } => serve::serve(config, listen, worker_threads),
+            admin_listen,
+        } => serve::serve(config, listen, worker_threads, admin_listen),
+        Command::Health { admin } => health::health(&admin).map_err(Failure::Other),
         Command::Init { dir, hosts, force } => init(dir, hosts, force).map_err(Failure::Other),
         Command::Certs {
             command: certs::CertsCommand::Issue { role },

@@ -17,6 +17,7 @@ pub fn serve(
     config: Option<PathBuf>,
     listen: Option<SocketAddr>,
     worker_threads: Option<usize>,
+    admin_listen: Option<SocketAddr>,
 ) -> Result<(), Failure> {
     let embedded = config.is_none();
     let config = match config {
@@ -37,6 +38,9 @@ pub fn serve(
     let mut cfg = Config::load(&config)?;
     if let Some(l) = listen {
         cfg.listen = l;
+    }
+    if let Some(a) = admin_listen {
+        cfg.admin.listen = Some(a);
     }
     if let Some(n) = worker_threads {
         if n > 1024 {
@@ -69,6 +73,13 @@ pub fn serve(
         let listener = broker.bind().await?;
         let addr = listener.local_addr()?;
         let cfg = broker.config().clone();
+        // The admin line comes first: whoever waits for `listening on` has both addresses then.
+        if let Some(admin) = broker.bind_admin().await? {
+            let at = admin.local_addr()?;
+            broker.serve_admin(admin);
+            println!("sallyport: admin listening on {at}");
+            tracing::info!(listen = %at, "admin listener started (health, readiness, metrics)");
+        }
         println!("sallyport: listening on {addr}");
         tracing::info!(listen = %addr, config = %cfg.file.display(), "broker started");
         if embedded {
