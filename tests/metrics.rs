@@ -189,10 +189,17 @@ async fn every_family_is_scraped_without_a_certificate_and_counts_what_happened(
         .await
         .expect("CONNECT");
     assert_eq!(tunnel.status, 200, "{}", tunnel.body);
-    let session = tunnel.header("sallyport-session").expect("session").to_owned();
+    let session = tunnel
+        .header("sallyport-session")
+        .expect("session")
+        .to_owned();
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        tunnel.stream.write_all(b"twelve bytes").await.expect("send");
+        tunnel
+            .stream
+            .write_all(b"twelve bytes")
+            .await
+            .expect("send");
         let mut back = [0u8; 12];
         tunnel.stream.read_exact(&mut back).await.expect("echo");
         tunnel.stream.shutdown().await.expect("close");

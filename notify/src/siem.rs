@@ -10,6 +10,9 @@
 //! - `https`: `POST` of the records as JSON lines (`application/x-ndjson`), with an optional bearer
 //!   token; any 2xx confirms.
 //!
+//! Each sink counts its failed deliveries and reports its lag, the age of the oldest record it has
+//! not yet confirmed (`sallyport_siem_failures_total`, `sallyport_siem_lag_seconds`).
+//!
 //! Syslog has no acknowledgement, so each batch goes over its own connection, which is then closed
 //! from our side; the batch counts as delivered once the receiver has read everything and closed its
 //! side too. A receiver that dies mid-batch leaves it
