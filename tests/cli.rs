@@ -658,6 +658,11 @@ fn init_with_host_writes_a_real_broker_with_no_demo_customer_or_identity() {
     assert_eq!(cfg.listen.to_string(), "0.0.0.0:8443");
     assert_eq!(cfg.public_address, "broker.msp.example:8443");
     assert_eq!(cfg.data_dir, state);
+    assert_eq!(
+        cfg.admin.listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9090"),
+        "the HEALTHCHECK's admin listener, on loopback"
+    );
     assert!(cfg.customers.is_empty());
     assert!(!dir.join("identities").exists(), "demo identities written");
     assert!(

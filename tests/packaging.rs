@@ -218,6 +218,10 @@ fn the_readme_steps_run_a_broker_as_the_service_user_reached_by_its_host_name() 
         .args(["config", "check", "--config"])
         .arg(&cfg_path));
     assert!(checked.contains("support-now"), "{checked}");
+    assert!(
+        checked.contains("admin: health, readiness and metrics on http://127.0.0.1:9090"),
+        "{checked}"
+    );
     ok(as_service(uid, gid, BIN)
         .args(["config", "check", "--config"])
         .arg(&cfg_path));
@@ -258,8 +262,13 @@ fn the_readme_steps_run_a_broker_as_the_service_user_reached_by_its_host_name() 
             cmd.arg(w);
         }
     }
-    cmd.args(["--listen", "127.0.0.1:0"]);
+    // The admin listener init wrote (127.0.0.1:9090) moves to a free port too.
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
     let mut broker = Broker::spawn(cmd);
+    // The container's HEALTHCHECK: ready, without a certificate (init --host wrote the listener).
+    let admin = broker.admin.unwrap();
+    let ready = ok(Command::new(BIN).args(["health", "--admin", &admin.to_string()]));
+    assert!(ready.contains("ready"), "{ready}");
 
     // 7. The technician reaches it by its host name (resolved here to the loopback address): a
     //    request approved at once by the policy, its grant, and a tunnel to the target.

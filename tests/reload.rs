@@ -1,5 +1,6 @@
 //! Reloading the configuration of a live broker, with the real binary, real TLS and real files:
-//! `sallyport reload` adds a customer whose tunnels then open, with its policy set on its trail;
+//! `sallyport reload` adds a customer whose tunnels then open, with its policy set on its trail and
+//! its metrics series from then on;
 //! `SIGHUP` with a policy that no longer permits a live tunnel closes it with reason `policy
 //! changed` and leaves the others running; a bad file, a restart-only change and a caller who is no
 //! admin are refused, and the configuration in force keeps serving, tunnels included.
@@ -13,7 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use sallyport_certs::identity_dir::IdentityDir;
 use sallyport_testkit::{
-    Answer, Broker, CustomerSpec, Setup, allow_support, connect, connector, echo_server, eventually,
+    Answer, Broker, CustomerSpec, Setup, allow_support, connect, connector, echo_server,
+    eventually, http,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -39,6 +41,14 @@ fn configure(s: &Setup, acme_policy: &str, globex: bool, ports: (u16, u16)) {
         });
     }
     s.write_config(&customers, "");
+    s.append_config("[admin]\nlisten = \"127.0.0.1:0\"\n");
+}
+
+/// The metrics the admin listener serves now.
+fn scrape(b: &Broker) -> String {
+    let (status, _, body) = http(b.admin.unwrap(), "GET", "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 fn ports() -> (u16, u16) {
@@ -136,8 +146,9 @@ async fn a_reload_adds_a_customer_whose_tunnels_then_open_with_its_policy_on_its
     let mut b = Broker::start(&s);
     let mut live = tunnel(&s, &b, "acme", "db01", p.0).await;
     assert_eq!(live.status, 200);
-    // Not yet configured: refused.
+    // Not yet configured: refused, and no customer label is made of the name.
     assert_eq!(tunnel(&s, &b, "globex", "app", p.1).await.status, 404);
+    assert!(!scrape(&b).contains("globex"));
 
     configure(&s, &allow_support("acme"), true, p);
     let (code, out, err) = reload(&s, &b, "admin");
@@ -155,6 +166,12 @@ async fn a_reload_adds_a_customer_whose_tunnels_then_open_with_its_policy_on_its
     assert_eq!(fresh.status, 200, "{}", fresh.body);
     echo(&mut live).await;
     echo(&mut fresh).await;
+    // Its series exist from the reload, and count its tunnel.
+    let text = scrape(&b);
+    assert!(
+        text.contains("sallyport_tunnels_opened_total{customer=\"globex\"} 1\n"),
+        "{text}"
+    );
 
     // On the trail before it took effect: the new customer's chain has the reload and the policy
     // set in force (what `sha256sum` prints), ahead of the tunnel's decision.
@@ -291,13 +308,24 @@ async fn a_bad_file_is_refused_and_the_configuration_in_force_keeps_serving() {
     // A section only a restart may change.
     std::fs::write(
         s.config(),
-        good.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\""),
+        good.replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1),
     )
     .unwrap();
     let (code, _, err) = reload(&s, &b, "admin");
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("`server.listen`"), "{err}");
     assert!(err.contains("restart the broker"), "{err}");
+    // The admin listener too: it is bound at start.
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"";
+    assert!(good.contains(admin), "{good}");
+    std::fs::write(
+        s.config(),
+        good.replace(admin, "[admin]\nlisten = \"127.0.0.1:2\""),
+    )
+    .unwrap();
+    let (code, _, err) = reload(&s, &b, "admin");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("`admin.listen`"), "{err}");
 
     // Nobody but an admin reloads: the approver is refused, and that is recorded.
     std::fs::write(s.config(), &good).unwrap();
@@ -319,7 +347,7 @@ async fn a_bad_file_is_refused_and_the_configuration_in_force_keeps_serving() {
         .into_iter()
         .filter(|r| r["event"] == "config_reload_refused")
         .collect();
-    assert_eq!(refused.len(), 4, "{refused:#?}");
+    assert_eq!(refused.len(), 5, "{refused:#?}");
     assert!(
         s.audit("_broker")
             .iter()

@@ -12,10 +12,12 @@
 //! Routes ([`Api::route`]): [`requests`] (file, list, show, approve, deny, cancel, fetch the grant,
 //! and what may be requested),
 //! [`grants`] (revoke), [`sessions`] (list, end), [`locks`] (lock, list, unlock, the CRL),
-//! [`audit`] (read a chain, the checkpoint key), [`ops`] (health, metrics, reload). Every `/v1` call counts
+//! [`audit`] (read a chain, the checkpoint key), [`ops`] (health, metrics, reload). The plain-HTTP [`admin`]
+//! listener serves health, readiness and the same metrics without a certificate. Every `/v1` call counts
 //! against the caller's API rate (`limits.api_calls_*`), and a caller locked everywhere is refused
 //! every `/v1` call and `/metrics` (403 `locked`).
 
+pub mod admin;
 pub mod audit;
 mod error;
 pub mod grants;
@@ -57,6 +59,8 @@ pub struct Api {
     pub sessions: Arc<LiveSessions>,
     /// The listener's pre-handshake slots, for `/metrics`.
     pub slots: Arc<Slots>,
+    /// The registry `/metrics` renders (the admin listener's too).
+    pub metrics: sallyport_metrics::Metrics,
 }
 
 impl std::fmt::Debug for Api {
@@ -99,7 +103,9 @@ impl Api {
             if let Err(e) = self.workflow.locks.gate().admit(caller(conn), None).await {
                 return ApiError::from(e).into_response();
             }
-            return ops::metrics(self, conn).unwrap_or_else(ApiError::into_response);
+            return ops::metrics(self, conn)
+                .await
+                .unwrap_or_else(ApiError::into_response);
         }
         self.v1(conn, req)
             .await
@@ -109,6 +115,8 @@ impl Api {
     async fn v1(&self, conn: &Conn, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         if let Err(wait) = self.api_calls.check(&conn.peer.id.to_string()) {
             tracing::info!(peer = %conn.peer.id, "API rate limit reached");
+            self.metrics
+                .rate_limited(sallyport_metrics::Limiter::ApiCalls);
             return Err(ApiError::too_many(wait, "API calls"));
         }
         // A caller locked everywhere gets nothing; a lock for one customer is checked where the

@@ -1,50 +1,139 @@
-//! Operations: `GET /healthz` (anyone with a certificate), `GET /metrics` (Prometheus text, for
-//! provider admins) and `POST /v1/reload` (provider admins: the configuration and policies read
-//! again; the answer says what changed, or 422 `invalid_config` with the file's error).
+//! Operations: health, readiness and metrics, rendered once for both listeners that serve them, and
+//! the reload.
+//!
+//! - `GET /healthz`: the process is up (on the mTLS listener for anyone with a certificate, and on
+//!   the admin listener for anyone).
+//! - `GET /readyz` (admin listener): 200 when every check passes, 503 naming the failing ones. The
+//!   checks: `audit` (the last audit batch was written durably: [`sallyport_audit::Health`]),
+//!   `store` (a cheap query answers within 2 s), `policies` (every configured customer has its
+//!   validated policy set loaded).
+//! - `GET /metrics`: the registry as OpenMetrics text, its sampled gauges (live sessions, handshakes
+//!   in progress, requests by state, active locks, webhook queues) set just before it is rendered.
+//!   On the mTLS listener for provider admins only; on the admin listener for anyone who can reach
+//!   it (loopback by default).
+//! - `POST /v1/reload` (provider admins): the configuration and policies read again; the answer says
+//!   what changed, or 422 `invalid_config` with the file's error.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use sallyport_gateway::{Body, Conn};
 use sallyport_ids::Role;
+use sallyport_metrics::RequestState;
 use sallyport_workflow::reload::ReloadError;
+use serde_json::json;
 
 use crate::{Api, ApiError, json};
+
+/// How long the store has to answer readiness and the request counts of a scrape.
+const STORE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`.
 pub fn health() -> Response<Body> {
     json(StatusCode::OK, r#"{"status":"ok"}"#.into())
 }
 
-/// `GET /metrics`.
-pub fn metrics(api: &Api, conn: &Conn) -> Result<Response<Body>, ApiError> {
+/// `GET /metrics` on the mTLS listener: provider admins only.
+pub async fn metrics(api: &Api, conn: &Conn) -> Result<Response<Body>, ApiError> {
     if conn.peer.id.role() != Role::Admin {
         return Err(ApiError::forbidden("metrics are for provider admins"));
     }
-    let text = format!(
-        "# HELP sallyport_audit_failures_total Audit batches that could not be written durably.\n\
-         # TYPE sallyport_audit_failures_total counter\n\
-         sallyport_audit_failures_total {}\n\
-         # HELP sallyport_live_sessions Tunnels open now.\n\
-         # TYPE sallyport_live_sessions gauge\n\
-         sallyport_live_sessions {}\n\
-         # HELP sallyport_handshakes_in_progress Connections that have not completed their TLS handshake.\n\
-         # TYPE sallyport_handshakes_in_progress gauge\n\
-         sallyport_handshakes_in_progress {}\n\
-         # HELP sallyport_handshake_slots_refused_total Connections closed at accept: their source, or the broker, had no handshake slot free.\n\
-         # TYPE sallyport_handshake_slots_refused_total counter\n\
-         sallyport_handshake_slots_refused_total {}\n",
-        api.trail_health.failures(),
-        api.sessions.snapshot().len(),
-        api.slots.in_use(),
-        api.slots.refused(),
-    );
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    Ok(metrics_text(api).await)
+}
+
+/// The metrics as an answer, gauges sampled now.
+pub async fn metrics_text(api: &Api) -> Response<Body> {
+    sample(api).await;
+    let mut r = Response::new(Full::new(Bytes::from(api.metrics.encode())));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        hyper::header::HeaderValue::from_static(sallyport_metrics::CONTENT_TYPE),
     );
-    Ok(r)
+    r
+}
+
+/// Sets the gauges that are read rather than counted.
+async fn sample(api: &Api) {
+    let m = &api.metrics;
+    m.set_live_sessions(api.sessions.len());
+    m.set_handshakes_in_progress(api.slots.in_use());
+    let cx = api.workflow.requests.context();
+    m.set_locks_active(api.workflow.locks.gate().view().active_at(cx.clock.unix()));
+    let customers = m.customers();
+    for (id, queued) in cx.notifier.queued() {
+        if let Some((_, c)) = customers.iter().find(|(c, _)| *c == id) {
+            c.set_webhook_queued(queued);
+        }
+    }
+    let counts = tokio::time::timeout(STORE_DEADLINE, cx.db.run(|s| s.request_counts())).await;
+    match counts {
+        Ok(Ok(counts)) => {
+            for (id, c) in &customers {
+                for state in RequestState::ALL {
+                    let n = counts
+                        .iter()
+                        .find(|(cid, st, _)| cid == id && st.as_str() == state.as_str())
+                        .map_or(0, |(_, _, n)| *n);
+                    c.set_requests(state, n);
+                }
+            }
+        }
+        // The gauges keep their last values; readiness names the store.
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: cannot count requests"),
+        Err(_) => tracing::warn!("metrics: the store did not answer in time"),
+    }
+}
+
+/// One readiness check's outcome.
+fn check(name: &str, problem: Option<String>) -> serde_json::Value {
+    match problem {
+        None => json!({ "name": name, "ok": true }),
+        Some(error) => json!({ "name": name, "ok": false, "error": error }),
+    }
+}
+
+/// `GET /readyz`: 200 when the broker can take sessions, else 503 naming what fails.
+pub async fn readiness(api: &Api) -> Response<Body> {
+    let audit = api.trail_health.is_failing().then(|| {
+        "the last audit write failed (disk full or an I/O error): new sessions and grants are refused until a record is written again".to_owned()
+    });
+    let cx = api.workflow.requests.context();
+    let store = match tokio::time::timeout(STORE_DEADLINE, cx.db.run(|s| s.locks_version())).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("the store does not answer: {e}")),
+        Err(_) => Some(format!(
+            "the store did not answer within {} s",
+            STORE_DEADLINE.as_secs()
+        )),
+    };
+    let config = api.config.load();
+    let unloaded: Vec<&str> = config
+        .customers
+        .iter()
+        .filter(|c| c.policy.digest().is_empty())
+        .map(|c| c.id.as_str())
+        .collect();
+    let policies =
+        (!unloaded.is_empty()).then(|| format!("no policy set loaded for {}", unloaded.join(", ")));
+    let checks = [
+        check("audit", audit),
+        check("store", store),
+        check("policies", policies),
+    ];
+    let failing: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let (status, word) = if failing.is_empty() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    };
+    let body = json!({ "status": word, "failing": failing, "checks": checks });
+    json(status, body.to_string())
 }
 
 /// `POST /v1/reload` (provider admins): reloads the configuration file in force. 200 `{added,

@@ -149,18 +149,37 @@ fn a_full_disk_fails_closed_and_the_trail_resumes_when_it_recovers() {
     let path = today(dir.path(), "acme");
     // The chain file is /dev/full: every write fails with ENOSPC, as on a full disk.
     std::os::unix::fs::symlink("/dev/full", &path).unwrap();
-    let (log, w) = AuditLog::open(dir.path(), &["acme"], None).unwrap();
+    let metrics = sallyport_metrics::Metrics::default();
+    let (log, w) =
+        AuditLog::open_metered(dir.path(), &["acme"], None, None, metrics.clone()).unwrap();
+    assert!(!log.health().is_failing());
     let err = log.append_blocking(ev(Some("acme"), "lost")).unwrap_err();
     assert!(
         matches!(&err, AuditError::Io { message, .. } if message.contains("No space left")),
         "{err}"
     );
     assert_eq!(log.health().failures(), 1);
+    assert!(log.health().is_failing(), "readiness sees the failure");
+    let text = metrics.encode();
+    assert!(
+        text.contains("sallyport_audit_failures_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sallyport_audit_commit_duration_seconds_count 0\n"),
+        "a failed batch is no commit: {text}"
+    );
     // The disk recovers: the next record reopens the chain and is written.
     std::fs::remove_file(&path).unwrap();
     let ok = log.append_blocking(ev(Some("acme"), "after")).unwrap();
     assert_eq!(ok.seq, 1);
     assert_eq!(log.health().failures(), 1);
+    assert!(!log.health().is_failing(), "a durable batch clears it");
+    let text = metrics.encode();
+    assert!(
+        text.contains("sallyport_audit_commit_duration_seconds_count 1\n"),
+        "{text}"
+    );
     drop(log);
     w.join();
     assert_eq!(verify_chain(dir.path(), "acme").unwrap(), 1);

@@ -1,6 +1,8 @@
 //! The writer: one thread that appends every waiting record in one batch with one fsync per touched
 //! chain (group commit), signs checkpoints when they are due and retires segments past retention; and
 //! [`AuditLog`], the cheap handle callers append through and wait on until their record is durable.
+//! Each group commit is timed (`sallyport_audit_commit_duration_seconds`) and each failed batch
+//! counted (`sallyport_audit_failures_total`, and [`Health`], which readiness reads).
 //!
 //! A record of something already over (a tunnel close) that cannot be written while the trail fails
 //! is kept in the handle's backlog ([`AuditLog::append_or_keep`]) and written, marked as late, once
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sallyport_ids::time::rfc3339_micros;
+use sallyport_metrics::Metrics;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::Chain;
@@ -59,6 +62,8 @@ pub const LATE: &str = " (recorded after the audit trail recovered)";
 #[derive(Debug, Default)]
 pub struct Health {
     failures: std::sync::atomic::AtomicU64,
+    /// The last batch written to any chain failed (cleared by the next one that is durable).
+    failing: std::sync::atomic::AtomicBool,
     failed: tokio::sync::Notify,
     appended: tokio::sync::Notify,
 }
@@ -67,7 +72,21 @@ impl Health {
     fn record_failure(&self) {
         self.failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.failing
+            .store(true, std::sync::atomic::Ordering::Release);
         self.failed.notify_waiters();
+    }
+
+    fn record_success(&self) {
+        self.failing
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.appended.notify_waiters();
+    }
+
+    /// Whether the last batch the writer tried failed: the trail takes no records until one goes
+    /// through again (readiness reports it).
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Batches that could not be written durably since start (`sallyport_audit_failures_total`).
@@ -122,6 +141,18 @@ impl AuditLog {
         chains: &[&str],
         checkpoints: Option<Checkpoints>,
         retention_days: Option<u32>,
+    ) -> Result<(AuditLog, AuditWriter), AuditError> {
+        AuditLog::open_metered(dir, chains, checkpoints, retention_days, Metrics::default())
+    }
+
+    /// [`AuditLog::open_with`], timing each group commit (write and fsync of one chain's batch)
+    /// and counting failed batches into `metrics`.
+    pub fn open_metered(
+        dir: &Path,
+        chains: &[&str],
+        checkpoints: Option<Checkpoints>,
+        retention_days: Option<u32>,
+        metrics: Metrics,
     ) -> Result<(AuditLog, AuditWriter), AuditError> {
         sallyport_ids::private::dir_all(dir).map_err(io_err(dir))?;
         // Chains an earlier version left flat are moved into the layout as they are opened.
@@ -180,6 +211,7 @@ impl AuditLog {
                     Duties {
                         checkpoints,
                         retention_days,
+                        metrics,
                     },
                     &writer_health,
                 )
@@ -271,6 +303,8 @@ impl AuditLog {
 struct Duties {
     checkpoints: Option<Checkpoints>,
     retention_days: Option<u32>,
+    /// Commit latency and failed batches.
+    metrics: Metrics,
 }
 
 /// Retires old segments of every open chain, once per UTC date.
@@ -308,6 +342,7 @@ fn writer(
     let Duties {
         checkpoints,
         retention_days,
+        metrics,
     } = duties;
     let mut retired_on = None;
     retire_due(&mut chains, retention_days, &mut retired_on);
@@ -345,11 +380,16 @@ fn writer(
             }
             .and_then(|chain| {
                 let events: Vec<&AuditEvent> = jobs.iter().map(|j| &j.event).collect();
-                chain.append_batch(&events)
+                let started = std::time::Instant::now();
+                let done = chain.append_batch(&events);
+                if done.is_ok() {
+                    metrics.audit_committed(started.elapsed());
+                }
+                done
             });
             match result {
                 Ok(done) => {
-                    health.appended.notify_waiters();
+                    health.record_success();
                     for (job, (seq, hash)) in jobs.into_iter().zip(done) {
                         let _ = job.ack.send(Ok(Appended {
                             chain: name.clone(),
@@ -361,6 +401,7 @@ fn writer(
                 Err(e) => {
                     tracing::error!(chain = %name, error = %e, "audit write failed; refusing the actions it would record");
                     health.record_failure();
+                    metrics.audit_failed();
                     // Reopened (and re-read) on the next record: the trail resumes by itself once
                     // the disk takes writes again.
                     chains.remove(&name);

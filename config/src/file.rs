@@ -21,7 +21,17 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub(crate) audit: FileAudit,
     #[serde(default)]
+    pub(crate) admin: FileAdmin,
+    #[serde(default)]
     pub(crate) customers: Vec<FileCustomer>,
+}
+
+/// `[admin]`: the plain-HTTP listener for health, readiness and metrics; off without `listen`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileAdmin {
+    #[serde(default)]
+    pub(crate) listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -158,6 +158,13 @@ pub struct RequestSettings {
     pub sweep_interval: Duration,
 }
 
+/// The admin listener: plain HTTP, no client certificate, `/healthz`, `/readyz` and `/metrics` only.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// Where it listens (`admin.listen`); `None`: no admin listener (the default).
+    pub listen: Option<SocketAddr>,
+}
+
 /// One customer endpoint.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -226,6 +233,8 @@ pub struct Config {
     pub requests: RequestSettings,
     /// Audit checkpoints.
     pub audit: AuditSettings,
+    /// The admin listener.
+    pub admin: AdminSettings,
     /// Customers.
     pub customers: Vec<Customer>,
 }

@@ -131,6 +131,8 @@ fn restart_only(old: &Config, new: &Config) -> Result<(), ConfigError> {
         Some("requests")
     } else if old.audit != new.audit {
         Some("audit")
+    } else if old.admin.listen != new.admin.listen {
+        Some("admin.listen")
     } else {
         None
     };
@@ -205,6 +207,12 @@ mod tests {
         assert_eq!(
             Change::between(&old, &new).unwrap_err().field,
             "server.listen"
+        );
+        let mut new = old.clone();
+        new.admin.listen = Some("127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            Change::between(&old, &new).unwrap_err().field,
+            "admin.listen"
         );
     }
 

@@ -247,6 +247,10 @@ fn the_documented_example_uses_only_known_keys() {
     let file: crate::file::FileConfig = toml::from_str(text).unwrap();
     assert_eq!(file.requests.pending_expiry_seconds, 86_400);
     assert!(file.customers[0].webhook.is_some());
+    assert_eq!(
+        file.admin.listen.map(|l| l.into_inner()).as_deref(),
+        Some("127.0.0.1:9090")
+    );
 }
 
 #[test]
@@ -364,4 +368,53 @@ fn siem_sinks_are_checked_and_name_the_field() {
     )
     .unwrap();
     assert_eq!(ok.customers[0].siem.len(), 1);
+}
+
+#[test]
+fn the_admin_listener_is_off_unless_set_and_port_0_works() {
+    let base = "[server]\nlisten = \"127.0.0.1:8443\"\n";
+    assert_eq!(parse(base).unwrap().admin.listen, None);
+    let c = parse(&format!("{base}[admin]\nlisten = \"127.0.0.1:9090\"\n")).unwrap();
+    assert_eq!(c.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+    let c = parse(&format!("{base}[admin]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
+    assert_eq!(c.admin.listen, Some("127.0.0.1:0".parse().unwrap()));
+    let c = parse(&format!("{base}[admin]\n")).unwrap();
+    assert_eq!(c.admin.listen, None, "an empty [admin] table stays off");
+}
+
+#[test]
+fn a_bad_admin_listen_names_admin_listen_its_line_and_the_fix() {
+    let base = "[server]\nlisten = \"127.0.0.1:8443\"\n";
+    for bad in [
+        "localhost",
+        "127.0.0.1",
+        "127.0.0.1:99999",
+        "",
+        "http://127.0.0.1:9090",
+    ] {
+        let err = parse(&format!("{base}[admin]\nlisten = \"{bad}\"\n")).unwrap_err();
+        assert_eq!(err.field, "admin.listen", "{bad}: {err}");
+        assert!(
+            err.location.ends_with("sallyport.toml:4"),
+            "{bad}: {}",
+            err.location
+        );
+        assert!(err.message.contains("is not an address"), "{err}");
+        assert!(err.fix.contains("127.0.0.1:9090"), "{err}");
+    }
+    let err = parse(&format!("{base}[admin]\nlisten = \"127.0.0.1:8443\"\n")).unwrap_err();
+    assert_eq!(err.field, "admin.listen");
+    assert!(err.message.contains("also server.listen"), "{err}");
+    let err = parse(&format!("{base}[admin]\nlisten = 9090\n")).unwrap_err();
+    assert_eq!(err.field, "admin.listen", "a wrong type names its key");
+    assert!(
+        err.location.ends_with(":4") && err.message.contains("expected a string"),
+        "{err}"
+    );
+    let err = parse(&format!("{base}[admin]\nport = 9090\n")).unwrap_err();
+    assert_eq!(err.field, "admin.port", "an unknown key names its path");
+    assert!(
+        err.fix.contains("listen"),
+        "the fix names the documented key: {err}"
+    );
 }

@@ -15,8 +15,8 @@ use toml::Spanned;
 use crate::file::{FileConfig, FileSiem, FileWebhook};
 use crate::keys;
 use crate::{
-    AuditSettings, Config, ConfigError, Customer, GrantSettings, Limits, RequestSettings, SinkKind,
-    Target, TlsPaths, WebhookTarget,
+    AdminSettings, AuditSettings, Config, ConfigError, Customer, GrantSettings, Limits,
+    RequestSettings, SinkKind, Target, TlsPaths, WebhookTarget,
 };
 
 pub(crate) struct Validator<'a> {
@@ -300,6 +300,7 @@ impl Validator<'_> {
                 "use IP:PORT, e.g. \"127.0.0.1:8443\" or \"0.0.0.0:8443\"",
             )
         })?;
+        let admin = self.admin(&f, listen)?;
         let trust_domain = match &f.server.trust_domain {
             None => "sallyport.local".parse().map_err(|_| ConfigError {
                 location: self.loc(None),
@@ -659,7 +660,32 @@ impl Validator<'_> {
                 on_failure: a.on_failure,
                 retention_days: (a.retention_days > 0).then_some(a.retention_days),
             },
+            admin,
             customers,
         })
+    }
+
+    /// `[admin] listen`: an IP:PORT other than the broker's own.
+    fn admin(&self, f: &FileConfig, listen: SocketAddr) -> Result<AdminSettings, ConfigError> {
+        let Some(at) = &f.admin.listen else {
+            return Ok(AdminSettings::default());
+        };
+        let addr: SocketAddr = at.get_ref().parse().map_err(|e| {
+            self.err(
+                at,
+                "admin.listen",
+                format!("`{}` is not an address: {e}", at.get_ref()),
+                "use IP:PORT, e.g. \"127.0.0.1:9090\"; remove the key to turn the admin listener off",
+            )
+        })?;
+        if addr.port() != 0 && addr == listen {
+            return Err(self.err(
+                at,
+                "admin.listen",
+                format!("{addr} is also server.listen"),
+                "give the admin listener a port of its own, e.g. \"127.0.0.1:9090\"",
+            ));
+        }
+        Ok(AdminSettings { listen: Some(addr) })
     }
 }

@@ -20,6 +20,7 @@ use sallyport_certs::grant::{GrantClaims, GrantError};
 use sallyport_certs::identity::PeerIdentity;
 use sallyport_config::{Customer, Target};
 use sallyport_ids::{CustomerId, Principal, Role, TargetId};
+use sallyport_metrics::TunnelRefusal;
 use sallyport_policy::{Action, RequestContext, Subject, TargetInfo};
 
 /// The grant a CONNECT carried, as verification left it.
@@ -80,6 +81,9 @@ pub struct Refusal {
     pub retry_after: Option<Duration>,
     /// Another customer whose target was named: the attempt goes on that customer's chain too.
     pub also_for: Option<String>,
+    /// Why, as counted (`reason` of `sallyport_tunnels_refused_total`): from the status unless a
+    /// stage says more.
+    pub kind: TunnelRefusal,
 }
 
 impl Refusal {
@@ -97,7 +101,22 @@ impl Refusal {
             counts: true,
             retry_after: None,
             also_for: None,
+            kind: match status {
+                StatusCode::BAD_REQUEST => TunnelRefusal::BadAuthority,
+                StatusCode::NOT_FOUND => TunnelRefusal::UnknownTarget,
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED => TunnelRefusal::InvalidGrant,
+                StatusCode::TOO_MANY_REQUESTS => TunnelRefusal::RateLimited,
+                StatusCode::FORBIDDEN => TunnelRefusal::WrongTarget,
+                StatusCode::BAD_GATEWAY => TunnelRefusal::Unreachable,
+                _ => TunnelRefusal::Unavailable,
+            },
         })
+    }
+
+    /// Counted as `kind`.
+    pub fn counted_as(mut self: Box<Self>, kind: TunnelRefusal) -> Box<Self> {
+        self.kind = kind;
+        self
     }
 
     /// About the grant of `claims`: its customer, target and id.
@@ -193,7 +212,8 @@ pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 EventKind::AuthFailure,
                 "missing grant: send `Proxy-Authorization: Bearer <grant>`",
-            ));
+            )
+            .counted_as(TunnelRefusal::MissingGrant));
         }
         GrantCheck::Refused { error, signed } => {
             let r = Refusal::new(
@@ -226,7 +246,8 @@ pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>
             EventKind::Decision,
             "only technicians open tunnels",
         )
-        .about(&claims));
+        .about(&claims)
+        .counted_as(TunnelRefusal::WrongCertificate));
     }
     if claims.sub != peer.id || !claims.is_bound_to(&peer.thumbprint) {
         return Err(Refusal::new(
@@ -234,7 +255,8 @@ pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>
             EventKind::AuthFailure,
             "grant is bound to another client certificate",
         )
-        .about(&claims));
+        .about(&claims)
+        .counted_as(TunnelRefusal::WrongCertificate));
     }
     // Stage: route the authority to a configured target.
     let asked = route(ask.uri).map_err(|why| {
@@ -295,7 +317,8 @@ pub fn decide<'a>(ask: Ask<'_>, customers: &'a [Customer]) -> Result<Allowed<'a>
     };
     if !decision.allowed {
         let mut r = Refusal::new(StatusCode::FORBIDDEN, EventKind::Decision, decision.reason)
-            .about(&claims);
+            .about(&claims)
+            .counted_as(TunnelRefusal::PolicyDenied);
         r.policy_ids = decision.policy_ids;
         r.policy_digest = Some(customer.policy.digest().to_owned());
         return Err(r);

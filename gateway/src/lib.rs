@@ -6,6 +6,9 @@
 //! `LiveTunnels` trait), session [`capture`], and the [`watch`] that ends tunnels when the trail
 //! fails.
 //!
+//! What it counts (tunnels opened and refused by reason, live tunnels, bytes, handshake failures,
+//! decision latency, limits hit) goes into the `sallyport-metrics` registry it is given.
+//!
 //! The listener takes a handler and knows no routes; the binary's assembly routes CONNECT here and
 //! everything else to the API. This crate never depends on the API.
 

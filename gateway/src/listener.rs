@@ -29,6 +29,7 @@ use sallyport_audit::{AuditEvent, EventKind, Outcome};
 use sallyport_certs::identity::PeerIdentity;
 use sallyport_config::Limits;
 use sallyport_ids::TrustDomain;
+use sallyport_metrics::{HandshakeFailure, Limiter, Metrics};
 use sallyport_workflow::refusals::{RefusalTrail, RefusedBy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -46,6 +47,22 @@ use crate::{Body, Conn};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestDeadline(pub Instant);
 
+/// How a handshake that failed with `e` is counted: by the rustls error under it.
+fn handshake_failure(e: &std::io::Error) -> HandshakeFailure {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => HandshakeFailure::NoCertificate,
+        Some(Error::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        )) => HandshakeFailure::ExpiredCertificate,
+        Some(Error::InvalidCertificate(_)) => HandshakeFailure::UntrustedCertificate,
+        _ => HandshakeFailure::Protocol,
+    }
+}
+
 /// How long connections and tunnels may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -59,6 +76,7 @@ pub struct Listener {
     slots: Arc<Slots>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Listener {
@@ -90,7 +108,20 @@ impl Listener {
             slots,
             shutdown,
             tasks,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts into `metrics`: failed handshakes by kind, sources past their failure budget, and
+    /// connections refused a handshake slot. Call before [`Listener::slots`] is handed out.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.slots = Slots::counted(
+            self.limits.max_handshakes,
+            self.limits.max_handshakes_per_source,
+            metrics.rate_limit_counter(Limiter::HandshakeSlots),
+        );
+        self.metrics = metrics;
+        self
     }
 
     /// The pre-handshake slots (for `/metrics`).
@@ -147,10 +178,14 @@ impl Listener {
         }
     }
 
-    async fn refused_handshake(&self, ip: IpAddr, reason: String) {
+    async fn refused_handshake(&self, ip: IpAddr, kind: HandshakeFailure, reason: String) {
         let from = source(ip);
+        self.metrics.handshake_failed(kind);
         // No 429 can be sent before TLS; an address over its budget has its failures aggregated.
         let over = self.limiter.record_failure(FailKey::Source(from));
+        if over {
+            self.metrics.rate_limited(Limiter::UnauthenticatedFailures);
+        }
         if over {
             tracing::debug!(source_ip = %ip, reason = %reason, "tls handshake refused (source over its failure budget)");
         } else {
@@ -192,12 +227,14 @@ impl Listener {
                 return;
             }
             Ok(Err(e)) => {
-                self.refused_handshake(ip, format!("tls handshake failed: {e}"))
+                let kind = handshake_failure(&e);
+                self.refused_handshake(ip, kind, format!("tls handshake failed: {e}"))
                     .await;
                 return;
             }
             Err(_) => {
-                self.refused_handshake(ip, "tls handshake timed out".into())
+                let why = "tls handshake timed out".into();
+                self.refused_handshake(ip, HandshakeFailure::Timeout, why)
                     .await;
                 return;
             }
@@ -213,7 +250,8 @@ impl Listener {
             }) {
             Ok(p) => p,
             Err(e) => {
-                self.refused_handshake(ip, format!("client certificate refused: {e}"))
+                let why = format!("client certificate refused: {e}");
+                self.refused_handshake(ip, HandshakeFailure::IdentityRefused, why)
                     .await;
                 return;
             }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sallyport_ids::{GrantId, SessionId};
+use sallyport_metrics::CustomerMetrics;
 use sallyport_store::{SessionChange, SessionRecord, Store};
 use sallyport_workflow::{BoxFuture, LiveTunnels};
 use tokio::sync::mpsc;
@@ -28,6 +29,8 @@ pub struct Counters {
     /// When bytes last moved either way, in milliseconds from the start of the relay (for the
     /// idle limit).
     pub last_moved_ms: AtomicU64,
+    /// The customer's byte counters, which every delivered byte also goes into.
+    pub customer: Option<Arc<CustomerMetrics>>,
 }
 
 /// One registered tunnel.
@@ -208,11 +211,25 @@ impl LiveSessions {
         thumbprint: [u8; 32],
         basis: Option<Basis>,
     ) -> Registration {
+        self.register_metered(record, thumbprint, basis, None)
+    }
+
+    /// [`LiveSessions::register`], its bytes also counted into `customer`'s series.
+    pub fn register_metered(
+        self: &Arc<Self>,
+        record: SessionRecord,
+        thumbprint: [u8; 32],
+        basis: Option<Basis>,
+        customer: Option<Arc<CustomerMetrics>>,
+    ) -> Registration {
         let session = Arc::new(LiveSession {
             basis,
             record,
             thumbprint,
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(Counters {
+                customer,
+                ..Counters::default()
+            }),
             stop: CancellationToken::new(),
             cause: Mutex::new(None),
             open: AtomicBool::new(false),
@@ -225,6 +242,16 @@ impl LiveSessions {
             registry: self.clone(),
             session,
         }
+    }
+
+    /// How many tunnels are registered now (open, or about to open).
+    pub fn len(&self) -> usize {
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no tunnel is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Ends every tunnel of grant `gid`; returns how many.

@@ -120,7 +120,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
             } else {
                 &self.counters.down
             };
-            c.fetch_add(n as u64, Ordering::Relaxed);
+            let moved = n as u64;
+            c.fetch_add(moved, Ordering::Relaxed);
+            match (&self.counters.customer, self.up) {
+                (Some(m), true) => m.bytes_up(moved),
+                (Some(m), false) => m.bytes_down(moved),
+                (None, _) => {}
+            }
             if let Some(cap) = &mut self.capture {
                 if n > 0 {
                     cap.send(&buf[..n]);

@@ -10,8 +10,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use sallyport_metrics::Counter;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -43,7 +44,9 @@ pub struct Slots {
     /// Connections before their handshake, per source; only sources with at least one, so at most
     /// `max_handshakes` entries.
     pending: Mutex<HashMap<IpAddr, usize>>,
-    refused: AtomicU64,
+    /// `sallyport_handshake_slots_refused_total`, and `limiter="handshake_slots"` of
+    /// `sallyport_rate_limited_total`.
+    refused: Counter,
 }
 
 impl std::fmt::Debug for Slots {
@@ -75,11 +78,16 @@ impl Drop for Slot {
 impl Slots {
     /// `all` slots in all, `per_source` for each source address.
     pub fn new(all: usize, per_source: usize) -> Arc<Self> {
+        Self::counted(all, per_source, Counter::default())
+    }
+
+    /// [`Slots::new`], counting connections refused a slot into `refused`.
+    pub fn counted(all: usize, per_source: usize, refused: Counter) -> Arc<Self> {
         Arc::new(Self {
             per_source,
             all: Arc::new(Semaphore::new(all)),
             pending: Mutex::new(HashMap::new()),
-            refused: AtomicU64::new(0),
+            refused,
         })
     }
 
@@ -107,13 +115,13 @@ impl Slots {
                 Err(_) => NoSlot::Global,
             }
         };
-        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.refused.inc();
         Err(refused)
     }
 
     /// Connections closed at accept for want of a slot, since start.
     pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.refused.get()
     }
 
     /// Connections before their handshake now.

@@ -28,6 +28,7 @@ use sallyport_certs::grant::{GrantError, GrantVerifier};
 use sallyport_config::{Config, SharedConfig};
 use sallyport_ids::SessionId;
 use sallyport_ids::time::{Clock, rfc3339};
+use sallyport_metrics::{Limiter, Metrics, TunnelRefusal};
 use sallyport_store::{SessionRecord, StoreError};
 use sallyport_workflow::refusals::{RefusalTrail, RefusedBy};
 use sallyport_workflow::{Caller, Db, LockGate, WorkflowError};
@@ -57,6 +58,7 @@ pub struct Tunnels {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     clock: Clock,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Tunnels {
@@ -90,6 +92,8 @@ pub struct TunnelsParts {
     pub shutdown: CancellationToken,
     /// Now.
     pub clock: Clock,
+    /// Where tunnels, refusals, bytes and decision times are counted.
+    pub metrics: Metrics,
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
@@ -155,6 +159,7 @@ impl Tunnels {
             tasks: parts.tasks,
             shutdown: parts.shutdown,
             clock: parts.clock,
+            metrics: parts.metrics,
         })
     }
 
@@ -223,6 +228,19 @@ impl Tunnels {
         decide(ask, &config.customers)
     }
 
+    /// [`Tunnels::allowed`], timed (`sallyport_decision_duration_seconds`).
+    fn allowed_timed<'a>(
+        &self,
+        config: &'a Config,
+        conn: &Conn,
+        req: &Request<Incoming>,
+    ) -> Result<Allowed<'a>, Box<Refusal>> {
+        let started = std::time::Instant::now();
+        let decided = self.allowed(config, conn, req);
+        self.metrics.decided(started.elapsed());
+        decided
+    }
+
     /// Stage: a locked identity or certificate is refused (403), the refusal recorded by the lock
     /// gate on `customer`'s chain (or the broker's), and counted as an authentication failure.
     async fn locked(
@@ -242,10 +260,14 @@ impl Tunnels {
                 let _spent = self
                     .limiter
                     .record_failure(FailKey::Identity(conn.peer.id.to_string()));
+                self.metrics
+                    .tunnel_refused(customer.map(|c| c.as_str()), TunnelRefusal::Locked);
                 Some(text(StatusCode::FORBIDDEN, &why))
             }
             Err(e) => {
                 tracing::error!(error = %e, "lock check failed; refusing tunnel");
+                self.metrics
+                    .tunnel_refused(customer.map(|c| c.as_str()), TunnelRefusal::Unavailable);
                 Some(text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "lock state unavailable",
@@ -289,13 +311,14 @@ impl Tunnels {
             target,
             policy_ids,
             reason,
-        } = match self.allowed(&config, &conn, &req) {
+        } = match self.allowed_timed(&config, &conn, &req) {
             Ok(ok) => ok,
             Err(refusal) => return self.refuse(&conn, &session_id, refusal).await,
         };
         // Stage: not revoked. Grants are issued by the signing key; the store records revocations.
         // Registering first means a revocation landing from here on still cuts the tunnel.
-        let registration = self.sessions.register(
+        let customer_metrics = self.metrics.customer(customer.id.as_str());
+        let registration = self.sessions.register_metered(
             SessionRecord {
                 id: session_id.clone(),
                 grant_id: claims.gid.clone(),
@@ -317,6 +340,7 @@ impl Tunnels {
                 port: claims.port,
                 address: target.address.clone(),
             }),
+            customer_metrics.clone(),
         );
         // Stage: still allowed. A reload that put a new configuration in force since the decision
         // did not see this tunnel; it is checked against that configuration here, and a reload
@@ -341,7 +365,8 @@ impl Tunnels {
                     StatusCode::FORBIDDEN,
                     EventKind::Decision,
                     format!("policy changed: {why}"),
-                );
+                )
+                .counted_as(TunnelRefusal::PolicyDenied);
                 return self.refuse(&conn, &session_id, r.about(&claims)).await;
             }
         }
@@ -371,7 +396,8 @@ impl Tunnels {
                     StatusCode::FORBIDDEN,
                     EventKind::Decision,
                     format!("grant `{}` was revoked by {by}: {why}", claims.gid),
-                );
+                )
+                .counted_as(TunnelRefusal::Revoked);
                 return self.refuse(&conn, &session_id, r.about(&claims)).await;
             }
             Ok(_) | Err(StoreError::NotFound { .. }) => {}
@@ -395,6 +421,8 @@ impl Tunnels {
         allow.expires_at = Some(rfc3339(i64::try_from(claims.exp).unwrap_or(i64::MAX)));
         if let Err(e) = self.trail.append(allow).await {
             tracing::error!(error = %e, "audit trail not writable; refusing tunnel");
+            self.metrics
+                .tunnel_refused(Some(customer.id.as_str()), TunnelRefusal::Unavailable);
             return text(StatusCode::SERVICE_UNAVAILABLE, "audit trail not writable");
         }
         // Stage: dial the configured address, never one the client names.
@@ -407,12 +435,16 @@ impl Tunnels {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let why = format!("target unreachable: {e}");
+                self.metrics
+                    .tunnel_refused(Some(customer.id.as_str()), TunnelRefusal::Unreachable);
                 return self
                     .unreachable(base(EventKind::TunnelFailed, Outcome::Failure, why))
                     .await;
             }
             Err(_) => {
                 let why = "target unreachable: connect timed out".into();
+                self.metrics
+                    .tunnel_refused(Some(customer.id.as_str()), TunnelRefusal::Unreachable);
                 return self
                     .unreachable(base(EventKind::TunnelFailed, Outcome::Failure, why))
                     .await;
@@ -443,6 +475,8 @@ impl Tunnels {
                     if let Err(e) = self.trail.append(ev).await {
                         tracing::error!(error = %e, "could not audit a failed capture");
                     }
+                    self.metrics
+                        .tunnel_refused(Some(customer.id.as_str()), TunnelRefusal::Unavailable);
                     return text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "session capture unavailable",
@@ -459,9 +493,14 @@ impl Tunnels {
         );
         if let Err(e) = self.trail.append(open).await {
             tracing::error!(error = %e, "audit trail not writable; refusing tunnel");
+            self.metrics
+                .tunnel_refused(Some(customer.id.as_str()), TunnelRefusal::Unavailable);
             return text(StatusCode::SERVICE_UNAVAILABLE, "audit trail not writable");
         }
         registration.opened();
+        if let Some(m) = &customer_metrics {
+            m.tunnel_opened();
+        }
         tracing::debug!(session = %session_id, technician = %conn.peer.id, customer = %customer.id, target = %target.id, "tunnel open");
         let on_upgrade = hyper::upgrade::on(&mut req);
         // The tunnel ends when the grant does, or the certificate it is bound to, whichever is first.
@@ -551,6 +590,9 @@ impl Tunnels {
             other => other.to_string(),
         };
         registration.closed(self.clock.unix(), &ev.reason);
+        if let Some(m) = &registration.session.counters.customer {
+            m.tunnel_closed();
+        }
         drop(registration);
         ev.bytes_up = Some(outcome.bytes_up);
         ev.bytes_down = Some(outcome.bytes_down);
@@ -582,6 +624,20 @@ impl Tunnels {
         // makes that hold for concurrent attempts too.
         let spent = r.counts && self.limiter.record_failure(key.clone());
         let over = spent || r.status == StatusCode::TOO_MANY_REQUESTS;
+        let counted = if over {
+            TunnelRefusal::RateLimited
+        } else {
+            r.kind
+        };
+        if over {
+            self.metrics.rate_limited(Limiter::AuthFailures);
+        }
+        self.metrics.tunnel_refused(
+            r.customer
+                .as_deref()
+                .filter(|c| self.config.load().customer(c).is_some()),
+            counted,
+        );
         let (status, answer, retry_after) = if spent {
             let wait = self
                 .limiter

@@ -10,6 +10,9 @@
 //! - `https`: `POST` of the records as JSON lines (`application/x-ndjson`), with an optional bearer
 //!   token; any 2xx confirms.
 //!
+//! Each sink counts its failed deliveries and reports its lag, the age of the oldest record it has
+//! not yet confirmed (`sallyport_siem_failures_total`, `sallyport_siem_lag_seconds`).
+//!
 //! Syslog has no acknowledgement, so each batch goes over its own connection, which is then closed
 //! from our side; the batch counts as delivered once the receiver has read everything and closed its
 //! side too. A receiver that dies mid-batch leaves it
@@ -60,6 +63,8 @@ pub struct Sink {
     pub index: usize,
     /// Where to.
     pub kind: SinkKind,
+    /// Its failed deliveries and its lag.
+    pub metrics: sallyport_metrics::SinkMetrics,
 }
 
 /// Where a sink stands: the last seq delivered, and where the line after it starts.
@@ -342,6 +347,7 @@ async fn run(
             }
             Err(_) => Vec::new(),
         };
+        sink.metrics.set_lag(lag(&batch));
         if batch.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -373,6 +379,7 @@ async fn run(
                     _ => "timed out".into(),
                 };
                 tracing::warn!(customer = %sink.customer, sink = ?sink.kind, error = %why, retry_in = ?backoff, waiting = batch.len(), "SIEM delivery failed; records wait on disk");
+                sink.metrics.delivery_failed();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -381,6 +388,18 @@ async fn run(
             }
         }
     }
+}
+
+/// How far behind a sink is that has `batch` to deliver next: the age of its oldest record (a
+/// checkpoint line has no `time` of its own and counts as caught up).
+fn lag(batch: &[Pending]) -> Duration {
+    let oldest = batch.first().and_then(|(_, line, _)| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        v["time"].as_str()?.parse::<jiff::Timestamp>().ok()
+    });
+    oldest
+        .and_then(|t| Duration::try_from(jiff::Timestamp::now().duration_since(t)).ok())
+        .unwrap_or(Duration::ZERO)
 }
 
 async fn deliver(sink: &Sink, batch: &[Pending], host: &str) -> Result<(), NotifyError> {

@@ -294,6 +294,18 @@ impl Notifier {
         }
     }
 
+    /// Notifications waiting in each customer's queue now (not counting the one being delivered).
+    pub fn queued(&self) -> Vec<(CustomerId, usize)> {
+        self.inner
+            .slots()
+            .iter()
+            .filter_map(|(c, slot)| match slot {
+                Slot::Queue(tx) => Some((c.clone(), tx.max_capacity() - tx.capacity())),
+                Slot::Refused(_) => None,
+            })
+            .collect()
+    }
+
     /// Takes no more notifications and waits until the workers have delivered, or given up on,
     /// everything queued (retries included). Workers stop only once every clone is dropped, so a
     /// caller drops its other clones first (a command that must not exit before the customer is told).

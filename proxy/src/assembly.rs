@@ -5,7 +5,9 @@
 //!   (with sessions left open by a stopped broker closed), the customers' webhooks;
 //! - the workflow (requests, grants, sessions, locks and the lock check) over those;
 //! - the gateway's live tunnels and CONNECT path, and the API;
-//! - the listener, with a handler that routes CONNECT to the gateway and everything else to the API.
+//! - the listener, with a handler that routes CONNECT to the gateway and everything else to the API;
+//! - one metrics registry ([`Metrics`]) every piece records into, served by the API's `/metrics` and
+//!   by the admin listener (`admin.listen`, plain HTTP: health, readiness, metrics).
 //!
 //! It then loads the active locks and starts the background services, each with the broker's
 //! shutdown token: request expiry, the lock refresh, the audit watcher, SIEM forwarding, the writing
@@ -24,6 +26,7 @@ use sallyport_config::{Config, ConfigError, SharedConfig};
 use sallyport_gateway::limiter::{Budget, FailureLimiter};
 use sallyport_gateway::{Listener, LiveSessions, Tunnels, TunnelsParts};
 use sallyport_ids::time::{Clock, now_unix};
+use sallyport_metrics::Metrics;
 use sallyport_notify::{GiveUp, Notifier};
 use sallyport_store::Store;
 use sallyport_store::sqlite::SqliteStore;
@@ -102,13 +105,22 @@ fn lock_data_dir(cfg: &Config) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// The customers' webhooks; a delivery that gives up is logged and recorded on the customer's trail.
-fn notifier(cfg: &Config, trail: AuditLog, shutdown: CancellationToken) -> Notifier {
+/// The customers' webhooks; a delivery that gives up is logged, counted and recorded on the
+/// customer's trail.
+fn notifier(
+    cfg: &Config,
+    trail: AuditLog,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Notifier {
     Notifier::start(
         sallyport_workflow::reload::webhooks(cfg),
         &sallyport_certs::tls::default_client(),
         move |g: GiveUp| {
             tracing::warn!(customer = %g.customer, event = %g.event, delivery = %g.delivery_id, attempts = g.attempts, error = %g.error, "webhook delivery failed");
+            if let Some(m) = metrics.customer(g.customer.as_str()) {
+                m.webhook_failed();
+            }
             let ev = sallyport_workflow::webhook_failed(g);
             let trail = trail.clone();
             tokio::spawn(async move {
@@ -140,11 +152,13 @@ impl Broker {
         let checkpoints = checkpoints(&cfg)?;
         let audit_key = sallyport_audit::checkpoint::public_key_json(&checkpoints.signer);
         let chains: Vec<&str> = cfg.customers.iter().map(|c| c.id.as_str()).collect();
-        let (trail, writer) = AuditLog::open_with(
+        let metrics = Metrics::new(cfg.customers.iter().map(|c| &c.id));
+        let (trail, writer) = AuditLog::open_metered(
             &cfg.data_dir.join("audit"),
             &chains,
             Some(checkpoints),
             cfg.audit.retention_days,
+            metrics.clone(),
         )
         .map_err(anyhow::Error::from)?;
         let store = open_store(&cfg)?;
@@ -174,9 +188,10 @@ impl Broker {
         let cx = Context {
             db: db.clone(),
             trail: trail.clone(),
-            notifier: notifier(&cfg, trail.clone(), shutdown.clone()),
+            notifier: notifier(&cfg, trail.clone(), metrics.clone(), shutdown.clone()),
             clock: clock.clone(),
             refusals: refusals.clone(),
+            metrics: metrics.clone(),
         };
         let sessions = LiveSessions::start(store);
         let tunnels_of: Arc<dyn LiveTunnels> = sessions.clone();
@@ -214,7 +229,7 @@ impl Broker {
             gate.clone(),
         );
         let tasks = TaskTracker::new();
-        let siem = start_siem(&cfg, &trail, &shutdown, &tasks);
+        let siem = start_siem(&cfg, &trail, &metrics, &shutdown, &tasks);
         let reloader = Reloader::new(ReloaderParts {
             config: config.clone(),
             overrides,
@@ -253,6 +268,7 @@ impl Broker {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
             clock,
+            metrics: metrics.clone(),
         });
         let listener = Listener::new(
             server_tls,
@@ -262,7 +278,8 @@ impl Broker {
             refusals.clone(),
             shutdown.clone(),
             tasks.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
         let api = Arc::new(Api {
             workflow,
             config: config.clone(),
@@ -271,6 +288,7 @@ impl Broker {
             trail_health: trail.health().clone(),
             sessions: sessions.clone(),
             slots: listener.slots(),
+            metrics: metrics.clone(),
         });
         Ok(Broker {
             config,
@@ -325,6 +343,34 @@ impl Broker {
                     .into(),
             })
         })
+    }
+
+    /// Binds the admin listener (`admin.listen`), when there is one.
+    pub async fn bind_admin(&self) -> Result<Option<TcpListener>, Failure> {
+        let config = self.config.load();
+        let Some(addr) = config.admin.listen else {
+            return Ok(None);
+        };
+        TcpListener::bind(addr).await.map(Some).map_err(|e| {
+            Failure::Config(ConfigError {
+                location: config.file.display().to_string(),
+                field: "admin.listen".into(),
+                message: format!("cannot listen on {addr}: {e}"),
+                fix: "stop whatever uses that port, or pick another with --admin-listen or admin.listen"
+                    .into(),
+            })
+        })
+    }
+
+    /// Serves health, readiness and metrics on `listener` (from [`Broker::bind_admin`]) until
+    /// shutdown, next to the broker.
+    pub fn serve_admin(&self, listener: TcpListener) {
+        self.tasks.spawn(sallyport_api::admin::serve(
+            listener,
+            self.api.clone(),
+            self.shutdown.clone(),
+            self.tasks.clone(),
+        ));
     }
 
     /// Starts the background services and serves on `listener` until shutdown; then drains
@@ -382,12 +428,13 @@ impl Broker {
 fn start_siem(
     config: &Config,
     trail: &AuditLog,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Option<Arc<sallyport_notify::siem::Forwarders>> {
     let audit: PathBuf = config.data_dir.join("audit");
     match sallyport_notify::siem::start(
-        sallyport_workflow::reload::sinks(config),
+        sallyport_workflow::reload::sinks(config, metrics),
         audit,
         config.data_dir.join("siem"),
         trail.health().clone(),

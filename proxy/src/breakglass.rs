@@ -178,6 +178,7 @@ pub fn mint(cfg: &Config, req: &BreakGlass<'_>) -> Result<String, Failure> {
             trail: trail.clone(),
             notifier: notifier.clone(),
             clock: Clock::system(),
+            metrics: sallyport_metrics::Metrics::default(),
         };
         let ask = Ask {
             customer,

@@ -2,15 +2,16 @@
 //! dispatch to each command group: [`serve`] (the broker, and its embedded demo), [`access`] (the API
 //! commands of technicians, approvers and auditors), [`connect`] (the technician's tunnels),
 //! [`locks`] (`lock`, `unlock`, `locks`), [`audit`] (verify, bundle, capture, export), [`certs`]
-//! (identity folders), [`config`] (`config check`), [`reload`], and `init` and `grant`
-//! (break-glass) here. What a command does lives in the library crates; this module parses, calls,
-//! and prints.
+//! (identity folders), [`config`] (`config check`), [`reload`], [`health`] (a readiness probe of
+//! the admin listener), and `init` and `grant` (break-glass) here. What a command does lives in the
+//! library crates; this module parses, calls, and prints.
 
 pub mod access;
 pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod connect;
+pub mod health;
 pub mod locks;
 pub mod reload;
 pub mod serve;
@@ -105,6 +106,19 @@ enum Command {
         /// 127.0.0.1 (default 7070), when 7070 is taken.
         #[arg(long, value_name = "N", conflicts_with = "config")]
         demo_port: Option<u16>,
+        /// Serve health, readiness and metrics over plain HTTP here, instead of `admin.listen`
+        /// (port 0 picks a free port; the address is printed).
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Ask a broker's admin listener whether it is ready: exits 0 when it is, 1 (saying why) when not.
+    ///
+    /// GETs http://ADDR/readyz (audit trail writable, store answering, policies loaded), for a
+    /// container HEALTHCHECK or a script; no certificate needed.
+    Health {
+        /// The admin listener, HOST:PORT (`admin.listen`), e.g. 127.0.0.1:9090.
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
     },
     /// Create a broker folder: config, PKI, grant and audit signing keys; the demo, or with --host a
     /// real broker.
@@ -401,7 +415,9 @@ fn run(cmd: Command) -> Result<(), Failure> {
             listen,
             worker_threads,
             demo_port,
-        } => serve::serve(config, listen, worker_threads, demo_port),
+            admin_listen,
+        } => serve::serve(config, listen, worker_threads, demo_port, admin_listen),
+        Command::Health { admin } => health::health(&admin).map_err(Failure::Other),
         Command::Init {
             dir,
             hosts,

@@ -260,6 +260,12 @@ trust_domain = "{TRUST_DOMAIN}"
 public_address = "{public}"
 
 {COMMON_TABLES}
+[admin]
+# Health, readiness and metrics over plain HTTP, no certificate (`sallyport health --admin
+# 127.0.0.1:9090`, the container's HEALTHCHECK, a Prometheus scrape). Loopback only: widen it to a
+# management network, never the internet.
+listen = "127.0.0.1:9090"
+
 # No customer yet: the broker starts and serves with none. Add one [[customers]] table per
 # customer, each with its Cedar policy file (README: "Policies (Cedar)"), for example:
 #

@@ -308,6 +308,10 @@ pub trait Store: Send + Sync {
     ) -> Result<RequestRecord, StoreError>;
     /// Cancels a pending request that has not expired by `now` (its technician withdrew it).
     fn cancel(&self, id: &RequestId, now: i64) -> Result<RequestRecord, StoreError>;
+
+    /// How many requests each customer has in each status (pairs with none are left out): cheap,
+    /// from the index, for metrics and readiness.
+    fn request_counts(&self) -> Result<Vec<(CustomerId, RequestStatus, u64)>, StoreError>;
     /// Expires pending requests whose time is up; returns them.
     fn expire_pending(&self, now: i64) -> Result<Vec<RequestRecord>, StoreError>;
     /// Records a grant issued without a request (break-glass).

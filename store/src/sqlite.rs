@@ -583,6 +583,36 @@ impl Store for SqliteStore {
         })
     }
 
+    fn request_counts(&self) -> Result<Vec<(CustomerId, RequestStatus, u64)>, StoreError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT customer, status, COUNT(*) FROM requests GROUP BY customer, status",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (customer, status, n) = row.map_err(backend)?;
+                let customer = customer.parse().map_err(|e| {
+                    StoreError::Backend(format!("stored customer `{customer}`: {e}"))
+                })?;
+                let status = RequestStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Backend(format!("stored status `{status}`")))?;
+                out.push((customer, status, u64::try_from(n).unwrap_or(0)));
+            }
+            Ok(out)
+        })
+    }
+
     fn approve(
         &self,
         id: &RequestId,

@@ -108,6 +108,8 @@ pub struct Context {
     pub clock: Clock,
     /// Where refusals are recorded, bounded.
     pub refusals: RefusalTrail,
+    /// What the workflow counts: filings over their rate, the time from filing to approval.
+    pub metrics: sallyport_metrics::Metrics,
 }
 
 impl Context {
@@ -156,6 +158,7 @@ pub(crate) fn test_context(
             },
             chains.iter().filter_map(|c| c.parse().ok()),
         ),
+        metrics: sallyport_metrics::Metrics::default(),
     };
     (cx, store, writer)
 }

@@ -196,6 +196,14 @@ impl LockView {
         self.current().ids.len()
     }
 
+    /// How many of the locks the view holds are still in force at `now` (`sallyport_locks_active`).
+    pub fn active_at(&self, now: i64) -> usize {
+        self.current()
+            .all()
+            .filter(|a| a.expires_at.is_none_or(|end| end > now))
+            .count()
+    }
+
     /// Whether the view holds no lock.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

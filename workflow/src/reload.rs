@@ -97,7 +97,7 @@ pub struct ReloaderParts {
 }
 
 /// The SIEM sinks of `config`.
-pub fn sinks(config: &Config) -> Vec<Sink> {
+pub fn sinks(config: &Config, metrics: &sallyport_metrics::Metrics) -> Vec<Sink> {
     config
         .customers
         .iter()
@@ -106,6 +106,7 @@ pub fn sinks(config: &Config) -> Vec<Sink> {
                 customer: c.id.clone(),
                 index,
                 kind: kind.clone(),
+                metrics: metrics.siem_sink(&c.id, index),
             })
         })
         .collect()
@@ -183,6 +184,10 @@ impl Reloader {
         // On the trail before it takes effect.
         self.record(&new, &change, by).await?;
         let new = Arc::new(new);
+        // A new customer's series exist before its first tunnel or request can count into them.
+        for id in &change.added {
+            me.cx.metrics.add_customer(id);
+        }
         me.config.store(new.clone());
         let ids: Vec<CustomerId> = new.customers.iter().map(|c| c.id.clone()).collect();
         me.cx.refusals.set_customers(ids.iter().cloned());
@@ -190,7 +195,8 @@ impl Reloader {
         let touched = |c: &CustomerId| change.changed.contains(c) || change.added.contains(c);
         me.cx.notifier.reconfigure(webhooks(&new), &touched);
         if let Some(siem) = &me.siem {
-            siem.reconfigure(sinks(&new), &touched).await;
+            siem.reconfigure(sinks(&new, &me.cx.metrics), &touched)
+                .await;
         }
         let closed = me.tunnels.recheck(&new, me.cx.clock.now(), POLICY_CHANGED);
         for (s, why) in &closed {

@@ -222,9 +222,14 @@ impl Requests {
         }
         self.filings
             .check(&caller.peer.id.to_string())
-            .map_err(|wait| WorkflowError::RateLimited {
-                what: "access requests filed",
-                wait,
+            .map_err(|wait| {
+                self.cx
+                    .metrics
+                    .rate_limited(sallyport_metrics::Limiter::RequestFilings);
+                WorkflowError::RateLimited {
+                    what: "access requests filed",
+                    wait,
+                }
             })?;
         Ok(Filer { caller })
     }
@@ -653,6 +658,10 @@ impl Requests {
                 missing
             }
             Approval::Granted(_) => {
+                if let Some(m) = self.cx.metrics.customer(f.customer.as_str()) {
+                    let waited = u64::try_from(at.saturating_sub(f.created_at)).unwrap_or(0);
+                    m.approved_after(std::time::Duration::from_secs(waited));
+                }
                 self.record_approval(&rec, &approver.to_string(), Some(caller.ip), &decided, said)
                     .await?;
                 self.notify(

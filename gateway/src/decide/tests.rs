@@ -424,3 +424,96 @@ fn a_live_tunnel_is_checked_again_under_a_new_catalogue() {
     let gone = still_allowed(live("127.0.0.1:7070"), &fewer, now).unwrap_err();
     assert!(gone.contains("no longer configured"), "{gone}");
 }
+
+#[test]
+fn every_refusal_is_counted_under_its_reason() {
+    use TunnelRefusal as T;
+    let cases = [
+        (
+            Case {
+                grant: GrantCheck::Missing,
+                ..case("no grant")
+            },
+            T::MissingGrant,
+        ),
+        (
+            Case {
+                grant: GrantCheck::Refused {
+                    error: GrantError::BadSignature,
+                    signed: None,
+                },
+                ..case("a forged grant")
+            },
+            T::InvalidGrant,
+        ),
+        (
+            Case {
+                grant: with(|c| c.exp = NOW as u64),
+                ..case("past exp")
+            },
+            T::InvalidGrant,
+        ),
+        (
+            Case {
+                grant: with(|c| c.cnf.x5t_s256 = "other".into()),
+                ..case("bound to another certificate")
+            },
+            T::WrongCertificate,
+        ),
+        (
+            Case {
+                peer: peer("spiffe://sallyport.local/approver/acme/bob", &[]),
+                grant: with(|c| c.sub = id("spiffe://sallyport.local/approver/acme/bob")),
+                ..case("an approver's certificate")
+            },
+            T::WrongCertificate,
+        ),
+        (
+            Case {
+                uri: "web:7070",
+                ..case("a malformed authority")
+            },
+            T::BadAuthority,
+        ),
+        (
+            Case {
+                uri: "web.globex:7070",
+                ..case("another customer")
+            },
+            T::WrongTarget,
+        ),
+        (
+            Case {
+                uri: "mail.acme:25",
+                ..case("an unknown target")
+            },
+            T::UnknownTarget,
+        ),
+        (
+            Case {
+                uri: "web.acme:22",
+                ..case("another port")
+            },
+            T::WrongTarget,
+        ),
+        (
+            Case {
+                hour: -5,
+                ..case("outside the policy's hours")
+            },
+            T::PolicyDenied,
+        ),
+    ];
+    for (c, want) in cases {
+        let r = run(&c)
+            .err()
+            .unwrap_or_else(|| panic!("{}: allowed", c.name));
+        assert_eq!(r.kind, want, "{}", c.name);
+    }
+    // What the gateway refuses outside `decide` takes its reason from the status unless it says more.
+    let late = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, EventKind::Decision, "x");
+    assert_eq!(late.kind, T::Unavailable);
+    let revoked =
+        Refusal::new(StatusCode::FORBIDDEN, EventKind::Decision, "x").counted_as(T::Revoked);
+    assert_eq!(revoked.kind, T::Revoked);
+}

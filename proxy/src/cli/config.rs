@@ -56,6 +56,12 @@ fn summary(cfg: &Config) -> String {
         cfg.tls.key.display(),
         if cfg.tls.crl { ", CRL published" } else { "" }
     );
+    out += &match cfg.admin.listen {
+        Some(a) => format!("admin: health, readiness and metrics on http://{a}\n"),
+        None => {
+            "admin: no admin listener (set [admin] listen for health checks and metrics)\n".into()
+        }
+    };
     out += &format!("customers: {}\n", cfg.customers.len());
     if cfg.customers.is_empty() {
         out +=

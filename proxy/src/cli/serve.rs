@@ -21,6 +21,7 @@ pub fn serve(
     listen: Option<SocketAddr>,
     worker_threads: Option<usize>,
     demo_port: Option<u16>,
+    admin_listen: Option<SocketAddr>,
 ) -> Result<(), Failure> {
     let embedded = config.is_none();
     if demo_port == Some(0) {
@@ -56,6 +57,9 @@ pub fn serve(
     let overrides: Overrides = Arc::new(move |cfg: &mut Config| {
         if let Some(l) = listen {
             cfg.listen = l;
+        }
+        if let Some(a) = admin_listen {
+            cfg.admin.listen = Some(a);
         }
         if let Some(n) = worker_threads {
             cfg.worker_threads = n;
@@ -94,6 +98,13 @@ pub fn serve(
         reload_on_hangup(hangups, broker.reloader(), shutdown);
         let addr = listener.local_addr()?;
         let cfg = broker.config();
+        // The admin line comes first: whoever waits for `listening on` has both addresses then.
+        if let Some(admin) = broker.bind_admin().await? {
+            let at = admin.local_addr()?;
+            broker.serve_admin(admin);
+            println!("sallyport: admin listening on {at}");
+            tracing::info!(listen = %at, "admin listener started (health, readiness, metrics)");
+        }
         println!("sallyport: listening on {addr}");
         tracing::info!(listen = %addr, config = %cfg.file.display(), "broker started");
         if embedded {

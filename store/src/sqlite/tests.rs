@@ -505,3 +505,22 @@ fn the_cancelled_status_migration_keeps_every_row_and_its_references() {
         .is_err()
     );
 }
+
+#[test]
+fn request_counts_group_by_customer_and_status() {
+    let (_d, s) = open();
+    assert!(s.request_counts().unwrap().is_empty());
+    s.file_request(&req("r1", 1), None, 1_000).unwrap();
+    s.file_request(&req("r2", 1), None, 1_000).unwrap();
+    s.file_request(&req("r3", 1), None, 1_000).unwrap();
+    s.deny(&id("r3"), &bob(), "not now", 1_001).unwrap();
+    let mut counts = s.request_counts().unwrap();
+    counts.sort_by_key(|(_, st, _)| st.as_str());
+    assert_eq!(
+        counts,
+        vec![
+            (id("acme"), RequestStatus::Denied, 1),
+            (id("acme"), RequestStatus::Pending, 2),
+        ]
+    );
+}

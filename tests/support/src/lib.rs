@@ -517,6 +517,8 @@ pub struct Broker {
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin listener listens (`admin.listen` or `--admin-listen`), when it has one.
+    pub admin: Option<SocketAddr>,
     /// Lines it printed on stdout after the listening line, collected by a thread.
     pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -546,6 +548,7 @@ impl Broker {
         });
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
+        let mut admin = None;
         let addr = loop {
             line.clear();
             if out.read_line(&mut line).unwrap() == 0 {
@@ -554,6 +557,9 @@ impl Broker {
                     "broker exited ({status}) before listening:\n{}",
                     err_lines.lock().unwrap().join("\n")
                 );
+            }
+            if let Some(a) = line.trim().strip_prefix("sallyport: admin listening on ") {
+                admin = Some(a.parse().unwrap());
             }
             if let Some(a) = line.trim().strip_prefix("sallyport: listening on ") {
                 break a.parse().unwrap();
@@ -569,6 +575,7 @@ impl Broker {
         Broker {
             child,
             addr,
+            admin,
             stdout,
         }
     }
@@ -589,6 +596,38 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One plain HTTP/1.1 request (no TLS, no certificate) to `addr`, as a load balancer or Prometheus
+/// sends it; returns the status, the headers (lowercase names) and the body, read until the server
+/// closes.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }
 
 /// A loopback echo server on port 0, one thread per connection; runs until the test process ends.
