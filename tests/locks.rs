@@ -83,14 +83,6 @@ async fn tunnel(b: &Broker, identity: &IdentityDir, authority: &str, grant: &str
     a
 }
 
-/// Waits for the broker to end a tunnel (EOF or reset); fails after a generous 30 s.
-async fn wait_cut(a: &mut Answer) {
-    let mut rest = Vec::new();
-    let ended =
-        tokio::time::timeout(Duration::from_secs(30), a.stream.read_to_end(&mut rest)).await;
-    assert!(ended.is_ok(), "the tunnel was not cut");
-}
-
 /// One `/v1` call over a fresh mTLS connection as `identity`: the status and the JSON answer.
 async fn api(
     b: &Broker,
@@ -158,7 +150,7 @@ async fn a_lock_by_spiffe_id_cuts_the_live_tunnel_at_once_and_refuses_tunnels_th
         "{out}"
     );
     let lock_id = lock_id_of(&out);
-    wait_cut(&mut live).await;
+    live.wait_cut().await;
     let close = s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
     assert_eq!(
         close["reason"],
@@ -308,7 +300,7 @@ async fn a_lock_of_one_certificate_refuses_it_but_a_reissued_certificate_works()
         "{out}"
     );
     assert!(out.contains("1 live session(s) closed"), "{out}");
-    wait_cut(&mut live_old).await;
+    live_old.wait_cut().await;
     let refused = tunnel(&b, &old, &authority, &old_grant).await;
     assert_eq!(refused.status, 403);
     assert!(
@@ -429,7 +421,7 @@ async fn certs_issue_replace_locks_the_earlier_certificate_of_a_running_broker()
     );
     assert!(stdout.contains("locked earlier certificate"), "{stdout}");
     // The running broker picks the lock up by itself and cuts the old certificate's tunnel.
-    wait_cut(&mut live).await;
+    live.wait_cut().await;
     let close = s.wait_for_audit("acme", |r| r["event"] == "tunnel_close");
     assert!(
         close["reason"]
@@ -531,7 +523,7 @@ async fn an_approver_locks_technicians_for_their_own_customer_only() {
         "{out}"
     );
     let lock_id = lock_id_of(&out);
-    wait_cut(&mut in_acme).await;
+    in_acme.wait_cut().await;
     in_globex.stream.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     in_globex.stream.read_exact(&mut buf).await.unwrap();

@@ -89,14 +89,6 @@ async fn echo(a: &mut Answer) {
     assert_eq!(&buf, b"ping");
 }
 
-/// Waits for the broker to end a tunnel; fails after a generous 30 s.
-async fn wait_cut(a: &mut Answer) {
-    let mut rest = Vec::new();
-    let ended =
-        tokio::time::timeout(Duration::from_secs(30), a.stream.read_to_end(&mut rest)).await;
-    assert!(ended.is_ok(), "the tunnel was not cut");
-}
-
 /// `sallyport reload` as `who`: exit code, stdout, stderr.
 fn reload(s: &Setup, b: &Broker, who: &str) -> (i32, String, String) {
     let out = Command::new(&s.bin)
@@ -237,7 +229,7 @@ async fn sighup_closes_the_tunnels_a_new_policy_forbids_and_only_those() {
     let line = printed(&b, "sallyport: reloaded");
     assert!(line.contains("1 changed"), "{line}");
     assert!(line.contains("1 tunnel(s) closed"), "{line}");
-    wait_cut(&mut acme).await;
+    acme.wait_cut().await;
     echo(&mut globex).await;
 
     let close = s.wait_for_audit("acme", |r| {

@@ -17,39 +17,21 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sallyport_testkit::{
-    Broker, CustomerSpec, Setup, connector, echo_server, eventually, request, webhook_receiver,
+    Broker, CustomerSpec, Setup, connector, echo_server, eventually, request,
+    support_with_approvals, webhook_receiver,
 };
 use sha2::Sha256;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 
-/// Technicians of group `support` may request and connect (up to 60 minutes, after `approvals`
-/// approvals); the customer's approvers may approve.
-fn policy(customer: &str, approvals: u32) -> String {
-    format!(
-        r#"@id("support-requests")
-@approvals("{approvals}")
-@max_minutes("60")
-permit (
-  principal in Sallyport::Group::"support",
-  action in [Sallyport::Action::"request", Sallyport::Action::"connect"],
-  resource in Sallyport::Customer::"{customer}"
-);
-@id("approvers")
-permit (
-  principal is Sallyport::Approver in Sallyport::Customer::"{customer}",
-  action == Sallyport::Action::"approve",
-  resource in Sallyport::Customer::"{customer}"
-);
-"#
-    )
-}
-
 /// `acme` (target `db01`, `acme_approvals` approvals) and `globex` (target `app`, one approval),
 /// both loopback echo servers.
 fn two_customers(acme_approvals: u32, limits: &str) -> Setup {
     let s = Setup::init(BIN);
-    let (acme, globex) = (policy("acme", acme_approvals), policy("globex", 1));
+    let (acme, globex) = (
+        support_with_approvals("acme", acme_approvals),
+        support_with_approvals("globex", 1),
+    );
     s.write_config(
         &[
             CustomerSpec {
@@ -399,7 +381,10 @@ fn quorum_self_approval_tenant_walls_and_denial() {
 #[test]
 fn instant_approval_is_audited_and_sessions_are_ended_by_the_customer_only() {
     let s = Setup::init(BIN);
-    let (acme, globex) = (policy("acme", 1), policy("globex", 0));
+    let (acme, globex) = (
+        support_with_approvals("acme", 1),
+        support_with_approvals("globex", 0),
+    );
     s.write_config(
         &[
             CustomerSpec {

@@ -17,30 +17,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use sallyport_testkit::{Broker, CustomerSpec, Setup, echo_server, webhook_receiver};
+use sallyport_testkit::{
+    Broker, CustomerSpec, Setup, echo_server, support_with_approvals, webhook_receiver,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 
 /// Technicians of group `support` may request and connect (up to 60 minutes, one approval);
 /// the customer's approvers may approve.
 fn policy(customer: &str) -> String {
-    format!(
-        r#"@id("support-requests")
-@approvals("1")
-@max_minutes("60")
-permit (
-  principal in Sallyport::Group::"support",
-  action in [Sallyport::Action::"request", Sallyport::Action::"connect"],
-  resource in Sallyport::Customer::"{customer}"
-);
-@id("approvers")
-permit (
-  principal is Sallyport::Approver in Sallyport::Customer::"{customer}",
-  action == Sallyport::Action::"approve",
-  resource in Sallyport::Customer::"{customer}"
-);
-"#
-    )
+    support_with_approvals(customer, 1)
 }
 
 /// A policy that lets nobody request anything.

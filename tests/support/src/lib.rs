@@ -46,6 +46,28 @@ pub fn allow_support(customer: &str) -> String {
     )
 }
 
+/// Technicians of group `support` may request and connect (up to 60 minutes, after `approvals`
+/// approvals); the customer's approvers may approve.
+pub fn support_with_approvals(customer: &str, approvals: u32) -> String {
+    format!(
+        r#"@id("support-requests")
+@approvals("{approvals}")
+@max_minutes("60")
+permit (
+  principal in Sallyport::Group::"support",
+  action in [Sallyport::Action::"request", Sallyport::Action::"connect"],
+  resource in Sallyport::Customer::"{customer}"
+);
+@id("approvers")
+permit (
+  principal is Sallyport::Approver in Sallyport::Customer::"{customer}",
+  action == Sallyport::Action::"approve",
+  resource in Sallyport::Customer::"{customer}"
+);
+"#
+    )
+}
+
 /// A broker folder created by the real `sallyport init` in a temporary directory.
 pub struct Setup {
     _tmp: tempfile::TempDir,
@@ -696,6 +718,14 @@ impl Answer {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Waits for the broker to end this tunnel (EOF or reset); fails after a generous 30 s.
+    pub async fn wait_cut(&mut self) {
+        let mut rest = Vec::new();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(30), self.stream.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "the tunnel was not cut");
     }
 }
 
