@@ -1,10 +1,9 @@
-//! The client side of the broker for the CLI: an mTLS HTTP/1.1 connection to the broker with an
-//! identity folder, used by `sallyport connect` (CONNECT tunnels, and finding the grant to use) and
-//! the API commands.
+//! The API side of the client: an mTLS HTTP/1.1 connection to the broker with an identity folder,
+//! used by `sallyport connect` (CONNECT tunnels, and finding the grant to use) and the API commands;
+//! JSON calls and their errors in the broker's words.
 
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -15,6 +14,8 @@ use sallyport_certs::identity_dir::IdentityDir;
 use sallyport_certs::tls::PemFiles;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+use crate::{ClientError, Result};
 
 /// How to reach the broker as one identity.
 #[derive(Clone)]
@@ -35,14 +36,18 @@ impl std::fmt::Debug for BrokerClient {
 
 impl BrokerClient {
     /// A client presenting `identity`, talking to `broker` (default: the identity's `broker` file).
-    pub fn new(identity: &IdentityDir, broker: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(identity: &IdentityDir, broker: Option<&str>) -> Result<Self> {
         let broker = broker.unwrap_or(&identity.broker).to_owned();
         let host = broker
             .rsplit_once(':')
             .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .ok_or_else(|| anyhow!("broker address `{broker}` is not HOST:PORT"))?;
+            .ok_or_else(|| {
+                ClientError::Input(format!(
+                    "broker address `{broker}` is not HOST:PORT: check --broker or the identity folder's `broker` file"
+                ))
+            })?;
         let server_name = ServerName::try_from(host.to_owned())
-            .map_err(|e| anyhow!("broker host `{host}`: {e}"))?;
+            .map_err(|e| ClientError::Input(format!("broker host `{host}`: {e}")))?;
         let (ca_n, cert_n, key_n) = identity.pem_files();
         let client = sallyport_certs::tls::client_config(PemFiles {
             ca: (&identity.ca_pem, &ca_n),
@@ -57,10 +62,13 @@ impl BrokerClient {
     }
 
     /// Opens one mTLS HTTP/1.1 connection (with upgrades, for CONNECT).
-    pub async fn open(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    pub async fn open(&self) -> Result<SendRequest<Full<Bytes>>> {
         let tcp = TcpStream::connect(&self.broker)
             .await
-            .with_context(|| format!("connecting to the broker at {}", self.broker))?;
+            .map_err(|error| ClientError::Io {
+                what: format!("connecting to the broker at {}", self.broker),
+                error,
+            })?;
         let _ = tcp.set_nodelay(true);
         let tls = self
             .connector
@@ -68,9 +76,11 @@ impl BrokerClient {
             .await
             .map_err(|e| {
                 tracing::debug!(error = %e, "TLS handshake with the broker failed");
-                anyhow!(handshake_words(&e, &self.broker))
+                ClientError::Handshake(handshake_words(&e, &self.broker))
             })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(ClientError::http("starting HTTP with the broker"))?;
         tokio::spawn(conn.with_upgrades());
         Ok(sender)
     }
@@ -81,7 +91,7 @@ impl BrokerClient {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    ) -> Result<(StatusCode, serde_json::Value)> {
         let mut sender = self.open().await?;
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let req = Request::builder()
@@ -89,13 +99,18 @@ impl BrokerClient {
             .uri(path)
             .header(hyper::header::HOST, &self.broker)
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(bytes)))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .context("the broker closed the connection (is the client certificate valid?)")?;
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(ClientError::request)?;
+        let resp = sender.send_request(req).await.map_err(ClientError::http(
+            "the broker closed the connection (is the client certificate valid?)",
+        ))?;
         let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::http("reading the broker's answer"))?
+            .to_bytes();
         let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
         Ok((status, value))
     }
@@ -133,17 +148,19 @@ pub fn words(status: StatusCode, body: &serde_json::Value) -> String {
 }
 
 /// `customer/target` split in two.
-pub fn split(spec: &str) -> anyhow::Result<(&str, &str)> {
+pub fn split(spec: &str) -> Result<(&str, &str)> {
     spec.split_once('/')
         .filter(|(c, t)| !c.is_empty() && !t.is_empty())
-        .ok_or_else(|| anyhow!("`{spec}` is not CUSTOMER/TARGET, e.g. acme/db01"))
+        .ok_or_else(|| {
+            ClientError::Input(format!("`{spec}` is not CUSTOMER/TARGET, e.g. acme/db01"))
+        })
 }
 
 /// A `GET` of the API; a non-2xx answer becomes the error, in the broker's words.
-pub async fn get(client: &BrokerClient, path: &str) -> anyhow::Result<serde_json::Value> {
+pub async fn get(client: &BrokerClient, path: &str) -> Result<serde_json::Value> {
     let (status, v) = client.call(Method::GET, path, None).await?;
     if !status.is_success() {
-        return Err(anyhow!(words(status, &v)));
+        return Err(ClientError::Refused(words(status, &v)));
     }
     Ok(v)
 }
@@ -161,7 +178,7 @@ pub enum Usable {
 
 /// The grant of the caller's newest approved request for `customer/target` that still has one to
 /// give (not revoked, not expired), or the newest pending request for it.
-pub async fn usable_grant(client: &BrokerClient, spec: &str) -> anyhow::Result<Usable> {
+pub async fn usable_grant(client: &BrokerClient, spec: &str) -> Result<Usable> {
     let (customer, target) = split(spec)?;
     let list = get(client, "/v1/requests").await?;
     let now = jiff::Timestamp::now();

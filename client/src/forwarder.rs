@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,7 +19,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
-use crate::client::BrokerClient;
+use crate::{BrokerClient, ClientError, Result};
+
+/// How long before a grant ends [`warn_before_end`] warns.
+pub const WARN_BEFORE_END: i64 = 5 * 60;
 
 /// Longest refusal body read from the broker.
 const MAX_REFUSAL: usize = 2048;
@@ -83,21 +85,24 @@ pub fn in_words(secs: i64) -> String {
 
 impl Grant {
     /// Reads the claims of `token`, checking that it is for `spec` (`customer/target`) when given.
-    pub fn peek(token: &str, spec: Option<&str>) -> anyhow::Result<Self> {
-        let payload = token
-            .split('.')
-            .nth(1)
-            .ok_or_else(|| anyhow!("the grant is not a JWT"))?;
-        let p: Peek = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .context("the grant is not a JWT")?,
-        )
-        .context("the grant has no customer, target, port, id or window")?;
+    pub fn peek(token: &str, spec: Option<&str>) -> Result<Self> {
+        let not_jwt = || ClientError::Input("the grant is not a JWT".into());
+        let payload = token.split('.').nth(1).ok_or_else(not_jwt)?;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| not_jwt())?;
+        let p: Peek = serde_json::from_slice(&json).map_err(|e| {
+            ClientError::Input(format!(
+                "the grant has no customer, target, port, id or window: {e}"
+            ))
+        })?;
         if let Some(spec) = spec {
-            let (customer, target) = crate::client::split(spec)?;
+            let (customer, target) = crate::api::split(spec)?;
             if p.customer != customer || p.target != target {
-                bail!("the grant is for {}/{}, not {spec}", p.customer, p.target);
+                return Err(ClientError::Input(format!(
+                    "the grant is for {}/{}, not {spec}",
+                    p.customer, p.target
+                )));
             }
         }
         Ok(Self {
@@ -196,7 +201,10 @@ pub struct Opened {
 }
 
 /// One CONNECT under `grant` through `client`: the tunnel, or the broker's refusal in words.
-pub async fn open(client: &BrokerClient, grant: &Grant) -> anyhow::Result<Result<Opened, Refused>> {
+pub async fn open(
+    client: &BrokerClient,
+    grant: &Grant,
+) -> Result<std::result::Result<Opened, Refused>> {
     let authority = grant.authority();
     let mut sender = client.open().await?;
     let req = Request::builder()
@@ -207,11 +215,11 @@ pub async fn open(client: &BrokerClient, grant: &Grant) -> anyhow::Result<Result
             hyper::header::PROXY_AUTHORIZATION,
             format!("Bearer {}", grant.token),
         )
-        .body(Full::new(Bytes::new()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .context("the broker closed the connection (is the client certificate valid?)")?;
+        .body(Full::new(Bytes::new()))
+        .map_err(ClientError::request)?;
+    let resp = sender.send_request(req).await.map_err(ClientError::http(
+        "the broker closed the connection (is the client certificate valid?)",
+    ))?;
     let status = resp.status();
     if status != StatusCode::OK {
         let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
@@ -231,7 +239,9 @@ pub async fn open(client: &BrokerClient, grant: &Grant) -> anyhow::Result<Result
         .get("sallyport-session")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let upgraded = hyper::upgrade::on(resp).await?;
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(ClientError::http("opening the tunnel"))?;
     Ok(Ok(Opened {
         io: TokioIo::new(upgraded),
         session,
@@ -306,7 +316,7 @@ pub async fn tunnel<L: AsyncRead + AsyncWrite + Unpin>(
     client: &BrokerClient,
     grant: &Grant,
     local: &mut L,
-) -> anyhow::Result<Result<Option<String>, Refused>> {
+) -> Result<std::result::Result<Option<String>, Refused>> {
     let mut opened = match open(client, grant).await? {
         Ok(o) => o,
         Err(refused) => return Ok(Err(refused)),
@@ -381,14 +391,13 @@ where
 
 /// Serves `listener`: one tunnel per accepted connection, until the process ends. Refusals and
 /// tunnels ended from outside are said on stderr.
-pub async fn serve(
-    client: BrokerClient,
-    grant: Grant,
-    listener: TcpListener,
-) -> anyhow::Result<()> {
+pub async fn serve(client: BrokerClient, grant: Grant, listener: TcpListener) -> Result<()> {
     let spec = grant.spec();
     loop {
-        let (mut local, addr) = listener.accept().await?;
+        let (mut local, addr) = listener.accept().await.map_err(|error| ClientError::Io {
+            what: "accepting a local connection".into(),
+            error,
+        })?;
         let _ = local.set_nodelay(true);
         let (client, grant, spec) = (client.clone(), grant.clone(), spec.clone());
         tokio::spawn(async move {
@@ -400,8 +409,8 @@ pub async fn serve(
                     refused.explain(&grant)
                 ),
                 Err(e) => {
-                    tracing::debug!(client = %addr, error = %format!("{e:#}"), "tunnel failed");
-                    eprintln!("sallyport: tunnel to {spec} failed: {e:#}");
+                    tracing::debug!(client = %addr, error = %e, "tunnel failed");
+                    eprintln!("sallyport: tunnel to {spec} failed: {e}");
                 }
             }
         });
@@ -409,10 +418,33 @@ pub async fn serve(
 }
 
 /// Binds a local listener for `flag` (`--listen` or `--socks`).
-pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+pub async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr}; pick another {flag} address"))
+        .map_err(|error| ClientError::Io {
+            what: format!("cannot listen on {addr}; pick another {flag} address"),
+            error,
+        })
+}
+
+/// Says on stderr, once, when `grant` is [`WARN_BEFORE_END`] from its end (at once when it is
+/// closer).
+pub async fn warn_before_end(grant: Grant) {
+    let now = jiff::Timestamp::now().as_second();
+    if grant.exp <= now {
+        return;
+    }
+    let at = grant.exp - WARN_BEFORE_END;
+    if at > now {
+        tokio::time::sleep(Duration::from_secs(u64::try_from(at - now).unwrap_or(0))).await;
+    }
+    let left = grant.exp - jiff::Timestamp::now().as_second();
+    let spec = grant.spec();
+    eprintln!(
+        "sallyport: warning: the grant for {spec} ends at {} ({}); its tunnels close then. For more time: sallyport request {spec} --minutes M --reason TEXT",
+        when(grant.exp),
+        in_words(left)
+    );
 }
 
 #[cfg(test)]

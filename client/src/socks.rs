@@ -22,8 +22,8 @@ use hyper::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::client::{BrokerClient, Usable};
 use crate::forwarder::{self, Grant, in_words, when};
+use crate::{BrokerClient, ClientError, Result, Usable};
 
 /// How long a client has to say where it wants to go.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -242,13 +242,11 @@ impl Grants {
             return Ok(g.clone());
         }
         kept.retain(|_, g| g.exp > now);
-        let fetched = tokio::time::timeout(
-            FETCH_TIMEOUT,
-            crate::client::usable_grant(&self.client, spec),
-        )
-        .await
-        .map_err(|_| "the broker did not answer in time".to_owned())?
-        .map_err(|e| format!("{e:#}"))?;
+        let fetched =
+            tokio::time::timeout(FETCH_TIMEOUT, crate::api::usable_grant(&self.client, spec))
+                .await
+                .map_err(|_| "the broker did not answer in time".to_owned())?
+                .map_err(|e| e.to_string())?;
         let token = match fetched {
             Usable::Token(t) => t,
             Usable::Pending(id) => {
@@ -258,7 +256,7 @@ impl Grants {
             }
             Usable::None(why) => return Err(why),
         };
-        let g = Grant::peek(&token, Some(spec)).map_err(|e| format!("{e:#}"))?;
+        let g = Grant::peek(&token, Some(spec)).map_err(|e| e.to_string())?;
         if kept.len() < MAX_GRANTS {
             kept.insert(spec.to_owned(), g.clone());
         }
@@ -269,7 +267,7 @@ impl Grants {
             .unwrap_or_else(|p| p.into_inner())
             .insert(g.gid.clone());
         if first {
-            tokio::spawn(crate::cli::connect::warn_before_end(g.clone()));
+            tokio::spawn(forwarder::warn_before_end(g.clone()));
         }
         Ok(g)
     }
@@ -280,7 +278,7 @@ impl Grants {
 }
 
 /// Serves SOCKS5 on `listener` until the process ends.
-pub async fn serve(client: BrokerClient, listener: TcpListener) -> anyhow::Result<()> {
+pub async fn serve(client: BrokerClient, listener: TcpListener) -> Result<()> {
     let grants = Arc::new(Grants {
         client,
         kept: tokio::sync::Mutex::new(HashMap::new()),
@@ -288,7 +286,10 @@ pub async fn serve(client: BrokerClient, listener: TcpListener) -> anyhow::Resul
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut local, addr) = listener.accept().await?;
+        let (mut local, addr) = listener.accept().await.map_err(|error| ClientError::Io {
+            what: "accepting a SOCKS connection".into(),
+            error,
+        })?;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::info!(client = %addr, "SOCKS connection refused: {MAX_CONNECTIONS} already open");
             drop(local);
@@ -364,7 +365,7 @@ async fn one<S: AsyncRead + AsyncWrite + Unpin>(grants: &Grants, local: &mut S) 
             return;
         }
         Err(e) => {
-            refuse(Reply::GeneralFailure, &format!("{e:#}"));
+            refuse(Reply::GeneralFailure, &e.to_string());
             let _ = reply(local, Reply::GeneralFailure).await;
             return;
         }

@@ -183,7 +183,7 @@ pub fn sessions(
 }
 
 fn split_target(spec: &str) -> anyhow::Result<(&str, &str)> {
-    crate::client::split(spec)
+    Ok(sallyport_client::api::split(spec)?)
 }
 
 /// Prints one line on stdout. When stdout is gone (`sallyport requests | head -1`), the command ends
@@ -220,10 +220,10 @@ pub(super) fn call(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
     let identity = IdentityDir::read(&args.identity)?;
-    let client = crate::client::BrokerClient::new(&identity, args.broker.as_deref())?;
+    let client = sallyport_client::BrokerClient::new(&identity, args.broker.as_deref())?;
     let (status, v) = runtime()?.block_on(client.call(method, path, body))?;
     if !status.is_success() {
-        return Err(anyhow!(crate::client::error_message(status, &v)));
+        return Err(anyhow!(sallyport_client::api::error_message(status, &v)));
     }
     Ok(v)
 }
@@ -502,7 +502,7 @@ pub fn grants(
 /// `sallyport revoke GRANT_ID --reason WHY`.
 pub fn revoke(grant_id: &str, reason: &str, args: &ClientArgs) -> anyhow::Result<()> {
     let identity = IdentityDir::read(&args.identity)?;
-    let client = crate::client::BrokerClient::new(&identity, args.broker.as_deref())?;
+    let client = sallyport_client::BrokerClient::new(&identity, args.broker.as_deref())?;
     let rt = runtime()?;
     let (status, body) = rt.block_on(client.call(
         hyper::Method::POST,
@@ -510,7 +510,7 @@ pub fn revoke(grant_id: &str, reason: &str, args: &ClientArgs) -> anyhow::Result
         Some(serde_json::json!({ "reason": reason })),
     ))?;
     if !status.is_success() {
-        return Err(anyhow!(crate::client::error_message(status, &body)));
+        return Err(anyhow!(sallyport_client::api::error_message(status, &body)));
     }
     if args.json {
         emit(&body);

@@ -1,6 +1,6 @@
 //! `sallyport connect`: a technician's way in, in one of three modes, exactly one of which is given:
 //! `--listen ADDR` (a local port for one target, one tunnel per connection), `--socks ADDR` (one
-//! local SOCKS5 port for every target the technician holds a grant for, [`crate::socks`]) and
+//! local SOCKS5 port for every target the technician holds a grant for, [`sallyport_client::socks`]) and
 //! `--stdio` (one tunnel over stdin and stdout, for `ssh -o ProxyCommand`; nothing but tunnel bytes
 //! on stdout). It finds the grant (a file, or the technician's approved request, or with `--wait`
 //! the pending one once it is decided), says when a grant is not valid yet (and waits for its
@@ -15,11 +15,8 @@ use anyhow::{Context, anyhow, bail};
 use sallyport_certs::identity_dir::IdentityDir;
 
 use super::runtime;
-use crate::client::{BrokerClient, Usable};
-use crate::forwarder::{Grant, in_words, when};
-
-/// How long before a grant ends `connect` warns.
-pub const WARN_BEFORE_END: i64 = 5 * 60;
+use sallyport_client::forwarder::{Grant, in_words, warn_before_end, when};
+use sallyport_client::{BrokerClient, Usable};
 
 /// The longest pause between two looks at a pending request (`--wait`).
 const MAX_POLL: Duration = Duration::from_secs(5);
@@ -66,32 +63,13 @@ enum Mode {
     Stdio,
 }
 
-/// Says on stderr, once, when `grant` is five minutes from its end (at once when it is closer).
-pub async fn warn_before_end(grant: Grant) {
-    let now = jiff::Timestamp::now().as_second();
-    if grant.exp <= now {
-        return;
-    }
-    let at = grant.exp - WARN_BEFORE_END;
-    if at > now {
-        tokio::time::sleep(Duration::from_secs(u64::try_from(at - now).unwrap_or(0))).await;
-    }
-    let left = grant.exp - jiff::Timestamp::now().as_second();
-    let spec = grant.spec();
-    eprintln!(
-        "sallyport: warning: the grant for {spec} ends at {} ({}); its tunnels close then. For more time: sallyport request {spec} --minutes M --reason TEXT",
-        when(grant.exp),
-        in_words(left)
-    );
-}
-
 /// Waits for pending request `id` for `spec` to be decided, saying on stderr how it stands each
 /// time that changes; returns the grant's token once approved.
 async fn wait_for(client: &BrokerClient, spec: &str, id: &str) -> anyhow::Result<String> {
     let mut last = String::new();
     let mut pause = Duration::from_secs(1);
     loop {
-        let r = crate::client::get(client, &format!("/v1/requests/{id}")).await?;
+        let r = sallyport_client::api::get(client, &format!("/v1/requests/{id}")).await?;
         match r["status"].as_str().unwrap_or("") {
             "pending" => {
                 let state = format!(
@@ -122,7 +100,8 @@ async fn wait_for(client: &BrokerClient, spec: &str, id: &str) -> anyhow::Result
                         format!(" by {}", by.join(", "))
                     }
                 );
-                let g = crate::client::get(client, &format!("/v1/requests/{id}/grant")).await?;
+                let g =
+                    sallyport_client::api::get(client, &format!("/v1/requests/{id}/grant")).await?;
                 return g["token"]
                     .as_str()
                     .map(str::to_owned)
@@ -157,7 +136,7 @@ async fn find_grant(
             .with_context(|| format!("reading the grant {}", file.display()))?
             .trim()
             .to_owned(),
-        None => match crate::client::usable_grant(client, spec).await? {
+        None => match sallyport_client::api::usable_grant(client, spec).await? {
             Usable::Token(t) => t,
             Usable::Pending(id) if args.wait => wait_for(client, spec, &id).await?,
             Usable::Pending(id) => bail!(
@@ -223,7 +202,7 @@ pub fn connect(args: &ConnectArgs) -> anyhow::Result<()> {
             );
         }
         return rt.block_on(async move {
-            let listener = crate::forwarder::bind(addr, "--socks").await?;
+            let listener = sallyport_client::forwarder::bind(addr, "--socks").await?;
             let local = listener.local_addr()?;
             say_listening(&[
                 format!("sallyport: SOCKS5 on {local}"),
@@ -232,7 +211,7 @@ pub fn connect(args: &ConnectArgs) -> anyhow::Result<()> {
                 ),
             ]);
             tokio::select! {
-                r = crate::socks::serve(client, listener) => r,
+                r = sallyport_client::socks::serve(client, listener) => r.map_err(anyhow::Error::from),
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
         });
@@ -242,7 +221,7 @@ pub fn connect(args: &ConnectArgs) -> anyhow::Result<()> {
             "name the target as CUSTOMER/TARGET, e.g. `sallyport connect acme/db01 --listen 127.0.0.1:15432`"
         );
     };
-    crate::client::split(spec)?;
+    sallyport_client::api::split(spec)?;
     rt.block_on(async move {
         let grant = tokio::select! {
             g = find_grant(args, &client, spec) => g?,
@@ -251,7 +230,7 @@ pub fn connect(args: &ConnectArgs) -> anyhow::Result<()> {
         tokio::spawn(warn_before_end(grant.clone()));
         match mode {
             Mode::Listen(addr) => {
-                let listener = crate::forwarder::bind(addr, "--listen").await?;
+                let listener = sallyport_client::forwarder::bind(addr, "--listen").await?;
                 let local = listener.local_addr()?;
                 say_listening(&[
                     format!("sallyport: listening on {local}"),
@@ -261,14 +240,16 @@ pub fn connect(args: &ConnectArgs) -> anyhow::Result<()> {
                     ),
                 ]);
                 tokio::select! {
-                    r = crate::forwarder::serve(client, grant, listener) => r,
+                    r = sallyport_client::forwarder::serve(client, grant, listener) => {
+                        r.map_err(anyhow::Error::from)
+                    }
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
             }
             Mode::Stdio => {
                 let mut local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
                 let ended = tokio::select! {
-                    r = crate::forwarder::tunnel(&client, &grant, &mut local) => r?,
+                    r = sallyport_client::forwarder::tunnel(&client, &grant, &mut local) => r?,
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 };
                 match ended {

@@ -12,8 +12,11 @@ use super::{ClientArgs, Failure, runtime};
 /// `sallyport reload`.
 pub fn reload(args: &ClientArgs) -> Result<(), Failure> {
     let identity = IdentityDir::read(args.identity()).map_err(anyhow::Error::from)?;
-    let client = crate::client::BrokerClient::new(&identity, args.broker())?;
-    let (status, v) = runtime()?.block_on(client.call(hyper::Method::POST, "/v1/reload", None))?;
+    let client = sallyport_client::BrokerClient::new(&identity, args.broker())
+        .map_err(anyhow::Error::from)?;
+    let (status, v) = runtime()?
+        .block_on(client.call(hyper::Method::POST, "/v1/reload", None))
+        .map_err(anyhow::Error::from)?;
     if status == hyper::StatusCode::UNPROCESSABLE_ENTITY {
         let message = v["error"]["message"].as_str().unwrap_or("refused");
         return Err(Failure::Refused(format!(
@@ -21,9 +24,9 @@ pub fn reload(args: &ClientArgs) -> Result<(), Failure> {
         )));
     }
     if !status.is_success() {
-        return Err(Failure::Other(anyhow!(crate::client::error_message(
-            status, &v
-        ))));
+        return Err(Failure::Other(anyhow!(
+            sallyport_client::api::error_message(status, &v)
+        )));
     }
     if args.json {
         println!("{v}");
