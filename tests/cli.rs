@@ -867,6 +867,28 @@ fn config_check_exits_64_naming_the_key_line_and_fix() {
     );
     assert!(err.contains("fix: did you mean `listen`?"), "{err}");
     assert!(out.is_empty(), "{out}");
+    // The fix points to documentation the binary carries, not to a file of the source tree.
+    assert!(err.contains("`sallyport config example`"), "{err}");
+    assert!(!err.contains("deploy/"), "{err}");
+    let (code, example, _) = run(&[os("config"), os("example")]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        example,
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/sallyport.toml"
+        ))
+        .unwrap()
+    );
+    for key in [
+        "listen",
+        "public_address",
+        "[admin]",
+        "[limits]",
+        "[[customers]]",
+    ] {
+        assert!(example.contains(key), "{key} not in the example");
+    }
 
     std::fs::write(
         s.config(),

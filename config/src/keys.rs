@@ -8,8 +8,9 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-/// Where every key is documented: named in every fix, never a source file.
-pub(crate) const DOCUMENTED: &str = "deploy/sallyport.toml documents every key";
+/// Where every key is documented: named in every fix, never a source file (the binary prints the
+/// reference configuration wherever it is installed).
+pub(crate) const DOCUMENTED: &str = "`sallyport config example` prints every key with its meaning";
 
 /// The key path of the innermost key or value whose span holds `offset`, or `None` when the text
 /// does not parse as TOML (a syntax error) or nothing there holds it.
@@ -227,7 +228,7 @@ mod tests {
         let fix = u.fix("[server]");
         assert!(fix.starts_with("did you mean `listen`?"), "{fix}");
         assert!(
-            fix.contains("`data_dir`") && fix.contains("deploy/sallyport.toml"),
+            fix.contains("`data_dir`") && fix.contains("sallyport config example"),
             "{fix}"
         );
 

@@ -75,7 +75,7 @@ impl Validator<'_> {
                 format!("correct the TOML at that line; {}", keys::DOCUMENTED)
             } else {
                 format!(
-                    "see `{}` in deploy/sallyport.toml for what it takes",
+                    "see `{}` in `sallyport config example` for what it takes",
                     field.rsplit('.').next().unwrap_or(&field)
                 )
             },

@@ -92,7 +92,7 @@ enum Command {
     /// Without --config, uses ./sallyport-data (running `init` there first if needed), serves the demo
     /// target, and prints the demo identities and a session that works as printed.
     Serve {
-        /// Configuration file (see deploy/sallyport.toml).
+        /// Configuration file (`sallyport config example` prints every key).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Listen here instead of `server.listen` (port 0 picks a free port).
@@ -596,7 +596,7 @@ fn init(
     if written.identities.is_empty() {
         println!("no customer and no identity yet. Next:");
         println!(
-            "  1. add customers, their targets and policies to {config} (every key: deploy/sallyport.toml)"
+            "  1. add customers, their targets and policies to {config} (every key: `sallyport config example`)"
         );
         println!("  2. check it:        sallyport config check --config {config}");
         println!(

@@ -208,7 +208,7 @@ connect_timeout_seconds = 5
 fn config_text(port: u16) -> String {
     format!(
         r#"# Sallyport broker configuration, written by `sallyport init`.
-# Paths are relative to this file. deploy/sallyport.toml in the source tree explains every key.
+# Paths are relative to this file. `sallyport config example` prints every key with its meaning.
 
 [server]
 listen = "127.0.0.1:{port}"
@@ -247,8 +247,8 @@ fn production_config_text(port: u16, public: &str, data_dir: &Path) -> anyhow::R
         })?;
     Ok(format!(
         r#"# Sallyport broker configuration, written by `sallyport init --host`.
-# Paths are relative to this file. deploy/sallyport.toml explains every key; check this file with
-# `sallyport config check --config FILE`.
+# Paths are relative to this file. `sallyport config example` prints every key with its meaning;
+# check this file with `sallyport config check --config FILE`.
 
 [server]
 # Every interface: technicians reach the broker at public_address.

@@ -1,7 +1,9 @@
 //! `sallyport config check`: loads a configuration the way `serve` does (every key, every policy,
 //! webhook and SIEM sink, and the keys and certificates it names) and prints what it found: the
 //! server settings, each customer with its targets, its policies with their ids and digest, and its
-//! sinks. An invalid file exits 64 with the same error `serve` would give.
+//! sinks. An invalid file exits 64 with the same error `serve` would give. `sallyport config
+//! example` prints the reference configuration, every key with its meaning, so the documentation
+//! of each setting a configuration error names travels with the binary.
 
 use std::path::PathBuf;
 
@@ -22,7 +24,15 @@ pub enum ConfigCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the reference configuration: every key, with its meaning and default, commented.
+    ///
+    /// The settings a configuration error names are documented here; the output is itself a valid
+    /// configuration once its paths exist (`sallyport config example > sallyport.toml`).
+    Example,
 }
+
+/// The reference configuration, `deploy/sallyport.toml` in the sources.
+const EXAMPLE: &str = include_str!("../../../deploy/sallyport.toml");
 
 /// Runs a `config` command.
 pub fn run(cmd: ConfigCommand) -> Result<(), Failure> {
@@ -34,6 +44,12 @@ pub fn run(cmd: ConfigCommand) -> Result<(), Failure> {
             cfg.grant_signer()?;
             cfg.audit_signer()?;
             print!("{}", summary(&cfg));
+            Ok(())
+        }
+        ConfigCommand::Example => {
+            use std::io::Write as _;
+            // A reader that stops early (`| head`) ends it quietly.
+            let _ = std::io::stdout().write_all(EXAMPLE.as_bytes());
             Ok(())
         }
     }
