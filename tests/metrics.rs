@@ -22,7 +22,7 @@ use sallyport_testkit::{
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 
 /// Every family README.md documents, as it appears in `# TYPE` lines.
-const FAMILIES: [&str; 19] = [
+const FAMILIES: [&str; 20] = [
     "sallyport_tunnels_opened",
     "sallyport_tunnels_refused",
     "sallyport_tunnels_live",
@@ -42,6 +42,7 @@ const FAMILIES: [&str; 19] = [
     "sallyport_live_sessions",
     "sallyport_handshakes_in_progress",
     "sallyport_handshake_slots_refused",
+    "sallyport_config_reloads",
 ];
 
 /// Technicians of group `support` may request and connect; acme's approvers approve (one needed).

@@ -3,7 +3,8 @@
 //! its metrics series from then on;
 //! `SIGHUP` with a policy that no longer permits a live tunnel closes it with reason `policy
 //! changed` and leaves the others running; a bad file, a restart-only change and a caller who is no
-//! admin are refused, and the configuration in force keeps serving, tunnels included.
+//! admin are refused, and the configuration in force keeps serving, tunnels included; reloads are
+//! counted by outcome.
 #![expect(
     clippy::unwrap_used,
     reason = "a test fails loudly on anything unexpected"
@@ -352,6 +353,15 @@ async fn a_bad_file_is_refused_and_the_configuration_in_force_keeps_serving() {
         out.contains("added none; changed none; removed none"),
         "{out}"
     );
+    // Counted for alerting: the five refused (by SIGHUP and by `reload`), this one applied; the
+    // approver's call never got to a reload.
+    let text = scrape(&b);
+    for series in [
+        "sallyport_config_reloads_total{outcome=\"refused\"} 5\n",
+        "sallyport_config_reloads_total{outcome=\"applied\"} 1\n",
+    ] {
+        assert!(text.contains(series), "{series} not in:\n{text}");
+    }
     drop(live);
     // A broker that reloaded still stops cleanly, its trail complete.
     assert!(b.terminate().success());

@@ -261,6 +261,34 @@ pub(crate) struct LimiterLabel {
     pub(crate) limiter: Limiter,
 }
 
+/// How a reload of the configuration ended (`outcome` of `sallyport_config_reloads_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReloadOutcome {
+    /// The new configuration is in force.
+    Applied,
+    /// It was refused (a bad file, a restart-only change, a record not written); the old one serves.
+    Refused,
+}
+
+impl ReloadOutcome {
+    /// Every outcome, in the order of their counters.
+    pub const ALL: [ReloadOutcome; 2] = [ReloadOutcome::Applied, ReloadOutcome::Refused];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Applied => "applied",
+            ReloadOutcome::Refused => "refused",
+        }
+    }
+}
+label_value!(ReloadOutcome);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: ReloadOutcome,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SinkLabels {
     pub(crate) customer: String,

@@ -29,9 +29,12 @@ use prometheus_client::registry::{Registry, Unit};
 use sallyport_ids::CustomerId;
 
 use labels::{
-    BytesLabels, CustomerLabel, KindLabel, LimiterLabel, RefusalLabels, RequestLabels, SinkLabels,
+    BytesLabels, CustomerLabel, KindLabel, LimiterLabel, OutcomeLabel, RefusalLabels,
+    RequestLabels, SinkLabels,
 };
-pub use labels::{Direction, HandshakeFailure, Limiter, RequestState, TunnelRefusal};
+pub use labels::{
+    Direction, HandshakeFailure, Limiter, ReloadOutcome, RequestState, TunnelRefusal,
+};
 pub use prometheus_client::metrics::counter::Counter;
 
 /// The `Content-Type` of [`Metrics::encode`]'s text.
@@ -119,6 +122,7 @@ struct Inner {
     live_sessions: Gauge,
     handshakes_in_progress: Gauge,
     locks_active: Gauge,
+    reloads: [Counter; ReloadOutcome::ALL.len()],
 }
 
 /// One customer's series, resolved once. Recording is an atomic operation on a handle.
@@ -329,6 +333,14 @@ impl Metrics {
             "Locks in force now (identities and certificates barred).",
             locks_active.clone(),
         );
+        let reload_family = Family::<OutcomeLabel, Counter>::default();
+        r.register(
+            "config_reloads",
+            "Reloads of the configuration (SIGHUP, sallyport reload), by outcome.",
+            reload_family.clone(),
+        );
+        let reloads =
+            ReloadOutcome::ALL.map(|outcome| resolve(&reload_family, &OutcomeLabel { outcome }));
         let unattributed = TunnelRefusal::ALL.map(|reason| {
             let labels = RefusalLabels {
                 customer: NO_CUSTOMER.into(),
@@ -349,6 +361,7 @@ impl Metrics {
             live_sessions,
             handshakes_in_progress,
             locks_active,
+            reloads,
         }));
         for c in customers {
             metrics.add_customer(c);
@@ -472,6 +485,11 @@ impl Metrics {
             failures: resolve(&f.siem_failures, &labels),
             lag: resolve(&f.siem_lag, &labels),
         }
+    }
+
+    /// A reload of the configuration ended with `outcome`.
+    pub fn reloaded(&self, outcome: ReloadOutcome) {
+        self.0.reloads[outcome as usize].inc();
     }
 
     /// Tunnels open now (`sallyport_live_sessions`).

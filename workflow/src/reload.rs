@@ -137,8 +137,18 @@ impl Reloader {
         }
     }
 
-    /// Reloads the configuration file in force, for `by` (`SIGHUP`, or the admin's SPIFFE id).
+    /// Reloads the configuration file in force, for `by` (`SIGHUP`, or the admin's SPIFFE id);
+    /// counted by outcome (`sallyport_config_reloads_total`).
     pub async fn reload(&self, by: &str) -> Result<Reloaded, ReloadError> {
+        let done = self.reload_once(by).await;
+        self.inner.cx.metrics.reloaded(match done {
+            Ok(_) => sallyport_metrics::ReloadOutcome::Applied,
+            Err(_) => sallyport_metrics::ReloadOutcome::Refused,
+        });
+        done
+    }
+
+    async fn reload_once(&self, by: &str) -> Result<Reloaded, ReloadError> {
         let me = &self.inner;
         let _one = me.busy.lock().await;
         let old = me.config.load();
