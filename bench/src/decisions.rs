@@ -166,6 +166,7 @@ impl Fixture {
             minutes: 60,
             source_ip: std::net::IpAddr::from([10, 3, 0, 9]),
             ticket: None,
+            mfa: false,
         };
         policy
             .decide(Action::Connect, &subject, &info, &ctx)

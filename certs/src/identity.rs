@@ -10,7 +10,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::CertsError;
-use crate::pki::SUBJECT_DIRECTORY_ATTRIBUTES;
+use crate::pki::{SUBJECT_DIRECTORY_ATTRIBUTES, SignIn};
 
 /// The identity carried by a verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,9 @@ pub struct PeerIdentity {
     pub thumbprint: [u8; 32],
     /// When the certificate expires.
     pub not_after: SystemTime,
+    /// The identity-provider sign-in it was issued on (`sallyport login`); `None` for certificates
+    /// from `certs issue`.
+    pub signin: Option<SignIn>,
 }
 
 /// The serial number of a DER certificate.
@@ -39,6 +42,12 @@ impl PeerIdentity {
         CertFingerprint::from_digest(self.thumbprint)
     }
 
+    /// Whether its holder signed in with more than one factor (a certificate from `certs issue`
+    /// records no sign-in, so no).
+    pub fn mfa(&self) -> bool {
+        self.signin.as_ref().is_some_and(|s| s.mfa)
+    }
+
     /// Reads the identity from a DER certificate and checks it belongs to `trust_domain`.
     ///
     /// This does not verify the certificate chain: call it on certificates rustls has verified.
@@ -47,6 +56,7 @@ impl PeerIdentity {
             .map_err(|e| CertsError::Identity(format!("unparsable certificate: {e}")))?;
         let mut uris = Vec::new();
         let mut groups = Vec::new();
+        let mut signin = None;
         for ext in cert.extensions() {
             match ext.parsed_extension() {
                 ParsedExtension::SubjectAlternativeName(san) => {
@@ -61,7 +71,9 @@ impl PeerIdentity {
                     .iter()
                     .is_some_and(|arcs| arcs.eq(SUBJECT_DIRECTORY_ATTRIBUTES.iter().copied())) =>
                 {
-                    for g in crate::pki::decode_groups(ext.value)? {
+                    let (names, read) = crate::pki::decode_attributes(ext.value)?;
+                    signin = read;
+                    for g in names {
                         groups.push(g.parse().map_err(|e| {
                             CertsError::Identity(format!("bad group in certificate: {e}"))
                         })?);
@@ -90,6 +102,7 @@ impl PeerIdentity {
             groups,
             thumbprint: crate::cert_thumbprint(der),
             not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            signin,
         })
     }
 }

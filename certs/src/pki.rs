@@ -24,6 +24,30 @@ use crate::CertsError;
 pub const SUBJECT_DIRECTORY_ATTRIBUTES: &[u64] = &[2, 5, 29, 9];
 /// OID of the `organizationalUnitName` attribute, used for groups.
 pub const OU_ATTRIBUTE: &[u64] = &[2, 5, 4, 11];
+/// OID of the `description` attribute, used for the sign-in a certificate was issued on
+/// ([`SignIn`]): one value, `sallyport-signin ` followed by its JSON.
+pub const DESCRIPTION_ATTRIBUTE: &[u64] = &[2, 5, 4, 13];
+/// What a sign-in attribute's value starts with.
+const SIGNIN_PREFIX: &str = "sallyport-signin ";
+
+/// The identity-provider sign-in a client certificate was issued on (`sallyport login`), carried in
+/// the certificate so that every later decision knows how its holder authenticated. Certificates
+/// from `certs issue` carry none.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignIn {
+    /// The IdP (`iss` of the ID token).
+    #[serde(rename = "iss")]
+    pub issuer: String,
+    /// The person at that IdP (`sub`).
+    #[serde(rename = "sub")]
+    pub subject: String,
+    /// How they authenticated (`amr`, RFC 8176).
+    pub amr: Vec<String>,
+    /// Whether that was multi-factor.
+    pub mfa: bool,
+    /// When they authenticated, Unix seconds (`auth_time`, or the token's `iat` without one).
+    pub auth_time: u64,
+}
 
 /// When a certificate is valid.
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +190,42 @@ impl CertificateAuthority {
         validity: Validity,
     ) -> Result<Issued, CertsError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let params = client_params(id, groups, None, validity)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues a client certificate naming `id`, carrying `groups` and the `signin` it was issued
+    /// on, for the public key of a certificate signing request (PEM) whose key stayed with its
+    /// holder. The request's signature must verify (proof that the holder has the key); nothing
+    /// else of it is used. Returns the certificate, PEM.
+    pub fn issue_for_request(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        groups: &[GroupName],
+        signin: &SignIn,
+        validity: Validity,
+    ) -> Result<String, CertsError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            CertsError::Identity(format!("the certificate signing request is not usable: {e}"))
+        })?;
+        let params = client_params(id, groups, Some(signin), validity)?;
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+}
+
+/// What every client certificate says: the SPIFFE id, client authentication, and the attributes.
+fn client_params(
+    id: &SpiffeId,
+    groups: &[GroupName],
+    signin: Option<&SignIn>,
+    validity: Validity,
+) -> Result<CertificateParams, CertsError> {
+    {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, id.principal().name().as_str());
@@ -175,18 +235,14 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
-        if !groups.is_empty() {
+        if !groups.is_empty() || signin.is_some() {
             params.custom_extensions = vec![CustomExtension::from_oid_content(
                 SUBJECT_DIRECTORY_ATTRIBUTES,
-                encode_groups(groups),
+                encode_attributes(groups, signin),
             )];
         }
         set_validity(&mut params, validity);
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(params)
     }
 }
 
@@ -230,28 +286,41 @@ impl CertificateAuthority {
     }
 }
 
-/// DER of `SEQUENCE { SEQUENCE { OID ou, SET OF UTF8String } }`.
-fn encode_groups(groups: &[GroupName]) -> Vec<u8> {
+/// DER of `SEQUENCE { SEQUENCE { OID ou, SET OF UTF8String } [, SEQUENCE { OID description,
+/// SET OF UTF8String }] }`: the groups, then the sign-in if there is one.
+fn encode_attributes(groups: &[GroupName], signin: Option<&SignIn>) -> Vec<u8> {
+    let signin = signin.map(|s| format!("{SIGNIN_PREFIX}{}", serde_json::json!(s)));
     yasna::construct_der(|w| {
         w.write_sequence(|w| {
-            w.next().write_sequence(|w| {
-                w.next()
-                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(OU_ATTRIBUTE));
-                w.next().write_set_of(|w| {
-                    for g in groups {
-                        w.next().write_utf8_string(g.as_str());
-                    }
+            if !groups.is_empty() {
+                w.next().write_sequence(|w| {
+                    w.next()
+                        .write_oid(&yasna::models::ObjectIdentifier::from_slice(OU_ATTRIBUTE));
+                    w.next().write_set_of(|w| {
+                        for g in groups {
+                            w.next().write_utf8_string(g.as_str());
+                        }
+                    });
                 });
-            });
+            }
+            if let Some(s) = &signin {
+                w.next().write_sequence(|w| {
+                    w.next().write_oid(&yasna::models::ObjectIdentifier::from_slice(
+                        DESCRIPTION_ATTRIBUTE,
+                    ));
+                    w.next().write_set_of(|w| w.next().write_utf8_string(s));
+                });
+            }
         });
     })
 }
 
-/// Reads the groups back from a Subject Directory Attributes extension value.
-pub(crate) fn decode_groups(der: &[u8]) -> Result<Vec<String>, CertsError> {
+/// Reads the groups and the sign-in back from a Subject Directory Attributes extension value.
+pub(crate) fn decode_attributes(der: &[u8]) -> Result<(Vec<String>, Option<SignIn>), CertsError> {
     let ou = yasna::models::ObjectIdentifier::from_slice(OU_ATTRIBUTE);
-    yasna::parse_der(der, |r| {
-        let mut groups = Vec::new();
+    let description = yasna::models::ObjectIdentifier::from_slice(DESCRIPTION_ATTRIBUTE);
+    let (groups, descriptions) = yasna::parse_der(der, |r| {
+        let (mut groups, mut descriptions) = (Vec::new(), Vec::new());
         r.read_sequence_of(|r| {
             r.read_sequence(|r| {
                 let oid = r.next().read_oid()?;
@@ -259,14 +328,28 @@ pub(crate) fn decode_groups(der: &[u8]) -> Result<Vec<String>, CertsError> {
                     let v = r.read_utf8string()?;
                     if oid == ou {
                         groups.push(v);
+                    } else if oid == description {
+                        descriptions.push(v);
                     }
                     Ok(())
                 })
             })
         })?;
-        Ok(groups)
+        Ok((groups, descriptions))
     })
-    .map_err(|e| CertsError::Identity(format!("unreadable groups extension: {e}")))
+    .map_err(|e| CertsError::Identity(format!("unreadable attributes extension: {e}")))?;
+    let mut signin = None;
+    for d in descriptions {
+        if let Some(json) = d.strip_prefix(SIGNIN_PREFIX) {
+            if signin.is_some() {
+                return Err(CertsError::Identity("two sign-in attributes".into()));
+            }
+            signin = Some(serde_json::from_str(json).map_err(|e| {
+                CertsError::Identity(format!("unreadable sign-in attribute: {e}"))
+            })?);
+        }
+    }
+    Ok((groups, signin))
 }
 
 #[cfg(test)]
@@ -276,9 +359,20 @@ mod tests {
     #[test]
     fn groups_round_trip() {
         let groups: Vec<GroupName> = vec!["oncall".parse().unwrap(), "dba".parse().unwrap()];
-        let mut back = decode_groups(&encode_groups(&groups)).unwrap();
+        let (mut back, signin) = decode_attributes(&encode_attributes(&groups, None)).unwrap();
         back.sort();
         assert_eq!(back, vec!["dba", "oncall"]);
+        assert_eq!(signin, None);
+        let s = SignIn {
+            issuer: "https://idp.example".into(),
+            subject: "u-1".into(),
+            amr: vec!["pwd".into(), "otp".into()],
+            mfa: true,
+            auth_time: 1_700_000_000,
+        };
+        let (back, signin) = decode_attributes(&encode_attributes(&[], Some(&s))).unwrap();
+        assert!(back.is_empty());
+        assert_eq!(signin, Some(s));
     }
 
     #[test]

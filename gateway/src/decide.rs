@@ -362,6 +362,7 @@ fn connect_policy(
         minutes,
         source_ip: ip,
         ticket: None,
+        mfa: peer.mfa(),
     };
     Some(
         customer

@@ -120,7 +120,7 @@ pub(crate) fn store(
 }
 
 /// The request context: `hour` and `weekday` of `local` (the request time in the customer's zone),
-/// `minutes`, `source_ip` and `ticket`, as a record of values. Only `source_ip` needs evaluating (the
+/// `minutes`, `source_ip`, `ticket` and `mfa`, as a record of values. Only `source_ip` needs evaluating (the
 /// `ip` extension function); the rest are literals.
 pub(crate) fn context(
     shared: &Shared,
@@ -139,6 +139,7 @@ pub(crate) fn context(
             "ticket".into(),
             string(ctx.ticket.as_deref().unwrap_or_default()),
         ),
+        ("mfa".into(), Value::from(ctx.mfa)),
     ]))))
 }
 

@@ -32,6 +32,7 @@
 //!     minutes: 60,
 //!     source_ip: "192.0.2.7".parse()?,
 //!     ticket: None,
+//!     mfa: false,
 //! };
 //! let decision = acme.decide(Action::Connect, &alice, &web, &ctx);
 //! assert!(decision.allowed);

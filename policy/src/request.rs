@@ -85,6 +85,8 @@ pub struct RequestContext {
     pub source_ip: IpAddr,
     /// Change or incident ticket (`context.ticket`, `""` when `None`).
     pub ticket: Option<String>,
+    /// Whether the subject signed in with more than one factor (`context.mfa`).
+    pub mfa: bool,
 }
 
 /// The outcome of [`crate::CustomerPolicy::decide`].

@@ -56,6 +56,8 @@ struct Case {
     #[serde(default = "default_source_ip")]
     source_ip: String,
     ticket: Option<String>,
+    #[serde(default)]
+    mfa: bool,
     allow: bool,
     policy_ids: Vec<String>,
     reason: Option<String>,
@@ -149,6 +151,7 @@ fn decide(sets: &HashMap<&str, &Set>, case: &Case) -> Decision {
         minutes: case.minutes,
         source_ip: case.source_ip.parse().unwrap(),
         ticket: case.ticket.clone(),
+        mfa: case.mfa,
     };
     policy.decide(action, &subject, &target, &ctx)
 }

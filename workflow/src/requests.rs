@@ -294,6 +294,7 @@ impl Requests {
             minutes: f.minutes,
             source_ip: caller.ip,
             ticket: ticket.clone(),
+            mfa: caller.peer.mfa(),
         };
         let decision = customer.policy.decide(
             Action::Request,
@@ -587,6 +588,7 @@ impl Requests {
             minutes: f.minutes,
             source_ip: caller.ip,
             ticket: f.ticket.clone(),
+            mfa: caller.peer.mfa(),
         };
         let d = c
             .policy

@@ -91,6 +91,7 @@ pub fn requestable(
         minutes: 1,
         source_ip: ip,
         ticket: None,
+        mfa: peer.mfa(),
     };
     let max = config.grants.max_minutes;
     let mut out = Vec::new();

@@ -68,6 +68,7 @@ fn peer(spiffe: &str, groups: &[&str]) -> PeerIdentity {
         groups: groups.iter().map(|g| id(g)).collect(),
         thumbprint: THUMB,
         not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(NOW as u64 + 86_400),
+        signin: None,
     }
 }
 

@@ -45,6 +45,7 @@ fn ctx(now: &str, minutes: u32) -> RequestContext {
         minutes,
         source_ip: "10.1.2.3".parse().unwrap(),
         ticket: None,
+        mfa: false,
     }
 }
 
@@ -484,6 +485,7 @@ fn reference(
             Rx::new_ip(c.source_ip.to_canonical().to_string()),
         ),
         ("ticket".to_owned(), s(c.ticket.as_deref().unwrap_or(""))),
+        ("mfa".to_owned(), Rx::new_bool(c.mfa)),
     ])
     .unwrap();
     let request = cedar_policy::Request::new(
@@ -572,6 +574,7 @@ fn fast_path_and_slicing_agree_with_plain_cedar() {
                     minutes,
                     source_ip: ip.parse().unwrap(),
                     ticket: ticket.map(str::to_owned),
+                    mfa: false,
                 });
             }
         }

@@ -39,6 +39,7 @@ fn request_ctx(source_ip: &str) -> RequestContext {
         minutes: 60,
         source_ip: source_ip.parse().unwrap(),
         ticket: Some("CHG-1".to_owned()),
+        mfa: false,
     }
 }
 
@@ -155,6 +156,7 @@ fn context_matches_cedars_public_constructors() {
             "ticket".to_owned(),
             RestrictedExpression::new_string("CHG-1".to_owned()),
         ),
+        ("mfa".to_owned(), RestrictedExpression::new_bool(false)),
     ])
     .unwrap();
     assert_eq!(

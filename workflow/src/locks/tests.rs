@@ -180,6 +180,7 @@ fn peer(who: &str, thumbprint: [u8; 32]) -> PeerIdentity {
         groups: Vec::new(),
         thumbprint,
         not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(NOW as u64 + 86_400),
+        signin: None,
     }
 }
 
