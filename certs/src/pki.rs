@@ -211,7 +211,9 @@ impl CertificateAuthority {
         validity: Validity,
     ) -> Result<String, CertsError> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-            CertsError::Identity(format!("the certificate signing request is not usable: {e}"))
+            CertsError::Identity(format!(
+                "the certificate signing request is not usable: {e}"
+            ))
         })?;
         let params = client_params(id, groups, Some(signin), validity)?;
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
@@ -305,9 +307,10 @@ fn encode_attributes(groups: &[GroupName], signin: Option<&SignIn>) -> Vec<u8> {
             }
             if let Some(s) = &signin {
                 w.next().write_sequence(|w| {
-                    w.next().write_oid(&yasna::models::ObjectIdentifier::from_slice(
-                        DESCRIPTION_ATTRIBUTE,
-                    ));
+                    w.next()
+                        .write_oid(&yasna::models::ObjectIdentifier::from_slice(
+                            DESCRIPTION_ATTRIBUTE,
+                        ));
                     w.next().write_set_of(|w| w.next().write_utf8_string(s));
                 });
             }
@@ -344,9 +347,10 @@ pub(crate) fn decode_attributes(der: &[u8]) -> Result<(Vec<String>, Option<SignI
             if signin.is_some() {
                 return Err(CertsError::Identity("two sign-in attributes".into()));
             }
-            signin = Some(serde_json::from_str(json).map_err(|e| {
-                CertsError::Identity(format!("unreadable sign-in attribute: {e}"))
-            })?);
+            signin =
+                Some(serde_json::from_str(json).map_err(|e| {
+                    CertsError::Identity(format!("unreadable sign-in attribute: {e}"))
+                })?);
         }
     }
     Ok((groups, signin))
