@@ -100,6 +100,15 @@ impl From<WorkflowError> for ApiError {
             WorkflowError::SigningFailed => {
                 unavailable("signing_failed", "the grant could not be signed")
             }
+            WorkflowError::IdpRefused(m) => Self::new(StatusCode::FORBIDDEN, "idp_refused", m),
+            WorkflowError::IdpUnavailable(m) => {
+                tracing::warn!(error = %m, "identity provider unavailable");
+                Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "idp_unavailable",
+                    format!("the identity provider is unavailable: {m}"),
+                )
+            }
             WorkflowError::Trail(e) => {
                 tracing::error!(error = %e, "reading the audit trail failed");
                 unavailable("audit_unavailable", "the audit trail could not be read")

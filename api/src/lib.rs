@@ -122,6 +122,8 @@ impl Api {
         // A caller locked everywhere gets nothing; a lock for one customer is checked where the
         // customer is known (filings, grant fetches).
         self.workflow.locks.gate().admit(caller(conn), None).await?;
+        // A customer with its own IdP takes its approvers and auditors only as signed in there.
+        self.workflow.signins.admit(caller(conn)).await?;
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
@@ -139,6 +141,9 @@ impl Api {
             }
             (&Method::POST, ["v1", "requests", id, "cancel"]) => {
                 requests::cancel(self, conn, id, req).await
+            }
+            (&Method::GET, ["v1", "signins", id]) => {
+                requests::signin(self, conn, id, req.uri().query()).await
             }
             (&Method::GET, ["v1", "targets"]) => Ok(requests::targets(self, conn)),
             (&Method::GET, ["v1", "requests", id, "grant"]) => {

@@ -15,6 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::AuditError;
+use crate::idp::IdpEvidence;
 
 /// What kind of thing happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -72,6 +73,13 @@ pub enum EventKind {
     /// A reload was refused: the new file's error is the reason; the configuration in force is
     /// unchanged.
     ConfigReloadRefused,
+    /// A person signed in at an identity provider and was issued a short-lived certificate: on
+    /// `_broker` for technicians and admins, on the customer's chain for its approvers and
+    /// auditors, with `idp`, `cert_serial` and `expires_at`.
+    SignedIn,
+    /// A sign-in was refused (a bad token, a missing group or MFA, an IdP error): the reason, and
+    /// `idp` when the token was readable.
+    SigninFailed,
 }
 
 /// How it ended.
@@ -163,6 +171,9 @@ pub struct AuditEvent {
     pub first_seen: Option<String>,
     /// When the last of them happened, RFC 3339 (`refusals_aggregated`).
     pub last_seen: Option<String>,
+    /// What an identity provider said: sign-ins, and approvals and denials signed at the
+    /// customer's IdP (with the ID token).
+    pub idp: Option<IdpEvidence>,
 }
 
 impl AuditEvent {
@@ -204,6 +215,7 @@ impl AuditEvent {
             aggregated_event: None,
             first_seen: None,
             last_seen: None,
+            idp: None,
         }
     }
 }
@@ -287,6 +299,8 @@ struct Body<'a> {
     first_seen: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_seen: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp: Option<&'a IdpEvidence>,
     prev_hash: &'a str,
 }
 
@@ -345,6 +359,7 @@ pub fn render(ev: &AuditEvent, seq: u64, time: &str, prev_hash: &str) -> (String
         aggregated_event: ev.aggregated_event,
         first_seen: ev.first_seen.as_deref(),
         last_seen: ev.last_seen.as_deref(),
+        idp: ev.idp.as_ref(),
         prev_hash,
     };
     // Serializing a struct of strings, numbers and addresses cannot fail.

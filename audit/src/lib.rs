@@ -31,9 +31,11 @@ pub mod capture;
 mod chain;
 pub mod checkpoint;
 pub mod event;
+pub mod idp;
 pub mod ocsf;
 pub mod query;
 pub mod segment;
+pub mod signed;
 pub mod verify;
 pub mod writer;
 
@@ -43,6 +45,7 @@ pub use checkpoint::Checkpoints;
 pub use event::{
     Appended, AuditEvent, EventKind, Operator, Outcome, Retired, check_line, clip, render,
 };
+pub use idp::{Decision, IdpEvidence, decision_nonce};
 pub use verify::verify_chain;
 pub use writer::{AuditLog, AuditWriter, Health};
 

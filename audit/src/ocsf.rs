@@ -9,6 +9,7 @@
 //! | event | class | activity_id | notes |
 //! |---|---|---|---|
 //! | `auth_failure` | Authentication (3002) | 1 Logon | `user` and `actor.user` from `actor`; `service` = Sallyport; `dst_endpoint` = target when known |
+//! | `signed_in`, `signin_failed` | Authentication (3002) | 1 Logon | as `auth_failure`; `auth_protocol` "OpenID Connect" (99 Other) and `is_mfa` from `idp.mfa` |
 //! | `decision`, outcome `deny` | Network Activity (4001) | 5 Refuse | profile `security_control`: `action_id` 2 Denied, `disposition_id` 2 Blocked |
 //! | `decision`, outcome `allow` | Network Activity (4001) | 99 Other, `activity_name` "Allow" | not Open: `tunnel_open` or `tunnel_failed` follows for the same session; `action_id` 1 Allowed, `disposition_id` 1 Allowed |
 //! | `tunnel_open` | Network Activity (4001) | 1 Open | |
@@ -156,7 +157,7 @@ pub fn to_ocsf(record: &serde_json::Value, product_version: &str) -> serde_json:
         _ => r.event(),
     };
     let mut out = match event {
-        "auth_failure" => authentication(&r),
+        "auth_failure" | "signed_in" | "signin_failed" => authentication(&r),
         "decision" | "tunnel_open" | "tunnel_close" | "tunnel_failed" => {
             network_activity(&r, event)
         }
@@ -177,9 +178,17 @@ pub fn to_ocsf(record: &serde_json::Value, product_version: &str) -> serde_json:
     Value::Object(out)
 }
 
-/// Authentication (3002): a TLS handshake or a grant that failed to authenticate.
+/// Authentication (3002): a TLS handshake or a grant that failed to authenticate, or a sign-in at
+/// an identity provider (OpenID Connect, with whether it was multi-factor).
 fn authentication(r: &Record<'_>) -> Map<String, Value> {
     let mut out = header(&AUTHENTICATION, &Activity::new(1, "Logon"));
+    if let Some(idp) = r.get("idp").and_then(Value::as_object) {
+        out.insert("auth_protocol_id".into(), json!(OTHER));
+        out.insert("auth_protocol".into(), json!("OpenID Connect"));
+        if let Some(mfa) = idp.get("mfa").and_then(Value::as_bool) {
+            out.insert("is_mfa".into(), json!(mfa));
+        }
+    }
     let user = user(r.str("actor")).unwrap_or_else(|| unknown_user("unknown"));
     out.insert("actor".into(), json!({ "user": user.clone() }));
     out.insert("user".into(), user);

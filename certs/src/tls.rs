@@ -144,6 +144,20 @@ pub fn server_config(files: PemFiles<'_>, alpn: &[&[u8]]) -> Result<ServerConfig
     Ok(cfg)
 }
 
+/// The sign-in listener's server side: no client certificate (a person signing in has none yet),
+/// `cert`/`key` (`(pem, file name)`), HTTP/1.1.
+pub fn web_server_config(
+    cert: (&str, &str),
+    key: (&str, &str),
+) -> Result<ServerConfig, CertsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_no_client_auth()
+        .with_single_cert(certs_from_pem(cert.0, cert.1)?, key_from_pem(key.0, key.1)?)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// A client config presenting `cert`/`key` and trusting only the broker CA.
 pub fn client_config(files: PemFiles<'_>) -> Result<ClientConfig, CertsError> {
     let roots = roots(files.ca.0, files.ca.1)?;

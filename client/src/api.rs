@@ -61,6 +61,31 @@ impl BrokerClient {
         })
     }
 
+    /// A client without a certificate, for the broker's sign-in listener at `web` (`host:port`),
+    /// trusting the CA certificates in `ca_pem` (the broker CA, or the sign-in listener's own), or
+    /// without them the Mozilla roots.
+    pub fn anonymous(web: &str, ca_pem: Option<(&str, &str)>) -> Result<Self> {
+        let host = web
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .ok_or_else(|| {
+                ClientError::Input(format!(
+                    "sign-in address `{web}` is not HOST:PORT: check --broker"
+                ))
+            })?;
+        let server_name = ServerName::try_from(host.to_owned())
+            .map_err(|e| ClientError::Input(format!("sign-in host `{host}`: {e}")))?;
+        let client = match ca_pem {
+            Some((pem, origin)) => sallyport_certs::tls::client_trusting(pem, origin)?,
+            None => sallyport_certs::tls::default_client(),
+        };
+        Ok(Self {
+            connector: TlsConnector::from(client),
+            broker: web.to_owned(),
+            server_name,
+        })
+    }
+
     /// Opens one mTLS HTTP/1.1 connection (with upgrades, for CONNECT).
     pub async fn open(&self) -> Result<SendRequest<Full<Bytes>>> {
         let tcp = TcpStream::connect(&self.broker)

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::OnAuditFailure;
+use crate::signin::{FileOidc, FileProvider, FileWeb};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +23,10 @@ pub(crate) struct FileConfig {
     pub(crate) audit: FileAudit,
     #[serde(default)]
     pub(crate) admin: FileAdmin,
+    #[serde(default)]
+    pub(crate) web: FileWeb,
+    #[serde(default)]
+    pub(crate) provider: FileProvider,
     #[serde(default)]
     pub(crate) customers: Vec<FileCustomer>,
 }
@@ -197,6 +202,8 @@ pub(crate) struct FileCustomer {
     pub(crate) webhook: Option<FileWebhook>,
     #[serde(default)]
     pub(crate) siem: Vec<FileSiem>,
+    #[serde(default)]
+    pub(crate) oidc: Option<FileOidc>,
 }
 
 #[derive(Debug, Deserialize)]

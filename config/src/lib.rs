@@ -12,6 +12,7 @@
 mod file;
 mod keys;
 mod shared;
+pub mod signin;
 pub mod sinks;
 mod validate;
 
@@ -28,6 +29,7 @@ use sallyport_policy::CustomerPolicy;
 use serde::Deserialize;
 
 pub use shared::{Change, SharedConfig};
+pub use signin::{CustomerSignIn, OidcSettings, ProviderSignIn, Secret, WebSettings};
 pub use sinks::{SinkKind, WebhookTarget};
 
 /// A configuration problem: where, which field, what is wrong, and how to fix it.
@@ -199,6 +201,9 @@ pub struct Customer {
     pub webhook: Option<WebhookTarget>,
     /// The customer's SIEM sinks: its audit trail is forwarded to each.
     pub siem: Vec<SinkKind>,
+    /// The customer's own identity provider (`[customers.oidc]`): its approvers and auditors sign
+    /// in there, and every approval and denial of its requests is signed there.
+    pub oidc: Option<CustomerSignIn>,
 }
 
 impl Customer {
@@ -235,6 +240,10 @@ pub struct Config {
     pub audit: AuditSettings,
     /// The admin listener.
     pub admin: AdminSettings,
+    /// The sign-in listener (`[web]`).
+    pub web: WebSettings,
+    /// The provider's identity provider (`[provider.oidc]`), for technicians and admins.
+    pub provider_oidc: Option<ProviderSignIn>,
     /// Customers.
     pub customers: Vec<Customer>,
 }

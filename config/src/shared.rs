@@ -2,7 +2,7 @@
 //! change of it. [`SharedConfig`] is one atomically swapped [`Config`]: a reader takes the whole
 //! configuration as it is at that moment (never half of an old one and half of a new one), and a
 //! reload replaces it at once. [`Change`] compares the file in force with a new one: a reload takes
-//! the customer catalogue (customers, targets, policies, webhooks, SIEM sinks); every other section
+//! the customer catalogue (customers, targets, policies, webhooks, SIEM sinks, identity providers); every other section
 //! is bound into listeners, keys and threads at start, so a new value there refuses the reload and
 //! names the key to put back or the restart to do.
 
@@ -107,6 +107,7 @@ fn same_customer(a: &Customer, b: &Customer) -> bool {
         && a.policy.digest() == b.policy.digest()
         && a.policy_path == b.policy_path
         && format!("{:?}", a.siem) == format!("{:?}", b.siem)
+        && a.oidc == b.oidc
 }
 
 /// The sections bound at start: a new value refuses the reload, naming the key.
@@ -133,6 +134,10 @@ fn restart_only(old: &Config, new: &Config) -> Result<(), ConfigError> {
         Some("audit")
     } else if old.admin.listen != new.admin.listen {
         Some("admin.listen")
+    } else if old.web != new.web {
+        Some("web")
+    } else if old.provider_oidc != new.provider_oidc {
+        Some("provider.oidc")
     } else {
         None
     };

@@ -84,7 +84,13 @@ impl Validator<'_> {
         }
     }
 
-    fn err<T>(&self, at: &Spanned<T>, field: &str, message: String, fix: &str) -> ConfigError {
+    pub(crate) fn err<T>(
+        &self,
+        at: &Spanned<T>,
+        field: &str,
+        message: String,
+        fix: &str,
+    ) -> ConfigError {
         ConfigError {
             location: self.loc(Some(self.line(at.span().start))),
             field: field.into(),
@@ -93,7 +99,7 @@ impl Validator<'_> {
         }
     }
 
-    fn rel(&self, p: &str) -> PathBuf {
+    pub(crate) fn rel(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_owned()
@@ -301,6 +307,22 @@ impl Validator<'_> {
             )
         })?;
         let admin = self.admin(&f, listen)?;
+        let mut taken = vec![(listen, "server.listen")];
+        if let Some(a) = admin.listen {
+            taken.push((a, "admin.listen"));
+        }
+        let web = self.web(
+            &f.web,
+            &taken,
+            &self.rel(&f.tls.cert),
+            &self.rel(&f.tls.key),
+        )?;
+        let provider_oidc = f
+            .provider
+            .oidc
+            .as_ref()
+            .map(|o| self.provider_signin(o))
+            .transpose()?;
         let trust_domain = match &f.server.trust_domain {
             None => "sallyport.local".parse().map_err(|_| ConfigError {
                 location: self.loc(None),
@@ -551,6 +573,11 @@ impl Validator<'_> {
                 .enumerate()
                 .map(|(i, sink)| self.siem(sink, &|k: &str| field(&format!("siem[{i}].{k}"))))
                 .collect::<Result<Vec<_>, _>>()?;
+            let oidc = c
+                .oidc
+                .as_ref()
+                .map(|o| self.customer_signin(o, ci))
+                .transpose()?;
             let mut targets: Vec<Target> = Vec::new();
             for (ti, t) in c.targets.iter().enumerate() {
                 let tfield = |k: &str| format!("customers[{ci}].targets[{ti}].{k}");
@@ -601,6 +628,7 @@ impl Validator<'_> {
                 targets,
                 webhook,
                 siem,
+                oidc,
             });
         }
         Ok(Config {
@@ -661,6 +689,8 @@ impl Validator<'_> {
                 retention_days: (a.retention_days > 0).then_some(a.retention_days),
             },
             admin,
+            web,
+            provider_oidc,
             customers,
         })
     }

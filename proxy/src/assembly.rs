@@ -30,13 +30,14 @@ use sallyport_metrics::Metrics;
 use sallyport_notify::{GiveUp, Notifier};
 use sallyport_store::Store;
 use sallyport_store::sqlite::SqliteStore;
+use sallyport_web::TlsAcceptor;
 use sallyport_workflow::limit::CallLimiter;
 use sallyport_workflow::locks::{LocksParts, crl::Crl};
 use sallyport_workflow::refusals::RefusalLimits;
 use sallyport_workflow::reload::{Overrides, Reloader, ReloaderParts};
 use sallyport_workflow::{
     Context, Db, Grants, LiveTunnels, LockGate, LockView, Locks, RefusalTrail, Refusals, Requests,
-    Sessions, Workflow,
+    Sessions, SignIns, Workflow,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,7 @@ use crate::cli::Failure;
 
 /// A broker, built and not yet serving.
 pub struct Broker {
+    signins: SignIns,
     config: SharedConfig,
     reloader: Reloader,
     listener: Listener,
@@ -238,7 +240,23 @@ impl Broker {
             locks: locks.clone(),
             siem,
         });
+        // Sign-in issues certificates for the keys of people signing in: it needs the CA key.
+        let wants_signin =
+            cfg.provider_oidc.is_some() || cfg.customers.iter().any(|c| c.oidc.is_some());
+        let signin_ca = if wants_signin {
+            match crate::init::load_ca(&cfg) {
+                Ok(ca) => Some(ca),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "sign-in cannot issue certificates");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let signins = SignIns::new(cx.clone(), config.clone(), requests.clone(), signin_ca);
         let workflow = Workflow {
+            signins: signins.clone(),
             requests: requests.clone(),
             grants: Grants::new(cx.clone(), tunnels_of.clone()),
             sessions: Sessions::new(cx.clone(), tunnels_of),
@@ -291,6 +309,7 @@ impl Broker {
             metrics: metrics.clone(),
         });
         Ok(Broker {
+            signins,
             config,
             reloader,
             listener,
@@ -362,6 +381,80 @@ impl Broker {
         })
     }
 
+    /// Binds the sign-in listener (`web.listen`), when there is one, and tells sign-in where
+    /// browsers reach it.
+    pub async fn bind_web(&self) -> Result<Option<(TcpListener, TlsAcceptor)>, Failure> {
+        let config = self.config.load();
+        let Some(addr) = config.web.listen else {
+            return Ok(None);
+        };
+        let read = |p: &std::path::Path, field: &str| {
+            std::fs::read_to_string(p).map_err(|e| {
+                Failure::Config(ConfigError {
+                    location: config.file.display().to_string(),
+                    field: field.into(),
+                    message: format!("cannot read `{}`: {e}", p.display()),
+                    fix: "point it at the PEM certificate (and key) the sign-in listener serves"
+                        .into(),
+                })
+            })
+        };
+        let (cert, key) = (
+            read(&config.web.cert, "web.cert")?,
+            read(&config.web.key, "web.key")?,
+        );
+        let tls = sallyport_web::acceptor(
+            (&cert, &config.web.cert.display().to_string()),
+            (&key, &config.web.key.display().to_string()),
+        )
+        .map_err(|e| {
+            Failure::Config(ConfigError {
+                location: config.file.display().to_string(),
+                field: "web.cert".into(),
+                message: e.to_string(),
+                fix: "give a PEM certificate and its key".into(),
+            })
+        })?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            Failure::Config(ConfigError {
+                location: config.file.display().to_string(),
+                field: "web.listen".into(),
+                message: format!("cannot listen on {addr}: {e}"),
+                fix:
+                    "stop whatever uses that port, or pick another with --web-listen or web.listen"
+                        .into(),
+            })
+        })?;
+        let bound = listener.local_addr().map_err(anyhow::Error::from)?;
+        let base = config.web.public_url.clone().unwrap_or_else(|| {
+            let host = if bound.ip().is_unspecified() {
+                config
+                    .public_address
+                    .rsplit_once(':')
+                    .map_or("localhost", |(h, _)| h)
+                    .to_owned()
+            } else if bound.is_ipv6() {
+                format!("[{}]", bound.ip())
+            } else {
+                bound.ip().to_string()
+            };
+            format!("https://{host}:{}", bound.port())
+        });
+        self.signins.set_base_url(base);
+        Ok(Some((listener, tls)))
+    }
+
+    /// Serves sign-in on `listener` (from [`Broker::bind_web`]) until shutdown.
+    pub fn serve_web(&self, listener: TcpListener, tls: TlsAcceptor) {
+        self.tasks.spawn(sallyport_web::serve(
+            listener,
+            tls,
+            self.signins.clone(),
+            self.shutdown.clone(),
+            self.tasks.clone(),
+        ));
+    }
+
     /// Serves health, readiness and metrics on `listener` (from [`Broker::bind_admin`]) until
     /// shutdown, next to the broker.
     pub fn serve_admin(&self, listener: TcpListener) {
@@ -377,6 +470,7 @@ impl Broker {
     /// connections, writes the session rows still queued, and joins the audit writer.
     pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
         let Broker {
+            signins: _,
             config,
             reloader,
             listener: server,

@@ -1,7 +1,8 @@
 //! The `sallyport` command line: the commands and their flags, logging set-up, exit codes, and the
 //! dispatch to each command group: [`serve`] (the broker, and its embedded demo), [`access`] (the API
 //! commands of technicians, approvers and auditors), [`connect`] (the technician's tunnels),
-//! [`locks`] (`lock`, `unlock`, `locks`), [`audit`] (verify, bundle, capture, export), [`certs`]
+//! [`locks`] (`lock`, `unlock`, `locks`), [`login`] (an identity from a sign-in at an identity
+//! provider), [`audit`] (verify, bundle, capture, export), [`certs`]
 //! (identity folders), [`config`] (`config check`), [`reload`], [`health`] (a readiness probe of
 //! the admin listener), and `init` and `grant` (break-glass) here. What a command does lives in the
 //! library crates; this module parses, calls, and prints.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod connect;
 pub mod health;
 pub mod locks;
+pub mod login;
 pub mod reload;
 pub mod serve;
 
@@ -110,6 +112,10 @@ enum Command {
         /// (port 0 picks a free port; the address is printed).
         #[arg(long, value_name = "ADDR")]
         admin_listen: Option<SocketAddr>,
+        /// Serve sign-in (HTTPS, no client certificate) here, instead of `web.listen` (port 0 picks
+        /// a free port; the address is printed).
+        #[arg(long, value_name = "ADDR")]
+        web_listen: Option<SocketAddr>,
     },
     /// Ask a broker's admin listener whether it is ready: exits 0 when it is, 1 (saying why) when not.
     ///
@@ -296,23 +302,42 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Sign in at an identity provider and get a short-lived identity folder.
+    ///
+    /// Makes a key pair here (the private key never leaves this machine), opens the sign-in in a
+    /// browser (--no-browser prints the URL), and writes DIR as `certs issue` does: a certificate
+    /// from the broker valid for the IdP's `cert_hours`, with the groups of the sign-in and whether
+    /// it used multi-factor authentication. Technicians and admins sign in at the provider's IdP;
+    /// a customer's approvers and auditors with --customer at that customer's own.
+    Login(login::LoginArgs),
     /// Approve a pending request (the customer's approvers; never the requester).
+    ///
+    /// For a customer with its own identity provider, the approval is a fresh sign-in there that
+    /// the IdP signs for this request and comment: the browser opens on it (--no-browser prints
+    /// the URL) and the command waits until it is done.
     Approve {
         /// The request id, e.g. r-5c1e....
         request_id: String,
         /// A note recorded with the approval.
         #[arg(long)]
         comment: Option<String>,
+        /// Print the sign-in URL instead of opening a browser.
+        #[arg(long)]
+        no_browser: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Deny a pending request; one denial ends it.
+    /// Deny a pending request; one denial ends it (signed at the customer's identity provider, as
+    /// for `approve`, when it has one).
     Deny {
         /// The request id.
         request_id: String,
         /// Why (shown to the technician and recorded).
         #[arg(long)]
         reason: String,
+        /// Print the sign-in URL instead of opening a browser.
+        #[arg(long)]
+        no_browser: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -416,7 +441,15 @@ fn run(cmd: Command) -> Result<(), Failure> {
             worker_threads,
             demo_port,
             admin_listen,
-        } => serve::serve(config, listen, worker_threads, demo_port, admin_listen),
+            web_listen,
+        } => serve::serve(
+            config,
+            listen,
+            worker_threads,
+            demo_port,
+            admin_listen,
+            web_listen,
+        ),
         Command::Health { admin } => health::health(&admin).map_err(Failure::Other),
         Command::Init {
             dir,
@@ -490,16 +523,19 @@ fn run(cmd: Command) -> Result<(), Failure> {
         Command::Requests { status, client } => {
             access::requests(status.as_deref(), &client).map_err(Failure::Other)
         }
+        Command::Login(args) => login::login(&args).map_err(Failure::Other),
         Command::Approve {
             request_id,
             comment,
+            no_browser,
             client,
-        } => access::approve(&request_id, comment, &client).map_err(Failure::Other),
+        } => access::approve(&request_id, comment, no_browser, &client).map_err(Failure::Other),
         Command::Deny {
             request_id,
             reason,
+            no_browser,
             client,
-        } => access::deny(&request_id, &reason, &client).map_err(Failure::Other),
+        } => access::deny(&request_id, &reason, no_browser, &client).map_err(Failure::Other),
         Command::Sessions {
             live,
             customer,

@@ -93,6 +93,9 @@ pub struct NewRequest {
     pub created_at: i64,
     /// When it expires if still pending.
     pub expires_at: i64,
+    /// The hash of its `request_filed` record (`None` for requests filed before it was kept): an
+    /// approval signed by the customer's identity provider commits to it.
+    pub filed_hash: Option<String>,
 }
 
 /// A request with its current state.

@@ -164,6 +164,9 @@ const MIGRATIONS: &[M<'static>] = &[
     CREATE INDEX requests_by_technician ON requests (technician, created_at);",
     )
     .foreign_key_check(),
+    // The hash of a request's `request_filed` record: the nonce of an approval signed by the
+    // customer's identity provider commits to it. Requests filed before have none.
+    M::up("ALTER TABLE requests ADD COLUMN filed_hash TEXT;"),
 ];
 
 /// The columns `grant_row` reads, in order.
@@ -289,7 +292,7 @@ fn not_found(kind: &'static str, id: &impl std::fmt::Display) -> StoreError {
     }
 }
 
-const REQUEST_COLUMNS: &str = "id, customer, target, technician, cert_thumbprint, minutes, reason, ticket, start_at, approvals_required, policy_id, created_at, expires_at, status, denied_by, deny_reason";
+const REQUEST_COLUMNS: &str = "id, customer, target, technician, cert_thumbprint, minutes, reason, ticket, start_at, approvals_required, policy_id, created_at, expires_at, status, denied_by, deny_reason, filed_hash";
 
 fn load(tx: &Transaction<'_>, id: &RequestId) -> Result<RequestRecord, StoreError> {
     let row = tx
@@ -313,6 +316,7 @@ fn load(tx: &Transaction<'_>, id: &RequestId) -> Result<RequestRecord, StoreErro
                     policy_id: r.get(10)?,
                     created_at: r.get(11)?,
                     expires_at: r.get(12)?,
+                    filed_hash: r.get(16)?,
                 },
                 r.get::<_, String>(13)?,
                 opt_col::<SpiffeId>(r, 14)?,
@@ -521,7 +525,7 @@ impl Store for SqliteStore {
         self.tx(|tx| {
             tx.execute(
                 &format!(
-                    "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', NULL, NULL)"
+                    "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', NULL, NULL, ?14)"
                 ),
                 params![
                     req.id.as_str(),
@@ -536,7 +540,8 @@ impl Store for SqliteStore {
                     req.approvals_required,
                     req.policy_id,
                     req.created_at,
-                    req.expires_at
+                    req.expires_at,
+                    req.filed_hash
                 ],
             )
             .map_err(|e| match e.sqlite_error_code() {

@@ -49,6 +49,13 @@ pub enum WorkflowError {
     /// A grant could not be signed.
     #[error("the grant could not be signed")]
     SigningFailed,
+    /// An identity provider's answer was refused (a bad token, the wrong person, no MFA); the
+    /// refusal is on the trail.
+    #[error("{0}")]
+    IdpRefused(String),
+    /// An identity provider could not be reached or answered nonsense.
+    #[error("the identity provider is unavailable: {0}")]
+    IdpUnavailable(String),
     /// The audit trail could not be read (evidence, queries).
     #[error(transparent)]
     Trail(#[from] sallyport_audit::AuditError),

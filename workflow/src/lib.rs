@@ -37,6 +37,7 @@ pub mod reload;
 pub mod requests;
 pub mod scope;
 pub mod sessions;
+pub mod signin;
 pub mod targets;
 pub mod terms;
 pub mod view;
@@ -59,6 +60,7 @@ pub use locks::{LockGate, LockView, Locks};
 pub use refusals::{RefusalTrail, Refusals};
 pub use requests::Requests;
 pub use sessions::Sessions;
+pub use signin::SignIns;
 
 /// The durable state, reached from async code: each call runs on the blocking pool, since SQLite
 /// may wait on a lock held by another process. Cheap to clone.
@@ -116,8 +118,16 @@ impl Context {
     /// Writes `ev` and waits until it is durable; when it cannot be written, the action must not go
     /// ahead ([`WorkflowError::AuditUnavailable`]).
     pub async fn record(&self, ev: AuditEvent) -> Result<(), WorkflowError> {
+        self.record_at(ev).await.map(|_| ())
+    }
+
+    /// As [`Context::record`], returning where the record landed (its hash).
+    pub async fn record_at(
+        &self,
+        ev: AuditEvent,
+    ) -> Result<sallyport_audit::Appended, WorkflowError> {
         let kind = ev.event;
-        self.trail.append(ev).await.map(|_| ()).map_err(|e| {
+        self.trail.append(ev).await.map_err(|e| {
             tracing::error!(error = %e, event = ?kind, "audit trail not writable");
             WorkflowError::AuditUnavailable
         })
@@ -232,6 +242,8 @@ pub struct Workflow {
     pub refusals: Refusals,
     /// Reloading the configuration.
     pub reload: reload::Reloader,
+    /// Sign-ins at identity providers, and the decisions a customer's IdP signs.
+    pub signins: SignIns,
 }
 
 #[cfg(test)]

@@ -28,9 +28,10 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use sallyport_audit::{AuditEvent, EventKind, Outcome};
+use sallyport_audit::{AuditEvent, Decision, EventKind, IdpEvidence, Outcome};
 use sallyport_certs::grant::{GrantSigner, GrantSpec};
-use sallyport_config::{Customer, SharedConfig, Target};
+use sallyport_certs::identity::PeerIdentity;
+use sallyport_config::{Customer, CustomerSignIn, SharedConfig, Target};
 use sallyport_ids::time::rfc3339;
 use sallyport_ids::{CustomerId, GrantId, Principal, RequestId, Role, SpiffeId};
 use sallyport_notify::Notification;
@@ -320,6 +321,7 @@ impl Requests {
             created_at: at,
             // Undecided requests expire, and never outlive the window they ask for.
             expires_at: terms::pending_until(start_at, f.minutes, at, pending),
+            filed_hash: None,
         };
         let refusal = if !decision.allowed {
             Some(decision.reason.clone())
@@ -352,7 +354,9 @@ impl Requests {
         ev.actor = Some(technician.to_string());
         ev.source_ip = Some(caller.ip);
         ev.policy_ids = decision.policy_ids.clone();
-        self.cx.record(ev).await?;
+        let landed = self.cx.record_at(ev).await?;
+        let mut filed = filed;
+        filed.filed_hash = Some(landed.hash);
         // A request that needs no approval is approved at once, its window starting now.
         let instant = if filed.approvals_required == 0 {
             Some(terms::window(&filed, GrantId::mint(), at)?)
@@ -387,7 +391,7 @@ impl Requests {
                 policy_ids: decision.policy_ids.clone(),
                 digest: customer.policy.digest().to_owned(),
             };
-            self.record_approval(&rec, "policy", None, &by_policy, None)
+            self.record_approval(&rec, "policy", None, &by_policy, None, None)
                 .await?;
             self.notify(
                 &rec,
@@ -424,6 +428,7 @@ impl Requests {
         source: Option<std::net::IpAddr>,
         decided: &Decided,
         comment: Option<String>,
+        signed: Option<IdpEvidence>,
     ) -> Result<(), WorkflowError> {
         let f = &rec.filed;
         let why = if f.approvals_required == 0 {
@@ -450,6 +455,7 @@ impl Requests {
         ev.comment = comment;
         ev.policy_ids = decided.policy_ids.clone();
         ev.policy_digest = Some(decided.digest.clone());
+        ev.idp = signed;
         self.cx.record(ev).await?;
         if let Some(gid) = rec.grant_id.clone() {
             self.cx.db.run(move |s| s.mark_grant_audited(&gid)).await?;
@@ -616,16 +622,31 @@ impl Requests {
         })
     }
 
-    /// Approves request `id` as `caller`; the last approval of the quorum creates the grant.
+    /// Approves request `id` as `caller`; the last approval of the quorum creates the grant. A
+    /// customer with its own IdP takes only approvals signed there ([`Requests::approve_signed`]).
     pub async fn approve(
         &self,
         caller: Caller<'_>,
         id: &RequestId,
         comment: Option<Words>,
     ) -> Result<Approved, WorkflowError> {
+        self.approve_signed(caller, id, comment, None).await
+    }
+
+    /// Approves request `id` as `caller`, with what the customer's IdP said (`signed`: the
+    /// verified sign-in whose nonce commits to this approval; the sign-in service checked it).
+    pub async fn approve_signed(
+        &self,
+        caller: Caller<'_>,
+        id: &RequestId,
+        comment: Option<Words>,
+        signed: Option<IdpEvidence>,
+    ) -> Result<Approved, WorkflowError> {
         let comment = comment.map(|c| c.as_str().to_owned());
         let rec = self.find(caller, id, "approve").await?;
         let decided = self.approver_may_decide(caller, &rec, "approve").await?;
+        self.must_be_signed(caller, &rec, "approve", signed.is_some())
+            .await?;
         let approver = caller.peer.id.clone();
         let (rid, by, at) = (rec.filed.id.clone(), approver.clone(), self.cx.clock.unix());
         let said = comment.clone();
@@ -656,6 +677,7 @@ impl Requests {
                 ev.comment = said;
                 ev.policy_ids = decided.policy_ids;
                 ev.policy_digest = Some(decided.digest);
+                ev.idp = signed;
                 self.cx.record(ev).await?;
                 missing
             }
@@ -664,8 +686,15 @@ impl Requests {
                     let waited = u64::try_from(at.saturating_sub(f.created_at)).unwrap_or(0);
                     m.approved_after(std::time::Duration::from_secs(waited));
                 }
-                self.record_approval(&rec, &approver.to_string(), Some(caller.ip), &decided, said)
-                    .await?;
+                self.record_approval(
+                    &rec,
+                    &approver.to_string(),
+                    Some(caller.ip),
+                    &decided,
+                    said,
+                    signed,
+                )
+                .await?;
                 self.notify(
                     &rec,
                     "request_approved",
@@ -689,16 +718,31 @@ impl Requests {
         })
     }
 
-    /// Denies request `id` as `caller`; one denial ends it.
+    /// Denies request `id` as `caller`; one denial ends it. A customer with its own IdP takes only
+    /// denials signed there ([`Requests::deny_signed`]).
     pub async fn deny(
         &self,
         caller: Caller<'_>,
         id: &RequestId,
         reason: Words,
     ) -> Result<RequestRecord, WorkflowError> {
+        self.deny_signed(caller, id, reason, None).await
+    }
+
+    /// Denies request `id` as `caller`, with what the customer's IdP said (`signed`, as for
+    /// [`Requests::approve_signed`]).
+    pub async fn deny_signed(
+        &self,
+        caller: Caller<'_>,
+        id: &RequestId,
+        reason: Words,
+        signed: Option<IdpEvidence>,
+    ) -> Result<RequestRecord, WorkflowError> {
         let reason = reason.as_str().to_owned();
         let rec = self.find(caller, id, "deny").await?;
         let decided = self.approver_may_decide(caller, &rec, "deny").await?;
+        self.must_be_signed(caller, &rec, "deny", signed.is_some())
+            .await?;
         let approver = caller.peer.id.clone();
         let (rid, by, why, at) = (
             rec.filed.id.clone(),
@@ -719,6 +763,7 @@ impl Requests {
         ev.source_ip = Some(caller.ip);
         ev.policy_ids = decided.policy_ids;
         ev.policy_digest = Some(decided.digest);
+        ev.idp = signed;
         self.cx.record(ev).await?;
         self.notify(
             &rec,
@@ -734,6 +779,104 @@ impl Requests {
         );
         tracing::info!(request = %f.id, approver = %approver, "request denied");
         Ok(rec)
+    }
+
+    /// A customer with its own IdP takes only decisions signed there; one without takes none
+    /// (there is no IdP to check them against). A refusal is recorded.
+    async fn must_be_signed(
+        &self,
+        caller: Caller<'_>,
+        rec: &RequestRecord,
+        deciding: &str,
+        signed: bool,
+    ) -> Result<(), WorkflowError> {
+        let has_idp = self
+            .config
+            .load()
+            .customer(rec.filed.customer.as_str())
+            .is_some_and(|c| c.oidc.is_some());
+        if has_idp == signed {
+            return Ok(());
+        }
+        let no = if has_idp {
+            WorkflowError::Forbidden(format!(
+                "`{}` signs its decisions at its own identity provider: {deciding} through the sign-in the API answers with (`sallyport {deciding}` opens it)",
+                rec.filed.customer
+            ))
+        } else {
+            WorkflowError::Conflict(format!(
+                "`{}` has no identity provider to sign decisions at",
+                rec.filed.customer
+            ))
+        };
+        let attempt = on(rec, format!("{deciding} request `{}`", rec.filed.id));
+        Err(self.cx.refused(caller, attempt, no).await)
+    }
+
+    /// Checks that `caller` may take `decision` on request `id` and that its customer signs
+    /// decisions at its own IdP; returns the request and that IdP.
+    pub async fn may_decide_signed(
+        &self,
+        caller: Caller<'_>,
+        id: &RequestId,
+        decision: Decision,
+    ) -> Result<(RequestRecord, CustomerSignIn), WorkflowError> {
+        let rec = self.find(caller, id, decision.as_str()).await?;
+        self.approver_may_decide(caller, &rec, decision.as_str())
+            .await?;
+        let signin = self
+            .config
+            .load()
+            .customer(rec.filed.customer.as_str())
+            .and_then(|c| c.oidc.clone())
+            .ok_or_else(|| {
+                WorkflowError::Conflict(format!(
+                    "`{}` has no identity provider: decide with the API directly",
+                    rec.filed.customer
+                ))
+            })?;
+        Ok((rec, signin))
+    }
+
+    /// The customer of request `id`, if it exists.
+    pub async fn customer_of(&self, id: &RequestId) -> Option<CustomerId> {
+        let rid = id.clone();
+        self.cx
+            .db
+            .run(move |s| s.request(&rid))
+            .await
+            .ok()
+            .map(|r| r.filed.customer)
+    }
+
+    /// Records that a decision signed at the customer's IdP was refused (`why`): an
+    /// `approval_recorded` or `request_denied` record with outcome `deny`, and what the IdP said
+    /// when the token was readable.
+    pub async fn record_signed_refusal(
+        &self,
+        approver: &PeerIdentity,
+        id: &RequestId,
+        decision: Decision,
+        why: &str,
+        evidence: Option<IdpEvidence>,
+        source: std::net::IpAddr,
+    ) -> Result<(), WorkflowError> {
+        let rid = id.clone();
+        let rec = self.cx.db.run(move |s| s.request(&rid)).await?;
+        let kind = match decision {
+            Decision::Approve => EventKind::ApprovalRecorded,
+            Decision::Deny => EventKind::RequestDenied,
+        };
+        let mut ev = event(
+            &rec.filed,
+            kind,
+            Outcome::Deny,
+            format!("{} not taken: {why}", decision.as_str()),
+        );
+        ev.actor = Some(approver.id.to_string());
+        ev.source_ip = Some(source);
+        ev.idp = evidence;
+        self.cx.record(ev).await
     }
 
     /// Withdraws pending request `id`: only the technician who filed it (anyone else is refused,
@@ -923,7 +1066,8 @@ impl Requests {
                     .map(|c| c.policy.digest().to_owned())
                     .unwrap_or_default(),
             };
-            self.record_approval(&rec, &actor, None, &late, comment)
+            // A signed approval's token went with the record that failed: this one says so.
+            self.record_approval(&rec, &actor, None, &late, comment, None)
                 .await?;
         }
         let config = self.config.load();

@@ -256,6 +256,7 @@ mod tests {
             policy_id: None,
             created_at: 1_000,
             expires_at: 1_000 + 86_400,
+            filed_hash: None,
         }
     }
 

@@ -49,6 +49,7 @@ fn customer(name: &str, targets: Vec<Target>) -> Customer {
         targets,
         webhook: None,
         siem: Vec::new(),
+        oidc: None,
     }
 }
 

@@ -96,18 +96,15 @@ pub fn requests(status: Option<&str>, client: &ClientArgs) -> anyhow::Result<()>
 pub fn approve(
     request_id: &str,
     comment: Option<String>,
+    no_browser: bool,
     client: &ClientArgs,
 ) -> anyhow::Result<()> {
     let body = match comment {
         Some(c) => serde_json::json!({ "comment": c }),
         None => serde_json::json!({}),
     };
-    let v = call(
-        client,
-        hyper::Method::POST,
-        &format!("/v1/requests/{}/approve", urlencode(request_id)),
-        Some(body),
-    )?;
+    let path = format!("/v1/requests/{}/approve", urlencode(request_id));
+    let v = decide(client, &path, body, no_browser, "approve")?;
     if client.json {
         emit(&v);
     } else if v["status"] == "approved" {
@@ -125,19 +122,65 @@ pub fn approve(
 }
 
 /// `sallyport deny REQUEST_ID --reason WHY`.
-pub fn deny(request_id: &str, reason: &str, client: &ClientArgs) -> anyhow::Result<()> {
-    let v = call(
-        client,
-        hyper::Method::POST,
-        &format!("/v1/requests/{}/deny", urlencode(request_id)),
-        Some(serde_json::json!({ "reason": reason })),
-    )?;
+pub fn deny(
+    request_id: &str,
+    reason: &str,
+    no_browser: bool,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/requests/{}/deny", urlencode(request_id));
+    let body = serde_json::json!({ "reason": reason });
+    let v = decide(client, &path, body, no_browser, "deny")?;
     if client.json {
         emit(&v);
     } else {
         println!("denied {request_id}");
     }
     Ok(())
+}
+
+/// Posts a decision. A customer with its own IdP answers 202 with a sign-in that signs it: the
+/// browser opens on it and the decision's outcome is awaited (`GET /v1/signins/{id}`). Returns
+/// the request as decided.
+fn decide(
+    args: &ClientArgs,
+    path: &str,
+    body: serde_json::Value,
+    no_browser: bool,
+    verb: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let identity = IdentityDir::read(&args.identity)?;
+    let client = sallyport_client::BrokerClient::new(&identity, args.broker.as_deref())?;
+    let rt = runtime()?;
+    let (status, v) = rt.block_on(client.call(hyper::Method::POST, path, Some(body)))?;
+    if !status.is_success() {
+        return Err(anyhow!(sallyport_client::api::error_message(status, &v)));
+    }
+    if status != hyper::StatusCode::ACCEPTED {
+        return Ok(v);
+    }
+    let (Some(id), Some(url)) = (v["signin"]["id"].as_str(), v["signin"]["url"].as_str()) else {
+        return Err(anyhow!("the broker asked for a sign-in but named none"));
+    };
+    super::login::open_signin(
+        url,
+        no_browser,
+        &format!("{verb} it, signed by the customer's identity provider"),
+    );
+    eprintln!("sallyport: waiting for the sign-in to finish (up to 10 minutes)...");
+    let wait = format!("/v1/signins/{}?wait=25", urlencode(id));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while std::time::Instant::now() < deadline {
+        let (status, v) = rt.block_on(client.call(hyper::Method::GET, &wait, None))?;
+        match status {
+            hyper::StatusCode::ACCEPTED => continue,
+            hyper::StatusCode::OK => return Ok(v["request"].clone()),
+            _ => return Err(anyhow!(sallyport_client::api::error_message(status, &v))),
+        }
+    }
+    Err(anyhow!(
+        "the sign-in was not finished within 10 minutes; run the command again"
+    ))
 }
 
 /// `sallyport sessions`: list sessions, or end one with `--end`.

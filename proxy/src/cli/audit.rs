@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use clap::{Subcommand, ValueEnum};
-use sallyport_audit::{AuditError, bundle, capture, checkpoint, query, segment, verify};
+use sallyport_audit::{AuditError, bundle, capture, checkpoint, query, segment, signed, verify};
 use sallyport_ids::time::Clock;
 use sallyport_store::sqlite::SqliteStore;
 use sallyport_workflow::WorkflowError;
@@ -46,6 +46,12 @@ pub enum AuditCommand {
         /// have signed it with a key of their own); the output says so.
         #[arg(long, requires = "bundle", conflicts_with = "key")]
         trust_bundle_key: bool,
+        /// CUSTOMER=JWKS_FILE (repeatable): check every approval and denial of that customer
+        /// against the keys of its own identity provider, fetched by the auditor from the IdP's
+        /// jwks_uri (not from the broker): each must carry the IdP's ID token, whose signature,
+        /// issuer, audience, expiry and nonce (bound to the request, decision and comment) check.
+        #[arg(long, value_name = "CUSTOMER=JWKS_FILE")]
+        idp_keys: Vec<String>,
     },
     /// Write one evidence file for an access request: the request and its approvals, the grant, every
     /// session it opened (bytes and times), and the chain records and signed checkpoint that prove
@@ -120,15 +126,22 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             key,
             expect_checkpoints,
             trust_bundle_key,
-        } => match (bundle, data) {
-            (Some(file), _) => verify_bundle(&file, key.as_deref(), trust_bundle_key),
-            (None, data) => audit_verify(
-                &data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
-                customer.as_deref(),
-                key.as_deref(),
-                expect_checkpoints.as_deref(),
-            ),
-        },
+            idp_keys,
+        } => {
+            let idp_keys = read_idp_keys(&idp_keys)?;
+            match (bundle, data) {
+                (Some(file), _) => {
+                    verify_bundle(&file, key.as_deref(), trust_bundle_key, &idp_keys)
+                }
+                (None, data) => audit_verify(
+                    &data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
+                    customer.as_deref(),
+                    key.as_deref(),
+                    expect_checkpoints.as_deref(),
+                    &idp_keys,
+                ),
+            }
+        }
         AuditCommand::Bundle { request, out, data } => make_bundle(&data, &request, &out),
         AuditCommand::Capture { session, out, data } => extract_capture(&data, &session, &out),
         AuditCommand::Export {
@@ -232,7 +245,47 @@ fn make_bundle(data: &Path, request_id: &str, out: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn verify_bundle(file: &Path, key: Option<&str>, trust_bundle_key: bool) -> anyhow::Result<()> {
+/// The `--idp-keys CUSTOMER=JWKS_FILE` given: each customer with its IdP's key set.
+fn read_idp_keys(specs: &[String]) -> anyhow::Result<Vec<(String, signed::JwkSet)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (customer, file) = spec.split_once('=').ok_or_else(|| {
+                anyhow!("--idp-keys `{spec}`: give CUSTOMER=JWKS_FILE, e.g. acme=acme-jwks.json")
+            })?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--idp-keys {customer}: reading {file}"))?;
+            let keys = signed::jwks_from_json(&text).map_err(|e| {
+                anyhow!("--idp-keys {customer}: {file} is not a JWK set (the JSON the IdP's jwks_uri serves): {e}")
+            })?;
+            Ok((customer.to_owned(), keys))
+        })
+        .collect()
+}
+
+/// Prints what checking one chain's signed decisions found; `false` when a decision did not check.
+fn report_signed(name: &str, r: &signed::SignedReport) -> bool {
+    match &r.problem {
+        None => {
+            println!(
+                "{name}: every approval and denial signed by its identity provider: {} checked ({} refused attempts recorded)",
+                r.checked, r.refusals
+            );
+            true
+        }
+        Some(p) => {
+            println!("{name}: signed decision: {p}");
+            false
+        }
+    }
+}
+
+fn verify_bundle(
+    file: &Path,
+    key: Option<&str>,
+    trust_bundle_key: bool,
+    idp_keys: &[(String, signed::JwkSet)],
+) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let b: bundle::Bundle = serde_json::from_str(&text)
@@ -256,6 +309,28 @@ fn verify_bundle(file: &Path, key: Option<&str>, trust_bundle_key: bool) -> anyh
     } else {
         ""
     };
+    let mut signed_ok = true;
+    for (customer, keys) in idp_keys {
+        if *customer != b.customer {
+            return Err(anyhow!(
+                "--idp-keys {customer}: the bundle is of customer `{}`",
+                b.customer
+            ));
+        }
+        let r = signed::check_records(
+            b.records
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (format!("{} record {}", file.display(), i + 1), l.as_str())),
+            keys,
+        );
+        signed_ok &= report_signed(customer, &r);
+    }
+    if !signed_ok {
+        return Err(anyhow!(
+            "the bundle's decisions are not all signed by the customer's identity provider"
+        ));
+    }
     match bundle::verify(&b, &key) {
         Ok(p) => {
             println!(
@@ -324,6 +399,7 @@ fn audit_verify(
     customer: Option<&str>,
     key: Option<&str>,
     expected: Option<&Path>,
+    idp_keys: &[(String, signed::JwkSet)],
 ) -> anyhow::Result<()> {
     let dir = audit_dir(data);
     let key = match key {
@@ -414,6 +490,24 @@ fn audit_verify(
             Some(p) => {
                 bad += 1;
                 println!("{name}: {p}");
+            }
+        }
+    }
+    for (customer, keys) in idp_keys {
+        if !chains.contains(customer) {
+            bad += 1;
+            println!("{customer}: no chain to check its signed decisions on");
+            continue;
+        }
+        match signed::check_chain(&dir, customer, keys) {
+            Ok(r) => {
+                if !report_signed(customer, &r) {
+                    bad += 1;
+                }
+            }
+            Err(e) => {
+                bad += 1;
+                println!("{customer}: signed decisions not checked: {e}");
             }
         }
     }

@@ -151,6 +151,19 @@ pub fn issue(role: IssueRole) -> Result<(), Failure> {
             cfg.file.display()
         )));
     }
+    // A customer with its own IdP takes its approvers and auditors only from a sign-in there: the
+    // provider's CA does not make them (the API would refuse such a certificate anyway).
+    if let Principal::Approver { customer, .. } | Principal::Auditor { customer, .. } = &principal
+        && let Some(signin) = cfg
+            .customer(customer.as_str())
+            .and_then(|c| c.oidc.as_ref())
+    {
+        return Err(Failure::Other(anyhow!(
+            "customer `{customer}` has its own identity provider ({}): its {}s sign in there with `sallyport login --customer {customer} --broker SIGN_IN_ADDRESS --out DIR`; the provider's CA does not issue them",
+            signin.oidc.issuer,
+            principal.role().as_str()
+        )));
+    }
     let ca = crate::init::load_ca(&cfg)?;
     let id = SpiffeId::new(cfg.trust_domain.clone(), principal);
     let written = crate::init::issue_identity(

@@ -22,6 +22,7 @@ pub fn serve(
     worker_threads: Option<usize>,
     demo_port: Option<u16>,
     admin_listen: Option<SocketAddr>,
+    web_listen: Option<SocketAddr>,
 ) -> Result<(), Failure> {
     let embedded = config.is_none();
     if demo_port == Some(0) {
@@ -60,6 +61,9 @@ pub fn serve(
         }
         if let Some(a) = admin_listen {
             cfg.admin.listen = Some(a);
+        }
+        if let Some(w) = web_listen {
+            cfg.web.listen = Some(w);
         }
         if let Some(n) = worker_threads {
             cfg.worker_threads = n;
@@ -104,6 +108,12 @@ pub fn serve(
             broker.serve_admin(admin);
             println!("sallyport: admin listening on {at}");
             tracing::info!(listen = %at, "admin listener started (health, readiness, metrics)");
+        }
+        if let Some((web, tls)) = broker.bind_web().await? {
+            let at = web.local_addr()?;
+            broker.serve_web(web, tls);
+            println!("sallyport: sign-in listening on {at}");
+            tracing::info!(listen = %at, "sign-in listener started");
         }
         println!("sallyport: listening on {addr}");
         tracing::info!(listen = %addr, config = %cfg.file.display(), "broker started");

@@ -47,6 +47,7 @@ fn req(rid: &str, approvals: u32) -> NewRequest {
         policy_id: Some("support".into()),
         created_at: 1_000,
         expires_at: 1_000 + 86_400,
+        filed_hash: Some("f1".repeat(32)),
     }
 }
 
