@@ -3,7 +3,8 @@
 //! - `POST /v1/requests` `{customer, target, minutes, reason, ticket?, start_at?}` -> 201 with the
 //!   request (`id`, `status`, `approvals_required`, `expires_at`, ...).
 //! - `GET /v1/requests[?status=&customer=]` -> `{requests: [...]}`, newest first.
-//! - `GET /v1/requests/{id}` -> the request, with its approvals.
+//! - `GET /v1/requests/{id}` -> the request, with its approvals and `filed_hash` (the hash of its
+//!   `request_filed` record, which the nonce of a decision signed at the customer's IdP commits to).
 //! - `POST /v1/requests/{id}/approve` `{comment?}` -> the request and `approvals_missing`. For a
 //!   customer with its own IdP: 202 `{signin: {id, url}, request_id}`, the sign-in that signs the
 //!   approval (open `url`, then follow `GET /v1/signins/{id}`); or, with `id_token` (an ID token
@@ -97,7 +98,10 @@ pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Bo
 pub async fn show(api: &Api, conn: &Conn, id: &str) -> Result<Response<Body>, ApiError> {
     let id = parse_id("request", id)?;
     let rec = api.workflow.requests.visible(caller(conn), &id).await?;
-    Ok(ok(StatusCode::OK, view::request(&rec)))
+    let mut v = view::request(&rec);
+    // What the nonce of a decision signed at the customer's IdP commits to (docs/audit-format.md).
+    v["filed_hash"] = rec.filed.filed_hash.clone().into();
+    Ok(ok(StatusCode::OK, v))
 }
 
 #[derive(Deserialize)]

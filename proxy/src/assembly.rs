@@ -444,6 +444,17 @@ impl Broker {
         Ok(Some((listener, tls)))
     }
 
+    /// Tells sign-in the mTLS address to write into identity folders: `server.public_address`,
+    /// with the port the listener got when it was configured as 0.
+    pub fn bound(&self, addr: std::net::SocketAddr) {
+        let public = self.config.load().public_address.clone();
+        let address = match public.rsplit_once(':') {
+            Some((host, "0")) => format!("{host}:{}", addr.port()),
+            _ => public,
+        };
+        self.signins.set_broker_address(address);
+    }
+
     /// Serves sign-in on `listener` (from [`Broker::bind_web`]) until shutdown.
     pub fn serve_web(&self, listener: TcpListener, tls: TlsAcceptor) {
         self.tasks.spawn(sallyport_web::serve(
@@ -470,7 +481,7 @@ impl Broker {
     /// connections, writes the session rows still queued, and joins the audit writer.
     pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
         let Broker {
-            signins: _,
+            signins,
             config,
             reloader,
             listener: server,
@@ -512,7 +523,7 @@ impl Broker {
         drop(refusals);
         sessions.flush().await;
         // Every handle on the trail goes, so that the writer ends once it has written the rest.
-        drop((sessions, trail, reloader));
+        drop((sessions, trail, reloader, signins));
         tokio::task::spawn_blocking(move || writer.join()).await?;
         Ok(())
     }

@@ -113,7 +113,8 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         admin_listen: Option<SocketAddr>,
         /// Serve sign-in (HTTPS, no client certificate) here, instead of `web.listen` (port 0 picks
-        /// a free port; the address is printed).
+        /// a free port; the address is printed). Without it, `--listen HOST:0` puts a configured
+        /// sign-in listener on a free port too.
         #[arg(long, value_name = "ADDR")]
         web_listen: Option<SocketAddr>,
     },

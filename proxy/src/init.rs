@@ -206,6 +206,7 @@ connect_timeout_seconds = 5
 "#;
 
 fn config_text(port: u16) -> String {
+    let web = port.saturating_add(1);
     format!(
         r#"# Sallyport broker configuration, written by `sallyport init`.
 # Paths are relative to this file. `sallyport config example` prints every key with its meaning.
@@ -215,6 +216,12 @@ listen = "127.0.0.1:{port}"
 data_dir = "data"
 trust_domain = "{TRUST_DOMAIN}"
 public_address = "localhost:{port}"
+
+[web]
+# Sign-in at identity providers (`sallyport login`), HTTPS without a client certificate, next to
+# the broker's port. It does nothing until an identity provider is configured: README "Sign-in
+# with your identity provider" shows how to try it with a local one.
+listen = "127.0.0.1:{web}"
 
 {COMMON_TABLES}
 # The demo customer. Its one target is a small web page that `sallyport serve` (run without

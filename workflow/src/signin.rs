@@ -150,6 +150,7 @@ struct Inner {
     idps: Mutex<HashMap<(String, String), Provider>>,
     flows: Mutex<Flows>,
     base_url: OnceLock<String>,
+    broker_address: OnceLock<String>,
 }
 
 /// Sign-ins and IdP-signed decisions. Cheap to clone.
@@ -205,12 +206,19 @@ impl SignIns {
             idps: Mutex::new(HashMap::new()),
             flows: Mutex::new(Flows::default()),
             base_url: OnceLock::new(),
+            broker_address: OnceLock::new(),
         }))
     }
 
     /// Sets the URL browsers reach the sign-in listener at (once, when it is bound).
     pub fn set_base_url(&self, url: String) {
         let _ = self.0.base_url.set(url.trim_end_matches('/').to_owned());
+    }
+
+    /// Sets the mTLS address written into the identity folders of people signing in (once, when
+    /// the broker's listener is bound); default `server.public_address`.
+    pub fn set_broker_address(&self, address: String) {
+        let _ = self.0.broker_address.set(address);
     }
 
     /// The redirect URI registered at every IdP: `<base>/oidc/callback`.
@@ -769,7 +777,7 @@ impl SignIns {
             "identity": id.to_string(),
             "cert": cert,
             "ca": ca.cert_pem(),
-            "broker": config.public_address,
+            "broker": self.0.broker_address.get().unwrap_or(&config.public_address),
             "expires_at": expires,
             "serial": issued.serial.to_string(),
             "groups": groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),

@@ -64,6 +64,12 @@ pub fn serve(
         }
         if let Some(w) = web_listen {
             cfg.web.listen = Some(w);
+        } else if let (Some(l), Some(w)) = (listen, cfg.web.listen.as_mut())
+            && l.port() == 0
+        {
+            // A broker put on a free port (`--listen HOST:0`) puts its sign-in listener on one too,
+            // so throwaway brokers never contend for the configured sign-in port.
+            w.set_port(0);
         }
         if let Some(n) = worker_threads {
             cfg.worker_threads = n;
@@ -101,6 +107,7 @@ pub fn serve(
         let listener = broker.bind().await?;
         reload_on_hangup(hangups, broker.reloader(), shutdown);
         let addr = listener.local_addr()?;
+        broker.bound(addr);
         let cfg = broker.config();
         // The admin line comes first: whoever waits for `listening on` has both addresses then.
         if let Some(admin) = broker.bind_admin().await? {

@@ -9,6 +9,8 @@
     reason = "a test fails loudly on anything unexpected"
 )]
 
+pub mod idp;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -541,6 +543,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// Where its admin listener listens (`admin.listen` or `--admin-listen`), when it has one.
     pub admin: Option<SocketAddr>,
+    /// Where its sign-in listener listens (`web.listen` or `--web-listen`), when it has one.
+    pub web: Option<SocketAddr>,
     /// Lines it printed on stdout after the listening line, collected by a thread.
     pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -571,6 +575,7 @@ impl Broker {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         let mut admin = None;
+        let mut web = None;
         let addr = loop {
             line.clear();
             if out.read_line(&mut line).unwrap() == 0 {
@@ -582,6 +587,9 @@ impl Broker {
             }
             if let Some(a) = line.trim().strip_prefix("sallyport: admin listening on ") {
                 admin = Some(a.parse().unwrap());
+            }
+            if let Some(a) = line.trim().strip_prefix("sallyport: sign-in listening on ") {
+                web = Some(a.parse().unwrap());
             }
             if let Some(a) = line.trim().strip_prefix("sallyport: listening on ") {
                 break a.parse().unwrap();
@@ -598,6 +606,7 @@ impl Broker {
             child,
             addr,
             admin,
+            web,
             stdout,
         }
     }
