@@ -21,9 +21,11 @@ use sallyport_audit::{Decision, decision_nonce};
 use sallyport_certs::identity_dir::IdentityDir;
 use sallyport_testkit::idp::{Browsed, Idp, browse};
 use sallyport_testkit::{
-    Broker, CustomerSpec, Setup, echo_server, peer_of, support_with_approvals,
+    Broker, CustomerSpec, Setup, connect, connector, echo_server, peer_of, support_with_approvals,
+    valid_for,
 };
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sallyport");
 
@@ -314,9 +316,56 @@ fn technicians_and_approvers_sign_in_and_approvals_are_signed_by_the_customers_i
     assert_eq!(token.split('.').count(), 3);
     assert_eq!(approved["comment"], "ok for the patch");
 
-    // Alice's MFA sign-in lets her tunnel under the policy that requires MFA.
-    let grant = api_get(&w, &alice_dir, &format!("/v1/requests/{id}/grant"));
-    assert_eq!(grant.0, 200, "{}", grant.1);
+    // Alice's MFA sign-in lets her tunnel under the policy that requires MFA; bytes flow.
+    let (status, grant) = api_get(&w, &alice_dir, &format!("/v1/requests/{id}/grant"));
+    assert_eq!(status, 200, "{grant}");
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let port = u16::try_from(grant["port"].as_u64().unwrap()).unwrap();
+    let authority = format!("db01.acme:{port}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut tunnel = rt
+        .block_on(connect(
+            w.broker.addr,
+            &connector(&alice_id),
+            &authority,
+            Some(&token),
+        ))
+        .unwrap();
+    assert_eq!(tunnel.status, 200, "{}", tunnel.body);
+    rt.block_on(async {
+        tunnel.stream.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tunnel.stream.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+    });
+    let open = w.s.wait_for_audit("acme", |r| r["event"] == "tunnel_open");
+    assert_eq!(open["actor"], peer.id.to_string());
+    // A technician whose certificate `certs issue` made (no sign-in, so no MFA) is refused by
+    // acme's policy, grant or not.
+    let hand_made = w.s.technician("carol", &["support"], valid_for(600));
+    let now = std::time::SystemTime::now();
+    let minted = w.s.mint(
+        &hand_made,
+        "acme",
+        "db01",
+        port,
+        now,
+        now + std::time::Duration::from_secs(600),
+    );
+    let refused = rt
+        .block_on(connect(
+            w.broker.addr,
+            &connector(&hand_made),
+            &authority,
+            Some(&minted),
+        ))
+        .unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    w.s.wait_for_audit("acme", |r| {
+        r["event"] == "decision"
+            && r["outcome"] == "deny"
+            && r["policy_ids"] == json!(["mfa-for-tunnels"])
+    });
 
     // Anyone with acme's IdP keys checks the approval; the provider IdP's keys do not.
     let data = w.s.root.join("data");
@@ -350,7 +399,7 @@ fn technicians_and_approvers_sign_in_and_approvals_are_signed_by_the_customers_i
 
 #[test]
 fn forged_stale_and_unfit_approval_tokens_are_refused_and_recorded() {
-    let w = world();
+    let mut w = world();
     let people = w.s.root.join("people");
     w.provider.next(alice());
     let alice_dir = people.join("alice");
@@ -479,8 +528,80 @@ fn forged_stale_and_unfit_approval_tokens_are_refused_and_recorded() {
         url.contains("prompt=login") && url.contains("max_age=0"),
         "{url}"
     );
+    let signin = body["signin"]["id"].as_str().unwrap();
     let (_, shown) = api_get(&w, &bob_dir, &format!("/v1/requests/{third}"));
     assert_eq!(shown["status"], "pending");
+    // Only its starter follows the sign-in.
+    let (status, _) = api_get(&w, &alice_dir, &format!("/v1/signins/{signin}"));
+    assert_eq!(status, 404);
+    let (status, body) = api_get(&w, &bob_dir, &format!("/v1/signins/{signin}"));
+    assert_eq!(
+        (status, body["status"].clone()),
+        (202, json!("pending")),
+        "{body}"
+    );
+    // Bob signs in at acme's IdP: the denial is taken, with its token on the trail.
+    w.acme.next(bob());
+    let page = browse(url, Some(&w.ca()), None);
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("Denied"), "{}", page.body);
+    let (status, body) = api_get(&w, &bob_dir, &format!("/v1/signins/{signin}?wait=5"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["request"]["status"], "denied");
+    let denied = w.s.wait_for_audit("acme", |r| {
+        r["event"] == "request_denied" && r["outcome"] == "success"
+    });
+    assert_eq!(denied["reason"], "no");
+    assert!(denied["idp"]["token"].is_string(), "{denied}");
+    // The same callback again does nothing: a sign-in's state is good once.
+    let again = browse(&page.url, Some(&w.ca()), None);
+    assert_eq!(again.status, 403, "{again:?}");
+    assert!(again.body.contains("not found"), "{}", again.body);
+
+    // Both signed decisions check with acme's keys, on the chain and in the evidence bundle; the
+    // refused attempts are counted, never taken for decisions.
+    let keys = w.s.root.join("acme-jwks.json");
+    std::fs::write(&keys, w.acme.jwks()).unwrap();
+    let idp_keys = format!("acme={}", keys.display());
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data"])
+        .arg(w.s.root.join("data"))
+        .args(["--idp-keys", &idp_keys])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("2 checked (6 refused attempts recorded)"),
+        "{text}"
+    );
+    // The broker's last checkpoint, at shutdown, covers every record.
+    assert!(w.broker.terminate().success());
+    let bundle = w.s.root.join("bundle.json");
+    let made = Command::new(BIN)
+        .args(["audit", "bundle", "--request", &id, "--out"])
+        .arg(&bundle)
+        .arg("--data")
+        .arg(w.s.root.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--bundle"])
+        .arg(&bundle)
+        .args(["--trust-bundle-key", "--idp-keys", &idp_keys])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("acme: every approval and denial signed"),
+        "{text}"
+    );
 }
 
 #[test]
