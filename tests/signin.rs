@@ -395,6 +395,20 @@ fn technicians_and_approvers_sign_in_and_approvals_are_signed_by_the_customers_i
     let (ok, out) = verify(&provider_keys);
     assert!(!ok, "{out}");
     assert!(out.contains("does not check"), "{out}");
+
+    // Sign-ins reach SIEMs as OCSF Authentication events, with whether they used MFA.
+    for chain in ["_broker", "acme"] {
+        let events = w.s.ocsf_export(chain);
+        let logon = events
+            .iter()
+            .find(|e| {
+                e["unmapped"]["event"] == "signed_in" || e["metadata"]["event_code"] == "signed_in"
+            })
+            .unwrap_or_else(|| panic!("no signed_in in {chain}"));
+        assert_eq!(logon["class_uid"], 3002, "{logon}");
+        assert_eq!(logon["is_mfa"], true, "{logon}");
+        assert_eq!(logon["auth_protocol"], "OpenID Connect");
+    }
 }
 
 #[test]

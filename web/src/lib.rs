@@ -321,6 +321,7 @@ fn callback_of(query: &str) -> Callback {
             "code" => cb.code = v,
             "error" => cb.error = v,
             "error_description" => cb.error_description = v,
+            "iss" => cb.iss = v,
             _ => {}
         }
     }

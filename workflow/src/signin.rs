@@ -174,6 +174,8 @@ pub struct Callback {
     pub error: Option<String>,
     /// `error_description`.
     pub error_description: Option<String>,
+    /// `iss` (RFC 9207): which IdP sent the person back, when it says.
+    pub iss: Option<String>,
 }
 
 fn unix_now() -> u64 {
@@ -610,6 +612,17 @@ impl SignIns {
                 "the identity provider was reconfigured during the sign-in; start again",
             );
         };
+        // RFC 9207: an answer from another IdP than the one this flow went to is a mix-up.
+        if let Some(iss) = &cb.iss
+            && *iss != oidc.issuer
+        {
+            let why = format!(
+                "the answer came from `{}`, not from {}, where this sign-in went",
+                iss.chars().take(256).collect::<String>(),
+                oidc.issuer
+            );
+            return self.refuse(kind, &oidc, None, why, source).await;
+        }
         if let Some(e) = cb.error {
             let why = format!(
                 "the identity provider answered `{}`{}",

@@ -249,6 +249,152 @@ pub fn cert_signin(claims: &IdClaims) -> SignIn {
 mod tests {
     use super::*;
 
+    fn oidc(require_mfa: bool) -> OidcSettings {
+        OidcSettings {
+            issuer: "https://idp.acme.example".into(),
+            client_id: "broker".into(),
+            client_secret: None,
+            groups_claim: "groups".into(),
+            name_claim: "preferred_username".into(),
+            require_mfa,
+            cert_validity: std::time::Duration::from_secs(3600),
+            ca: None,
+            tls: sallyport_certs::tls::default_client(),
+        }
+    }
+
+    fn claims(name: &str, groups: &[&str], amr: &[&str]) -> IdClaims {
+        IdClaims {
+            issuer: "https://idp.acme.example".into(),
+            subject: format!("sub-{name}"),
+            audience: vec!["broker".into()],
+            authorized_party: None,
+            expires_at: 2_000,
+            issued_at: 1_000,
+            nonce: None,
+            auth_time: Some(990),
+            amr: amr.iter().map(|a| (*a).to_owned()).collect(),
+            acr: None,
+            name: Some(name.to_owned()),
+            email: None,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            key_id: None,
+            algorithm: "RS256".into(),
+        }
+    }
+
+    fn acme(require_mfa: bool) -> CustomerSignIn {
+        CustomerSignIn {
+            oidc: oidc(require_mfa),
+            approver_groups: vec!["approvers".into()],
+            auditor_groups: vec!["auditors".into()],
+        }
+    }
+
+    fn approver(name: &str, signin: Option<SignIn>) -> PeerIdentity {
+        PeerIdentity {
+            id: format!("spiffe://sallyport.local/approver/acme/{name}")
+                .parse()
+                .unwrap(),
+            groups: Vec::new(),
+            thumbprint: [0; 32],
+            not_after: std::time::SystemTime::now(),
+            signin,
+        }
+    }
+
+    #[test]
+    fn the_provider_idp_makes_admins_and_technicians_by_group() {
+        let p = ProviderSignIn {
+            oidc: oidc(true),
+            provider: "northwind".parse().unwrap(),
+            admin_groups: vec!["ops".into()],
+            technician_groups: vec!["support".into()],
+        };
+        let (who, groups) =
+            provider_person(&claims("Alice", &["support", "DB"], &["pwd", "otp"]), &p).unwrap();
+        assert!(matches!(who, Principal::Technician { ref name, .. } if name.as_str() == "alice"));
+        assert_eq!(
+            groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+            ["support", "db"]
+        );
+        let (who, groups) = provider_person(&claims("root", &["ops"], &["mfa"]), &p).unwrap();
+        assert!(matches!(who, Principal::Admin { .. }) && groups.is_empty());
+        let no = provider_person(&claims("eve", &["sales"], &["pwd", "otp"]), &p).unwrap_err();
+        assert!(no.0.contains("technician group"), "{no}");
+        let no = provider_person(&claims("alice", &["support"], &["pwd"]), &p).unwrap_err();
+        assert!(no.0.contains("multi-factor"), "{no}");
+    }
+
+    #[test]
+    fn a_customer_idp_makes_its_approvers_and_auditors_only() {
+        let c = acme(false);
+        let cust: CustomerId = "acme".parse().unwrap();
+        let both = claims("bob", &["approvers", "auditors"], &["pwd"]);
+        assert!(matches!(
+            customer_person(&both, &cust, &c, None),
+            Ok(Principal::Approver { .. })
+        ));
+        assert!(matches!(
+            customer_person(&both, &cust, &c, Some(Role::Auditor)),
+            Ok(Principal::Auditor { .. })
+        ));
+        let approver_only = claims("bob", &["approvers"], &["pwd"]);
+        let no = customer_person(&approver_only, &cust, &c, Some(Role::Auditor)).unwrap_err();
+        assert!(no.0.contains("auditor group"), "{no}");
+        let no = customer_person(&approver_only, &cust, &c, Some(Role::Technician)).unwrap_err();
+        assert!(no.0.contains("not a technician"), "{no}");
+        let no = customer_person(&claims("x", &[], &["pwd"]), &cust, &c, None).unwrap_err();
+        assert!(no.0.contains("not a member"), "{no}");
+    }
+
+    #[test]
+    fn a_decision_is_signed_only_by_the_approver_who_asked() {
+        let c = acme(true);
+        let bob = claims("bob", &["approvers"], &["pwd", "hwk"]);
+        signs_for(&bob, &approver("bob", None), &c).unwrap();
+        // Another approver's sign-in does not sign Bob's decision.
+        let no = signs_for(
+            &claims("carol", &["approvers"], &["pwd", "hwk"]),
+            &approver("bob", None),
+            &c,
+        )
+        .unwrap_err();
+        assert!(no.0.ends_with("not acme/bob"), "{no}");
+        // Nor does the same name at the IdP for another person than the one Bob signed in as.
+        let signed = SignIn {
+            issuer: "https://idp.acme.example".into(),
+            subject: "someone-else".into(),
+            amr: vec![],
+            mfa: true,
+            auth_time: 0,
+        };
+        assert!(signs_for(&bob, &approver("bob", Some(signed)), &c).is_err());
+        assert!(
+            signs_for(
+                &claims("bob", &["staff"], &["pwd", "hwk"]),
+                &approver("bob", None),
+                &c
+            )
+            .is_err()
+        );
+        assert!(
+            signs_for(
+                &claims("bob", &["approvers"], &["pwd"]),
+                &approver("bob", None),
+                &c
+            )
+            .is_err()
+        );
+        // The evidence keeps what was read, and the token for decisions.
+        let ev = evidence(&bob, "broker", Some("a.b.c"));
+        assert_eq!(
+            (ev.subject.as_str(), ev.mfa, ev.token.as_deref()),
+            ("sub-bob", true, Some("a.b.c"))
+        );
+        assert_eq!(ev.auth_time.as_deref(), Some("1970-01-01T00:16:30Z"));
+    }
+
     #[test]
     fn names_are_mapped_to_what_sallyport_takes() {
         assert_eq!(sallyport_name("Alice").as_deref(), Some("alice"));
