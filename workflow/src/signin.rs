@@ -238,7 +238,16 @@ impl SignIns {
     }
 
     fn provider(&self, oidc: &OidcSettings) -> Result<Provider, WorkflowError> {
-        let key = (oidc.issuer.clone(), oidc.client_id.clone());
+        // A reload that changes the secret or the CA file gets a new client.
+        let key = (
+            oidc.issuer.clone(),
+            format!(
+                "{}\n{:?}\n{}",
+                oidc.client_id,
+                oidc.ca,
+                oidc.client_secret.as_ref().map_or("", |s| s.expose())
+            ),
+        );
         let mut idps = self.0.idps.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = idps.get(&key) {
             return Ok(p.clone());
@@ -250,6 +259,10 @@ impl SignIns {
             tls: oidc.tls.clone(),
         })
         .map_err(|e| WorkflowError::IdpUnavailable(e.to_string()))?;
+        // Clients of settings reloaded away are dropped now and then, never kept without bound.
+        if idps.len() >= 64 {
+            idps.clear();
+        }
         idps.insert(key, p.clone());
         Ok(p)
     }
