@@ -160,10 +160,14 @@ async fn signed(
     let signins = &api.workflow.signins;
     match (has_idp, id_token) {
         (false, None) => Ok(None),
-        (false, Some(_)) => Err(ApiError::bad(
-            "bad_id_token",
-            "`id_token` is only taken for customers that sign decisions at their own identity provider",
-        )),
+        (false, Some(_)) => {
+            // Whether the request exists is only for those who may see it.
+            api.workflow.requests.visible(caller(conn), id).await?;
+            Err(ApiError::bad(
+                "bad_id_token",
+                "`id_token` is only taken for customers that sign decisions at their own identity provider",
+            ))
+        }
         (true, Some(token)) => {
             let v = signins
                 .decide_with_token(caller(conn), id, decision, words, &token)

@@ -4,10 +4,13 @@
 //! ID token in `idp.token`, and that token must verify against the auditor's JWK set, name the
 //! recorded issuer and audience, have been valid at the record's time, and carry the nonce
 //! recomputed from the chain ([`crate::decision_nonce`] of the request's `request_filed` hash, the
-//! decision, and the recorded comment or reason). A decision without a token, or whose token does
+//! decision, and the recorded comment or reason). Each approval of a request is a different
+//! person's signature, a request is approved only with as many as its `request_filed` record says
+//! it needs, and only a request that needs none is approved by `policy`. A decision without a token, or whose token does
 //! not check, is reported with its place: the provider can neither forge one nor slip one in
 //! unsigned.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use sallyport_oidc::token::{Expect, verify_id_token};
@@ -38,7 +41,10 @@ pub fn check_records<'a>(
     keys: &JwkSet,
 ) -> SignedReport {
     let mut report = SignedReport::default();
-    let mut filed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    // Per request: its request_filed hash, the approvals it needs, and who signed approvals so far.
+    let mut filed: HashMap<String, String> = HashMap::new();
+    let mut needs: HashMap<String, u64> = HashMap::new();
+    let mut signers: HashMap<String, HashSet<(String, String)>> = HashMap::new();
     for (place, text) in lines {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
             continue;
@@ -52,6 +58,10 @@ pub fn check_records<'a>(
             if let Some(h) = s("hash") {
                 filed.insert(request.to_owned(), h.to_owned());
             }
+            let required = v
+                .get("approvals_required")
+                .and_then(serde_json::Value::as_u64);
+            needs.insert(request.to_owned(), required.unwrap_or(1));
             continue;
         }
         let decision = match event {
@@ -63,21 +73,51 @@ pub fn check_records<'a>(
             report.refusals += 1;
             continue;
         }
-        // Approvals by policy (no approver) are the policy's, not a person's.
-        if !s("actor").is_some_and(|a| a.contains("/approver/")) {
-            continue;
-        }
         let seq = v
             .get("seq")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
         let at = format!("{place}: seq {seq}: {event} of request {request}");
-        match check_one(&v, decision, filed.get(request).map(String::as_str), keys) {
-            Ok(()) => report.checked += 1,
+        let required = needs.get(request).copied();
+        // An approval by policy is the policy's, not a person's: only for a request that needs none.
+        if !s("actor").is_some_and(|a| a.contains("/approver/")) {
+            if decision == Decision::Approve && required != Some(0) {
+                report.problem = Some(format!(
+                    "{at}: approved by `{}` without a signed approval, though the request needs {}",
+                    s("actor").unwrap_or("nobody"),
+                    required.map_or("its approvals".to_owned(), |n| n.to_string())
+                ));
+                return report;
+            }
+            continue;
+        }
+        let subject = match check_one(&v, decision, filed.get(request).map(String::as_str), keys) {
+            Ok(subject) => subject,
             Err(why) => {
                 report.problem = Some(format!("{at}: {why}"));
                 return report;
             }
+        };
+        report.checked += 1;
+        if decision == Decision::Deny {
+            continue;
+        }
+        // Each approval is a different person's signature, and they meet the quorum.
+        let signed = signers.entry(request.to_owned()).or_default();
+        if !signed.insert(subject.clone()) {
+            report.problem = Some(format!(
+                "{at}: a second approval signed by the same person (`{}` at {})",
+                subject.1, subject.0
+            ));
+            return report;
+        }
+        let needed = required.unwrap_or(1);
+        if event == "request_approved" && (signed.len() as u64) < needed {
+            report.problem = Some(format!(
+                "{at}: approved with {} signed approval(s), though the request needs {needed}",
+                signed.len()
+            ));
+            return report;
         }
     }
     report
@@ -88,7 +128,7 @@ fn check_one(
     decision: Decision,
     filed_hash: Option<&str>,
     keys: &JwkSet,
-) -> Result<(), String> {
+) -> Result<(String, String), String> {
     let idp = v
         .get("idp")
         .ok_or("unsigned: no identity-provider token (not signed at the customer's IdP)")?;
@@ -134,7 +174,7 @@ fn check_one(
             claims.subject
         ));
     }
-    Ok(())
+    Ok((claims.issuer, claims.subject))
 }
 
 /// Checks the signed decisions of `chain` in the audit folder `audit`.
@@ -153,4 +193,51 @@ pub fn check_chain(audit: &Path, chain: &str, keys: &JwkSet) -> Result<SignedRep
         lines.iter().map(|(p, t)| (p.clone(), t.as_str())),
         keys,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(lines: &[serde_json::Value]) -> SignedReport {
+        let texts: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        let keys: JwkSet = serde_json::from_str(r#"{"keys":[]}"#).unwrap();
+        check_records(
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("line {}", i + 1), t.as_str())),
+            &keys,
+        )
+    }
+
+    fn filed(required: u64) -> serde_json::Value {
+        serde_json::json!({"seq": 1, "event": "request_filed", "outcome": "success",
+            "request_id": "r-1", "approvals_required": required, "hash": "ab"})
+    }
+
+    fn approved(actor: &str) -> serde_json::Value {
+        serde_json::json!({"seq": 2, "event": "request_approved", "outcome": "success",
+            "request_id": "r-1", "actor": actor, "time": "2026-01-01T00:00:00Z"})
+    }
+
+    #[test]
+    fn only_a_request_that_needs_no_approval_is_approved_by_policy() {
+        assert_eq!(run(&[filed(0), approved("policy")]).problem, None);
+        let r = run(&[filed(1), approved("policy")]);
+        assert!(
+            r.problem
+                .unwrap()
+                .contains("without a signed approval, though the request needs 1")
+        );
+    }
+
+    #[test]
+    fn an_approval_without_a_token_is_unsigned_and_refusals_are_counted() {
+        let refused = serde_json::json!({"seq": 2, "event": "approval_recorded", "outcome": "deny",
+            "request_id": "r-1", "actor": "spiffe://td/approver/acme/bob"});
+        let r = run(&[filed(1), refused, approved("spiffe://td/approver/acme/bob")]);
+        assert_eq!(r.refusals, 1);
+        assert!(r.problem.unwrap().contains("unsigned"), "unsigned");
+    }
 }

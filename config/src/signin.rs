@@ -265,6 +265,37 @@ impl Validator<'_> {
         })
     }
 
+    /// Each IdP signs for one side only: a customer's issuer is neither the provider's nor another
+    /// customer's, else people of one would pass as people of the other (the tenant wall is the
+    /// issuer a certificate's sign-in names).
+    pub(crate) fn distinct_issuers(
+        &self,
+        provider: Option<&ProviderSignIn>,
+        customers: &[crate::Customer],
+    ) -> Result<(), ConfigError> {
+        let mut seen: Vec<(&str, String)> = Vec::new();
+        if let Some(p) = provider {
+            seen.push((&p.oidc.issuer, "[provider.oidc]".into()));
+        }
+        for (ci, c) in customers.iter().enumerate() {
+            let Some(o) = &c.oidc else { continue };
+            let issuer = o.oidc.issuer.trim_end_matches('/');
+            if let Some((_, other)) = seen.iter().find(|(i, _)| i.trim_end_matches('/') == issuer) {
+                return Err(ConfigError {
+                    location: self.loc(None),
+                    field: format!("customers[{ci}].oidc.issuer"),
+                    message: format!(
+                        "`{}` is also the issuer of {other}: its people would pass as `{}`'s",
+                        o.oidc.issuer, c.id
+                    ),
+                    fix: "give each customer its own identity provider (tenant), distinct from the provider's".into(),
+                });
+            }
+            seen.push((&o.oidc.issuer, format!("customer `{}`", c.id)));
+        }
+        Ok(())
+    }
+
     /// `[provider.oidc]`.
     pub(crate) fn provider_signin(&self, o: &FileOidc) -> Result<ProviderSignIn, ConfigError> {
         let field = |k: &str| format!("provider.oidc.{k}");
@@ -537,6 +568,13 @@ mod tests {
                 format!("{BASE}[web]\nlisten = \"127.0.0.1:8443\"\n"),
                 "web.listen",
                 "is also server.listen",
+            ),
+            (
+                format!(
+                    "{BASE}[provider.oidc]\nissuer = \"https://acme.example/\"\nclient_id = \"sp\"\n{ACME}approver_groups = [\"a\"]\n"
+                ),
+                "customers[0].oidc.issuer",
+                "also the issuer of [provider.oidc]",
             ),
             (
                 format!("{BASE}[web]\npublic_url = \"http://x.example\"\n"),

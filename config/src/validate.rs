@@ -631,6 +631,7 @@ impl Validator<'_> {
                 oidc,
             });
         }
+        self.distinct_issuers(provider_oidc.as_ref(), &customers)?;
         Ok(Config {
             file: self.path.to_owned(),
             listen,

@@ -433,7 +433,7 @@ impl SignIns {
         decision: Decision,
         words: Option<Words>,
     ) -> Result<Started, WorkflowError> {
-        let (nonce, oidc) = self
+        let (nonce, oidc, _) = self
             .decision_terms(caller, id, decision, words.as_ref())
             .await?;
         let kind = Kind::Decision {
@@ -453,7 +453,7 @@ impl SignIns {
         id: &RequestId,
         decision: Decision,
         words: Option<&Words>,
-    ) -> Result<(String, OidcSettings), WorkflowError> {
+    ) -> Result<(String, OidcSettings, u64), WorkflowError> {
         let (rec, signin) = self
             .0
             .requests
@@ -471,7 +471,8 @@ impl SignIns {
             ))
         })?;
         let nonce = decision_nonce(filed, decision, words.map_or("", Words::as_str));
-        Ok((nonce, signin.oidc))
+        let filed_at = u64::try_from(rec.filed.created_at).unwrap_or(0);
+        Ok((nonce, signin.oidc, filed_at))
     }
 
     /// Decides request `id` with an ID token the client obtained from the customer's IdP itself
@@ -484,7 +485,7 @@ impl SignIns {
         words: Option<Words>,
         token: &str,
     ) -> Result<serde_json::Value, WorkflowError> {
-        let (nonce, oidc) = self
+        let (nonce, oidc, filed_at) = self
             .decision_terms(caller, id, decision, words.as_ref())
             .await?;
         let kind = Kind::Decision {
@@ -494,7 +495,7 @@ impl SignIns {
             words,
         };
         match self
-            .finish_decision(&kind, &oidc, &nonce, None, token, caller.ip)
+            .finish_decision(&kind, &oidc, &nonce, Some(filed_at), token, caller.ip)
             .await
         {
             Done::Ok(v) => Ok(v),
@@ -858,7 +859,11 @@ impl SignIns {
         }
         // A decision takes a fresh authentication, after the decision was asked for.
         if let Some(since) = fresh_since {
-            let at = claims.auth_time.unwrap_or(claims.issued_at);
+            let Some(at) = claims.auth_time else {
+                let why =
+                    "the ID token has no auth_time, so it shows no fresh authentication".to_owned();
+                return self.refuse(kind, oidc, Some(evidence), why, source).await;
+            };
             if at + TOKEN_LEEWAY < since {
                 let why = format!(
                     "the identity provider did not authenticate the person afresh (auth_time {at}, decision asked at {since})"
@@ -969,6 +974,18 @@ fn page_for(kind: &Kind, done: &Done) -> Page {
                 v["expires_at"].as_str().unwrap_or("")
             ),
         },
+        (Kind::Decision { request, .. }, Done::Ok(v))
+            if v["approvals_missing"].as_u64().is_some_and(|m| m > 0) =>
+        {
+            Page {
+                ok: true,
+                title: "Approval recorded".into(),
+                text: format!(
+                    "Your approval of request {request} is signed by your identity provider and on the audit trail; {} more approval(s) are needed. You can close this tab.",
+                    v["approvals_missing"]
+                ),
+            }
+        }
         (
             Kind::Decision {
                 decision, request, ..
