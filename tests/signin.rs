@@ -669,3 +669,78 @@ fn provider_ca_approvers_of_a_customer_with_its_own_idp_are_refused() {
         r["event"] == "signin_failed" && r["idp"]["subject"] == "x-1"
     });
 }
+
+#[test]
+fn bad_sign_in_requests_get_clear_errors_and_issue_nothing() {
+    let w = world();
+    let ca = std::fs::read_to_string(w.ca()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let post = |path: &str, body: &str| {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let a = rt
+            .block_on(sallyport_testkit::request(
+                w.web(),
+                &sallyport_testkit::anonymous_connector(&ca),
+                &head,
+            ))
+            .unwrap();
+        let v: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+        (
+            a.status,
+            v["error"]["code"].as_str().unwrap_or("").to_owned(),
+            a.body,
+        )
+    };
+    for (path, body, status, code) in [
+        ("/login", r#"{"csr":"not a csr"}"#, 400, "bad_csr"),
+        ("/login", "{not json", 400, "bad_json"),
+        ("/login", r#"{"csr":"x","extra":1}"#, 400, "bad_json"),
+        (
+            "/login",
+            r#"{"csr":"-----BEGIN CERTIFICATE REQUEST-----","role":"root"}"#,
+            400,
+            "bad_role",
+        ),
+        (
+            "/login",
+            r#"{"csr":"-----BEGIN CERTIFICATE REQUEST-----","customer":"globex"}"#,
+            404,
+            "not_found",
+        ),
+        (
+            "/login/nope/wait",
+            r#"{"secret":"guess"}"#,
+            404,
+            "not_found",
+        ),
+    ] {
+        let (got, got_code, text) = post(path, body);
+        assert_eq!(
+            (got, got_code.as_str()),
+            (status, code),
+            "{path} {body}: {text}"
+        );
+    }
+    // A started login is only followed with its secret.
+    let csr = rcgen_csr();
+    let (status, _, text) = post("/login", &json!({ "csr": csr }).to_string());
+    assert_eq!(status, 200, "{text}");
+    let started: Value = serde_json::from_str(&text).unwrap();
+    let id = started["id"].as_str().unwrap();
+    let (status, code, _) = post(&format!("/login/{id}/wait"), r#"{"secret":"wrong"}"#);
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    // Nothing was issued: no sign-in on any trail.
+    assert!(
+        w.s.audit("_broker")
+            .iter()
+            .all(|r| r["event"] != "signed_in")
+    );
+}
+
+/// A real certificate signing request, made the way `sallyport login` makes one.
+fn rcgen_csr() -> String {
+    sallyport_client::login::key_and_request().unwrap().csr_pem
+}
