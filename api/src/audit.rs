@@ -1,4 +1,4 @@
-//! `GET /v1/audit?customer=&since=&until=&event=&technician=&after_seq=&limit=`: a customer's records
+//! `GET /v1/audit?customer=&since=&until=&event=&technician=&target=&outcome=&after_seq=&limit=`: a customer's records
 //! for that customer's auditors and approvers; provider admins may read any customer's chain (and
 //! `_broker`). Records come back as written, oldest first, at most `limit` (default 1000, at most
 //! 10000) per call; page on with `after_seq`. Asking for another customer's chain, or for any as a
@@ -7,9 +7,6 @@
 use hyper::{Response, StatusCode};
 use sallyport_audit::query::{Filter, parse_time, read};
 use sallyport_gateway::{Body, Conn};
-use sallyport_ids::Principal;
-use sallyport_workflow::WorkflowError;
-use sallyport_workflow::refusals::Attempt;
 use serde::Deserialize;
 
 use crate::input::query;
@@ -24,57 +21,19 @@ struct AuditQuery {
     event: Option<String>,
     technician: Option<String>,
     after_seq: Option<u64>,
+    target: Option<String>,
+    outcome: Option<String>,
     limit: Option<usize>,
 }
 
 /// `GET /v1/audit`.
 pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Body>, ApiError> {
     let q: AuditQuery = query(q)?;
-    let refused = |attempt: Attempt, message: String| async move {
-        let answer = WorkflowError::Forbidden(message);
-        ApiError::from(
-            api.workflow
-                .refusals
-                .refused(caller(conn), attempt, answer)
-                .await,
-        )
-    };
-    let customer = match (conn.peer.id.principal(), q.customer) {
-        (Principal::Approver { customer, .. } | Principal::Auditor { customer, .. }, asked) => {
-            let mine = customer.to_string();
-            if let Some(asked) = asked.filter(|a| *a != mine) {
-                let attempt = Attempt {
-                    named: asked.parse().ok(),
-                    ..Attempt::new(format!(
-                        "read the audit trail of customer `{}`",
-                        sallyport_audit::clip(&asked, 64)
-                    ))
-                };
-                let message = format!("you can only read the audit trail of customer `{mine}`");
-                return Err(refused(attempt, message).await);
-            }
-            mine
-        }
-        (Principal::Admin { .. }, Some(c)) => c,
-        (Principal::Admin { .. }, None) => {
-            return Err(ApiError::bad(
-                "bad_query",
-                "name the chain to read: `customer=<id>` (or `_broker`)",
-            ));
-        }
-        (Principal::Technician { .. }, asked) => {
-            let attempt = Attempt {
-                named: asked.as_deref().and_then(|a| a.parse().ok()),
-                ..Attempt::new(format!(
-                    "read the audit trail of `{}`",
-                    sallyport_audit::clip(asked.as_deref().unwrap_or("(no customer named)"), 64)
-                ))
-            };
-            let message =
-                "the audit trail is for the customer's auditors and approvers, and provider admins";
-            return Err(refused(attempt, message.into()).await);
-        }
-    };
+    let customer = api
+        .workflow
+        .refusals
+        .chain_to_read(caller(conn), q.customer)
+        .await?;
     let config = api.config.load();
     if customer != sallyport_audit::BROKER_CHAIN && config.customer(&customer).is_none() {
         return Err(ApiError::new(
@@ -101,6 +60,8 @@ pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Bo
         event: q.event,
         technician: q.technician,
         after_seq: q.after_seq,
+        target: q.target,
+        outcome: q.outcome,
     };
     let path = sallyport_audit::segment::chain_dir(&config.data_dir.join("audit"), &customer);
     let unreadable = |e: &dyn std::fmt::Display| {

@@ -20,6 +20,10 @@ pub struct Filter {
     pub technician: Option<String>,
     /// Only records with a seq above this (paging).
     pub after_seq: Option<u64>,
+    /// Only records about this target (its id, or `customer/target`).
+    pub target: Option<String>,
+    /// Only records with this outcome (`success`, `failure`, `allow`, `deny`).
+    pub outcome: Option<String>,
 }
 
 fn short(spiffe: &str) -> Option<String> {
@@ -50,6 +54,21 @@ impl Filter {
                 return false;
             };
             if self.since.is_some_and(|s| t < s) || self.until.is_some_and(|u| t >= u) {
+                return false;
+            }
+        }
+        if let Some(o) = &self.outcome
+            && v["outcome"] != o.as_str()
+        {
+            return false;
+        }
+        if let Some(t) = &self.target {
+            let bare = t.rsplit('/').next().unwrap_or(t);
+            let customer_ok = match t.split_once('/') {
+                Some((c, _)) => v["customer"] == c,
+                None => true,
+            };
+            if !(customer_ok && v["target"] == bare) {
                 return false;
             }
         }
@@ -155,7 +174,8 @@ mod tests {
     use super::*;
 
     fn rec(seq: u64, time: &str, event: &str, actor: &str) -> serde_json::Value {
-        serde_json::json!({"seq": seq, "time": time, "event": event, "actor": actor, "subject": null})
+        serde_json::json!({"seq": seq, "time": time, "event": event, "actor": actor, "subject": null,
+                           "customer": "acme", "target": "db01", "outcome": "allow"})
     }
 
     #[test]
@@ -188,6 +208,23 @@ mod tests {
         }));
         assert!(!f(Filter {
             after_seq: Some(5),
+            ..Filter::default()
+        }));
+        assert!(f(Filter {
+            target: Some("acme/db01".into()),
+            outcome: Some("allow".into()),
+            ..Filter::default()
+        }));
+        assert!(f(Filter {
+            target: Some("db01".into()),
+            ..Filter::default()
+        }));
+        assert!(!f(Filter {
+            target: Some("globex/db01".into()),
+            ..Filter::default()
+        }));
+        assert!(!f(Filter {
+            outcome: Some("deny".into()),
             ..Filter::default()
         }));
         assert!(parse_time("yesterday").is_err());

@@ -457,10 +457,24 @@ impl Broker {
 
     /// Serves sign-in on `listener` (from [`Broker::bind_web`]) until shutdown.
     pub fn serve_web(&self, listener: TcpListener, tls: TlsAcceptor) {
+        let limits = &self.config.load().limits;
+        let console = sallyport_web::console::Console {
+            workflow: self.api.workflow.clone(),
+            config: self.config.clone(),
+            audit_key: self.api.audit_key.clone(),
+            calls: CallLimiter::new(limits.api_calls_per_minute, limits.api_call_burst),
+            sessions: sallyport_web::session::Sessions::default(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            streams: sallyport_web::console::events::Streams::default(),
+        };
+        let web = sallyport_web::Web {
+            signins: self.signins.clone(),
+            console: Some(Arc::new(console)),
+        };
         self.tasks.spawn(sallyport_web::serve(
             listener,
             tls,
-            self.signins.clone(),
+            web,
             self.shutdown.clone(),
             self.tasks.clone(),
         ));

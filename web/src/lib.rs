@@ -1,5 +1,6 @@
 //! The sign-in listener (`[web] listen`): HTTPS with no client certificate, since a person signing
-//! in has none yet. CONNECT tunnels and `/v1` stay on the mTLS listener; this one serves only:
+//! in has none yet. CONNECT tunnels and `/v1` stay on the mTLS listener; this one serves the web
+//! console under `/console` ([`console`]) and:
 //!
 //! - `POST /login` `{csr, customer?, role?}` -> `{id, url, secret}`: a login at the provider's IdP
 //!   (or `customer`'s) for the certificate signing request's key; open `url` in a browser.
@@ -7,17 +8,22 @@
 //!   `{status: "done", identity, cert, ca, broker, expires_at, ...}`, or the refusal
 //!   (`{"error": {code, message}}`, 403).
 //! - `GET /oidc/callback?code&state` (the IdP sends the browser here) -> a page saying what happened.
-//! - `GET /` -> what this listener is.
+//! - `GET /` -> the console (or, without one, what this listener is).
+//! - `GET /static/sallyport.css`, `/static/console.js`, `/static/favicon.svg`: the only assets, embedded in the binary.
 //!
 //! Every answer carries `Cache-Control: no-store`, `Referrer-Policy: no-referrer` (the callback's
-//! URL holds a code), a Content-Security-Policy with nothing allowed but its own styles, and
-//! `frame-ancestors 'none'`. Bounded: [`MAX_CONNECTIONS`] at once, the TLS handshake and request
-//! head within [`HEADER_TIMEOUT`], bodies of at most [`MAX_BODY`], one request per connection, each
-//! connection closed after [`CONNECTION_TIMEOUT`]. The flows themselves are the workflow's
-//! ([`sallyport_workflow::signin`]).
+//! URL holds a code), a Content-Security-Policy allowing only the listener's own styles and
+//! scripts (no inline script), and `frame-ancestors 'none'`. Bounded: [`MAX_CONNECTIONS`] at once
+//! and [`MAX_CONNECTIONS_PER_SOURCE`] from one address, the TLS handshake and request head within
+//! [`HEADER_TIMEOUT`], bodies of at most [`MAX_BODY`] within [`BODY_TIMEOUT`], one request per
+//! connection, each connection closed after [`CONNECTION_TIMEOUT`] (a live page's event stream
+//! ends before). The flows themselves are the workflow's ([`sallyport_workflow::signin`]).
 
+pub mod console;
 mod pages;
+pub mod session;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -40,11 +46,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 512;
+/// Connections served at once from one source address.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// A request body must arrive within this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TLS handshake, and then the request head, must each arrive within this.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection is closed this long after it was accepted, answered or not (a wait is 25 s).
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(40);
+/// A connection is closed this long after it was accepted, answered or not (a wait is 25 s, a
+/// live page's event stream [`console::events::STREAM_LIFETIME`]).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(330);
 /// Largest request body.
 pub const MAX_BODY: usize = 16 * 1024;
 /// How long `POST /login/{id}/wait` waits before answering "pending".
@@ -58,7 +69,28 @@ pub enum WebError {
     Tls(#[from] sallyport_certs::CertsError),
 }
 
-type Body = Full<Bytes>;
+/// The body of every answer: a whole page, or an event stream.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+/// What the listener serves: sign-in flows, and the console when there is one.
+#[derive(Clone)]
+pub struct Web {
+    /// Sign-in flows.
+    pub signins: SignIns,
+    /// The console.
+    pub console: Option<Arc<console::Console>>,
+}
+
+impl std::fmt::Debug for Web {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Web").finish_non_exhaustive()
+    }
+}
+
+/// A whole body.
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
 
 /// The TLS acceptor of the sign-in listener, from its certificate and key (PEM, with the file
 /// names for errors).
@@ -71,11 +103,12 @@ pub fn acceptor(cert: (&str, &str), key: (&str, &str)) -> Result<TlsAcceptor, We
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
-    signins: SignIns,
+    web: Web,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_source: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (tcp, from) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -94,28 +127,66 @@ pub async fn serve(
             tracing::debug!("sign-in listener: too many connections; closing one");
             continue;
         };
-        let (tls, signins, shutdown) = (tls.clone(), signins.clone(), shutdown.clone());
+        let Some(slot) = SourceSlot::take(&per_source, from.ip()) else {
+            tracing::debug!(peer = %from, "sign-in listener: too many connections from one address; closing one");
+            continue;
+        };
+        let (tls, web, shutdown) = (tls.clone(), web.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let Ok(Ok(stream)) = tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await else {
                 tracing::debug!(peer = %from, "sign-in listener: handshake failed or timed out");
                 return;
             };
-            serve_one(stream, from, signins, shutdown).await;
+            serve_one(stream, from, web, shutdown).await;
         });
+    }
+}
+
+/// A connection's place in its source address's count.
+struct SourceSlot {
+    counts: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(counts: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
     }
 }
 
 async fn serve_one(
     stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     from: SocketAddr,
-    signins: SignIns,
+    web: Web,
     shutdown: CancellationToken,
 ) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let signins = signins.clone();
+        let web = web.clone();
         async move {
-            let mut answer = route(&signins, from.ip(), req).await;
+            let mut answer = route(&web, from.ip(), req).await;
             secure(&mut answer);
             Ok::<_, Infallible>(answer)
         }
@@ -146,22 +217,24 @@ fn secure(r: &mut Response<Body>) {
     let h = r.headers_mut();
     for (name, value) in [
         (header::CACHE_CONTROL, "no-store"),
-        (header::REFERRER_POLICY, "no-referrer"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        ),
         (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
         (header::CONNECTION, "close"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
     }
+    // Console pages set their own policies (their forms may go to an IdP; their form posts
+    // must carry an Origin, which `no-referrer` would make `null`); everything else gets these.
+    h.entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
+    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
+        "default-src 'none'; style-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ));
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -197,9 +270,19 @@ fn refusal(e: &WorkflowError) -> Response<Body> {
 async fn read_json<T: for<'de> Deserialize<'de>>(
     req: Request<Incoming>,
 ) -> Result<T, Response<Body>> {
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
+    let read = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    );
+    let body = read
         .await
+        .map_err(|_| {
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive within 10 s",
+            )
+        })?
         .map_err(|_| {
             error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -229,17 +312,35 @@ struct WaitBody {
 }
 
 /// Answers one request.
-async fn route(signins: &SignIns, from: IpAddr, req: Request<Incoming>) -> Response<Body> {
+async fn route(web: &Web, from: IpAddr, req: Request<Incoming>) -> Response<Body> {
+    let signins = &web.signins;
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
+    if let (Some(console), Some(&"console")) = (&web.console, segments.first()) {
+        return console.route(console::http::Req::new(req, from)).await;
+    }
     match (req.method(), segments.as_slice()) {
+        (&Method::GET, [""]) if web.console.is_some() => console::http::see_other("/console", &[]),
         (&Method::GET, [""]) => pages::render(&pages::Notice::index()),
         (&Method::GET, ["oidc", "callback"]) => {
             let cb = callback_of(req.uri().query().unwrap_or(""));
+            let cookies = req
+                .headers()
+                .get(header::COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
             let page = signins.callback(cb, from).await;
-            pages::render(&pages::Notice::from(page))
+            match &web.console {
+                Some(c) if page.console.is_some() || page.request.is_some() => {
+                    c.signed_in(page, &cookies)
+                }
+                _ => pages::render(&pages::Notice::from(page)),
+            }
         }
         (&Method::GET, ["static", "sallyport.css"]) => pages::stylesheet(),
+        (&Method::GET, ["static", "console.js"]) => pages::script(),
+        (&Method::GET, ["static", "favicon.svg"]) => pages::icon(),
         (&Method::POST, ["login"]) => {
             let body: LoginBody = match read_json(req).await {
                 Ok(b) => b,

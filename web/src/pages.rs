@@ -3,13 +3,18 @@
 
 use askama::Template;
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use sallyport_workflow::signin::Page;
 
+use crate::Body;
+
 /// The stylesheet, served at `/static/sallyport.css`.
 const STYLESHEET: &str = include_str!("../templates/sallyport.css");
+/// The console's one script, served at `/static/console.js`.
+const SCRIPT: &str = include_str!("../templates/console.js");
+/// The icon, served at `/static/favicon.svg`.
+const ICON: &str = include_str!("../templates/favicon.svg");
 
 /// A page with a heading and a message: the outcome of a sign-in, or what this listener is.
 #[derive(Template)]
@@ -36,13 +41,17 @@ impl From<Page> for Notice {
         Self {
             ok: p.ok,
             title: p.title,
-            text: p.text,
+            text: if p.text.contains("close this tab") {
+                p.text
+            } else {
+                format!("{} You can close this tab.", p.text)
+            },
         }
     }
 }
 
 /// The page as an HTML answer (200 when it reports success, 403 otherwise).
-pub(crate) fn render(n: &Notice) -> Response<Full<Bytes>> {
+pub(crate) fn render(n: &Notice) -> Response<Body> {
     let (status, html) = match n.render() {
         Ok(html) => (
             if n.ok {
@@ -60,7 +69,7 @@ pub(crate) fn render(n: &Notice) -> Response<Full<Bytes>> {
             )
         }
     };
-    let mut r = Response::new(Full::new(Bytes::from(html)));
+    let mut r = Response::new(crate::full(html));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -70,12 +79,24 @@ pub(crate) fn render(n: &Notice) -> Response<Full<Bytes>> {
 }
 
 /// `GET /static/sallyport.css`.
-pub(crate) fn stylesheet() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(STYLESHEET.as_bytes())));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
+pub(crate) fn stylesheet() -> Response<Body> {
+    asset(STYLESHEET, "text/css; charset=utf-8")
+}
+
+/// `GET /static/favicon.svg`.
+pub(crate) fn icon() -> Response<Body> {
+    asset(ICON, "image/svg+xml")
+}
+
+/// `GET /static/console.js`.
+pub(crate) fn script() -> Response<Body> {
+    asset(SCRIPT, "text/javascript; charset=utf-8")
+}
+
+fn asset(text: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(crate::full(Bytes::from_static(text.as_bytes())));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 

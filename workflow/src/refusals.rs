@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use sallyport_audit::{AuditError, AuditEvent, AuditLog, EventKind, Outcome};
 use sallyport_ids::time::rfc3339_micros;
-use sallyport_ids::{CustomerId, GrantId, RequestId, SessionId, SpiffeId};
+use sallyport_ids::{CustomerId, GrantId, Principal, RequestId, SessionId, SpiffeId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -496,6 +496,56 @@ impl Refusals {
         answer: WorkflowError,
     ) -> WorkflowError {
         self.cx.refused(caller, attempt, answer).await
+    }
+
+    /// The audit chain `caller` may read, `asked` or their own: a customer's approvers and
+    /// auditors read only that customer's; admins any they name (or `_broker`); technicians none.
+    /// A refusal is recorded. Whether the chain exists is the caller's to check.
+    pub async fn chain_to_read(
+        &self,
+        caller: Caller<'_>,
+        asked: Option<String>,
+    ) -> Result<String, WorkflowError> {
+        match (caller.peer.id.principal(), asked) {
+            (Principal::Approver { customer, .. } | Principal::Auditor { customer, .. }, asked) => {
+                let mine = customer.to_string();
+                if let Some(asked) = asked.filter(|a| *a != mine) {
+                    let attempt = Attempt {
+                        named: asked.parse().ok(),
+                        ..Attempt::new(format!(
+                            "read the audit trail of customer `{}`",
+                            sallyport_audit::clip(&asked, 64)
+                        ))
+                    };
+                    let message = format!("you can only read the audit trail of customer `{mine}`");
+                    return Err(self
+                        .refused(caller, attempt, WorkflowError::Forbidden(message))
+                        .await);
+                }
+                Ok(mine)
+            }
+            (Principal::Admin { .. }, Some(c)) => Ok(c),
+            (Principal::Admin { .. }, None) => Err(WorkflowError::invalid(
+                "bad_query",
+                "name the chain to read: `customer=<id>` (or `_broker`)",
+            )),
+            (Principal::Technician { .. }, asked) => {
+                let attempt = Attempt {
+                    named: asked.as_deref().and_then(|a| a.parse().ok()),
+                    ..Attempt::new(format!(
+                        "read the audit trail of `{}`",
+                        sallyport_audit::clip(
+                            asked.as_deref().unwrap_or("(no customer named)"),
+                            64
+                        )
+                    ))
+                };
+                let message = "the audit trail is for the customer's auditors and approvers, and provider admins";
+                Err(self
+                    .refused(caller, attempt, WorkflowError::Forbidden(message.into()))
+                    .await)
+            }
+        }
     }
 }
 

@@ -235,6 +235,29 @@ impl Requests {
         Ok(Filer { caller })
     }
 
+    /// The certificate a request filed without one (in the web console) is bound to: the
+    /// technician's newest registered certificate still valid and not locked (a `sallyport login`
+    /// or `certs issue`), and the person as holding it. The grant is then fetched and used with
+    /// that certificate only, as if the request had been filed with it.
+    pub async fn holder_of_certificate(
+        &self,
+        caller: Caller<'_>,
+    ) -> Result<(PeerIdentity, sallyport_store::IssuedCertificate), WorkflowError> {
+        let id = caller.peer.id.clone();
+        let now = self.cx.clock.unix();
+        let certs = self.cx.db.run(move |s| s.certificates_of(&id, now)).await?;
+        for cert in certs {
+            let mut peer = caller.peer.clone();
+            peer.thumbprint = *cert.sha256.digest();
+            if self.locks.view().check(&peer, None, now).is_none() {
+                return Ok((peer, cert));
+            }
+        }
+        Err(WorkflowError::Conflict(
+            "you hold no valid certificate to bind the request to: sign in with `sallyport login` first (the grant is bound to that certificate), then file again".into(),
+        ))
+    }
+
     /// Files a request. Refused by the customer's policy: recorded as refused, `Forbidden`.
     pub async fn file(&self, filer: Filer<'_>, f: Filing) -> Result<RequestRecord, WorkflowError> {
         let caller = filer.caller;

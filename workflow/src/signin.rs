@@ -9,6 +9,9 @@
 //!   certificate for the request's key, valid for the IdP's `cert_hours` at most, recording the
 //!   sign-in in it, on the trail (`signed_in`) and in the register of issued certificates. The
 //!   starter fetches it with the flow's secret ([`SignIns::wait_login`]).
+//! - a **console sign-in** ([`SignIns::start_console`]): the same sign-in, for the web console: no
+//!   certificate; the callback hands the verified identity ([`ConsoleSignIn`]) to the listener,
+//!   which opens a cookie session for the browser that started the flow (its `binding`).
 //! - a **decision** ([`SignIns::start_decision`]): an approver of a customer with an IdP approves
 //!   or denies a request; the IdP's sign-in carries a nonce that commits to the request's
 //!   `request_filed` record, the decision and the words ([`sallyport_audit::decision_nonce`]), with
@@ -89,6 +92,62 @@ pub struct Page {
     pub title: String,
     /// What happened, and what to do next.
     pub text: String,
+    /// A console sign-in that worked: the identity to open a session for.
+    pub console: Option<Box<ConsoleSignIn>>,
+    /// The request a decision flow was about (for a link back to it).
+    pub request: Option<RequestId>,
+}
+
+impl Page {
+    /// A page with no console sign-in and no request.
+    pub fn notice(ok: bool, title: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            ok,
+            title: title.into(),
+            text: text.into(),
+            console: None,
+            request: None,
+        }
+    }
+}
+
+/// A console sign-in that verified: who the person is, as a certificate would say (its
+/// `thumbprint` names the session, not a certificate), and the browser it is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleSignIn {
+    /// The person, with the sign-in's groups and IdP attributes; `not_after` is the session's end.
+    pub peer: PeerIdentity,
+    /// The binding the flow was started with: only the browser holding it gets the session.
+    pub binding: String,
+    /// The session's random secret (its cookie), whose SHA-256 is `peer.thumbprint`.
+    pub secret: String,
+    /// Where to go once signed in (a console path).
+    pub next: String,
+}
+
+/// A console sign-in to start.
+#[derive(Debug, Clone)]
+pub struct ConsoleStart {
+    /// `None`: the provider's IdP; a customer: its IdP.
+    pub customer: Option<String>,
+    /// The role wanted at a customer's IdP, for a person who is both approver and auditor.
+    pub role: Option<Role>,
+    /// A random value the browser keeps (a cookie) and must show at the callback.
+    pub binding: String,
+    /// Where to go once signed in (a console path, checked by the caller).
+    pub next: String,
+}
+
+/// The longest a console session lives, whatever the IdP's `cert_hours`.
+pub const CONSOLE_MAX_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+
+/// The SHA-256 a console session stands under where a certificate's would (locks, records).
+pub fn console_thumbprint(secret: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"sallyport/console-session/v1\n");
+    h.update(secret.as_bytes());
+    h.finalize().into()
 }
 
 /// A login to start.
@@ -108,6 +167,12 @@ enum Kind {
         role: Option<Role>,
         csr: String,
         secret: String,
+    },
+    Console {
+        customer: Option<CustomerId>,
+        role: Option<Role>,
+        binding: String,
+        next: String,
     },
     Decision {
         approver: Box<PeerIdentity>,
@@ -299,7 +364,7 @@ impl SignIns {
         .url();
         let secret = match &kind {
             Kind::Login { secret, .. } => Some(secret.clone()),
-            Kind::Decision { .. } => None,
+            Kind::Console { .. } | Kind::Decision { .. } => None,
         };
         let mut flows = self.0.flows.lock().unwrap_or_else(|p| p.into_inner());
         flows.sweep();
@@ -387,8 +452,41 @@ impl SignIns {
                 "`csr` must be a PEM certificate signing request (-----BEGIN CERTIFICATE REQUEST-----) of at most 8 KiB",
             ));
         }
+        let (customer, oidc) = self.where_to_sign_in(login.customer.as_deref(), login.role)?;
+        let kind = Kind::Login {
+            customer,
+            role: login.role,
+            csr: login.csr,
+            secret: random_token(),
+        };
+        self.begin(kind, &oidc, random_token(), false, source).await
+    }
+
+    /// Starts a console sign-in at the provider's IdP or `customer`'s.
+    pub async fn start_console(
+        &self,
+        start: ConsoleStart,
+        source: IpAddr,
+    ) -> Result<Started, WorkflowError> {
+        let (customer, oidc) = self.where_to_sign_in(start.customer.as_deref(), start.role)?;
+        let kind = Kind::Console {
+            customer,
+            role: start.role,
+            binding: start.binding,
+            next: start.next,
+        };
+        self.begin(kind, &oidc, random_token(), false, source).await
+    }
+
+    /// The IdP a person signs in at: the provider's (`customer` `None`; technicians, admins) or
+    /// the customer's.
+    fn where_to_sign_in(
+        &self,
+        customer: Option<&str>,
+        role: Option<Role>,
+    ) -> Result<(Option<CustomerId>, OidcSettings), WorkflowError> {
         let config = self.0.config.load();
-        let (customer, oidc) = match &login.customer {
+        match customer {
             None => {
                 let p = config.provider_oidc.as_ref().ok_or_else(|| {
                     WorkflowError::NotFound(
@@ -396,13 +494,13 @@ impl SignIns {
                             .into(),
                     )
                 })?;
-                if matches!(login.role, Some(Role::Approver | Role::Auditor)) {
+                if matches!(role, Some(Role::Approver | Role::Auditor)) {
                     return Err(WorkflowError::invalid(
                         "bad_role",
                         "approvers and auditors sign in at their customer's IdP: give `customer`",
                     ));
                 }
-                (None, p.oidc.clone())
+                Ok((None, p.oidc.clone()))
             }
             Some(c) => {
                 let no = || {
@@ -412,16 +510,9 @@ impl SignIns {
                 };
                 let customer = config.customer(c).ok_or_else(no)?;
                 let s = customer.oidc.as_ref().ok_or_else(no)?;
-                (Some(customer.id.clone()), s.oidc.clone())
+                Ok((Some(customer.id.clone()), s.oidc.clone()))
             }
-        };
-        let kind = Kind::Login {
-            customer,
-            role: login.role,
-            csr: login.csr,
-            secret: random_token(),
-        };
-        self.begin(kind, &oidc, random_token(), false, source).await
+        }
     }
 
     /// Checks that `caller` may decide request `id` at its customer's IdP and starts the sign-in
@@ -519,7 +610,7 @@ impl SignIns {
             let flows = self.0.flows.lock().unwrap_or_else(|p| p.into_inner());
             let flow = flows.by_id.get(id).filter(|f| match &*f.kind {
                 Kind::Login { secret: s, .. } => bool::from(s.as_bytes().ct_eq(secret.as_bytes())),
-                Kind::Decision { .. } => false,
+                Kind::Console { .. } | Kind::Decision { .. } => false,
             });
             match flow {
                 Some(f) => f.done.subscribe(),
@@ -545,7 +636,7 @@ impl SignIns {
             let flows = self.0.flows.lock().unwrap_or_else(|p| p.into_inner());
             let flow = flows.by_id.get(id).filter(|f| match &*f.kind {
                 Kind::Decision { approver, .. } => approver.id == caller.peer.id,
-                Kind::Login { .. } => false,
+                Kind::Login { .. } | Kind::Console { .. } => false,
             });
             match flow {
                 Some(f) => f.done.subscribe(),
@@ -574,16 +665,19 @@ impl SignIns {
             ))
         });
         let Some((kind, issuer, nonce, verifier, started, done)) = found else {
-            return Page {
-                ok: false,
-                title: "Sign-in not found".into(),
-                text: "This sign-in is unknown, was already used, or has expired. Start again from the command or page that sent you here.".into(),
-            };
+            return Page::notice(
+                false,
+                "Sign-in not found",
+                "This sign-in is unknown, was already used, or has expired. Start again from the command or page that sent you here.",
+            );
         };
         let outcome = self
             .run_callback(&kind, &issuer, &nonce, &verifier, started, cb, source)
             .await;
-        let page = page_for(&kind, &outcome);
+        let mut page = page_for(&kind, &outcome);
+        if let (Kind::Console { binding, next, .. }, Done::Ok(v)) = (&*kind, &outcome) {
+            page.console = console_of(v, binding, next);
+        }
         done.send_replace(Some(outcome));
         page
     }
@@ -604,10 +698,13 @@ impl SignIns {
     ) -> Done {
         let config = self.0.config.load();
         let oidc = match kind {
-            Kind::Login { customer: None, .. } => {
+            Kind::Login { customer: None, .. } | Kind::Console { customer: None, .. } => {
                 config.provider_oidc.as_ref().map(|p| p.oidc.clone())
             }
             Kind::Login {
+                customer: Some(c), ..
+            }
+            | Kind::Console {
                 customer: Some(c), ..
             } => config
                 .customer(c.as_str())
@@ -664,6 +761,10 @@ impl SignIns {
         };
         match kind {
             Kind::Login { .. } => self.finish_login(kind, &oidc, nonce, &token, source).await,
+            Kind::Console { .. } => {
+                self.finish_console(kind, &oidc, nonce, &token, source)
+                    .await
+            }
             Kind::Decision { .. } => {
                 self.finish_decision(kind, &oidc, nonce, Some(started), &token, source)
                     .await
@@ -732,17 +833,7 @@ impl SignIns {
         };
         let evidence = rules::evidence(&claims, &oidc.client_id, None);
         let config = self.0.config.load();
-        let person = match customer {
-            None => match &config.provider_oidc {
-                Some(p) => rules::provider_person(&claims, p),
-                None => Err(rules::Refusal("provider sign-in is off".into())),
-            },
-            Some(c) => match config.customer(c.as_str()).and_then(|x| x.oidc.as_ref()) {
-                Some(s) => rules::customer_person(&claims, c, s, *role).map(|p| (p, Vec::new())),
-                None => Err(rules::Refusal(format!("customer `{c}` has no IdP"))),
-            },
-        };
-        let (principal, groups) = match person {
+        let (principal, groups) = match person(&config, customer.as_ref(), *role, &claims) {
             Ok(p) => p,
             Err(why) => {
                 return self.refuse(kind, oidc, Some(evidence), why.0, source).await;
@@ -809,6 +900,76 @@ impl SignIns {
             "serial": issued.serial.to_string(),
             "groups": groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
             "mfa": claims.mfa(),
+        }))
+    }
+
+    async fn finish_console(
+        &self,
+        kind: &Kind,
+        oidc: &OidcSettings,
+        nonce: &str,
+        token: &str,
+        source: IpAddr,
+    ) -> Done {
+        let Kind::Console { customer, role, .. } = kind else {
+            return refused("internal", "not a console sign-in");
+        };
+        let claims = match self.verify(oidc, token, nonce).await {
+            Ok(c) => c,
+            Err((why, ev)) => return self.refuse(kind, oidc, ev, why, source).await,
+        };
+        let evidence = rules::evidence(&claims, &oidc.client_id, None);
+        let config = self.0.config.load();
+        let (principal, groups) = match person(&config, customer.as_ref(), *role, &claims) {
+            Ok(p) => p,
+            Err(why) => {
+                return self.refuse(kind, oidc, Some(evidence), why.0, source).await;
+            }
+        };
+        let id = SpiffeId::new(config.trust_domain.clone(), principal);
+        let lifetime = oidc.cert_validity.min(CONSOLE_MAX_LIFETIME);
+        let until = SystemTime::now() + lifetime;
+        let expires = jiff::Timestamp::try_from(until)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let secret = random_token();
+        let thumbprint = console_thumbprint(&secret);
+        let mut ev = AuditEvent::new(
+            EventKind::SignedIn,
+            Outcome::Success,
+            format!(
+                "signed in to the web console at {} as {} (session until {expires} at most)",
+                oidc.issuer,
+                id.short()
+            ),
+        );
+        ev.customer = customer.clone();
+        ev.actor = Some(id.to_string());
+        ev.source_ip = Some(source);
+        ev.cert_sha256 = Some(sallyport_ids::cert::CertFingerprint::from_digest(
+            thumbprint,
+        ));
+        ev.expires_at = Some(expires.clone());
+        ev.idp = Some(evidence);
+        // No record, no session.
+        if self.0.cx.record(ev).await.is_err() {
+            return refused(
+                "audit_unavailable",
+                "the audit trail is not writable, so you were not signed in; try again shortly",
+            );
+        }
+        tracing::info!(peer = %id, issuer = %oidc.issuer, "signed in to the console");
+        let peer = PeerIdentity {
+            id,
+            groups,
+            thumbprint,
+            not_after: until,
+            signin: Some(rules::cert_signin(&claims)),
+        };
+        Done::Ok(serde_json::json!({
+            "identity": peer.id.to_string(),
+            "expires_at": expires,
+            "console": serde_json::to_value(ConsoleWire::from(&peer, secret)).unwrap_or_default(),
         }))
     }
 
@@ -920,7 +1081,7 @@ impl SignIns {
     ) -> Done {
         tracing::info!(issuer = %oidc.issuer, reason = %why, "sign-in refused");
         let recorded = match kind {
-            Kind::Login { customer, .. } => {
+            Kind::Login { customer, .. } | Kind::Console { customer, .. } => {
                 let mut ev = AuditEvent::new(EventKind::SigninFailed, Outcome::Deny, why.clone());
                 ev.customer = customer.clone();
                 ev.actor = Some(match &evidence {
@@ -953,6 +1114,69 @@ impl SignIns {
     }
 }
 
+/// Who a verified sign-in makes the person: at the provider's IdP (`customer` `None`) or at
+/// `customer`'s, with the certificate groups of a technician.
+fn person(
+    config: &sallyport_config::Config,
+    customer: Option<&CustomerId>,
+    role: Option<Role>,
+    claims: &IdClaims,
+) -> Result<(sallyport_ids::Principal, Vec<sallyport_ids::GroupName>), rules::Refusal> {
+    match customer {
+        None => match &config.provider_oidc {
+            Some(p) => rules::provider_person(claims, p),
+            None => Err(rules::Refusal("provider sign-in is off".into())),
+        },
+        Some(c) => match config.customer(c.as_str()).and_then(|x| x.oidc.as_ref()) {
+            Some(s) => rules::customer_person(claims, c, s, role).map(|p| (p, Vec::new())),
+            None => Err(rules::Refusal(format!("customer `{c}` has no IdP"))),
+        },
+    }
+}
+
+/// A console identity as it crosses the flow's outcome channel (the outcome is JSON).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConsoleWire {
+    id: String,
+    groups: Vec<String>,
+    not_after: u64,
+    signin: Option<sallyport_certs::pki::SignIn>,
+    secret: String,
+}
+
+impl ConsoleWire {
+    fn from(p: &PeerIdentity, secret: String) -> Self {
+        Self {
+            id: p.id.to_string(),
+            groups: p.groups.iter().map(|g| g.as_str().to_owned()).collect(),
+            not_after: p
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            signin: p.signin.clone(),
+            secret,
+        }
+    }
+}
+
+/// The console sign-in a finished console flow's outcome carries.
+fn console_of(v: &serde_json::Value, binding: &str, next: &str) -> Option<Box<ConsoleSignIn>> {
+    let w: ConsoleWire = serde_json::from_value(v.get("console")?.clone()).ok()?;
+    let peer = PeerIdentity {
+        id: w.id.parse().ok()?,
+        groups: w.groups.iter().filter_map(|g| g.parse().ok()).collect(),
+        thumbprint: console_thumbprint(&w.secret),
+        not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(w.not_after),
+        signin: w.signin,
+    };
+    Some(Box::new(ConsoleSignIn {
+        peer,
+        binding: binding.to_owned(),
+        secret: w.secret,
+        next: next.to_owned(),
+    }))
+}
+
 /// Waits for `rx` to hold an outcome, up to `timeout`.
 async fn wait(rx: &mut watch::Receiver<Option<Done>>, timeout: Duration) -> Option<Done> {
     let got = match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
@@ -964,53 +1188,61 @@ async fn wait(rx: &mut watch::Receiver<Option<Done>>, timeout: Duration) -> Opti
 
 /// The page a finished callback shows.
 fn page_for(kind: &Kind, done: &Done) -> Page {
-    match (kind, done) {
-        (Kind::Login { .. }, Done::Ok(v)) => Page {
-            ok: true,
-            title: "Signed in".into(),
-            text: format!(
+    let mut page = match (kind, done) {
+        (Kind::Login { .. }, Done::Ok(v)) => Page::notice(
+            true,
+            "Signed in",
+            format!(
                 "You are signed in as {}, until {}. You can close this tab: the command that sent you here has your certificate.",
                 v["identity"].as_str().unwrap_or(""),
                 v["expires_at"].as_str().unwrap_or("")
             ),
-        },
+        ),
+        (Kind::Console { .. }, Done::Ok(v)) => Page::notice(
+            true,
+            "Signed in",
+            format!(
+                "You are signed in to the console as {}.",
+                v["identity"].as_str().unwrap_or("")
+            ),
+        ),
         (Kind::Decision { request, .. }, Done::Ok(v))
             if v["approvals_missing"].as_u64().is_some_and(|m| m > 0) =>
         {
-            Page {
-                ok: true,
-                title: "Approval recorded".into(),
-                text: format!(
-                    "Your approval of request {request} is signed by your identity provider and on the audit trail; {} more approval(s) are needed. You can close this tab.",
+            Page::notice(
+                true,
+                "Approval recorded",
+                format!(
+                    "Your approval of request {request} is signed by your identity provider and on the audit trail; {} more approval(s) are needed.",
                     v["approvals_missing"]
                 ),
-            }
+            )
         }
         (
             Kind::Decision {
                 decision, request, ..
             },
             Done::Ok(_),
-        ) => Page {
-            ok: true,
-            title: match decision {
-                Decision::Approve => "Approved".into(),
-                Decision::Deny => "Denied".into(),
+        ) => Page::notice(
+            true,
+            match decision {
+                Decision::Approve => "Approved",
+                Decision::Deny => "Denied",
             },
-            text: format!(
-                "Request {request} is {}, signed by your identity provider and on the audit trail. You can close this tab.",
+            format!(
+                "Request {request} is {}, signed by your identity provider and on the audit trail.",
                 match decision {
                     Decision::Approve => "approved",
                     Decision::Deny => "denied",
                 }
             ),
-        },
-        (_, Done::Refused { message, .. }) => Page {
-            ok: false,
-            title: "Refused".into(),
-            text: message.clone(),
-        },
+        ),
+        (_, Done::Refused { message, .. }) => Page::notice(false, "Refused", message.clone()),
+    };
+    if let Kind::Decision { request, .. } = kind {
+        page.request = Some(request.clone());
     }
+    page
 }
 
 /// What the trail keeps of a token that did not verify: its claims as they read, unverified, when

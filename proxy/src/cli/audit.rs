@@ -162,7 +162,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 until: time("until", until)?,
                 event,
                 technician,
-                after_seq: None,
+                ..query::Filter::default()
             };
             audit_export(&data, &customer, format, &filter)
         }

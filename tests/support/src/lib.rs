@@ -9,6 +9,7 @@
     reason = "a test fails loudly on anything unexpected"
 )]
 
+pub mod browser;
 pub mod idp;
 
 use std::io::{BufRead, BufReader, Read, Write};

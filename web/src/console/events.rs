@@ -1,0 +1,153 @@
+//! Server-sent events for the console's live pages: `GET /console/events?view=queue|sessions`
+//! sends `event: changed` whenever what the person sees there changes (a request filed, approved
+//! or gone; a session opened, closed or moving bytes), and the page's script fetches the new list.
+//! The broker looks every [`TICK`] at what the person may see (through the workflow, as the
+//! person); a stream ends after [`STREAM_LIFETIME`] (the browser reconnects), when its session
+//! ends, or when the browser goes; at most [`MAX_STREAMS`] run at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use sallyport_certs::identity::PeerIdentity;
+use sallyport_workflow::sessions::Asked;
+use sallyport_workflow::{Caller, Workflow};
+use tokio::sync::Semaphore;
+
+use super::Ctx;
+use super::http::event_stream;
+use crate::Body;
+
+/// How often a stream looks for changes.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How long one stream lasts before the browser reconnects.
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
+/// Streams at once, from everyone.
+pub const MAX_STREAMS: usize = 256;
+
+/// The streams' budget.
+#[derive(Debug, Clone)]
+pub struct Streams(Arc<Semaphore>);
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self(Arc::new(Semaphore::new(MAX_STREAMS)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum View {
+    Queue,
+    Sessions,
+}
+
+/// `GET /console/events?view=`.
+pub(crate) fn stream(cx: &Ctx<'_>, secret: &str) -> Response<Body> {
+    let view = match cx.req.q("view").as_deref() {
+        Some("queue") => View::Queue,
+        Some("sessions") => View::Sessions,
+        _ => {
+            return super::views::plain(
+                StatusCode::BAD_REQUEST,
+                "Unknown view",
+                "`view` is queue or sessions.",
+            );
+        }
+    };
+    let Ok(permit) = cx.console.streams.0.clone().try_acquire_owned() else {
+        return super::views::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "Too many live pages are open; this one will not update by itself.",
+        );
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let workflow = cx.console.workflow.clone();
+    let sessions = cx.console.sessions.clone();
+    let peer = cx.session.peer.clone();
+    let ip = cx.req.ip;
+    let secret = secret.to_owned();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let started = tokio::time::Instant::now();
+        let mut last: Option<String> = None;
+        let mut ticks = tokio::time::interval(TICK);
+        let mut quiet = 0u32;
+        while started.elapsed() < STREAM_LIFETIME && sessions.alive(&secret) {
+            ticks.tick().await;
+            let now = seen(&workflow, &peer, ip, view).await;
+            let msg = match (&last, &now) {
+                (Some(a), b) if a == b => {
+                    quiet += 1;
+                    // A comment now and then keeps proxies from closing a quiet stream.
+                    if quiet.is_multiple_of(15) {
+                        Some(": still here\n\n")
+                    } else {
+                        None
+                    }
+                }
+                _ => {
+                    quiet = 0;
+                    Some("event: changed\ndata: {}\n\n")
+                }
+            };
+            // The first look only sets the baseline: the page already shows it.
+            let first = last.is_none();
+            last = Some(now);
+            if let Some(m) = msg
+                && !first
+                && tx.send(Bytes::from_static(m.as_bytes())).await.is_err()
+            {
+                return;
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    event_stream(rx)
+}
+
+/// A digest of what the person sees in `view` now (ids, states, bytes).
+async fn seen(
+    workflow: &Workflow,
+    peer: &PeerIdentity,
+    ip: std::net::IpAddr,
+    view: View,
+) -> String {
+    let caller = Caller { peer, ip };
+    match view {
+        View::Queue => match workflow.requests.list(caller, Some("pending"), None).await {
+            Ok(list) => list
+                .iter()
+                .map(|r| format!("{}:{}", r.filed.id, r.approvals.len()))
+                .collect::<Vec<_>>()
+                .join(","),
+            Err(e) => format!("error:{e}"),
+        },
+        View::Sessions => match workflow
+            .sessions
+            .list(
+                caller,
+                Asked {
+                    live: true,
+                    ..Asked::default()
+                },
+            )
+            .await
+        {
+            Ok(list) => list
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{}:{}:{}",
+                        l.session.id, l.session.bytes_up, l.session.bytes_down
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            Err(e) => format!("error:{e}"),
+        },
+    }
+}
