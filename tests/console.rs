@@ -57,7 +57,8 @@ impl World {
 
 fn world() -> World {
     let provider = Idp::start(PROVIDER_CLIENT.0, Some(PROVIDER_CLIENT.1), "groups");
-    let acme = Idp::start(ACME_CLIENT.0, Some(ACME_CLIENT.1), "groups");
+    // acme's IdP is another site than the broker (localhost against 127.0.0.1), as a real one is.
+    let acme = Idp::start_elsewhere(ACME_CLIENT.0, Some(ACME_CLIENT.1), "groups");
     let globex = Idp::start(GLOBEX_CLIENT.0, Some(GLOBEX_CLIENT.1), "groups");
     let s = Setup::init(BIN);
     let (acme_policy, globex_policy) = (
@@ -168,13 +169,45 @@ fn mark(w: &mut World, ctx: &str) {
     w.seen.insert(ctx.to_owned(), n);
 }
 
-/// Signs `ctx` in to the console at `path` (`/console/login?...`) as whoever its IdP signs in
-/// next; returns the URL it lands on.
-fn sign_in(w: &mut World, ctx: &str, path: &str) -> String {
-    let url = w.url(path);
-    let (status, landed) = w.browser.goto(ctx, &url);
-    assert_eq!(status, Some(200), "sign-in at {path} ended at {landed}");
-    landed
+/// Where someone signs in: the provider's IdP, or a customer's as approver or auditor.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Provider,
+    Customer(&'a str, &'a str),
+}
+
+/// Signs `ctx` in to the console as whoever the IdP signs in next, the way a person does: the
+/// sign-in page's button (a customer's bookmarked link, `/console/login?customer=&role=`), the
+/// IdP's own page where it has one (acme's: `#idp-continue`), back to the console. Returns the
+/// URL it lands on, once it is `lands`.
+fn sign_in(w: &mut World, ctx: &str, at: At<'_>, lands: &str) -> String {
+    let button = match at {
+        At::Provider => {
+            w.browser.goto(ctx, &w.url("/console"));
+            "#provider-signin".to_owned()
+        }
+        At::Customer(customer, role) => {
+            w.browser.goto(
+                ctx,
+                &w.url(&format!("/console/login?customer={customer}&role={role}")),
+            );
+            format!("#signin-{role}")
+        }
+    };
+    let (status, at_url) = w.browser.submit(ctx, &button);
+    assert_eq!(status, Some(200), "sign-in ended at {at_url}");
+    if at_url.contains("/interaction/") {
+        w.browser.submit(ctx, "#idp-continue");
+    }
+    w.browser.wait_url(ctx, lands)
+}
+
+/// Confirms at acme's IdP page, when it shows one, and waits for the page the decision ends on.
+fn through_idp(w: &mut World, ctx: &str, at_url: &str) {
+    if at_url.contains("/interaction/") {
+        w.browser.submit(ctx, "#idp-continue");
+    }
+    w.browser.wait_url(ctx, "/oidc/callback");
 }
 
 /// One `/v1` call as `identity`.
@@ -244,8 +277,7 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
         json!({"sub": "u-1001", "preferred_username": "alice", "name": "Alice",
                            "groups": ["support"], "amr": ["pwd", "otp"]}),
     );
-    let landed = w.browser.click("tech", "#provider-signin");
-    assert!(landed.ends_with("/console/my"), "{landed}");
+    sign_in(&mut w, "tech", At::Provider, "/console/my");
     w.browser.wait_text("tech", "header", "alice");
     assert!(
         w.browser
@@ -258,8 +290,12 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
         json!({"sub": "acme-77", "preferred_username": "bob", "name": "Bob",
                        "groups": ["acme-approvers"], "amr": ["pwd", "hwk"]}),
     );
-    let landed = sign_in(&mut w, "bob", "/console/login?customer=acme&role=approver");
-    assert!(landed.ends_with("/console/queue"), "{landed}");
+    sign_in(
+        &mut w,
+        "bob",
+        At::Customer("acme", "approver"),
+        "/console/queue",
+    );
     w.browser
         .wait_text("bob", "#queue-empty", "No requests are waiting");
     check_page(&mut w, "bob", "queue-empty");
@@ -318,7 +354,7 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
     w.browser.fill("bob", "#comment", "ok for the patch");
     let (status, at) = w.browser.submit("bob", "#approve");
     assert_eq!(status, Some(200), "{at}: {}", w.browser.text("bob", "main"));
-    assert!(at.contains("/oidc/callback"), "{at}");
+    through_idp(&mut w, "bob", &at);
     w.browser.wait_text("bob", "#outcome", "approved");
     w.browser.click("bob", "main a");
     w.browser.wait_text("bob", "#status", "approved");
@@ -386,8 +422,12 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
         json!({"sub": "acme-90", "preferred_username": "carol", "name": "Carol",
                        "groups": ["acme-auditors"], "amr": ["pwd", "otp"]}),
     );
-    let landed = sign_in(&mut w, "carol", "/console/login?customer=acme&role=auditor");
-    assert!(landed.ends_with("/console/audit"), "{landed}");
+    sign_in(
+        &mut w,
+        "carol",
+        At::Customer("acme", "auditor"),
+        "/console/audit",
+    );
     w.browser.fill("carol", "#f-event", "request_approved");
     w.browser.submit("carol", "#search");
     let found = w.browser.text("carol", "#records");
@@ -438,6 +478,14 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
     );
     assert!(register.contains("1 session(s)"), "{register}");
     check_page(&mut w, "carol", "register");
+    w.browser.click("carol", "#register-print");
+    assert!(
+        w.browser
+            .text("carol", "main")
+            .contains("Access register of acme"),
+        "the printable view"
+    );
+    w.browser.goto("carol", &w.url("/console/register"));
     let csv = w.s.root.join("register.csv");
     w.browser.download("carol", "#register-csv", &csv);
     let csv = std::fs::read_to_string(&csv).unwrap();
@@ -458,7 +506,8 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
     sign_in(
         &mut w,
         "gina",
-        "/console/login?customer=globex&role=approver",
+        At::Customer("globex", "approver"),
+        "/console/queue",
     );
     w.browser.wait_text("gina", "#queue-empty", "No requests");
     for path in [
@@ -526,19 +575,31 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
     let web = w.broker.web.unwrap();
     let ca = std::fs::read_to_string(w.s.root.join("pki/ca.pem")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let started = rt
-        .block_on(sallyport_testkit::request(
+    let start = |origin: &str| {
+        let body = "customer=acme&role=approver";
+        rt.block_on(sallyport_testkit::request(
             web,
             &sallyport_testkit::anonymous_connector(&ca),
-            "GET /console/login?customer=acme&role=approver HTTP/1.1\r\nHost: x\r\n\r\n",
+            &format!(
+                "POST /console/login HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
         ))
-        .unwrap();
+        .unwrap()
+    };
+    // Another site's page cannot start sign-ins in people's browsers.
+    let refused = start("https://evil.example");
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("nothing was started"),
+        "{}",
+        refused.body
+    );
+    let started = start(&format!("https://{web}"));
     assert_eq!(started.status, 303, "{}", started.body);
     let cookie = started.header("set-cookie").unwrap();
     assert!(
-        cookie.contains("Secure")
-            && cookie.contains("HttpOnly")
-            && cookie.contains("SameSite=Strict"),
+        cookie.contains("Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
     let idp_url = started.header("location").unwrap().to_owned();
@@ -547,12 +608,26 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
         json!({"sub": "acme-66", "preferred_username": "mallory", "name": "Mallory",
                        "groups": ["acme-approvers"], "amr": ["pwd", "otp"]}),
     );
-    let (status, _) = w.browser.goto("victim", &idp_url);
+    w.browser.goto("victim", &idp_url);
+    let (status, _) = w.browser.submit("victim", "#idp-continue");
     assert_eq!(status, Some(403));
     assert!(
         w.browser
             .text("victim", "main")
             .contains("started in another browser")
+    );
+    let failed =
+        w.s.wait_for_audit("acme", |r| r["event"] == "signin_failed");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("another browser"),
+        "{failed}"
+    );
+    assert!(
+        !w.s.audit("acme").iter().any(|r| r["event"] == "signed_in"),
+        "nobody signed in"
     );
     w.browser.goto("victim", &w.url("/console/queue"));
     assert!(
@@ -582,7 +657,7 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
         json!({"sub": "u-1001", "preferred_username": "alice", "name": "Alice",
                            "groups": ["support"], "amr": ["pwd", "otp"]}),
     );
-    sign_in(&mut w, "tech", "/console/login");
+    sign_in(&mut w, "tech", At::Provider, "/console/my");
     w.browser.goto("tech", &w.url("/console/new"));
     w.browser.select("tech", "#target", "acme/db01");
     w.browser.fill("tech", "#reason", "rotate the logs");
@@ -592,7 +667,12 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
         json!({"sub": "acme-77", "preferred_username": "bob", "name": "Bob",
                        "groups": ["acme-approvers"], "amr": ["pwd", "hwk"]}),
     );
-    sign_in(&mut w, "bob", "/console/login?customer=acme&role=approver");
+    sign_in(
+        &mut w,
+        "bob",
+        At::Customer("acme", "approver"),
+        "/console/queue",
+    );
     w.browser
         .goto("bob", &w.url(&format!("/console/requests/{id}")));
     let token = csrf(&mut w, "bob");
@@ -606,8 +686,7 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
         json!({"sub": "u-1", "preferred_username": "olga", "name": "Olga",
                            "groups": ["ops"], "amr": ["pwd", "otp"]}),
     );
-    let landed = sign_in(&mut w, "admin", "/console/login");
-    assert!(landed.ends_with("/console/queue"), "{landed}");
+    sign_in(&mut w, "admin", At::Provider, "/console/queue");
     w.browser.wait_text("admin", "#live", "rotate the logs");
     w.browser.goto(
         "admin",
@@ -673,8 +752,9 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
                        "groups": ["acme-approvers"], "amr": ["pwd", "hwk"]}),
     );
     w.browser.fill("bob", "#reason", "not in the change window");
-    let (status, _) = w.browser.submit("bob", "#deny");
+    let (status, at) = w.browser.submit("bob", "#deny");
     assert_eq!(status, Some(200));
+    through_idp(&mut w, "bob", &at);
     w.browser.wait_text("bob", "#outcome", "denied");
     let denied = w.s.wait_for_audit("acme", |r| {
         r["event"] == "request_denied" && r["request_id"] == id.as_str()
@@ -711,5 +791,18 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
     w.browser.submit("bob", "button.unlock");
     w.browser.wait_text("bob", "#no-locks", "Nobody is locked");
     w.s.wait_for_audit("acme", |r| r["event"] == "identity_unlocked");
+
+    // Unlocked, the technician files again, and cancels it.
+    w.browser.goto("tech", &w.url("/console/new"));
+    w.browser.select("tech", "#target", "acme/db01");
+    w.browser.fill("tech", "#reason", "once more");
+    let (status, at) = w.browser.submit("tech", "#file");
+    assert_eq!(status, Some(200), "{at}");
+    let again = at.rsplit('/').next().unwrap().to_owned();
+    w.browser.submit("tech", "#cancel");
+    w.browser.wait_text("tech", "#status", "cancelled");
+    w.s.wait_for_audit("acme", |r| {
+        r["event"] == "request_cancelled" && r["request_id"] == again.as_str()
+    });
     w.s.assert_trail_verifies();
 }

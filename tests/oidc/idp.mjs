@@ -2,8 +2,12 @@
 // process, on 127.0.0.1 port 0 over plain http, with one client, keys of its own, and no login UI.
 //
 //   node tests/oidc/idp.mjs --client-id ID [--client-secret S] [--groups-claim groups]
-//                           [--ttl-id-token SECONDS]
+//                           [--ttl-id-token SECONDS] [--host localhost] [--login-page]
 //
+// `--host` names the IdP in its issuer (default 127.0.0.1; it listens on 127.0.0.1 either way):
+// `localhost` makes it another site than a broker reached at 127.0.0.1, as a real IdP is. With
+// `--login-page`, each sign-in first shows a page whose button (#idp-continue) signs the next
+// person in, so the redirect back starts from the IdP's own page, as with a real IdP.
 // When ready it prints exactly one JSON line, {"issuer":"http://127.0.0.1:PORT"}, on stdout; all
 // else goes to stderr. Each authorization is signed in at once as the "next person" that the test
 // set through the control API on the same port (test only):
@@ -31,6 +35,8 @@ const { values: args } = parseArgs({
     'client-secret': { type: 'string' },
     'groups-claim': { type: 'string', default: 'groups' },
     'ttl-id-token': { type: 'string' },
+    host: { type: 'string', default: '127.0.0.1' },
+    'login-page': { type: 'boolean', default: false },
   },
   strict: true,
 });
@@ -111,7 +117,11 @@ await new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(0, '127.0.0.1', resolve);
 });
-const issuer = `http://127.0.0.1:${server.address().port}`;
+if (!['127.0.0.1', 'localhost'].includes(args.host)) {
+  console.error('idp.mjs: --host is 127.0.0.1 or localhost');
+  process.exit(2);
+}
+const issuer = `http://${args.host}:${server.address().port}`;
 
 const registeredRedirects = ['https://127.0.0.1/oidc/callback', 'https://localhost/oidc/callback'];
 const provider = new Provider(issuer, {
@@ -315,7 +325,14 @@ server.on('request', (req, res) => {
   let handled;
   if (path.startsWith('/_test/')) {
     handled = control(req, res, path);
-  } else if (req.method === 'GET' && /^\/interaction\/[^/]+$/.test(path)) {
+  } else if (req.method === 'GET' && args['login-page'] && /^\/interaction\/[^/]+$/.test(path)) {
+    const page = '<!doctype html><html lang="en"><title>Sign in</title><link rel="icon" href="data:,"><main><h1>Test IdP</h1>'
+      + `<form method="post" action="${path}"><button id="idp-continue">Sign in</button></form></main></html>`;
+    res.writeHead(200, { 'content-type': 'text/html', 'content-length': Buffer.byteLength(page) });
+    res.end(page);
+    handled = Promise.resolve();
+  } else if ((req.method === 'GET' || (req.method === 'POST' && args['login-page']))
+    && /^\/interaction\/[^/]+$/.test(path)) {
     handled = interact(req, res);
   } else {
     callback(req, res);

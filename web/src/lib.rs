@@ -323,13 +323,14 @@ async fn route(web: &Web, from: IpAddr, req: Request<Incoming>) -> Response<Body
         (&Method::GET, [""]) if web.console.is_some() => console::http::see_other("/console", &[]),
         (&Method::GET, [""]) => pages::render(&pages::Notice::index()),
         (&Method::GET, ["oidc", "callback"]) => {
-            let cb = callback_of(req.uri().query().unwrap_or(""));
+            let mut cb = callback_of(req.uri().query().unwrap_or(""));
             let cookies = req
                 .headers()
                 .get(header::COOKIE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
+            cb.binding = session::cookie(&cookies, session::FLOW_COOKIE).map(str::to_owned);
             let page = signins.callback(cb, from).await;
             match &web.console {
                 Some(c) if page.console.is_some() || page.request.is_some() => {

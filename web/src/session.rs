@@ -83,15 +83,21 @@ impl Sessions {
         Some(s.clone())
     }
 
-    /// Whether the session of cookie value `secret` is still open (without counting as use: a
-    /// live page's event stream does not keep a session from going idle).
-    pub fn alive(&self, secret: &str) -> bool {
+    /// The live session of cookie value `secret`, without counting as use: a live page's updates
+    /// do not keep a session from going idle.
+    pub fn peek(&self, secret: &str) -> Option<Session> {
         let key = console_thumbprint(secret);
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            .is_some_and(live)
+            .filter(|s| live(s))
+            .cloned()
+    }
+
+    /// Whether the session of cookie value `secret` is still open (without counting as use).
+    pub fn alive(&self, secret: &str) -> bool {
+        self.peek(secret).is_some()
     }
 
     /// Ends the session of cookie value `secret`.
@@ -129,6 +135,13 @@ pub fn set_cookie(name: &str, value: &str, max_age: Option<u64>) -> String {
         .map(|a| format!("; Max-Age={a}"))
         .unwrap_or_default();
     format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict{age}")
+}
+
+/// The `Set-Cookie` value of the sign-in binding: `Lax`, since the IdP's redirect back is a
+/// cross-site navigation that a `Strict` cookie would not go with (it opens nothing by itself:
+/// the callback only compares it with the flow's).
+pub fn set_flow_cookie(value: &str, max_age: u64) -> String {
+    format!("{FLOW_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}")
 }
 
 /// The value of cookie `name` in a `Cookie` header.
@@ -176,6 +189,16 @@ mod tests {
     }
 
     #[test]
+    fn a_look_that_is_no_use_does_not_touch_the_session() {
+        let s = Sessions::default();
+        let cookie = s.open(&signin("bob", "secret-1", 3600));
+        let before = s.peek(&cookie).unwrap().last;
+        assert!(s.alive(&cookie));
+        assert_eq!(s.peek(&cookie).unwrap().last, before);
+        assert!(s.get(&cookie).unwrap().last >= before);
+    }
+
+    #[test]
     fn a_session_ends_with_its_sign_in() {
         let s = Sessions::default();
         let cookie = s.open(&signin("bob", "secret-1", 0));
@@ -201,7 +224,11 @@ mod tests {
             c,
             "__Host-sallyport=v; Path=/; Secure; HttpOnly; SameSite=Strict"
         );
-        assert!(set_cookie(FLOW_COOKIE, "", Some(0)).ends_with("Max-Age=0"));
+        assert!(set_cookie(COOKIE, "", Some(0)).ends_with("Max-Age=0"));
+        assert_eq!(
+            set_flow_cookie("b", 600),
+            "__Host-sallyport-signin=b; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600"
+        );
         let h = "a=1; __Host-sallyport=abc; __Host-sallyport-signin=def";
         assert_eq!(cookie(h, COOKIE), Some("abc"));
         assert_eq!(cookie(h, FLOW_COOKIE), Some("def"));

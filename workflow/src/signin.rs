@@ -241,6 +241,8 @@ pub struct Callback {
     pub error_description: Option<String>,
     /// `iss` (RFC 9207): which IdP sent the person back, when it says.
     pub iss: Option<String>,
+    /// The sign-in binding the browser holds (its cookie), for console sign-ins.
+    pub binding: Option<String>,
 }
 
 fn unix_now() -> u64 {
@@ -723,6 +725,15 @@ impl SignIns {
                 "the identity provider was reconfigured during the sign-in; start again",
             );
         };
+        // A console sign-in signs in only the browser that started it (no login CSRF): checked
+        // before the code is used, so a sign-in carried elsewhere opens nothing.
+        if let Kind::Console { binding, .. } = kind {
+            let held = cb.binding.as_deref().unwrap_or("");
+            if !bool::from(held.as_bytes().ct_eq(binding.as_bytes())) {
+                let why = "this sign-in was started in another browser (or its cookie expired), so it signs this one in to nothing; start again from the console".to_owned();
+                return self.refuse(kind, &oidc, None, why, source).await;
+            }
+        }
         // RFC 9207: an answer from another IdP than the one this flow went to is a mix-up.
         if let Some(iss) = &cb.iss
             && *iss != oidc.issuer

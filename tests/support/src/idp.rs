@@ -50,6 +50,32 @@ impl Idp {
     /// `groups_claim`, and waits (30 s at most) for its issuer line. Its stderr goes to the test's
     /// stderr, prefixed `[idp]`. Panics when `node_modules` is missing or the IdP does not start.
     pub fn start(client_id: &str, client_secret: Option<&str>, groups_claim: &str) -> Idp {
+        Self::launch(client_id, client_secret, groups_claim, &[])
+    }
+
+    /// As [`Idp::start`], but like a real IdP to a browser: another site than a broker reached at
+    /// 127.0.0.1 (its issuer names `localhost`), with a sign-in page whose button
+    /// (`#idp-continue`) must be clicked, so that the redirect back starts from the IdP's page
+    /// and browsers apply their cross-site cookie rules to it.
+    pub fn start_elsewhere(
+        client_id: &str,
+        client_secret: Option<&str>,
+        groups_claim: &str,
+    ) -> Idp {
+        Self::launch(
+            client_id,
+            client_secret,
+            groups_claim,
+            &["--host", "localhost", "--login-page"],
+        )
+    }
+
+    fn launch(
+        client_id: &str,
+        client_secret: Option<&str>,
+        groups_claim: &str,
+        extra: &[&str],
+    ) -> Idp {
         let dir = require_node_modules();
         let mut cmd = Command::new("node");
         cmd.arg(dir.join("idp.mjs")).args([
@@ -58,6 +84,7 @@ impl Idp {
             "--groups-claim",
             groups_claim,
         ]);
+        cmd.args(extra);
         if let Some(secret) = client_secret {
             cmd.args(["--client-secret", secret]);
         }

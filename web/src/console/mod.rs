@@ -25,9 +25,14 @@ use sallyport_workflow::signin::{ConsoleStart, Page};
 use sallyport_workflow::{Caller, Workflow, WorkflowError};
 
 use crate::Body;
-use crate::session::{COOKIE, FLOW_COOKIE, Session, Sessions, cookie, set_cookie};
+use crate::session::{COOKIE, FLOW_COOKIE, Session, Sessions, cookie, set_cookie, set_flow_cookie};
 use http::{Req, csrf_matches, safe_next, same_origin, see_other};
 use views::{Chrome, Notice, render};
+
+/// The origin of an IdP's issuer, for a page whose forms go there.
+pub(crate) fn idp_origin_of(oidc: &sallyport_config::OidcSettings) -> Option<String> {
+    http::origin_of(&oidc.issuer)
+}
 
 /// What the console serves from. Built once by the binary's assembly.
 pub struct Console {
@@ -90,6 +95,7 @@ impl Ctx<'_> {
             ok: false,
             text: e.to_string(),
             back: None,
+            refresh: None,
         };
         render(status, &n, None)
     }
@@ -128,14 +134,30 @@ impl Console {
         let path = req.path.clone();
         let seg: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
         match (&req.method, seg.as_slice()) {
-            (&Method::GET, ["login"]) => return self.login(&req).await,
+            (&Method::POST, ["login"]) => return self.login(req).await,
+            (&Method::GET, ["login"]) if req.q("customer").is_some() => {
+                return pages::choose(self, &req);
+            }
             (&Method::GET, ["login", "choose"]) => return pages::choose(self, &req),
             _ => {}
         }
+        // A live page's updates (its event stream, the lists it fetches) are no use of the
+        // session: they must not keep an unattended console signed in.
+        let quiet = seg.first() == Some(&"events") || req.q("part").is_some();
         let secret = cookie(&req.cookies, COOKIE).map(str::to_owned);
-        let Some((secret, session)) = secret.and_then(|s| self.sessions.get(&s).map(|x| (s, x)))
-        else {
-            return if req.method == Method::GET && seg.first() != Some(&"events") {
+        let found = secret.and_then(|s| {
+            let session = if quiet {
+                self.sessions.peek(&s)
+            } else {
+                self.sessions.get(&s)
+            };
+            session.map(|x| (s, x))
+        });
+        let Some((secret, session)) = found else {
+            return if quiet {
+                // The page's script reloads, and the person sees the sign-in page.
+                http::text(StatusCode::UNAUTHORIZED, "signed out")
+            } else if req.method == Method::GET {
                 pages::signin_page(self, &req)
             } else {
                 views::plain(
@@ -198,9 +220,23 @@ impl Console {
         Ok(())
     }
 
-    /// `GET /console/login?customer=&role=&next=`: starts a sign-in bound to this browser.
-    async fn login(&self, req: &Req) -> Response<Body> {
-        let role = match req.q("role").as_deref() {
+    /// `POST /console/login` `customer=&role=&next=`, from the console's own sign-in pages:
+    /// starts a sign-in bound to this browser (a POST with the console's origin, so that no other
+    /// site can start sign-ins in people's browsers).
+    async fn login(&self, mut req: Req) -> Response<Body> {
+        let form = match req.form().await {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        if !same_origin(req.origin.as_deref(), &self.base()) {
+            return views::plain(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "A sign-in starts from the console's own page; nothing was started.",
+            );
+        }
+        let field = |k: &str| form.get(k).filter(|v| !v.is_empty()).cloned();
+        let role = match field("role").as_deref() {
             None => None,
             Some("approver") => Some(Role::Approver),
             Some("auditor") => Some(Role::Auditor),
@@ -216,13 +252,13 @@ impl Console {
         };
         let binding = sallyport_oidc::pkce::random_token();
         let start = ConsoleStart {
-            customer: req.q("customer"),
+            customer: field("customer"),
             role,
             binding: binding.clone(),
-            next: safe_next(req.q("next").as_deref()),
+            next: safe_next(field("next").as_deref()),
         };
         match self.workflow.signins.start_console(start, req.ip).await {
-            Ok(s) => see_other(&s.url, &[set_cookie(FLOW_COOKIE, &binding, Some(600))]),
+            Ok(s) => see_other(&s.url, &[set_flow_cookie(&binding, 600)]),
             Err(e) => {
                 let (status, title) = status_of(&e);
                 views::plain(status, title, &e.to_string())
@@ -230,30 +266,48 @@ impl Console {
         }
     }
 
-    /// What the callback of a console sign-in answers: a session for the browser that started it,
-    /// and on to where it was going.
+    /// What the callback of a console sign-in answers: a session for the browser that started it
+    /// (any session it had ends), and a page that moves on to where it was going. Not a redirect:
+    /// the callback is the end of a cross-site navigation from the IdP, on which the `Strict`
+    /// session cookie would not go; the page's own navigation is same-site.
     pub(crate) fn signed_in(&self, page: Page, cookies: &str) -> Response<Body> {
         let Some(signin) = page.console else {
             return views::notice_page(&page);
         };
+        // The workflow checked the binding before using the code; checked again here.
         let bound =
             cookie(cookies, FLOW_COOKIE).is_some_and(|b| csrf_matches(Some(b), &signin.binding));
         if !bound {
-            tracing::info!(peer = %signin.peer.id, "console sign-in finished in another browser; refused");
             return views::plain(
                 StatusCode::FORBIDDEN,
                 "Refused",
                 "This sign-in was started in another browser (or its cookie expired), so it does not sign this one in. Start again from the console.",
             );
         }
+        if let Some(old) = cookie(cookies, COOKIE) {
+            self.sessions.end(old);
+        }
         let value = self.sessions.open(&signin);
-        see_other(
-            &signin.next,
-            &[
-                set_cookie(COOKIE, &value, None),
-                set_cookie(FLOW_COOKIE, "", Some(0)),
-            ],
-        )
+        let n = Notice {
+            chrome: views::Chrome {
+                title: "Signed in".into(),
+                ..views::Chrome::default()
+            },
+            ok: true,
+            text: page.text,
+            back: Some((signin.next.clone(), "Continue to the console".into())),
+            refresh: Some(signin.next.clone()),
+        };
+        let mut r = render(StatusCode::OK, &n, None);
+        for c in [
+            set_cookie(COOKIE, &value, None),
+            set_cookie(FLOW_COOKIE, "", Some(0)),
+        ] {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&c) {
+                r.headers_mut().append(hyper::header::SET_COOKIE, v);
+            }
+        }
+        r
     }
 }
 

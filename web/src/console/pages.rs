@@ -27,20 +27,26 @@ pub(crate) fn signin_page(console: &Console, req: &Req) -> Response<Body> {
     } else {
         safe_next(Some(&req.path))
     };
+    let config = console.config.load();
+    let idp = config
+        .provider_oidc
+        .as_ref()
+        .and_then(|p| super::idp_origin_of(&p.oidc));
     let p = SignInPage {
         chrome: Chrome {
             title: "Sign in to Sallyport".into(),
             ..Chrome::default()
         },
         next,
-        provider: console.config.load().provider_oidc.is_some(),
+        provider: config.provider_oidc.is_some(),
     };
-    render(StatusCode::OK, &p, None)
+    render(StatusCode::OK, &p, idp.as_deref())
 }
 
-/// `GET /console/login/choose?customer=`: a customer's sign-in links (a page, so that no form
-/// redirects to an IdP the console's policy does not name).
-pub(crate) fn choose(_console: &Console, req: &Req) -> Response<Body> {
+/// `GET /console/login/choose?customer=` (and `/console/login?customer=&role=`, the link a
+/// customer bookmarks): the buttons that sign a customer's people in, with a policy naming that
+/// customer's IdP for the forms.
+pub(crate) fn choose(console: &Console, req: &Req) -> Response<Body> {
     let customer: String = req
         .q("customer")
         .unwrap_or_default()
@@ -53,10 +59,16 @@ pub(crate) fn choose(_console: &Console, req: &Req) -> Response<Body> {
             title: "Sign in".into(),
             ..Chrome::default()
         },
-        customer,
         next: safe_next(req.q("next").as_deref()),
+        role: req.q("role").unwrap_or_default(),
+        customer,
     };
-    render(StatusCode::OK, &p, None)
+    let config = console.config.load();
+    let idp = config
+        .customer(&p.customer)
+        .and_then(|c| c.oidc.as_ref())
+        .and_then(|s| super::idp_origin_of(&s.oidc));
+    render(StatusCode::OK, &p, idp.as_deref())
 }
 
 /// Answers a GET of a signed-in person.

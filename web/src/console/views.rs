@@ -104,6 +104,8 @@ pub struct Notice {
     pub text: String,
     /// A link onwards, `(href, words)`.
     pub back: Option<(String, String)>,
+    /// Where the page moves on to by itself (a console path).
+    pub refresh: Option<String>,
 }
 
 /// Renders `t` as an HTML answer.
@@ -130,6 +132,7 @@ pub fn plain(status: StatusCode, title: &str, text: &str) -> Response<Body> {
         ok: status.is_success(),
         text: text.into(),
         back: Some(("/console".into(), "Go to the console".into())),
+        refresh: None,
     };
     render(status, &n, None)
 }
@@ -149,6 +152,7 @@ pub fn notice_page(p: &Page) -> Response<Body> {
                 "Back to the request in the console".into(),
             )
         }),
+        refresh: None,
     };
     render(
         if p.ok {
@@ -372,6 +376,8 @@ pub struct ChoosePage {
     pub customer: String,
     /// Where to go once signed in.
     pub next: String,
+    /// The role asked for in the link (`approver`, `auditor`), or empty: both buttons.
+    pub role: String,
 }
 
 /// The approval queue.
@@ -525,6 +531,7 @@ mod tests {
             ok: false,
             text: "<script>alert(1)</script>".into(),
             back: None,
+            refresh: None,
         }
         .render()
         .unwrap();
