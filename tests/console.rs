@@ -587,6 +587,33 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
         ))
         .unwrap()
     };
+    // The pages' headers: a strict policy with no inline script, never framed, never cached.
+    let page = rt
+        .block_on(sallyport_testkit::request(
+            web,
+            &sallyport_testkit::anonymous_connector(&ca),
+            "GET /console HTTP/1.1\r\nHost: x\r\n\r\n",
+        ))
+        .unwrap();
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'")
+            && csp.contains("script-src 'self'")
+            && csp.contains("frame-ancestors 'none'")
+            && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    for (name, value) in [
+        ("cache-control", "no-store"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "same-origin"),
+        ("x-content-type-options", "nosniff"),
+        ("cross-origin-opener-policy", "same-origin"),
+    ] {
+        assert_eq!(page.header(name), Some(value), "{name}");
+    }
+
     // Another site's page cannot start sign-ins in people's browsers.
     let refused = start("https://evil.example");
     assert_eq!(refused.status, 403, "{}", refused.body);

@@ -1,4 +1,4 @@
-//! `GET /v1/sessions[?customer=&technician=&live=true]` (bytes and durations; live sessions with their
+//! `GET /v1/sessions[?customer=&technician=&grant=&live=true]` (bytes and durations; live sessions with their
 //! bytes so far) and `DELETE /v1/sessions/{id}` (ends a live session: that customer's approvers, the
 //! session's technician, or an admin). The rules are the workflow's.
 
@@ -18,6 +18,7 @@ use crate::{Api, ApiError, caller, ok};
 struct ListQuery {
     customer: Option<String>,
     technician: Option<String>,
+    grant: Option<String>,
     #[serde(default)]
     live: bool,
 }
@@ -25,6 +26,12 @@ struct ListQuery {
 /// `GET /v1/sessions`.
 pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Body>, ApiError> {
     let q: ListQuery = query(q)?;
+    // A grant that is not an id names no session.
+    let grant = match q.grant.map(|g| g.parse::<sallyport_ids::GrantId>()) {
+        None => None,
+        Some(Ok(g)) => Some(g),
+        Some(Err(_)) => return Ok(ok(StatusCode::OK, serde_json::json!({ "sessions": [] }))),
+    };
     let listed = api
         .workflow
         .sessions
@@ -34,6 +41,7 @@ pub async fn list(api: &Api, conn: &Conn, q: Option<&str>) -> Result<Response<Bo
                 customer: q.customer,
                 technician: q.technician,
                 live: q.live,
+                grant,
             },
         )
         .await?;

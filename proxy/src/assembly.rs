@@ -466,6 +466,7 @@ impl Broker {
             sessions: sallyport_web::session::Sessions::default(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             streams: sallyport_web::console::events::Streams::default(),
+            heavy: sallyport_web::console::Heavy::default(),
         };
         let web = sallyport_web::Web {
             signins: self.signins.clone(),

@@ -24,6 +24,10 @@ use sallyport_ids::{CustomerId, GrantId, LockId, RequestId, SessionId, SpiffeId,
 
 pub use locks::{IssuedCertificate, LockRecord, LockTarget, NewLock, Unlock};
 
+/// The most requests, grants or sessions one listing answers (the newest): the `LIMIT 1000` of
+/// the store's listing queries.
+pub const LIST_LIMIT: usize = 1000;
+
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestStatus {

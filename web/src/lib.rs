@@ -47,7 +47,7 @@ use tokio_util::task::TaskTracker;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
-/// Connections served at once from one source address.
+/// Connections served at once from one source address (an IPv6 source: its /64).
 pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 /// A request body must arrive within this.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,8 +150,21 @@ struct SourceSlot {
     ip: IpAddr,
 }
 
+/// The source a connection counts against: its IPv4 address, or its IPv6 /64 (one host's
+/// usual share, so that walking through a /64 gains nothing).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
 impl SourceSlot {
     fn take(counts: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let ip = source_of(ip);
         let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = c.entry(ip).or_default();
         if *n >= MAX_CONNECTIONS_PER_SOURCE {
@@ -220,6 +233,14 @@ fn secure(r: &mut Response<Body>) {
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+        (
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+        (
+            header::HeaderName::from_static("permissions-policy"),
+            "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+        ),
         (header::CONNECTION, "close"),
     ] {
         h.insert(name, HeaderValue::from_static(value));

@@ -36,6 +36,8 @@ pub struct Asked {
     pub technician: Option<String>,
     /// Only live ones.
     pub live: bool,
+    /// Only this grant's.
+    pub grant: Option<GrantId>,
 }
 
 /// Session listings and ends. Cheap to clone.
@@ -103,9 +105,11 @@ impl Sessions {
         ) else {
             return Ok(Vec::new());
         };
+        let grant = q.grant;
         let matches = |s: &SessionRecord| {
             customer.as_ref().is_none_or(|c| *c == s.customer)
                 && technician.as_ref().is_none_or(|t| *t == s.technician)
+                && grant.as_ref().is_none_or(|g| *g == s.grant_id)
         };
         // Live sessions, with their bytes so far, come from this broker's tunnels.
         let mut live: HashMap<SessionId, SessionRecord> = self
@@ -131,6 +135,7 @@ impl Sessions {
         let filter = SessionFilter {
             customer,
             technician,
+            grant,
             ..SessionFilter::default()
         };
         let stored = self.cx.db.run(move |s| s.sessions(&filter)).await?;

@@ -3,9 +3,11 @@
 //! or gone; a session opened, closed or moving bytes), and the page's script fetches the new list.
 //! The broker looks every [`TICK`] at what the person may see (through the workflow, as the
 //! person); a stream ends after [`STREAM_LIFETIME`] (the browser reconnects), when its session
-//! ends, or when the browser goes; at most [`MAX_STREAMS`] run at once.
+//! ends, or when the browser goes; at most [`MAX_STREAMS`] run at once, [`MAX_STREAMS_PER_SESSION`]
+//! of one session.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,14 +27,58 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 /// Streams at once, from everyone.
 pub const MAX_STREAMS: usize = 256;
+/// Streams at once of one session (a few tabs).
+pub const MAX_STREAMS_PER_SESSION: usize = 4;
 
-/// The streams' budget.
+/// The streams' budget: in all, and per session.
 #[derive(Debug, Clone)]
-pub struct Streams(Arc<Semaphore>);
+pub struct Streams {
+    all: Arc<Semaphore>,
+    per_session: Arc<Mutex<HashMap<[u8; 32], usize>>>,
+}
 
 impl Default for Streams {
     fn default() -> Self {
-        Self(Arc::new(Semaphore::new(MAX_STREAMS)))
+        Self {
+            all: Arc::new(Semaphore::new(MAX_STREAMS)),
+            per_session: Arc::default(),
+        }
+    }
+}
+
+/// One stream's place in the budget, given back when it ends.
+struct Slot {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    per_session: Arc<Mutex<HashMap<[u8; 32], usize>>>,
+    session: [u8; 32],
+}
+
+impl Streams {
+    fn take(&self, session: [u8; 32]) -> Option<Slot> {
+        let all = self.all.clone().try_acquire_owned().ok()?;
+        let mut per = self.per_session.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per.entry(session).or_default();
+        if *n >= MAX_STREAMS_PER_SESSION {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            _all: all,
+            per_session: self.per_session.clone(),
+            session,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per = self.per_session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per.get_mut(&self.session) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.session);
+            }
+        }
     }
 }
 
@@ -55,7 +101,7 @@ pub(crate) fn stream(cx: &Ctx<'_>, secret: &str) -> Response<Body> {
             );
         }
     };
-    let Ok(permit) = cx.console.streams.0.clone().try_acquire_owned() else {
+    let Some(permit) = cx.console.streams.take(cx.session.peer.thumbprint) else {
         return super::views::plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "Busy",

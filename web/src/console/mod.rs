@@ -50,6 +50,42 @@ pub struct Console {
     pub version: String,
     /// The live pages' event streams.
     pub streams: events::Streams,
+    /// Exports, evidence bundles and verifications running at once (each reads a chain).
+    pub heavy: Heavy,
+}
+
+/// The budget of work that reads a whole chain: [`MAX_HEAVY`] at once, from everyone.
+#[derive(Debug, Clone)]
+pub struct Heavy(std::sync::Arc<tokio::sync::Semaphore>);
+
+/// Exports, bundles and verifications at once.
+pub const MAX_HEAVY: usize = 2;
+
+impl Default for Heavy {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HEAVY)))
+    }
+}
+
+impl Heavy {
+    /// A place, if one is free.
+    pub(crate) fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+
+    /// The answer when none is.
+    pub(crate) fn busy() -> Response<Body> {
+        let mut r = views::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "Other exports or verifications are running; try again in a minute.",
+        );
+        r.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("30"),
+        );
+        r
+    }
 }
 
 impl std::fmt::Debug for Console {
@@ -205,11 +241,16 @@ impl Console {
     /// The checks of every call: the person's rate, locks, and a customer's own IdP.
     async fn admit(&self, cx: &Ctx<'_>) -> Result<(), Response<Body>> {
         if self.calls.check(&cx.session.peer.id.to_string()).is_err() {
-            return Err(views::plain(
+            let mut r = views::plain(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Slow down",
                 "Too many requests from you in a short time; wait a minute.",
-            ));
+            );
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("60"),
+            );
+            return Err(r);
         }
         if let Err(e) = self.workflow.locks.gate().admit(cx.caller(), None).await {
             return Err(cx.refused(&e));

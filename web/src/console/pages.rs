@@ -107,6 +107,13 @@ fn home(role: Role) -> &'static str {
 pub(crate) async fn queue_rows(
     cx: &Ctx<'_>,
 ) -> Result<Vec<RequestRow>, sallyport_workflow::WorkflowError> {
+    let pending = cx
+        .console
+        .workflow
+        .requests
+        .list(cx.caller(), Some("pending"), None)
+        .await?;
+    // The context: the newest requests and sessions (the store's listing bound).
     let all = cx
         .console
         .workflow
@@ -135,9 +142,8 @@ pub(crate) async fn queue_rows(
             .or_default();
         e.1 += 1;
     }
-    Ok(all
+    Ok(pending
         .iter()
-        .filter(|r| r.status == RequestStatus::Pending)
         .map(|r| {
             let mut row = RequestRow::of(r);
             let (reqs, sess) = count
@@ -145,7 +151,7 @@ pub(crate) async fn queue_rows(
                 .copied()
                 .unwrap_or_default();
             row.history = format!(
-                "{} other request(s) and {sess} session(s) on {}",
+                "{} other recent request(s) and {sess} session(s) on {}",
                 reqs.saturating_sub(1),
                 row.customer
             );
@@ -191,13 +197,13 @@ async fn request(cx: &Ctx<'_>, id: &str) -> Response<Body> {
                 cx.caller(),
                 Asked {
                     customer: Some(rec.filed.customer.to_string()),
+                    grant: Some(gid.clone()),
                     ..Asked::default()
                 },
             )
             .await
             .unwrap_or_default()
             .into_iter()
-            .filter(|l| l.session.grant_id == *gid)
             .map(|l| SessionRow::of(&l.session, l.live, l.break_glass, now))
             .collect(),
         None => Vec::new(),
@@ -224,7 +230,8 @@ async fn request(cx: &Ctx<'_>, id: &str) -> Response<Body> {
             .as_ref()
             .map(|d| format!("denied by {}: {}", d.by.short(), d.reason))
             .unwrap_or_default(),
-        can_decide: pending && decides(role),
+        // A customer with its own IdP takes decisions only signed there, by its approvers.
+        can_decide: pending && (role == Role::Approver || (role == Role::Admin && !signed)),
         signed,
         can_cancel: pending && rec.filed.technician == cx.session.peer.id,
         can_revoke: grant.as_ref().is_some_and(|g| g.active)

@@ -265,6 +265,9 @@ pub(crate) async fn verify(cx: &Ctx<'_>, form: &HashMap<String, String>) -> Resp
         Ok(c) => c,
         Err(e) => return cx.refused(&e),
     };
+    let Some(_place) = cx.console.heavy.take() else {
+        return super::Heavy::busy();
+    };
     let audit = audit_dir(cx);
     let key = key_bytes(cx);
     let c = chain.clone();
@@ -315,6 +318,9 @@ pub(crate) async fn export(cx: &Ctx<'_>) -> Response<Body> {
     let chain = match chain(cx, cx.req.q("customer")).await {
         Ok(c) => c,
         Err(e) => return cx.refused(&e),
+    };
+    let Some(_place) = cx.console.heavy.take() else {
+        return super::Heavy::busy();
     };
     let dir = segment::chain_dir(&audit_dir(cx), &chain);
     let version = cx.console.version.clone();
@@ -377,6 +383,9 @@ pub(crate) async fn bundle(cx: &Ctx<'_>, id: &str) -> Response<Body> {
     {
         return cx.refused(&e);
     }
+    let Some(_place) = cx.console.heavy.take() else {
+        return super::Heavy::busy();
+    };
     let store = cx.console.workflow.requests.context().db.store().clone();
     let clock = cx.console.workflow.requests.context().clock.clone();
     let audit = audit_dir(cx);
@@ -519,12 +528,21 @@ pub(crate) async fn register(cx: &Ctx<'_>) -> Response<Body> {
         Ok(c) => c,
         Err(e) => return cx.refused(&e),
     };
-    let rows = match rows(cx, &customer, since, until).await {
+    let Register { rows, complete } = match rows(cx, &customer, since, until).await {
         Ok(r) => r,
         Err(e) => return cx.refused(&e),
     };
+    if !complete {
+        page.error = format!(
+            "This register may be incomplete: more than {} grants, requests or sessions of {customer} are on record. Use the evidence API (`GET /v1/grants`, `sallyport audit export`) for the whole history.",
+            sallyport_store::LIST_LIMIT
+        );
+    }
     tracing::info!(peer = %cx.session.peer.id, customer = %customer, grants = rows.len(), "console: access register");
     if cx.req.q("format").as_deref() == Some("csv") {
+        if !complete {
+            return cx.refused(&WorkflowError::Conflict(page.error));
+        }
         return match csv_of(&rows) {
             Ok(csv) => download(
                 "text/csv; charset=utf-8",
@@ -567,7 +585,7 @@ async fn rows(
     customer: &str,
     since: i64,
     until: i64,
-) -> Result<Vec<RegisterRow>, WorkflowError> {
+) -> Result<Register, WorkflowError> {
     let wf = &cx.console.workflow;
     let grants = wf
         .grants
@@ -592,32 +610,34 @@ async fn rows(
     let dir = segment::chain_dir(&audit_dir(cx), customer);
     let filter = Filter {
         since: jiff::Timestamp::from_second(since - 31 * 86_400).ok(),
+        until: jiff::Timestamp::from_second(until).ok(),
         ..Filter::default()
     };
-    let signed: HashMap<(String, String), String> =
-        tokio::task::spawn_blocking(move || read(&dir, &filter, MAX_EXPORT))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|(lines, _)| {
-                lines
-                    .iter()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .filter(|v| {
-                        v["event"] == "approval_recorded" || v["event"] == "request_approved"
-                    })
-                    .filter_map(|v| {
-                        Some((
-                            (
-                                v["request_id"].as_str()?.to_owned(),
-                                v["actor"].as_str()?.to_owned(),
-                            ),
-                            v["idp"]["issuer"].as_str()?.to_owned(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    let read = tokio::task::spawn_blocking(move || read(&dir, &filter, MAX_EXPORT))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    // Where the trail could not be read in full, an approval not found is "unknown", never
+    // "not signed".
+    let trail_complete = read.as_ref().is_some_and(|(_, more)| !more);
+    let signed: HashMap<(String, String), String> = read
+        .map(|(lines, _)| {
+            lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["event"] == "approval_recorded" || v["event"] == "request_approved")
+                .filter_map(|v| {
+                    Some((
+                        (
+                            v["request_id"].as_str()?.to_owned(),
+                            v["actor"].as_str()?.to_owned(),
+                        ),
+                        v["idp"]["issuer"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let now = now_unix();
     let by_request: HashMap<String, &sallyport_store::RequestRecord> = requests
         .iter()
@@ -625,7 +645,14 @@ async fn rows(
         .collect();
     let mut out: Vec<RegisterRow> = grants
         .iter()
-        .filter(|g| g.not_before < until && g.expires_at >= since)
+        .filter(|g| {
+            // In force at some time of the period: from its start to its end or revocation.
+            let end = g
+                .revoked
+                .as_ref()
+                .map_or(g.expires_at, |r| r.at.min(g.expires_at));
+            g.not_before < until && end > since
+        })
         .map(|g| {
             let req = g
                 .request_id
@@ -661,7 +688,13 @@ async fn rows(
                         signed
                             .get(&(rid.clone(), a.approver.to_string()))
                             .cloned()
-                            .unwrap_or_else(|| "not signed".into())
+                            .unwrap_or_else(|| {
+                                if trail_complete {
+                                    "not signed".into()
+                                } else {
+                                    "unknown (trail not read in full)".into()
+                                }
+                            })
                     })
                     .collect::<Vec<_>>()
                     .join("; "),
@@ -694,7 +727,19 @@ async fn rows(
         })
         .collect();
     out.sort_by(|a, b| a.not_before.cmp(&b.not_before));
-    Ok(out)
+    // The store answers at most its newest 1000 of each: say so rather than leave gaps unseen.
+    let cap = sallyport_store::LIST_LIMIT;
+    let complete = grants.len() < cap && requests.len() < cap && sessions.len() < cap;
+    Ok(Register {
+        rows: out,
+        complete: complete && trail_complete,
+    })
+}
+
+/// The register's grants, and whether every source was read in full.
+struct Register {
+    rows: Vec<RegisterRow>,
+    complete: bool,
 }
 
 /// A cell as a spreadsheet will not run it: a leading `= + - @` (or tab, CR) is quoted away.
