@@ -132,6 +132,18 @@ fn world() -> World {
     }
 }
 
+/// acme's approver, as acme's IdP signs him in (with a hardware key).
+fn bob() -> Value {
+    json!({"sub": "acme-77", "preferred_username": "bob", "name": "Bob",
+           "groups": ["acme-approvers"], "amr": ["pwd", "hwk"]})
+}
+
+/// The provider's technician, as the provider's IdP signs her in.
+fn alice_at_idp() -> Value {
+    json!({"sub": "u-1001", "preferred_username": "alice", "name": "Alice",
+           "groups": ["support"], "amr": ["pwd", "otp"]})
+}
+
 /// Where screenshots go: `docs/console/` of the repository.
 fn shots() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console")
@@ -273,10 +285,7 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
     check_page(&mut w, "tech", "signin");
 
     // A technician signs in at the provider's IdP and lands on their requests.
-    w.provider.next(
-        json!({"sub": "u-1001", "preferred_username": "alice", "name": "Alice",
-                           "groups": ["support"], "amr": ["pwd", "otp"]}),
-    );
+    w.provider.next(alice_at_idp());
     sign_in(&mut w, "tech", At::Provider, "/console/my");
     w.browser.wait_text("tech", "header", "alice");
     assert!(
@@ -286,10 +295,7 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
     );
 
     // An acme approver signs in at acme's IdP; the queue is empty.
-    w.acme.next(
-        json!({"sub": "acme-77", "preferred_username": "bob", "name": "Bob",
-                       "groups": ["acme-approvers"], "amr": ["pwd", "hwk"]}),
-    );
+    w.acme.next(bob());
     sign_in(
         &mut w,
         "bob",
@@ -347,10 +353,7 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
     // The approver approves through acme's IdP, which signs this very decision.
     w.browser.click("bob", &format!("#req-{id} a.button"));
     check_page(&mut w, "bob", "request-approver");
-    w.acme.next(
-        json!({"sub": "acme-77", "preferred_username": "bob", "name": "Bob",
-                       "groups": ["acme-approvers"], "amr": ["pwd", "hwk"]}),
-    );
+    w.acme.next(bob());
     w.browser.fill("bob", "#comment", "ok for the patch");
     let (status, at) = w.browser.submit("bob", "#approve");
     assert_eq!(status, Some(200), "{at}: {}", w.browser.text("bob", "main"));
@@ -680,20 +683,14 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
     );
 
     // The technician files; the approver signs in.
-    w.provider.next(
-        json!({"sub": "u-1001", "preferred_username": "alice", "name": "Alice",
-                           "groups": ["support"], "amr": ["pwd", "otp"]}),
-    );
+    w.provider.next(alice_at_idp());
     sign_in(&mut w, "tech", At::Provider, "/console/my");
     w.browser.goto("tech", &w.url("/console/new"));
     w.browser.select("tech", "#target", "acme/db01");
     w.browser.fill("tech", "#reason", "rotate the logs");
     let (_, at) = w.browser.submit("tech", "#file");
     let id = at.rsplit('/').next().unwrap().to_owned();
-    w.acme.next(
-        json!({"sub": "acme-77", "preferred_username": "bob", "name": "Bob",
-                       "groups": ["acme-approvers"], "amr": ["pwd", "hwk"]}),
-    );
+    w.acme.next(bob());
     sign_in(
         &mut w,
         "bob",
@@ -774,10 +771,7 @@ fn bad_console_requests_get_clear_errors_and_change_nothing() {
     // The approver denies through acme's IdP, with a reason.
     w.browser
         .goto("bob", &w.url(&format!("/console/requests/{id}")));
-    w.acme.next(
-        json!({"sub": "acme-77", "preferred_username": "bob", "name": "Bob",
-                       "groups": ["acme-approvers"], "amr": ["pwd", "hwk"]}),
-    );
+    w.acme.next(bob());
     w.browser.fill("bob", "#reason", "not in the change window");
     let (status, at) = w.browser.submit("bob", "#deny");
     assert_eq!(status, Some(200));

@@ -821,6 +821,45 @@ impl SignIns {
         })
     }
 
+    /// Who a login's or console sign-in's token makes the person: the verified claims, what of
+    /// them goes on the trail, the identity and a technician's groups; or the recorded refusal.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one flow's parts, as both kinds of sign-in hold them"
+    )]
+    async fn person_of(
+        &self,
+        kind: &Kind,
+        oidc: &OidcSettings,
+        nonce: &str,
+        token: &str,
+        customer: Option<&CustomerId>,
+        role: Option<Role>,
+        source: IpAddr,
+    ) -> Result<
+        (
+            IdClaims,
+            IdpEvidence,
+            SpiffeId,
+            Vec<sallyport_ids::GroupName>,
+        ),
+        Done,
+    > {
+        let claims = match self.verify(oidc, token, nonce).await {
+            Ok(c) => c,
+            Err((why, ev)) => return Err(self.refuse(kind, oidc, ev, why, source).await),
+        };
+        let evidence = rules::evidence(&claims, &oidc.client_id, None);
+        let config = self.0.config.load();
+        match person(&config, customer, role, &claims) {
+            Ok((principal, groups)) => {
+                let id = SpiffeId::new(config.trust_domain.clone(), principal);
+                Ok((claims, evidence, id, groups))
+            }
+            Err(why) => Err(self.refuse(kind, oidc, Some(evidence), why.0, source).await),
+        }
+    }
+
     async fn finish_login(
         &self,
         kind: &Kind,
@@ -838,22 +877,17 @@ impl SignIns {
         else {
             return refused("internal", "not a login");
         };
-        let claims = match self.verify(oidc, token, nonce).await {
-            Ok(c) => c,
-            Err((why, ev)) => return self.refuse(kind, oidc, ev, why, source).await,
-        };
-        let evidence = rules::evidence(&claims, &oidc.client_id, None);
-        let config = self.0.config.load();
-        let (principal, groups) = match person(&config, customer.as_ref(), *role, &claims) {
+        let (claims, evidence, id, groups) = match self
+            .person_of(kind, oidc, nonce, token, customer.as_ref(), *role, source)
+            .await
+        {
             Ok(p) => p,
-            Err(why) => {
-                return self.refuse(kind, oidc, Some(evidence), why.0, source).await;
-            }
+            Err(done) => return done,
         };
+        let config = self.0.config.load();
         let Some(ca) = &self.0.ca else {
             return refused("no_ca", "this broker cannot issue certificates");
         };
-        let id = SpiffeId::new(config.trust_domain.clone(), principal);
         let now = SystemTime::now();
         let validity = Validity {
             not_before: now - Duration::from_secs(300),
@@ -925,19 +959,13 @@ impl SignIns {
         let Kind::Console { customer, role, .. } = kind else {
             return refused("internal", "not a console sign-in");
         };
-        let claims = match self.verify(oidc, token, nonce).await {
-            Ok(c) => c,
-            Err((why, ev)) => return self.refuse(kind, oidc, ev, why, source).await,
-        };
-        let evidence = rules::evidence(&claims, &oidc.client_id, None);
-        let config = self.0.config.load();
-        let (principal, groups) = match person(&config, customer.as_ref(), *role, &claims) {
+        let (claims, evidence, id, groups) = match self
+            .person_of(kind, oidc, nonce, token, customer.as_ref(), *role, source)
+            .await
+        {
             Ok(p) => p,
-            Err(why) => {
-                return self.refuse(kind, oidc, Some(evidence), why.0, source).await;
-            }
+            Err(done) => return done,
         };
-        let id = SpiffeId::new(config.trust_domain.clone(), principal);
         let lifetime = oidc.cert_validity.min(CONSOLE_MAX_LIFETIME);
         let until = SystemTime::now() + lifetime;
         let expires = jiff::Timestamp::try_from(until)

@@ -112,12 +112,20 @@ impl Browser {
         let stdin = child.stdin.take();
         let ready = match lines.recv_timeout(START_TIMEOUT) {
             Ok(Ok(line)) => line,
-            Ok(Err(e)) => Self::fail_start(child, &stderr, &format!("reading its stdout: {e}")),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                Self::fail_start(child, &stderr, "no ready line within 60 s")
-            }
+            Ok(Err(e)) => crate::idp::fail_start(
+                "tests/browser/driver.mjs",
+                child,
+                &stderr,
+                &format!("reading its stdout: {e}"),
+            ),
+            Err(mpsc::RecvTimeoutError::Timeout) => crate::idp::fail_start(
+                "tests/browser/driver.mjs",
+                child,
+                &stderr,
+                "no ready line within 60 s",
+            ),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Self::fail_start(child, &stderr, "it exited")
+                crate::idp::fail_start("tests/browser/driver.mjs", child, &stderr, "it exited")
             }
         };
         let version = serde_json::from_str::<Value>(&ready)
@@ -125,7 +133,12 @@ impl Browser {
             .filter(|v| v["ready"] == true)
             .and_then(|v| v["version"].as_str().map(str::to_owned));
         let Some(version) = version else {
-            Self::fail_start(child, &stderr, &format!("unexpected ready line {ready:?}"))
+            crate::idp::fail_start(
+                "tests/browser/driver.mjs",
+                child,
+                &stderr,
+                &format!("unexpected ready line {ready:?}"),
+            )
         };
         Browser {
             child,
@@ -135,18 +148,6 @@ impl Browser {
             version,
             stderr,
         }
-    }
-
-    /// Kills a driver that did not start and panics with what it printed.
-    fn fail_start(mut child: Child, stderr: &Mutex<Vec<String>>, why: &str) -> ! {
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        // Give the stderr thread a moment to collect the last lines.
-        std::thread::sleep(Duration::from_millis(200));
-        panic!(
-            "tests/browser/driver.mjs did not start ({why}; {status}):\n{}",
-            stderr.lock().unwrap().join("\n")
-        );
     }
 
     /// The Chromium version, e.g. `156.0.8078.114`.

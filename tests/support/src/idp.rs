@@ -117,32 +117,35 @@ impl Idp {
         });
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(line)) => line,
-            Ok(Err(e)) => Self::fail_start(child, &stderr, &format!("reading its stdout: {e}")),
-            Err(_) => Self::fail_start(child, &stderr, "no ready line within 30 s"),
+            Ok(Err(e)) => fail_start(
+                "tests/oidc/idp.mjs",
+                child,
+                &stderr,
+                &format!("reading its stdout: {e}"),
+            ),
+            Err(_) => fail_start(
+                "tests/oidc/idp.mjs",
+                child,
+                &stderr,
+                "no ready line within 30 s",
+            ),
         };
         let issuer = serde_json::from_str::<serde_json::Value>(&line)
             .ok()
             .and_then(|v| v["issuer"].as_str().map(str::to_owned));
         let Some(issuer) = issuer else {
-            Self::fail_start(child, &stderr, &format!("unexpected ready line {line:?}"))
+            fail_start(
+                "tests/oidc/idp.mjs",
+                child,
+                &stderr,
+                &format!("unexpected ready line {line:?}"),
+            )
         };
         Idp {
             child,
             issuer,
             stderr,
         }
-    }
-
-    /// Kills a child that did not start and panics with what it printed.
-    fn fail_start(mut child: Child, stderr: &Mutex<Vec<String>>, why: &str) -> ! {
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        // Give the stderr thread a moment to collect the last lines.
-        std::thread::sleep(Duration::from_millis(200));
-        panic!(
-            "tests/oidc/idp.mjs did not start ({why}; {status}):\n{}",
-            stderr.lock().unwrap().join("\n")
-        );
     }
 
     /// The issuer, `http://127.0.0.1:PORT`, also the base of every endpoint.
@@ -389,4 +392,21 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&raw[..size]);
         raw = raw.get(size + 2..).unwrap_or(&[]);
     }
+}
+
+/// Kills a node child (`script`) that did not start and panics with what it printed.
+pub(crate) fn fail_start(
+    script: &str,
+    mut child: Child,
+    stderr: &Mutex<Vec<String>>,
+    why: &str,
+) -> ! {
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    // Give the stderr thread a moment to collect the last lines.
+    std::thread::sleep(Duration::from_millis(200));
+    panic!(
+        "{script} did not start ({why}; {status}):\n{}",
+        stderr.lock().unwrap().join("\n")
+    );
 }
