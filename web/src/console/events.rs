@@ -138,11 +138,10 @@ pub(crate) fn stream(cx: &Ctx<'_>, secret: &str) -> Response<Body> {
                     Some("event: changed\ndata: {}\n\n")
                 }
             };
-            // The first look only sets the baseline: the page already shows it.
-            let first = last.is_none();
+            // The first look says "changed" too: the page was drawn before the stream began,
+            // and whatever changed in between must not be missed.
             last = Some(now);
             if let Some(m) = msg
-                && !first
                 && tx.send(Bytes::from_static(m.as_bytes())).await.is_err()
             {
                 return;

@@ -449,6 +449,11 @@ pub struct RegisterRow {
 }
 
 impl RegisterRow {
+    /// The technician, for people (`provider/name`; the CSV has the SPIFFE id).
+    pub fn who(&self) -> String {
+        sallyport_ids::short(&self.technician)
+    }
+
     /// Time connected, for people.
     pub fn used(&self) -> String {
         duration(self.seconds_used)
