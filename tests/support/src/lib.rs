@@ -11,6 +11,7 @@
 
 pub mod browser;
 pub mod idp;
+pub mod postgres;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
