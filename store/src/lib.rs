@@ -14,6 +14,8 @@
 //! The API is blocking (SQLite waits on its own lock); async callers run it on a blocking thread.
 //! Times are Unix seconds. Ids are the `ids` crate's newtypes, minted by the caller.
 
+#[cfg(test)]
+mod conformance;
 pub mod locks;
 pub mod sqlite;
 
