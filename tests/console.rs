@@ -551,6 +551,29 @@ fn approvers_auditors_and_technicians_work_in_the_console() {
     let (status, _) = w.browser.goto("bob", &w.url("/console/queue"));
     assert_eq!(status, Some(200));
     assert!(w.browser.content("bob").contains("Provider staff"));
+    let out = w.s.wait_for_audit("acme", |r| r["event"] == "signed_out");
+    assert_eq!(
+        out["actor"], "spiffe://sallyport.local/approver/acme/bob",
+        "{out}"
+    );
+    let signed_in =
+        w.s.audit("acme")
+            .into_iter()
+            .find(|r| r["event"] == "signed_in" && r["actor"] == out["actor"])
+            .unwrap();
+    assert_eq!(
+        out["cert_sha256"], signed_in["cert_sha256"],
+        "the same session"
+    );
+    // The console's records go to the customer's SIEM as valid OCSF: sign-in and sign-out are
+    // Authentication Logon and Logoff.
+    let events = w.s.ocsf_export("acme");
+    let auth = |activity: u64| {
+        events
+            .iter()
+            .any(|e| e["class_uid"] == 3002 && e["activity_id"] == activity)
+    };
+    assert!(auth(1) && auth(2), "logon and logoff");
     w.s.assert_trail_verifies();
 }
 

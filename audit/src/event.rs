@@ -80,6 +80,9 @@ pub enum EventKind {
     /// A sign-in was refused (a bad token, a missing group or MFA, an IdP error): the reason, and
     /// `idp` when the token was readable.
     SigninFailed,
+    /// A person signed out of the web console: `actor`, `source_ip`, and the session's
+    /// `cert_sha256` (the one its `signed_in` carries).
+    SignedOut,
 }
 
 /// How it ended.

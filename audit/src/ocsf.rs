@@ -9,6 +9,7 @@
 //! | event | class | activity_id | notes |
 //! |---|---|---|---|
 //! | `auth_failure` | Authentication (3002) | 1 Logon | `user` and `actor.user` from `actor`; `service` = Sallyport; `dst_endpoint` = target when known |
+//! | `signed_out` | Authentication (3002) | 2 Logoff | the person, their address and the service |
 //! | `signed_in`, `signin_failed` | Authentication (3002) | 1 Logon | as `auth_failure`; `auth_protocol` "OpenID Connect" (99 Other) and `is_mfa` from `idp.mfa` |
 //! | `decision`, outcome `deny` | Network Activity (4001) | 5 Refuse | profile `security_control`: `action_id` 2 Denied, `disposition_id` 2 Blocked |
 //! | `decision`, outcome `allow` | Network Activity (4001) | 99 Other, `activity_name` "Allow" | not Open: `tunnel_open` or `tunnel_failed` follows for the same session; `action_id` 1 Allowed, `disposition_id` 1 Allowed |
@@ -157,7 +158,10 @@ pub fn to_ocsf(record: &serde_json::Value, product_version: &str) -> serde_json:
         _ => r.event(),
     };
     let mut out = match event {
-        "auth_failure" | "signed_in" | "signin_failed" => authentication(&r),
+        "auth_failure" | "signed_in" | "signin_failed" => {
+            authentication(&r, Activity::new(1, "Logon"))
+        }
+        "signed_out" => authentication(&r, Activity::new(2, "Logoff")),
         "decision" | "tunnel_open" | "tunnel_close" | "tunnel_failed" => {
             network_activity(&r, event)
         }
@@ -180,8 +184,8 @@ pub fn to_ocsf(record: &serde_json::Value, product_version: &str) -> serde_json:
 
 /// Authentication (3002): a TLS handshake or a grant that failed to authenticate, or a sign-in at
 /// an identity provider (OpenID Connect, with whether it was multi-factor).
-fn authentication(r: &Record<'_>) -> Map<String, Value> {
-    let mut out = header(&AUTHENTICATION, &Activity::new(1, "Logon"));
+fn authentication(r: &Record<'_>, activity: Activity) -> Map<String, Value> {
+    let mut out = header(&AUTHENTICATION, &activity);
     if let Some(idp) = r.get("idp").and_then(Value::as_object) {
         out.insert("auth_protocol_id".into(), json!(OTHER));
         out.insert("auth_protocol".into(), json!("OpenID Connect"));
@@ -558,6 +562,23 @@ mod tests {
         assert_eq!(ev["metadata"]["product"]["name"], "Sallyport");
         assert_eq!(ev["metadata"]["product"]["vendor_name"], "Sallyport");
         assert_eq!(ev["metadata"]["product"]["version"], "0.1.0");
+    }
+
+    #[test]
+    fn sign_out_is_a_logoff() {
+        let ev = to_ocsf(
+            &record(json!({
+                "event": "signed_out", "actor": "spiffe://sallyport.local/approver/acme/bob",
+                "customer": "acme", "target": null, "grant_id": null, "session_id": null,
+                "outcome": "success", "reason": "signed out of the web console as acme/bob",
+            })),
+            "0.1.0",
+        );
+        assert_eq!(ev["class_uid"], 3002);
+        assert_eq!(ev["activity_id"], 2);
+        assert_eq!(ev["type_uid"], 300_202);
+        assert_eq!(ev["status_id"], 1);
+        assert_eq!(ev["user"]["name"], "acme/bob");
     }
 
     #[test]

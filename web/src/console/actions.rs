@@ -36,7 +36,21 @@ pub(crate) async fn route(
     let back = safe_next(field(form, "back"));
     let done = match seg {
         ["logout"] => {
+            // Ending a session is always safe: it ends even when its record cannot be written.
             cx.console.sessions.end(secret);
+            let peer = &cx.session.peer;
+            let mut ev = sallyport_audit::AuditEvent::new(
+                sallyport_audit::EventKind::SignedOut,
+                sallyport_audit::Outcome::Success,
+                format!("signed out of the web console as {}", peer.id.short()),
+            );
+            ev.customer = peer.id.principal().customer().cloned();
+            ev.actor = Some(peer.id.to_string());
+            ev.source_ip = Some(cx.req.ip);
+            ev.cert_sha256 = Some(peer.fingerprint());
+            if let Err(e) = cx.console.workflow.requests.context().record(ev).await {
+                tracing::warn!(error = %e, peer = %peer.id, "sign-out not recorded");
+            }
             return see_other("/console", &[set_cookie(COOKIE, "", Some(0))]);
         }
         ["requests"] => return file(cx, form).await,
