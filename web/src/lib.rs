@@ -15,8 +15,8 @@
 //! URL holds a code), a Content-Security-Policy allowing only the listener's own styles and
 //! scripts (no inline script), and `frame-ancestors 'none'`. Bounded: [`MAX_CONNECTIONS`] at once
 //! and [`MAX_CONNECTIONS_PER_SOURCE`] from one address, the TLS handshake and request head within
-//! [`HEADER_TIMEOUT`], bodies of at most [`MAX_BODY`] within [`BODY_TIMEOUT`], one request per
-//! connection, each connection closed after [`CONNECTION_TIMEOUT`] (a live page's event stream
+//! [`HEADER_TIMEOUT`], bodies of at most [`MAX_BODY`] within [`BODY_TIMEOUT`], HTTP/2 (ALPN `h2`,
+//! [`MAX_STREAMS_PER_CONNECTION`] requests at once) or one HTTP/1.1 request per connection, each connection closed after [`CONNECTION_TIMEOUT`] (a live page's event stream
 //! ends before). The flows themselves are the workflow's ([`sallyport_workflow::signin`]).
 
 pub mod console;
@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sallyport_ids::Role;
 use sallyport_workflow::WorkflowError;
 use sallyport_workflow::signin::{Callback, Done, LoginStart, SignIns};
@@ -49,6 +49,8 @@ use tokio_util::task::TaskTracker;
 pub const MAX_CONNECTIONS: usize = 512;
 /// Connections served at once from one source address (an IPv6 source: its /64).
 pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// Requests at once on one HTTP/2 connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// A request body must arrive within this.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TLS handshake, and then the request head, must each arrive within this.
@@ -196,21 +198,46 @@ async fn serve_one(
     web: Web,
     shutdown: CancellationToken,
 ) {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let web = web.clone();
         async move {
             let mut answer = route(&web, from.ip(), req).await;
-            secure(&mut answer);
+            secure(&mut answer, h2);
             Ok::<_, Infallible>(answer)
         }
     });
+    let io = TokioIo::new(stream);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .max_header_list_size(16 * 1024)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let serving = builder.serve_connection(io, service);
+        tokio::pin!(serving);
+        tokio::select! {
+            r = tokio::time::timeout(CONNECTION_TIMEOUT, serving.as_mut()) => {
+                if let Ok(Err(e)) = r {
+                    tracing::debug!(error = %e, "sign-in connection (h2) ended with an error");
+                }
+            }
+            _ = shutdown.cancelled() => {
+                serving.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(1), serving).await;
+            }
+        }
+        return;
+    }
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(16 * 1024)
         .keep_alive(false);
-    let serving = builder.serve_connection(TokioIo::new(stream), service);
+    let serving = builder.serve_connection(io, service);
     tokio::pin!(serving);
     tokio::select! {
         r = tokio::time::timeout(CONNECTION_TIMEOUT, serving.as_mut()) => {
@@ -225,8 +252,8 @@ async fn serve_one(
     }
 }
 
-/// The headers every answer carries.
-fn secure(r: &mut Response<Body>) {
+/// The headers every answer carries (`h2`: over HTTP/2, which has no `Connection` header).
+fn secure(r: &mut Response<Body>, h2: bool) {
     let h = r.headers_mut();
     for (name, value) in [
         (header::CACHE_CONTROL, "no-store"),
@@ -241,9 +268,11 @@ fn secure(r: &mut Response<Body>) {
             header::HeaderName::from_static("permissions-policy"),
             "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
         ),
-        (header::CONNECTION, "close"),
     ] {
         h.insert(name, HeaderValue::from_static(value));
+    }
+    if !h2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // Console pages set their own policies (their forms may go to an IdP; their form posts
     // must carry an Origin, which `no-referrer` would make `null`); everything else gets these.
@@ -345,12 +374,7 @@ async fn route(web: &Web, from: IpAddr, req: Request<Incoming>) -> Response<Body
         (&Method::GET, [""]) => pages::render(&pages::Notice::index()),
         (&Method::GET, ["oidc", "callback"]) => {
             let mut cb = callback_of(req.uri().query().unwrap_or(""));
-            let cookies = req
-                .headers()
-                .get(header::COOKIE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let cookies = console::http::cookies_of(req.headers());
             cb.binding = session::cookie(&cookies, session::FLOW_COOKIE).map(str::to_owned);
             let page = signins.callback(cb, from).await;
             match &web.console {

@@ -54,9 +54,11 @@ fn server_cert() -> (String, String) {
 /// A tiny HTTPS server on 127.0.0.1 port 0, one thread per connection, `Connection: close`: the
 /// page, its stylesheet and script, and a form target answering 303. Runs until the test ends.
 fn https_server(cert_pem: &str, key_pem: &str) -> SocketAddr {
-    let config = Arc::new(
-        sallyport_certs::tls::web_server_config((cert_pem, "cert"), (key_pem, "key")).unwrap(),
-    );
+    let mut config =
+        sallyport_certs::tls::web_server_config((cert_pem, "cert"), (key_pem, "key")).unwrap();
+    // This server speaks HTTP/1.1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = Arc::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {

@@ -51,7 +51,7 @@ impl Req {
             method: parts.method.clone(),
             path: parts.uri.path().to_owned(),
             query: form(parts.uri.query().unwrap_or("")),
-            cookies: text(header::COOKIE).unwrap_or_default(),
+            cookies: cookies_of(&parts.headers),
             origin: text(header::ORIGIN),
             ip,
             body: Some(body),
@@ -78,6 +78,16 @@ impl Req {
             )),
         }
     }
+}
+
+/// Every `Cookie` field as one list: over HTTP/2 browsers send each cookie in its own field.
+pub(crate) fn cookies_of(headers: &hyper::HeaderMap) -> String {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The pairs of a query string or form body (later ones win; values over 4 KiB are dropped).
@@ -240,6 +250,19 @@ mod tests {
         assert!(!same_origin(Some("null"), base));
         assert!(!same_origin(Some("https://broker.example:8444.evil"), base));
         assert!(!same_origin(None, base), "no Origin, no change");
+    }
+
+    #[test]
+    fn cookies_sent_in_several_fields_are_all_read() {
+        let mut h = hyper::HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-sallyport=s"),
+        );
+        let all = cookies_of(&h);
+        assert_eq!(crate::session::cookie(&all, "__Host-sallyport"), Some("s"));
+        assert_eq!(crate::session::cookie(&all, "a"), Some("1"));
     }
 
     #[test]
