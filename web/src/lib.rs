@@ -35,6 +35,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use sallyport_ids::Role;
 use sallyport_workflow::WorkflowError;
 use sallyport_workflow::signin::{Callback, Done, LoginStart, SignIns};
@@ -216,28 +217,25 @@ async fn serve_one(
             .max_header_list_size(16 * 1024)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
-        let serving = builder.serve_connection(io, service);
-        tokio::pin!(serving);
-        tokio::select! {
-            r = tokio::time::timeout(CONNECTION_TIMEOUT, serving.as_mut()) => {
-                if let Ok(Err(e)) = r {
-                    tracing::debug!(error = %e, "sign-in connection (h2) ended with an error");
-                }
-            }
-            _ = shutdown.cancelled() => {
-                serving.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(1), serving).await;
-            }
-        }
-        return;
+        drive(builder.serve_connection(io, service), shutdown).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(16 * 1024)
+            .keep_alive(false);
+        drive(builder.serve_connection(io, service), shutdown).await;
     }
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(16 * 1024)
-        .keep_alive(false);
-    let serving = builder.serve_connection(io, service);
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2) for at most [`CONNECTION_TIMEOUT`], and winds it
+/// down within a second at shutdown.
+async fn drive<C>(serving: C, shutdown: CancellationToken)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     tokio::pin!(serving);
     tokio::select! {
         r = tokio::time::timeout(CONNECTION_TIMEOUT, serving.as_mut()) => {

@@ -908,22 +908,20 @@ impl SignIns {
         let expires = jiff::Timestamp::from_second(issued.not_after)
             .map(|t| t.to_string())
             .unwrap_or_default();
-        let mut ev = AuditEvent::new(
-            EventKind::SignedIn,
-            Outcome::Success,
+        let mut ev = signed_in(
             format!(
                 "signed in at {} as {} (certificate until {expires})",
                 oidc.issuer,
                 id.short()
             ),
+            customer.as_ref(),
+            &id,
+            source,
+            issued.sha256,
+            &expires,
+            evidence,
         );
-        ev.customer = customer.clone();
-        ev.actor = Some(id.to_string());
-        ev.source_ip = Some(source);
         ev.cert_serial = Some(issued.serial.clone());
-        ev.cert_sha256 = Some(issued.sha256);
-        ev.expires_at = Some(expires.clone());
-        ev.idp = Some(evidence);
         // No record, no certificate.
         if self.0.cx.record(ev).await.is_err() {
             return refused(
@@ -973,23 +971,19 @@ impl SignIns {
             .unwrap_or_default();
         let secret = random_token();
         let thumbprint = console_thumbprint(&secret);
-        let mut ev = AuditEvent::new(
-            EventKind::SignedIn,
-            Outcome::Success,
+        let ev = signed_in(
             format!(
                 "signed in to the web console at {} as {} (session until {expires} at most)",
                 oidc.issuer,
                 id.short()
             ),
+            customer.as_ref(),
+            &id,
+            source,
+            sallyport_ids::cert::CertFingerprint::from_digest(thumbprint),
+            &expires,
+            evidence,
         );
-        ev.customer = customer.clone();
-        ev.actor = Some(id.to_string());
-        ev.source_ip = Some(source);
-        ev.cert_sha256 = Some(sallyport_ids::cert::CertFingerprint::from_digest(
-            thumbprint,
-        ));
-        ev.expires_at = Some(expires.clone());
-        ev.idp = Some(evidence);
         // No record, no session.
         if self.0.cx.record(ev).await.is_err() {
             return refused(
@@ -1151,6 +1145,27 @@ impl SignIns {
         }
         refused("idp_refused", why)
     }
+}
+
+/// The `signed_in` record of a sign-in: who, from where, under which certificate (or console
+/// session) hash, until when, and what the IdP said.
+fn signed_in(
+    reason: String,
+    customer: Option<&CustomerId>,
+    id: &SpiffeId,
+    source: IpAddr,
+    sha256: sallyport_ids::cert::CertFingerprint,
+    expires: &str,
+    evidence: IdpEvidence,
+) -> AuditEvent {
+    let mut ev = AuditEvent::new(EventKind::SignedIn, Outcome::Success, reason);
+    ev.customer = customer.cloned();
+    ev.actor = Some(id.to_string());
+    ev.source_ip = Some(source);
+    ev.cert_sha256 = Some(sha256);
+    ev.expires_at = Some(expires.to_owned());
+    ev.idp = Some(evidence);
+    ev
 }
 
 /// Who a verified sign-in makes the person: at the provider's IdP (`customer` `None`) or at
